@@ -1,0 +1,11 @@
+"""Command-line interface; importing this package registers every command on :data:`cli`."""
+
+from . import model_cmds  # noqa: F401  (registers commands)
+from .main import cli
+
+
+def main() -> None:
+    cli()
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,76 @@
+"""The ``medexport`` command: a click group; each command lives in its own module of this package."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+
+from .. import __version__
+from ..errors import MedexportError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class MedexportGroup(click.Group):
+    """Prints MedexportError without a traceback and exits 1; bugs keep their traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MedexportError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+
+
+@click.group(cls=MedexportGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="medexport")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def cli(verbose: int, quiet: bool) -> None:
+    """Mediator DiT/SiT from PyTorch to deployed engines: build, verify, inspect, sample."""
+    level = logging.WARNING if quiet else (logging.INFO if verbose <= 1 else logging.DEBUG)
+    if not verbose and not quiet:
+        level = logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]", force=True,
+                        handlers=[RichHandler(console=err_console, show_path=verbose > 1, markup=False)])
+    for noisy in ("onnxscript", "onnx_ir", "torch", "polygraphy"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING) if verbose < 2 else level)
+
+
+def parse_int_list(value: str, what: str) -> list[int]:
+    """"16,32,64" -> [16, 32, 64]; a clear error for anything else (counts given twice included)."""
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 16,32,64",
+                                 param_hint=what) from None
+    if not items:
+        raise click.BadParameter("give at least one value", param_hint=what)
+    dup = sorted({v for v in items if items.count(v) > 1})
+    if dup:
+        raise click.BadParameter(f"{', '.join(map(str, dup))} given more than once", param_hint=what)
+    return items
+
+
+def timed(phase: str):
+    """Decorator: log the duration of a long phase."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            import time
+
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            logging.getLogger("medexport").info("%s done in %.1f s", phase, time.perf_counter() - t0)
+            return out
+
+        return wrapper
+
+    return deco

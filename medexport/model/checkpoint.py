@@ -1,0 +1,263 @@
+"""Reading and writing mediator DiT/SiT checkpoints in every form the reference code and its users produce.
+
+Forms: the reference trainer's dict ``{"model", "ema", "opt", "train_steps", "args"}`` (torch.save), a bare
+state dict (torch.save, keys possibly prefixed ``module.`` / ``_orig_mod.``), and a safetensors file. The
+architecture is read off the state dict; pickles are loaded with ``weights_only=True`` and only
+``argparse.Namespace`` allowed beyond tensors and containers, so a file carrying code is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..errors import CheckpointError, ConfigError, NotAMediatorModelError
+from .config import ModelConfig
+from .mediator_dit import MediatorDiT, pooling_matrix
+
+log = logging.getLogger(__name__)
+
+PREFIXES = ("module.", "_orig_mod.")
+MEDIATOR_KEYS = ("dwc.weight", "dwc.bias", "an_bias", "na_bias", "ah_bias", "aw_bias", "ha_bias", "wa_bias")
+FORMATS = ("trainer", "state_dict", "safetensors")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint file holds, as ``medexport info`` reports it."""
+
+    path: str
+    format: str  # "trainer" | "state_dict" | "safetensors"
+    weights: str  # "ema" | "model" | "state_dict"
+    config: ModelConfig
+    num_parameters: int
+    train_steps: int | None = None
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------------------------
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    header_len = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 0 < header_len <= path.stat().st_size - 8
+
+
+def _read_raw(path: Path) -> tuple[object, str]:
+    """The object stored in ``path`` and "safetensors" or "torch"; CheckpointError for anything unreadable."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist: check the path")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty")
+    if _is_safetensors(path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu"), "safetensors"
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{str(path)!r} looks like safetensors but cannot be read ({e}): "
+                                  f"the file may be truncated; re-download or re-save it") from None
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        if magic[:1] != b"\x80":
+            raise CheckpointError(f"{str(path)!r} is neither a torch.save file nor a safetensors file")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True), "torch"
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refused to load {str(path)!r}: it holds objects other than tensors and plain containers, which "
+            f"could run code when unpickled ({str(e).splitlines()[0]}). Re-save the state dict alone, e.g. with "
+            f"torch.save(model.state_dict(), path) or as safetensors."
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"cannot read {str(path)!r} as a checkpoint ({str(e).splitlines()[0]}): the file "
+                              f"may be truncated or not a checkpoint") from None
+
+
+def _strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def _pick_state_dict(raw: object, kind: str, weights: str, path: Path) -> tuple[dict[str, Tensor], str, str, dict]:
+    """(state dict, format, weights taken, trainer extras) from what the file held."""
+    if weights not in ("ema", "model"):
+        raise CheckpointError(f"weights must be 'ema' or 'model', got {weights!r}")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{str(path)!r} holds a {type(raw).__name__}, not a state dict or trainer checkpoint")
+    if kind == "safetensors":
+        return dict(raw), "safetensors", "state_dict", {}
+    if "model" in raw or "ema" in raw:
+        if weights not in raw:
+            other = "model" if weights == "ema" else "ema"
+            raise CheckpointError(f"{str(path)!r} is a trainer checkpoint without {weights!r} weights: "
+                                  f"use weights={other!r}")
+        state = raw[weights]
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{str(path)!r}: the {weights!r} entry is not a state dict")
+        extras = {"train_steps": raw.get("train_steps")}
+        return state, "trainer", weights, extras
+    return raw, "state_dict", "state_dict", {}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The architecture, read off a state dict
+# ---------------------------------------------------------------------------------------------------------
+def _shape(state: dict[str, Tensor], key: str) -> tuple[int, ...]:
+    value = state.get(key)
+    if not isinstance(value, Tensor):
+        raise CheckpointError(f"the state dict has no tensor {key!r}: it is not a DiT/SiT checkpoint")
+    return tuple(value.shape)
+
+
+def infer_config(state: dict[str, Tensor]) -> ModelConfig:
+    """The :class:`ModelConfig` a (prefix-free) state dict describes."""
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if not blocks:
+        raise CheckpointError("the state dict has no 'blocks.N.' keys: it is not a DiT/SiT checkpoint")
+    depth = max(blocks) + 1
+    if "blocks.0.attn.an_bias" not in state:
+        missing = [f"blocks.0.attn.{k}" for k in MEDIATOR_KEYS if f"blocks.0.attn.{k}" not in state]
+        raise NotAMediatorModelError(
+            "this is a plain DiT/SiT checkpoint without mediator attention: missing " + ", ".join(missing)
+            + ". medexport needs a model trained with attention mediators (one checkpoint per mediator count)."
+        )
+    D, c_in, p, p2 = _shape(state, "x_embedder.proj.weight")
+    if p != p2:
+        raise CheckpointError(f"x_embedder.proj.weight has a non-square patch {p}x{p2}")
+    _, N, D_pos = _shape(state, "pos_embed")
+    G = math.isqrt(N)
+    if G * G != N or D_pos != D:
+        raise CheckpointError(f"pos_embed {(1, N, D_pos)} does not fit a square token grid of width {D}")
+    H, n, *_ = _shape(state, "blocks.0.attn.an_bias")
+    out_features, _ = _shape(state, "final_layer.linear.weight")
+    c_out, rem = divmod(out_features, p * p)
+    if rem or c_out not in (c_in, 2 * c_in):
+        raise CheckpointError(f"final_layer.linear has {out_features} outputs, which is neither "
+                              f"{p * p * c_in} nor {2 * p * p * c_in} for patch {p} and {c_in} channels")
+    rows, _ = _shape(state, "y_embedder.embedding_table.weight")
+    hidden_mlp, _ = _shape(state, "blocks.0.mlp.fc1.weight")
+    try:
+        return ModelConfig(depth=depth, hidden_size=D, num_heads=H, patch_size=p, input_size=G * p, mediators=n,
+                           in_channels=c_in, num_classes=rows - 1, learn_sigma=c_out == 2 * c_in,
+                           mlp_ratio=hidden_mlp / D)
+    except ConfigError as e:
+        raise CheckpointError(f"the checkpoint's shapes do not fit together: {e}") from None
+
+
+def _check_keys(model: MediatorDiT, state: dict[str, Tensor]) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
+             if k in state and isinstance(state[k], Tensor) and state[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+    if wrong:
+        problems.append(f"shapes that do not fit: {'; '.join(wrong[:8])}")
+    if problems:
+        raise CheckpointError(
+            f"the state dict does not match the architecture it describes ({model.config.depth} blocks, "
+            f"width {model.config.hidden_size}, {model.config.mediators} mediators) — " + " | ".join(problems)
+            + ". Is the file from a mediator DiT/SiT trained with the reference code?"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------------------
+def read_checkpoint(path: str | os.PathLike, *, weights: str = "ema") -> tuple[dict[str, Tensor], CheckpointInfo]:
+    """The prefix-free state dict in ``path`` and what the file is, without building a model."""
+    path = Path(path)
+    raw, kind = _read_raw(path)
+    state, fmt, taken, extras = _pick_state_dict(raw, kind, weights, path)
+    state = _strip_prefixes(state)
+    config = infer_config(state)
+    n_params = sum(v.numel() for k, v in state.items() if isinstance(v, Tensor) and k != "pos_embed")
+    return state, CheckpointInfo(str(path), fmt, taken, config, n_params, extras.get("train_steps"))
+
+
+def load_checkpoint(path: str | os.PathLike, *, weights: str = "ema", device: str | torch.device = "cpu") -> MediatorDiT:
+    """A mediator DiT/SiT in eval mode with the weights of ``path``; the architecture is read off the file.
+
+    Args:
+        path: a trainer checkpoint, a bare state dict (torch.save) or a safetensors file.
+        weights: "ema" (what the reference samples with) or "model", for trainer checkpoints.
+        device: where to put the model.
+    """
+    state, info = read_checkpoint(path, weights=weights)
+    with torch.device("meta"):
+        model = MediatorDiT(info.config)
+    _check_keys(model, state)
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(state, strict=True)
+    # Non-persistent buffers are not in the state dict: rebuild them for the real model.
+    for block in model.blocks:
+        block.attn.pool = pooling_matrix(info.config.grid_size, *info.config.mediator_grid)
+        block.attn._bias_key = None
+    model = model.to(device).eval()
+    model.refresh_constants()
+    model.checkpoint_info = info
+    log.info("loaded %s (%s, %s weights): %s", path, info.format, info.weights, info.config)
+    return model
+
+
+def save_checkpoint(model: MediatorDiT, path: str | os.PathLike, *, form: str = "state_dict",
+                    ema: MediatorDiT | None = None, args: argparse.Namespace | None = None) -> Path:
+    """Write ``model`` as a "trainer" dict (with ``ema``, default: the same weights), a bare "state_dict", or
+    "safetensors". Writes to a temporary name, then renames."""
+    if form not in FORMATS:
+        raise CheckpointError(f"unknown checkpoint form {form!r}: choose one of {', '.join(FORMATS)}")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if form == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(tmp), metadata={"medexport_config": json.dumps(model.config.to_dict())})
+    elif form == "trainer":
+        ema_state = {k: v.detach().cpu() for k, v in (ema or model).state_dict().items()}
+        torch.save({"model": state, "ema": ema_state, "opt": {}, "train_steps": 0, "args": args}, tmp)
+    else:
+        torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,32 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+import medexport  # noqa: E402
+from medexport.model import ModelConfig  # noqa: E402
+
+#: A tiny mediator SiT: 2 blocks, width 64, 4 heads, 8x8 token grid (latent 16 at patch 2).
+TINY = ModelConfig(depth=2, hidden_size=64, num_heads=4, patch_size=2, input_size=16, mediators=16,
+                   num_classes=10)
+
+
+@pytest.fixture
+def tiny_config():
+    return TINY
+
+
+def tiny_model(mediators: int = 16, seed: int = 0, **overrides):
+    from dataclasses import replace
+
+    return medexport.create_model(replace(TINY, mediators=mediators, **overrides), seed=seed, init="random")
+
+
+def model_inputs(cfg: ModelConfig, batch: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
+    t = torch.rand(batch, generator=g)
+    y = torch.randint(0, cfg.num_classes + 1, (batch,), generator=g)
+    return x, t, y

@@ -1,0 +1,148 @@
+"""Checkpoint forms, config inference and every refusal."""
+
+import os
+import pickle
+from dataclasses import replace
+
+import pytest
+import torch
+
+import medexport
+from medexport.errors import CheckpointError, ConfigError, MedexportError, NotAMediatorModelError
+from medexport.model import read_checkpoint
+from tests.conftest import TINY, model_inputs, tiny_model
+
+
+def _outputs(model, cfg):
+    x, t, y = model_inputs(cfg, batch=2)
+    with torch.no_grad():
+        return model(x, t, y)
+
+
+@pytest.mark.parametrize("form", ["trainer", "state_dict", "module", "orig_mod", "both", "safetensors"])
+@pytest.mark.parametrize("mediators", [16, 32])
+def test_every_form_round_trips(tmp_path, form, mediators):
+    model = tiny_model(mediators)
+    path = tmp_path / "ckpt.bin"
+    if form in ("trainer", "state_dict", "safetensors"):
+        medexport.save_checkpoint(model, path, form=form)
+    else:
+        prefix = {"module": "module.", "orig_mod": "_orig_mod.", "both": "module._orig_mod."}[form]
+        torch.save({prefix + k: v for k, v in model.state_dict().items()}, path)
+    loaded = medexport.load_checkpoint(path)
+    assert loaded.config == model.config
+    assert not loaded.training
+    torch.testing.assert_close(_outputs(loaded, model.config), _outputs(model, model.config), rtol=0, atol=0)
+    expected_format = {"trainer": "trainer", "safetensors": "safetensors"}.get(form, "state_dict")
+    assert loaded.checkpoint_info.format == expected_format
+
+
+def test_trainer_checkpoint_ema_and_model_differ(tmp_path):
+    model, ema = tiny_model(seed=0), tiny_model(seed=1)
+    path = medexport.save_checkpoint(model, tmp_path / "t.pt", form="trainer", ema=ema)
+    torch.testing.assert_close(_outputs(medexport.load_checkpoint(path), TINY), _outputs(ema, TINY))
+    torch.testing.assert_close(_outputs(medexport.load_checkpoint(path, weights="model"), TINY), _outputs(model, TINY))
+
+
+def test_learn_sigma_off_and_custom_sizes(tmp_path):
+    model = medexport.create_model(replace(TINY, learn_sigma=False, in_channels=3, mlp_ratio=2.0, mediators=9),
+                                   init="random", seed=0)
+    path = medexport.save_checkpoint(model, tmp_path / "m.pt")
+    loaded = medexport.load_checkpoint(path)
+    assert loaded.config == model.config
+    assert _outputs(loaded, model.config).shape == (2, 3, 16, 16)
+
+
+def test_plain_dit_checkpoint_is_refused(tmp_path):
+    state = tiny_model().state_dict()
+    plain = {k: v for k, v in state.items() if not any(s in k for s in ("_bias", "dwc"))}
+    torch.save(plain, tmp_path / "dit.pt")
+    with pytest.raises(NotAMediatorModelError, match="plain DiT/SiT.*an_bias"):
+        medexport.load_checkpoint(tmp_path / "dit.pt")
+
+
+def test_missing_and_unexpected_keys(tmp_path):
+    state = dict(tiny_model().state_dict())
+    del state["blocks.1.mlp.fc2.bias"]
+    state["blocks.0.extra"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"missing keys: blocks\.1\.mlp\.fc2\.bias.*unexpected keys: blocks\.0\.extra"):
+        medexport.load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_shapes_that_do_not_fit(tmp_path):
+    state = dict(tiny_model().state_dict())
+    state["blocks.1.attn.an_bias"] = torch.zeros(4, 9, 7, 7)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"shapes that do not fit: blocks\.1\.attn\.an_bias"):
+        medexport.load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_missing_truncated_and_foreign_files(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        medexport.load_checkpoint(tmp_path / "nope.pt")
+    path = medexport.save_checkpoint(tiny_model(), tmp_path / "ok.pt")
+    data = path.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        medexport.load_checkpoint(tmp_path / "trunc.pt")
+    st = medexport.save_checkpoint(tiny_model(), tmp_path / "ok.safetensors", form="safetensors")
+    data = st.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError, match="truncated"):
+        medexport.load_checkpoint(tmp_path / "trunc.safetensors")
+    (tmp_path / "notes.txt").write_text("hello, this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="neither"):
+        medexport.load_checkpoint(tmp_path / "notes.txt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        medexport.load_checkpoint(tmp_path / "empty.pt")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        medexport.load_checkpoint(tmp_path / "list.pt")
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_with_code_payload_is_refused(tmp_path):
+    marker = tmp_path / "payload-ran"
+    state = dict(tiny_model().state_dict())
+    path = tmp_path / "evil.pt"
+    torch.save({"model": state, "ema": state, "args": _Payload(marker)}, path, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="could run code"):
+        medexport.load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_payload_fixture_really_runs_code_when_unpickled(tmp_path):
+    marker = tmp_path / "payload-ran"
+    pickle.loads(pickle.dumps(_Payload(marker)))
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("n,msg", [(0, "positive integer"), (65, "exceed the 64 tokens"), (13, "1x13 grid, which does not fit")])
+def test_bad_mediator_counts(n, msg):
+    with pytest.raises(ConfigError, match=msg):
+        replace(TINY, mediators=n)
+
+
+def test_bad_image_size_and_name():
+    with pytest.raises(ConfigError, match="not a multiple of 16"):
+        medexport.create_model("SiT-S/2", mediators=16, image_size=100)
+    with pytest.raises(ConfigError, match="unknown model"):
+        medexport.create_model("SiT-Q/2", mediators=16)
+    assert issubclass(ConfigError, MedexportError)
+
+
+def test_read_checkpoint_reports_format_and_params(tmp_path):
+    model = tiny_model()
+    path = medexport.save_checkpoint(model, tmp_path / "t.pt", form="trainer")
+    _, info = read_checkpoint(path)
+    assert info.format == "trainer" and info.weights == "ema" and info.train_steps == 0
+    assert info.num_parameters == sum(p.numel() for p in model.parameters() if p.requires_grad)
