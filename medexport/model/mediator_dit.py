@@ -271,7 +271,7 @@ class MediatorDiT(nn.Module):
     def unpatchify(self, x: Tensor) -> Tensor:
         c, p, G = self.config.out_channels, self.config.patch_size, self.config.grid_size
         x = x.reshape(x.shape[0], G, G, p, p, c)  # (B, G, G, p, p, C_out)
-        x = torch.einsum("nhwpqc->nchpwq", x)  # (B, C_out, G, p, G, p)
+        x = x.permute(0, 5, 1, 3, 2, 4)  # the reference's einsum "nhwpqc->nchpwq": (B, C_out, G, p, G, p)
         return x.reshape(x.shape[0], c, G * p, G * p)  # (B, C_out, S, S)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:

@@ -1,0 +1,1 @@
+"""TensorRT backend (imported lazily: nothing here imports tensorrt at module load)."""

@@ -1,0 +1,288 @@
+"""``medexport build``: export each mediator count to ONNX, compile engines, record it all in the manifest.
+
+Every artifact is keyed by what it was made from (checkpoint hash or random-model recipe, precision, opset,
+tool versions, hardware, batch range): a rebuild redoes exactly what changed, never trusting a file because
+its name exists; ``force`` redoes everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+
+from .. import __version__
+from ..backend.onnxrt import default_providers, session_from_onnx
+from ..errors import BackendUnavailableError, BundleError, CheckpointError, ConfigError
+from ..export import ExportSpec, export_onnx
+from ..model import MediatorDiT, ModelConfig, config_from_name, create_model, load_checkpoint, read_checkpoint
+from ..model.checkpoint import file_sha256
+from .manifest import MANIFEST, Bundle, new_manifest, now, read_manifest, write_json_atomic
+from .settings import BuildSettings, ModelSource, content_key
+
+log = logging.getLogger(__name__)
+
+#: Bump when the export code changes what it writes, so old ONNX files are re-exported.
+EXPORT_REVISION = 1
+#: Config fields every count of one bundle must share (everything but the mediator count).
+SHARED_FIELDS = ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels", "num_classes",
+                 "learn_sigma", "mlp_ratio")
+
+
+def resolve_backend(requested: str) -> tuple[str, str]:
+    """(backend, why) for "auto" | "tensorrt" | "onnxruntime"; BackendUnavailableError when not installed."""
+    from ..backend.trt.engine import tensorrt_status
+
+    trt_ok, trt_why = tensorrt_status()
+    if requested == "auto":
+        if trt_ok:
+            return "tensorrt", f"auto: {trt_why}"
+        return "onnxruntime", f"auto: ONNX Runtime ({', '.join(default_providers())}), because {trt_why}"
+    if requested == "tensorrt":
+        if not trt_ok:
+            raise BackendUnavailableError(f"--backend tensorrt is not available here: {trt_why}. "
+                                          f"Use --backend onnxruntime or auto.")
+        return "tensorrt", trt_why
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise BackendUnavailableError("--backend onnxruntime needs the onnxruntime package: pip install onnxruntime") from None
+    return "onnxruntime", f"ONNX Runtime ({', '.join(default_providers())})"
+
+
+@dataclass
+class CountReport:
+    mediators: int
+    exported: bool = False
+    engines_built: list[str] = field(default_factory=list)
+    engines_kept: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class BuildReport:
+    path: Path
+    backend: str
+    backend_reason: str
+    counts: list[CountReport]
+    random_weights: bool
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sources
+# ---------------------------------------------------------------------------------------------------------
+def _source_config(src: ModelSource) -> tuple[ModelConfig, str]:
+    """(config, source hash) without building a model."""
+    if src.is_random:
+        cfg = config_from_name(src.model_name, mediators=src.mediators, image_size=src.image_size)
+        return cfg, content_key(src.describe(), torch.__version__)
+    _, info = read_checkpoint(src.checkpoint, weights=src.weights)
+    return info.config, file_sha256(src.checkpoint)
+
+
+def check_sources(sources: list[ModelSource]) -> dict[int, tuple[ModelConfig, str]]:
+    """Configs and hashes per count; refuses duplicate counts, mismatched counts and disagreeing models."""
+    if not sources:
+        raise ConfigError("nothing to build: give --checkpoint N=PATH or --mediators with --model")
+    seen = [s.mediators for s in sources]
+    dup = sorted({n for n in seen if seen.count(n) > 1})
+    if dup:
+        raise ConfigError(f"mediator count {', '.join(map(str, dup))} given more than once: one checkpoint per count")
+    out = {}
+    for src in sources:
+        cfg, key = _source_config(src)
+        if cfg.mediators != src.mediators:
+            raise CheckpointError(f"{src.checkpoint} holds a {cfg.mediators}-mediator model, not {src.mediators}: "
+                                  f"write --checkpoint {cfg.mediators}={src.checkpoint}")
+        out[src.mediators] = (cfg, key)
+    first_n, (first, _) = next(iter(out.items()))
+    for n, (cfg, _) in out.items():
+        diff = [f"{f} {getattr(first, f)} vs {getattr(cfg, f)}" for f in SHARED_FIELDS
+                if getattr(first, f) != getattr(cfg, f)]
+        if diff:
+            raise ConfigError(f"the models for {first_n} and {n} mediators do not belong in one bundle: "
+                              f"{'; '.join(diff)}. A bundle holds one architecture at one latent size.")
+    return out
+
+
+def _load_model(src: ModelSource) -> MediatorDiT:
+    if src.is_random:
+        return create_model(src.model_name, mediators=src.mediators, image_size=src.image_size, seed=src.seed,
+                            init="random")
+    return load_checkpoint(src.checkpoint, weights=src.weights)
+
+
+def shared_model_dict(cfg: ModelConfig) -> dict:
+    d = cfg.to_dict()
+    for k in ("mediators", "mediator_grid"):
+        d.pop(k)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The build
+# ---------------------------------------------------------------------------------------------------------
+def _open_manifest(out: Path, model: dict, settings: BuildSettings, requested: list[int], force: bool) -> dict:
+    fresh = new_manifest(model, settings.to_dict(), requested)
+    if not out.exists():
+        out.mkdir(parents=True)
+        return fresh
+    if not (out / MANIFEST).exists():
+        if any(p for p in out.iterdir() if not p.name.endswith(".partial") and not p.name.startswith("mediators-")):
+            raise BundleError(f"{out} exists and is not an engine bundle: choose another --output (nothing was "
+                              f"written)")
+        return fresh
+    try:
+        old = read_manifest(out)
+    except BundleError:
+        if not force:
+            raise
+        log.warning("replacing the unreadable manifest of %s (--force)", out)
+        return fresh
+    if force:
+        return fresh
+    if old["model"] != model:
+        raise BundleError(f"{out} holds a bundle of another model ({old['model'].get('depth')} blocks, width "
+                          f"{old['model'].get('hidden_size')}, latent {old['model'].get('input_size')}): choose "
+                          f"another --output, or --force to replace it")
+    old["build"] = settings.to_dict()
+    old["requested"] = sorted(set(old["requested"]) | set(requested))
+    return old
+
+
+def _up_to_date(bundle_dir: Path, entry: dict | None, key: str) -> bool:
+    if not entry or entry.get("key") != key:
+        return False
+    files = entry.get("files") or [entry["file"]]
+    hashes = entry.get("hashes") or [entry["sha256"]]
+    return all((bundle_dir / f).is_file() and file_sha256(bundle_dir / f) == h for f, h in zip(files, hashes))
+
+
+def build_bundle(sources: list[ModelSource], out: str | Path, settings: BuildSettings = BuildSettings(), *,
+                 force: bool = False, show_progress: bool = True) -> BuildReport:
+    """Build (or bring up to date) the bundle in ``out`` for ``sources``, one per mediator count."""
+    out = Path(out)
+    backend, why = resolve_backend(settings.backend)
+    log.info("backend: %s (%s)", backend, why)
+    if settings.precision == "bf16" and backend == "onnxruntime" and "CUDAExecutionProvider" not in default_providers():
+        raise BackendUnavailableError("bf16 engines need TensorRT or onnxruntime-gpu: ONNX Runtime's CPU provider "
+                                      "has no bfloat16 kernels. Use --precision fp32 or fp16 here.")
+    configs = check_sources(sources)
+    random_weights = any(s.is_random for s in sources)
+    if random_weights:
+        log.warning("RANDOM WEIGHTS: %s is built from randomly initialised models; its outputs are noise. Use "
+                    "--checkpoint N=PATH for trained models.", out)
+    first_cfg = next(iter(configs.values()))[0]
+    manifest = _open_manifest(out, shared_model_dict(first_cfg), settings, [s.mediators for s in sources], force)
+    spec = ExportSpec(opset=settings.opset)
+    reports = []
+    progress = _progress() if show_progress else None
+    with progress or nullcontext():
+        task = progress.add_task("building", total=len(sources)) if progress is not None else None
+        for src in sorted(sources, key=lambda s: s.mediators):
+            n = src.mediators
+            if progress is not None:
+                progress.update(task, description=f"{n} mediators")
+            cfg, source_hash = configs[n]
+            t0 = time.perf_counter()
+            report = CountReport(n)
+            old = manifest["counts"].get(str(n), {})
+            entry = _build_count(out, src, cfg, source_hash, old, settings, spec, backend, force, report)
+            manifest["counts"][str(n)] = entry
+            manifest["updated"] = now()
+            manifest["medexport_version"] = __version__
+            write_json_atomic(out / MANIFEST, manifest)  # this count is now complete
+            report.seconds = time.perf_counter() - t0
+            reports.append(report)
+            if progress is not None:
+                progress.advance(task)
+    return BuildReport(out, backend, why, reports, random_weights)
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from ..cli.main import err_console
+
+    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err_console, transient=False)
+
+
+def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str, old: dict,
+                 settings: BuildSettings, spec: ExportSpec, backend: str, force: bool, report: CountReport) -> dict:
+    n, precision = src.mediators, settings.precision
+    opset = spec.opset_for(precision)
+    export_key = content_key("onnx", source_hash, precision, opset, EXPORT_REVISION, torch.__version__,
+                             onnx.__version__)
+    onnx_entry = old.get("onnx")
+    if force or not _up_to_date(out, onnx_entry, export_key):
+        model = _load_model(src)
+        result = export_onnx(model, out / f"mediators-{n}.{precision}.onnx", precision=precision, spec=spec)
+        files = [p.name for p in result.files]
+        onnx_entry = {"file": files[0], "sha256": file_sha256(result.path), "files": files,
+                      "hashes": [file_sha256(p) for p in result.files], "bytes": sum(p.stat().st_size for p in result.files),
+                      "precision": precision, "opset": opset, "mediator_nodes": result.mediator_nodes,
+                      "export_seconds": round(result.seconds, 2), "key": export_key}
+        report.exported = True
+        old = {}  # a new graph invalidates every engine built from the old one
+    engines = dict(old.get("engines", {}))
+    engine_key = _engine_key(backend, onnx_entry["sha256"], settings)
+    if force or not _up_to_date(out, engines.get(backend), engine_key):
+        engines[backend] = _build_engine(out, backend, onnx_entry, cfg, settings) | {"key": engine_key}
+        report.engines_built.append(backend)
+    else:
+        report.engines_kept.append(backend)
+    return {"mediators": n, "config": cfg.to_dict(), "source": src.describe(source_hash if not src.is_random else None),
+            "onnx": onnx_entry, "engines": engines}
+
+
+def _engine_key(backend: str, onnx_sha: str, settings: BuildSettings) -> str:
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        return content_key("ort", onnx_sha, ort.__version__, default_providers())
+    from ..backend.trt.engine import hardware
+
+    return content_key("trt", onnx_sha, str(settings.batch), settings.plugin, settings.trt_optimization_level,
+                       hardware())
+
+
+def _versions() -> dict:
+    import onnxruntime as ort
+
+    return {"medexport": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__}
+
+
+def _build_engine(out: Path, backend: str, onnx_entry: dict, cfg: ModelConfig, settings: BuildSettings) -> dict:
+    common = {"precision": onnx_entry["precision"], "batch": str(settings.batch), "versions": _versions(),
+              "built": now()}
+    if backend == "onnxruntime":
+        providers = default_providers()
+        # An ONNX Runtime engine is the ONNX file plus session settings; opening it proves it runs here.
+        session_from_onnx(out / onnx_entry["file"], providers=providers)
+        return {"file": onnx_entry["file"], "sha256": onnx_entry["sha256"], "files": onnx_entry["files"],
+                "hashes": onnx_entry["hashes"], "providers": providers,
+                "hardware": {"device": "cuda" if providers[0].startswith("CUDA") else "cpu"}, **common}
+    from ..backend.trt.engine import TrtBuild, build_plan
+
+    plan = out / f"mediators-{cfg.mediators}.{onnx_entry['precision']}.plan"
+    info = build_plan(out / onnx_entry["file"], plan,
+                      TrtBuild(batch=settings.batch, latent_shape=(cfg.in_channels, cfg.input_size, cfg.input_size),
+                               plugin=settings.plugin, timing_cache=out / "timing.cache",
+                               optimization_level=settings.trt_optimization_level))
+    return {"file": plan.name, "sha256": file_sha256(plan), "hardware": info, "plugin": info["plugin"], **common}
+
+
+def open_bundle(path: str | Path) -> Bundle:
+    """The bundle at ``path``, refusing an incomplete one with what to do."""
+    bundle = Bundle(path)
+    if not bundle.counts:
+        raise BundleError(f"bundle {path} holds no complete mediator count (interrupted build?): run "
+                          f"`medexport build` again with the same options to finish it")
+    return bundle

@@ -1,0 +1,188 @@
+"""The engine bundle: a folder with ``manifest.json`` and the files it names.
+
+The manifest is plain JSON that any application can read without medexport::
+
+    {
+      "format": "medexport-bundle", "format_version": 1, "medexport_version": "0.1.0",
+      "created": "...", "updated": "...",
+      "model": {model config without the mediator count},
+      "build": {backend, precision, batch "min:opt:max", plugin, opset, ...},
+      "requested": [16, 32, 64],                  # what the build was asked for
+      "counts": {                                  # what is complete; written after each count
+        "16": {
+          "config": {full model config, mediator grid included},
+          "source": {"kind": "checkpoint", "path", "sha256", "weights"} | {"kind": "random", "model", "seed", ...},
+          "onnx": {"file", "sha256", "bytes", "precision", "opset", "files": [graph, data?], "key"},
+          "engines": {"onnxruntime": {"file", "sha256", "precision", "batch", "providers", "versions",
+                                      "hardware", "key"},
+                      "tensorrt": {..., "tensorrt", "gpu", "compute_capability", "plugin"}}
+        }, ...
+      }
+    }
+
+A count is in ``counts`` only once its files are written and hashed; the manifest is replaced atomically, so
+an interrupted build leaves the previous manifest (or none) and never one that vouches for a partial file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+
+from .. import __version__
+from ..errors import BundleError, CheckpointError, ConfigError
+from ..model import MediatorDiT, ModelConfig, create_model, load_checkpoint
+from ..model.checkpoint import file_sha256
+
+MANIFEST = "manifest.json"
+FORMAT = "medexport-bundle"
+FORMAT_VERSION = 1
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def new_manifest(model_config: dict, build: dict, requested: list[int]) -> dict:
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "medexport_version": __version__,
+            "created": now(), "updated": now(), "model": model_config, "build": build,
+            "requested": sorted(requested), "counts": {}}
+
+
+class Bundle:
+    """A built engine bundle on disk: reads and validates its manifest, checks file hashes, loads models."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+
+    # -- what it holds ------------------------------------------------------------------------------------
+    @property
+    def counts(self) -> list[int]:
+        return sorted(int(n) for n in self.manifest["counts"])
+
+    @property
+    def missing(self) -> list[int]:
+        """Counts the build was asked for that are not complete (an interrupted build)."""
+        return sorted(set(self.manifest.get("requested", [])) - set(self.counts))
+
+    def entry(self, n: int) -> dict:
+        try:
+            return self.manifest["counts"][str(n)]
+        except KeyError:
+            raise BundleError(f"bundle {self.path} has no engines for {n} mediators; it has "
+                              f"{', '.join(map(str, self.counts)) or 'none'}") from None
+
+    def config(self, n: int) -> ModelConfig:
+        return ModelConfig.from_dict(self.entry(n)["config"])
+
+    def backends(self, n: int) -> list[str]:
+        return sorted(self.entry(n)["engines"])
+
+    def engine(self, n: int, backend: str) -> dict:
+        engines = self.entry(n)["engines"]
+        if backend not in engines:
+            raise BundleError(f"bundle {self.path} has no {backend} engine for {n} mediators (it has "
+                              f"{', '.join(engines) or 'none'}): rebuild with --backend {backend}")
+        return engines[backend]
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # -- integrity ----------------------------------------------------------------------------------------
+    def check_file(self, name: str, sha256: str) -> Path:
+        path = self.file(name)
+        if not path.is_file():
+            raise BundleError(f"bundle {self.path} lacks {name}, which its manifest lists: rebuild with "
+                              f"`medexport build` (add --force to redo everything)")
+        if file_sha256(path) != sha256:
+            raise BundleError(f"{path} does not match the hash in the manifest (edited, swapped or truncated): "
+                              f"rebuild it with `medexport build ... --force`")
+        return path
+
+    def check_engine(self, n: int, backend: str) -> Path:
+        e = self.engine(n, backend)
+        return self.check_file(e["file"], e["sha256"])
+
+    # -- the PyTorch reference each engine was built from ---------------------------------------------------
+    def torch_model(self, n: int) -> MediatorDiT:
+        """The PyTorch model the count was exported from (its checkpoint, or the seeded random model)."""
+        src = self.entry(n)["source"]
+        cfg = self.config(n)
+        if src["kind"] == "random":
+            model = create_model(src["model"], mediators=n, image_size=src["image_size"], seed=src["seed"],
+                                 num_classes=cfg.num_classes, learn_sigma=cfg.learn_sigma, init=src.get("init", "random"))
+            if model.config != cfg:
+                raise BundleError(f"the random model recorded for {n} mediators no longer matches the manifest")
+            return model
+        path = Path(src["path"])
+        if not path.is_file():
+            raise BundleError(f"the checkpoint {path} that {n} mediators were built from is gone: the PyTorch "
+                              f"reference needs it (put it back or rebuild the bundle)")
+        if file_sha256(path) != src["sha256"]:
+            raise BundleError(f"the checkpoint {path} changed since the bundle was built: rebuild with "
+                              f"`medexport build`")
+        try:
+            return load_checkpoint(path, weights=src.get("weights", "ema"))
+        except CheckpointError as e:
+            raise BundleError(f"cannot load the checkpoint recorded for {n} mediators: {e}") from None
+
+
+def read_manifest(path: Path) -> dict:
+    """The validated manifest of the bundle folder ``path``."""
+    if not path.exists():
+        raise BundleError(f"{path} does not exist: build a bundle with `medexport build` first")
+    mpath = path / MANIFEST
+    if not path.is_dir() or not mpath.is_file():
+        raise BundleError(f"{path} is not an engine bundle (no {MANIFEST}): point to a folder made by "
+                          f"`medexport build`")
+    try:
+        data = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{mpath} is not valid JSON ({e}): rebuild the bundle with `medexport build --force`") from None
+    validate_manifest(data, mpath)
+    return data
+
+
+def validate_manifest(data: object, where: Path) -> None:
+    def bad(msg: str):
+        raise BundleError(f"{where} is not a valid medexport manifest: {msg}. Rebuild the bundle with "
+                          f"`medexport build --force`")
+
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        bad(f"'format' must be {FORMAT!r}")
+    if data.get("format_version") != FORMAT_VERSION:
+        bad(f"format_version {data.get('format_version')!r} is not {FORMAT_VERSION} (made by another medexport "
+            f"version?)")
+    for key, kind in (("model", dict), ("build", dict), ("counts", dict), ("requested", list)):
+        if not isinstance(data.get(key), kind):
+            bad(f"{key!r} must be a {kind.__name__}")
+    for n, entry in data["counts"].items():
+        if not n.isdigit() or not isinstance(entry, dict):
+            bad(f"counts key {n!r} is not a mediator count with an entry")
+        for key in ("config", "source", "onnx", "engines"):
+            if not isinstance(entry.get(key), dict):
+                bad(f"counts[{n!r}] lacks {key!r}")
+        try:
+            cfg = ModelConfig.from_dict(entry["config"])
+        except ConfigError as e:
+            bad(f"counts[{n!r}].config: {e}")
+        if cfg.mediators != int(n):
+            bad(f"counts[{n!r}].config says {cfg.mediators} mediators")
+        for name, eng in entry["engines"].items():
+            if not isinstance(eng, dict) or not isinstance(eng.get("file"), str) or not isinstance(eng.get("sha256"), str):
+                bad(f"counts[{n!r}].engines[{name!r}] lacks 'file' / 'sha256'")
+            if "/" in eng["file"] or eng["file"].startswith(".."):
+                bad(f"engine file {eng['file']!r} is not a plain file name inside the bundle")

@@ -1,0 +1,82 @@
+"""What a build is asked to do: the model sources and the build settings (one frozen dataclass each)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..backend.base import BatchRange
+from ..errors import ConfigError
+
+BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime")
+PRECISION_CHOICES = ("fp32", "fp16", "bf16")
+DEFAULT_OUTPUT_ROOT = Path("engines")
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """Settings of ``medexport build``; each field is one CLI option.
+
+    Attributes:
+        backend: "auto" (TensorRT where importable with a CUDA GPU, else ONNX Runtime), "tensorrt" or
+            "onnxruntime".
+        precision: "fp32", "fp16" or "bf16": the dtype of the exported graph (TensorRT builds strongly typed,
+            so precision comes from the graph).
+        batch: batch sizes the engines accept, counting the CFG doubling (min:opt:max).
+        plugin: build TensorRT engines with the mediator-attention plugin where it is registered
+            (TensorRT >= 10.9); the function body otherwise.
+        opset: ONNX opset; None picks 20 (22 for bf16).
+        trt_optimization_level: TensorRT builder optimisation level (0-5; higher builds slower, runs faster).
+    """
+
+    backend: str = "auto"
+    precision: str = "fp32"
+    batch: BatchRange = field(default_factory=lambda: BatchRange(1, 2, 16))
+    plugin: bool = True
+    opset: int | None = None
+    trt_optimization_level: int = 3
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKEND_CHOICES:
+            raise ConfigError(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKEND_CHOICES)}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ConfigError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISION_CHOICES)}")
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "precision": self.precision, "batch": str(self.batch),
+                "plugin": self.plugin, "opset": self.opset, "trt_optimization_level": self.trt_optimization_level}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where one mediator count's weights come from: a checkpoint, or a seeded random model of a named config."""
+
+    mediators: int
+    checkpoint: Path | None = None
+    weights: str = "ema"
+    model_name: str | None = None
+    image_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.checkpoint is None) == (self.model_name is None):
+            raise ConfigError("a model source is either a checkpoint or a named config with random weights")
+
+    @property
+    def is_random(self) -> bool:
+        return self.checkpoint is None
+
+    def describe(self, sha256: str | None = None) -> dict:
+        if self.is_random:
+            return {"kind": "random", "model": self.model_name, "image_size": self.image_size, "seed": self.seed,
+                    "init": "random"}
+        return {"kind": "checkpoint", "path": str(Path(self.checkpoint).resolve()), "weights": self.weights,
+                "sha256": sha256}
+
+
+def content_key(*parts) -> str:
+    """A short, stable hash of JSON-serialisable parts: keys artifacts by what they were made from."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]

@@ -1,0 +1,117 @@
+"""``medexport verify``: every engine of a bundle against the PyTorch model it was built from.
+
+Polygraphy's Comparator runs the PyTorch reference and each engine on the same random inputs (several
+timesteps and batch sizes); the error is the largest absolute difference, and the relative error that
+difference over the largest reference magnitude, per engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..backend import BatchRange, Runner, TorchRunner
+from ..errors import BundleError
+from .manifest import Bundle
+from .runners import engine_runner
+
+log = logging.getLogger(__name__)
+
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 2e-2}
+TIMESTEPS = (0.0, 0.35, 0.7, 0.96)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    mediators: int
+    backend: str
+    precision: str
+    max_abs: float
+    max_rel: float
+    tolerance: float
+    cases: int
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.max_rel <= self.tolerance
+
+
+def _poly_runner(runner: Runner, name: str):
+    """A Polygraphy runner around a medexport runner (so Comparator can drive any backend)."""
+    from polygraphy.backend.base import BaseRunner
+    from polygraphy.common import TensorMetadata
+
+    class _Adapter(BaseRunner):
+        def __init__(self):
+            super().__init__(name=name)
+
+        def activate_impl(self):
+            runner.activate()
+
+        def get_input_metadata_impl(self):
+            return (TensorMetadata().add("x", np.float32, (-1, -1, -1, -1)).add("t", np.float32, (-1,))
+                    .add("y", np.int64, (-1,)))
+
+        def infer_impl(self, feed_dict):
+            start = time.perf_counter()
+            v = runner(*(torch.from_numpy(np.ascontiguousarray(feed_dict[k])) for k in ("x", "t", "y")))
+            out = OrderedDict(v=v.detach().cpu().numpy())
+            self.inference_time = time.perf_counter() - start
+            return out
+
+        def deactivate_impl(self):
+            runner.deactivate()
+
+    return _Adapter()
+
+
+def verification_inputs(bundle: Bundle, n: int, batch: BatchRange | None, seed: int = 0) -> list[dict]:
+    cfg = bundle.config(n)
+    sizes = sorted({1, 3} if batch is None else {batch.min, min(max(batch.min, 3), batch.max), batch.opt})
+    g = torch.Generator().manual_seed(seed)
+    feeds = []
+    for B in sizes:
+        for t in TIMESTEPS:
+            x = torch.randn(B, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
+            y = torch.randint(0, cfg.num_classes + 1, (B,), generator=g)
+            feeds.append(OrderedDict(x=x.numpy(), t=np.full((B,), t, np.float32), y=y.numpy()))
+    return feeds
+
+
+def verify_bundle(bundle: Bundle, *, backends: list[str] | None = None, counts: list[int] | None = None,
+                  seed: int = 0) -> list[VerifyResult]:
+    """Compare every engine (or those of ``backends`` / ``counts``) with the PyTorch reference."""
+    from polygraphy.comparator import Comparator
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    results = []
+    for n in counts or bundle.counts:
+        reference = None
+        for backend in backends or bundle.backends(n):
+            eng = bundle.engine(n, backend)
+            tol = TOLERANCE[eng["precision"]]
+            try:
+                runner = engine_runner(bundle, n, backend)
+            except BundleError as e:
+                results.append(VerifyResult(n, backend, eng["precision"], float("nan"), float("nan"), tol, 0, str(e)))
+                continue
+            reference = reference or TorchRunner(bundle.torch_model(n))
+            feeds = verification_inputs(bundle, n, runner.batch_range, seed)
+            run = Comparator.run([_poly_runner(reference, "torch"), _poly_runner(runner, backend)], data_loader=feeds)
+            max_abs = max_rel = 0.0
+            (_, ref_iters), (_, eng_iters) = run[0], run[1]
+            for ref_out, eng_out in zip(ref_iters, eng_iters):
+                a, b = ref_out["v"].astype(np.float64), eng_out["v"].astype(np.float64)
+                err = float(np.abs(a - b).max()) if np.isfinite(b).all() else float("inf")
+                max_abs = max(max_abs, err)
+                max_rel = max(max_rel, err / max(float(np.abs(a).max()), 1e-12))
+            results.append(VerifyResult(n, backend, eng["precision"], max_abs, max_rel, tol, len(feeds)))
+            log.info("%s %d mediators: max abs %.3g, max rel %.3g", backend, n, max_abs, max_rel)
+    return results

@@ -1,0 +1,150 @@
+"""``medexport build``, ``verify`` and ``inspect``: making engine bundles and checking what they hold."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ..backend.base import BatchRange
+from ..bundle import Bundle, BuildSettings, ModelSource, build_bundle, runnable_here, verify_bundle
+from ..bundle.settings import BACKEND_CHOICES, DEFAULT_OUTPUT_ROOT, PRECISION_CHOICES
+from ..errors import ConfigError
+from ..model import MODEL_NAMES
+from .main import cli, console, parse_int_list
+from .model_cmds import DEFAULT_MODEL
+
+log = logging.getLogger("medexport")
+DEFAULT_MEDIATORS = "16,32,64"
+
+
+def _parse_checkpoints(values: tuple[str, ...]) -> list[tuple[int, Path]]:
+    out = []
+    for v in values:
+        m = re.fullmatch(r"\s*(\d+)\s*=\s*(.+)", v)
+        if not m:
+            raise click.BadParameter(f"{v!r} is not COUNT=PATH (e.g. 16=models/sit-m16.pt)", param_hint="--checkpoint")
+        out.append((int(m.group(1)), Path(m.group(2))))
+    return out
+
+
+def default_output(model_name: str | None, image_size: int, checkpoints: list[tuple[int, Path]]) -> Path:
+    if checkpoints:
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", checkpoints[0][1].stem)
+        return DEFAULT_OUTPUT_ROOT / f"{stem}-bundle"
+    return DEFAULT_OUTPUT_ROOT / f"{model_name.replace('/', '-')}-{image_size}-random"
+
+
+@cli.command()
+@click.option("--checkpoint", "checkpoints", multiple=True, metavar="N=PATH",
+              help="Checkpoint of the N-mediator model (repeat per count). Without any: random weights.")
+@click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
+              help="Which weights of trainer checkpoints to take.")
+@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, metavar="NAME",
+              help=f"Named config for random weights ({', '.join(n for n in MODEL_NAMES if n.startswith('SiT'))}).")
+@click.option("--image-size", default=256, show_default=True, help="Image side (random weights).")
+@click.option("--mediators", default=None, help=f"Counts to build [default: {DEFAULT_MEDIATORS}, or those of "
+                                                f"--checkpoint].")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
+              help="auto: TensorRT where importable with a CUDA GPU, else ONNX Runtime.")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True)
+@click.option("--batch", default="1:2:16", show_default=True, metavar="MIN:OPT:MAX",
+              help="Batch sizes the engines accept, counting the CFG doubling.")
+@click.option("--plugin/--no-plugin", default=True, show_default=True,
+              help="Use the TensorRT mediator-attention plugin where registered (else the function body).")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Bundle folder [default: engines/<model>].")
+@click.option("--force", is_flag=True, help="Redo every export and engine, even those up to date.")
+def build(checkpoints, weights, model_name, image_size, mediators, seed, backend, precision, batch, plugin, output,
+          force) -> None:
+    """Export each mediator count to ONNX and build engines into a bundle."""
+    try:
+        batch_range = BatchRange.parse(batch)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--batch") from None
+    ckpts = _parse_checkpoints(checkpoints)
+    if ckpts:
+        counts = [n for n, _ in ckpts]
+        if mediators is not None and sorted(parse_int_list(mediators, "--mediators")) != sorted(counts):
+            raise ConfigError(f"--mediators {mediators} does not match the counts of --checkpoint "
+                              f"({', '.join(map(str, counts))}): drop --mediators or give one checkpoint per count")
+        sources = [ModelSource(n, checkpoint=p, weights=weights) for n, p in ckpts]
+    else:
+        counts = parse_int_list(mediators or DEFAULT_MEDIATORS, "--mediators")
+        sources = [ModelSource(n, model_name=model_name, image_size=image_size, seed=seed) for n in counts]
+    settings = BuildSettings(backend=backend, precision=precision, batch=batch_range, plugin=plugin)
+    out = output or default_output(model_name, image_size, ckpts)
+    report = build_bundle(sources, out, settings, force=force)
+    table = Table(title=f"bundle {report.path} ({report.backend})")
+    for col in ("mediators", "onnx", "engine", "seconds"):
+        table.add_column(col, justify="right" if col != "engine" else "left")
+    for r in report.counts:
+        table.add_row(str(r.mediators), "exported" if r.exported else "up to date",
+                      ", ".join([f"{b} built" for b in r.engines_built] + [f"{b} up to date" for b in r.engines_kept]),
+                      f"{r.seconds:.1f}")
+    console.print(table)
+    console.print(f"backend: {report.backend_reason}")
+    if report.random_weights:
+        console.print("[yellow]warning: random weights — for benchmarking only; outputs are noise.[/]")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--backend", "backends", multiple=True, help="Only engines of this backend (repeatable).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
+def verify(bundle: Path, backends: tuple[str, ...], seed: int) -> None:
+    """Run every engine against the PyTorch model it was built from; exit 1 on any failure."""
+    b = Bundle(bundle)
+    results = verify_bundle(b, backends=list(backends) or None, seed=seed)
+    table = Table(title=f"verify {bundle}")
+    for col in ("mediators", "backend", "precision", "cases", "max abs err", "max rel err", "tolerance", "result"):
+        table.add_column(col, justify="right")
+    for r in results:
+        verdict = "[green]PASS[/]" if r.passed else "[red]FAIL[/]"
+        table.add_row(str(r.mediators), r.backend, r.precision, str(r.cases), f"{r.max_abs:.3g}", f"{r.max_rel:.3g}",
+                      f"{r.tolerance:g}", verdict)
+    console.print(table)
+    for r in results:
+        if r.error:
+            console.print(f"[red]{r.backend} {r.mediators}:[/] {r.error}")
+    if b.missing:
+        console.print(f"[yellow]incomplete bundle: {', '.join(map(str, b.missing))} mediators were requested but "
+                      f"not built; run the build again[/]")
+    if not results or not all(r.passed for r in results):
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+def inspect(bundle: Path) -> None:
+    """What a bundle holds: counts, backends, precisions, shapes, sizes, versions, runnable here or not."""
+    b = Bundle(bundle)
+    m = b.manifest
+    cfg = m["model"]
+    console.print(f"[bold]{bundle}[/]  format {m['format_version']}, medexport {m['medexport_version']}, "
+                  f"updated {m['updated']}")
+    console.print(f"model: depth {cfg['depth']}, width {cfg['hidden_size']}, heads {cfg['num_heads']}, patch "
+                  f"{cfg['patch_size']}, latent {cfg['in_channels']}x{cfg['input_size']}x{cfg['input_size']}, "
+                  f"{cfg['num_classes']} classes; build: {m['build']}")
+    table = Table()
+    for col in ("mediators", "grid", "source", "backend", "precision", "batch", "file", "MB", "versions", "runs here"):
+        table.add_column(col)
+    for n in b.counts:
+        e = b.entry(n)
+        src = e["source"]
+        src_text = (f"random {src['model']} seed {src['seed']}" if src["kind"] == "random"
+                    else f"{Path(src['path']).name} ({src.get('weights')})")
+        for backend, eng in sorted(e["engines"].items()):
+            size = sum((b.path / f).stat().st_size for f in eng.get("files", [eng["file"]]) if (b.path / f).exists())
+            ok, why = runnable_here(eng, backend)
+            versions = eng.get("hardware", {}).get("tensorrt") or eng.get("versions", {}).get(backend, "")
+            table.add_row(str(n), "x".join(map(str, e["config"]["mediator_grid"])), src_text, backend, eng["precision"],
+                          eng.get("batch", "-"), eng["file"], f"{size / 1e6:.1f}", str(versions),
+                          "[green]yes[/]" if ok else f"[red]no[/] ({why})")
+    console.print(table)
+    if b.missing:
+        console.print(f"[yellow]incomplete: {', '.join(map(str, b.missing))} mediators requested but not built[/]")

@@ -1,0 +1,63 @@
+"""The ``MediatorAttention`` ONNX node: how the exporter emits it and the function body it carries.
+
+The PyTorch op ``medexport::mediator_attention`` becomes one node ``medexport.MediatorAttention`` with a float
+attribute ``scale`` and a string attribute ``plugin_namespace``. TensorRT maps a node with
+``plugin_namespace`` to a registered plugin of the same name; every other runtime (and TensorRT without the
+plugin) runs the model-local function attached to the file, whose body is the decomposed computation.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnxscript
+from onnx import helper
+from onnxscript import opset20
+from onnxscript.function_libs.torch_lib.tensor_typing import TFloat
+
+DOMAIN = "medexport"
+OP_TYPE = "MediatorAttention"
+PLUGIN_NAMESPACE = "medexport"
+INPUTS = ("q", "k", "v", "m", "bias_mk", "bias_qm")
+
+_medexport = onnxscript.values.Opset(DOMAIN, 1)
+
+
+@onnxscript.script(opset=opset20, default_opset=opset20)
+def translate_mediator_attention(q: TFloat, k: TFloat, v: TFloat, m: TFloat, bias_mk: TFloat, bias_qm: TFloat,
+                                 scale: float) -> TFloat:
+    """Exporter translation of ``torch.ops.medexport.mediator_attention``: one custom-domain node."""
+    return _medexport.MediatorAttention(q, k, v, m, bias_mk, bias_qm, scale=scale,
+                                        plugin_namespace=PLUGIN_NAMESPACE)
+
+
+def mediator_attention_function(opset: int) -> onnx.FunctionProto:
+    """The decomposed body of ``MediatorAttention`` (spec steps 5-6) as a model-local ONNX function.
+
+    Softmax and the matmuls run in the inputs' dtype; ``scale`` (an attribute) is cast like ``q``.
+    """
+    scale = helper.make_node("Constant", [], ["scale_f"])
+    scale.attribute.append(onnx.AttributeProto(name="value_float", ref_attr_name="scale",
+                                               type=onnx.AttributeProto.FLOAT))
+    nodes = [
+        scale,
+        helper.make_node("CastLike", ["scale_f", "q"], ["scale_c"]),
+        # mediators gather: softmax over the N keys
+        helper.make_node("Mul", ["m", "scale_c"], ["m_s"]),  # (B, H, n, d)
+        helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 1, 3, 2]),  # (B, H, d, N)
+        helper.make_node("MatMul", ["m_s", "k_t"], ["s_mk"]),  # (B, H, n, N)
+        helper.make_node("Add", ["s_mk", "bias_mk"], ["s_mk_b"]),
+        helper.make_node("Softmax", ["s_mk_b"], ["p_mk"], axis=-1),
+        helper.make_node("MatMul", ["p_mk", "v"], ["v_m"]),  # (B, H, n, d)
+        # queries read: softmax over the n mediators
+        helper.make_node("Mul", ["q", "scale_c"], ["q_s"]),  # (B, H, N, d)
+        helper.make_node("Transpose", ["m"], ["m_t"], perm=[0, 1, 3, 2]),  # (B, H, d, n)
+        helper.make_node("MatMul", ["q_s", "m_t"], ["s_qm"]),  # (B, H, N, n)
+        helper.make_node("Add", ["s_qm", "bias_qm"], ["s_qm_b"]),
+        helper.make_node("Softmax", ["s_qm_b"], ["p_qm"], axis=-1),
+        helper.make_node("MatMul", ["p_qm", "v_m"], ["o"]),  # (B, H, N, d)
+    ]
+    return helper.make_function(DOMAIN, OP_TYPE, list(INPUTS), ["o"], nodes,
+                                opset_imports=[helper.make_opsetid("", opset)],
+                                attributes=["scale", "plugin_namespace"],
+                                doc_string="Mediator attention (medexport): softmax_N((m*scale) k^T + bias_mk) v, "
+                                           "then softmax_n((q*scale) m^T + bias_qm) of that.")
