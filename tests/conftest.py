@@ -30,3 +30,36 @@ def model_inputs(cfg: ModelConfig, batch: int = 2, seed: int = 0):
     t = torch.rand(batch, generator=g)
     y = torch.randint(0, cfg.num_classes + 1, (batch,), generator=g)
     return x, t, y
+
+
+COUNTS = (16, 32, 64)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """One tiny trainer checkpoint per mediator count (different weights each)."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    return {n: medexport.save_checkpoint(tiny_model(n, seed=n), folder / f"tiny-m{n}.pt", form="trainer")
+            for n in COUNTS}
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_checkpoints):
+    """A bundle of the tiny models for 16, 32 and 64 mediators, ONNX Runtime engines, batch 1:2:4.
+
+    Shared by many tests: do not modify it (copy it first, see ``copy_bundle``).
+    """
+    from medexport.backend import BatchRange
+    from medexport.bundle import BuildSettings, ModelSource, build_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    sources = [ModelSource(n, checkpoint=p) for n, p in tiny_checkpoints.items()]
+    build_bundle(sources, out, BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)), show_progress=False)
+    return out
+
+
+def copy_bundle(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst

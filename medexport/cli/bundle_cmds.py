@@ -131,20 +131,24 @@ def inspect(bundle: Path) -> None:
                   f"{cfg['patch_size']}, latent {cfg['in_channels']}x{cfg['input_size']}x{cfg['input_size']}, "
                   f"{cfg['num_classes']} classes; build: {m['build']}")
     table = Table()
-    for col in ("mediators", "grid", "source", "backend", "precision", "batch", "file", "MB", "versions", "runs here"):
+    for col in ("mediators", "grid", "backend", "precision", "batch", "MB", "runs here"):
         table.add_column(col)
+    details = []
     for n in b.counts:
         e = b.entry(n)
         src = e["source"]
-        src_text = (f"random {src['model']} seed {src['seed']}" if src["kind"] == "random"
-                    else f"{Path(src['path']).name} ({src.get('weights')})")
+        src_text = (f"random {src['model']} (seed {src['seed']})" if src["kind"] == "random"
+                    else f"{src['path']} ({src.get('weights')} weights)")
+        details.append(f"{n} mediators: from {src_text}")
         for backend, eng in sorted(e["engines"].items()):
             size = sum((b.path / f).stat().st_size for f in eng.get("files", [eng["file"]]) if (b.path / f).exists())
             ok, why = runnable_here(eng, backend)
-            versions = eng.get("hardware", {}).get("tensorrt") or eng.get("versions", {}).get(backend, "")
-            table.add_row(str(n), "x".join(map(str, e["config"]["mediator_grid"])), src_text, backend, eng["precision"],
-                          eng.get("batch", "-"), eng["file"], f"{size / 1e6:.1f}", str(versions),
-                          "[green]yes[/]" if ok else f"[red]no[/] ({why})")
+            versions = ", ".join(f"{k} {v}" for k, v in {**eng.get("versions", {}), **eng.get("hardware", {})}.items())
+            details.append(f"  {backend}: {eng['file']} ({versions})")
+            table.add_row(str(n), "x".join(map(str, e["config"]["mediator_grid"])), backend, eng["precision"],
+                          eng.get("batch", "-"), f"{size / 1e6:.1f}", "[green]yes[/]" if ok else f"[red]no[/]: {why}")
     console.print(table)
+    for line in details:
+        console.print(line, highlight=False, soft_wrap=True)
     if b.missing:
         console.print(f"[yellow]incomplete: {', '.join(map(str, b.missing))} mediators requested but not built[/]")

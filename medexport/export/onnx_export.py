@@ -8,6 +8,7 @@ from the weights before export, so they are constants (initializers) of the grap
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -138,7 +139,7 @@ def export_onnx(model: MediatorDiT, path: str | os.PathLike, *, precision: str =
     example = spec.example_inputs(model)
     batch = torch.export.Dim("batch", min=1, max=spec.max_batch)
     dynamic = {name: {0: batch} for name in spec.input_names}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_exporter_logs():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
@@ -158,6 +159,20 @@ def export_onnx(model: MediatorDiT, path: str | os.PathLike, *, precision: str =
     seconds = time.perf_counter() - t0
     log.info("exported %d mediators (%s) to %s in %.1f s", model.config.mediators, precision, path.name, seconds)
     return ExportResult(path, files, mediator_node_count(proto), dict(counts), seconds)
+
+
+@contextlib.contextmanager
+def _quiet_exporter_logs():
+    """The exporter logs every optional library it does not find (torchvision ops) and each pass it runs."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _copy_to(model: MediatorDiT, dtype: torch.dtype) -> MediatorDiT:

@@ -1,0 +1,176 @@
+"""Bundle builds: manifest contents, content-keyed rebuilds, refusals, interrupted builds."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import medexport
+from medexport.backend import BatchRange
+from medexport.bundle import MANIFEST, Bundle, BuildSettings, ModelSource, build_bundle, open_bundle
+from medexport.bundle import build as build_module
+from medexport.errors import BackendUnavailableError, BundleError, CheckpointError, ConfigError
+from medexport.model.checkpoint import file_sha256
+from tests.conftest import COUNTS, TINY, copy_bundle, tiny_model
+
+SETTINGS = BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4))
+
+
+def sources(checkpoints):
+    return [ModelSource(n, checkpoint=p) for n, p in checkpoints.items()]
+
+
+def test_manifest_contents(tiny_bundle, tiny_checkpoints):
+    m = json.loads((tiny_bundle / MANIFEST).read_text())
+    assert m["format"] == "medexport-bundle" and m["format_version"] == 1
+    assert m["medexport_version"] == medexport.__version__
+    assert m["model"]["depth"] == TINY.depth and m["model"]["input_size"] == TINY.input_size
+    assert "mediators" not in m["model"]
+    assert m["build"]["precision"] == "fp32" and m["build"]["batch"] == "1:2:4"
+    assert m["requested"] == list(COUNTS) and sorted(map(int, m["counts"])) == list(COUNTS)
+    for n in COUNTS:
+        e = m["counts"][str(n)]
+        assert e["config"]["mediators"] == n
+        assert e["config"]["mediator_grid"] == list(medexport.model.mediator_grid(n))
+        assert e["source"] == {"kind": "checkpoint", "path": str(tiny_checkpoints[n].resolve()), "weights": "ema",
+                               "sha256": file_sha256(tiny_checkpoints[n])}
+        onnx_entry = e["onnx"]
+        assert onnx_entry["file"] == f"mediators-{n}.fp32.onnx" and onnx_entry["opset"] == 20
+        assert onnx_entry["sha256"] == file_sha256(tiny_bundle / onnx_entry["file"])
+        ort = e["engines"]["onnxruntime"]
+        assert ort["precision"] == "fp32" and ort["batch"] == "1:2:4"
+        assert ort["providers"] == ["CPUExecutionProvider"]
+        assert {"torch", "onnx", "onnxruntime", "medexport"} <= set(ort["versions"])
+    assert Bundle(tiny_bundle).missing == []
+
+
+def test_unchanged_rebuild_exports_nothing(tiny_bundle, tiny_checkpoints, tmp_path, monkeypatch):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    before = {p.name: p.stat().st_mtime_ns for p in bundle.iterdir()}
+    monkeypatch.setattr(build_module, "export_onnx", lambda *a, **k: pytest.fail("exported again"))
+    report = build_bundle(sources(tiny_checkpoints), bundle, SETTINGS, show_progress=False)
+    assert [r.exported for r in report.counts] == [False] * 3
+    assert all(r.engines_kept == ["onnxruntime"] for r in report.counts)
+    after = {p.name: p.stat().st_mtime_ns for p in bundle.iterdir()}
+    assert {k: v for k, v in after.items() if k != MANIFEST} == {k: v for k, v in before.items() if k != MANIFEST}
+
+
+def test_changed_checkpoint_rebuilds_only_its_count(tiny_bundle, tiny_checkpoints, tmp_path):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    ckpts = dict(tiny_checkpoints)
+    ckpts[32] = medexport.save_checkpoint(tiny_model(32, seed=99), tmp_path / "new32.pt")
+    report = build_bundle(sources(ckpts), bundle, SETTINGS, show_progress=False)
+    assert {r.mediators: r.exported for r in report.counts} == {16: False, 32: True, 64: False}
+    m = Bundle(bundle)
+    assert m.entry(32)["source"]["sha256"] == file_sha256(ckpts[32])
+    # a file whose name exists but whose content changed is rebuilt too
+    (bundle / "mediators-16.fp32.onnx").write_bytes(b"garbage")
+    report = build_bundle(sources(ckpts), bundle, SETTINGS, show_progress=False)
+    assert {r.mediators: r.exported for r in report.counts} == {16: True, 32: False, 64: False}
+
+
+def test_refusals(tiny_checkpoints, tmp_path):
+    with pytest.raises(ConfigError, match="more than once"):
+        build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])] * 2, tmp_path / "a", SETTINGS)
+    with pytest.raises(CheckpointError, match="holds a 32-mediator model, not 16"):
+        build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[32])], tmp_path / "a", SETTINGS)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        build_bundle([ModelSource(16, checkpoint=tmp_path / "missing.pt")], tmp_path / "a", SETTINGS)
+    other = medexport.save_checkpoint(medexport.create_model(TINY.with_mediators(32).__class__(
+        **{**TINY.__dict__, "mediators": 32, "num_classes": 5}), seed=0), tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="num_classes 10 vs 5"):
+        build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16]), ModelSource(32, checkpoint=other)],
+                     tmp_path / "a", SETTINGS)
+    with pytest.raises(BackendUnavailableError, match="TensorRT"):
+        build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], tmp_path / "a",
+                     BuildSettings(backend="tensorrt"))
+    with pytest.raises(BackendUnavailableError, match="bfloat16"):
+        build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], tmp_path / "a",
+                     BuildSettings(backend="onnxruntime", precision="bf16"))
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("precious")
+    with pytest.raises(BundleError, match="not an engine bundle"):
+        build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], folder, SETTINGS)
+    assert (folder / "thesis.tex").read_text() == "precious" and len(list(folder.iterdir())) == 1
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+
+
+def test_bundle_of_another_model_is_not_overwritten(tiny_bundle, tmp_path):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    manifest_before = (bundle / MANIFEST).read_text()
+    ck = medexport.save_checkpoint(medexport.create_model(TINY.__class__(**{**TINY.__dict__, "depth": 3}), seed=0),
+                                   tmp_path / "deep.pt")
+    with pytest.raises(BundleError, match="another model"):
+        build_bundle([ModelSource(16, checkpoint=ck)], bundle, SETTINGS, show_progress=False)
+    assert (bundle / MANIFEST).read_text() == manifest_before
+
+
+def test_nonsense_manifest(tiny_bundle, tiny_checkpoints, tmp_path):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    m = json.loads((bundle / MANIFEST).read_text())
+    m["counts"]["16"]["config"]["mediators"] = "many"
+    (bundle / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="not a valid medexport manifest"):
+        Bundle(bundle)
+    (bundle / MANIFEST).write_text("{ not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        Bundle(bundle)
+    with pytest.raises(BundleError, match="not valid JSON"):  # a build refuses it too, without --force
+        build_bundle(sources(tiny_checkpoints), bundle, SETTINGS, show_progress=False)
+    assert (bundle / "mediators-16.fp32.onnx").exists()
+    with pytest.raises(BundleError, match="not an engine bundle"):
+        Bundle(tmp_path)
+    with pytest.raises(BundleError, match="does not exist"):
+        Bundle(tmp_path / "nowhere")
+
+
+def test_engine_hash_mismatch_is_refused(tiny_bundle, tmp_path):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    with open(bundle / "mediators-32.fp32.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match="does not match the hash"):
+        Bundle(bundle).check_engine(32, "onnxruntime")
+
+
+_BUILD_SCRIPT = """
+import sys
+from medexport.backend import BatchRange
+from medexport.bundle import BuildSettings, ModelSource, build_bundle
+ckpts = dict(arg.split("=", 1) for arg in sys.argv[2:])
+build_bundle([ModelSource(int(n), checkpoint=p) for n, p in ckpts.items()], sys.argv[1],
+             BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)), show_progress=False)
+"""
+
+
+def test_interrupted_build_leaves_a_usable_or_clearly_incomplete_bundle(tiny_checkpoints, tmp_path):
+    out = tmp_path / "b"
+    args = [sys.executable, "-c", _BUILD_SCRIPT, str(out)] + [f"{n}={p}" for n, p in tiny_checkpoints.items()]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    # kill it while it writes the second count's ONNX file (after the first count completed)
+    while time.time() < deadline and not (out / "mediators-32.fp32.onnx.partial").exists() \
+            and not (out / "mediators-32.fp32.onnx").exists():
+        assert proc.poll() is None, "the build ended before it could be interrupted"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    bundle = open_bundle(out)  # usable: the completed count
+    assert bundle.counts == [16] and bundle.missing == [32, 64]
+    bundle.check_engine(16, "onnxruntime")
+    report = build_bundle(sources(tiny_checkpoints), out, SETTINGS, show_progress=False)
+    assert {r.mediators: r.exported for r in report.counts} == {16: False, 32: True, 64: True}
+    assert Bundle(out).missing == [] and not list(out.glob("*.partial"))
+
+
+def test_open_bundle_refuses_an_empty_one(tmp_path, tiny_bundle):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    m = json.loads((bundle / MANIFEST).read_text())
+    m["counts"] = {}
+    (bundle / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="no complete mediator count"):
+        open_bundle(bundle)

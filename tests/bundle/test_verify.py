@@ -1,0 +1,35 @@
+"""``verify`` passes on a good bundle and fails on a swapped engine."""
+
+import json
+
+from medexport.bundle import MANIFEST, Bundle, verify_bundle
+from medexport.model.checkpoint import file_sha256
+from tests.conftest import COUNTS, copy_bundle
+
+
+def test_verify_passes_on_good_bundle(tiny_bundle):
+    results = verify_bundle(Bundle(tiny_bundle))
+    assert [(r.mediators, r.backend) for r in results] == [(n, "onnxruntime") for n in COUNTS]
+    for r in results:
+        assert r.passed and r.max_rel < 1e-4 and r.cases >= 8 and r.tolerance == 1e-4
+
+
+def test_verify_fails_on_engine_swapped_for_another_count(tiny_bundle, tmp_path):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    # put the 64-mediator graph where the 16-mediator engine should be, and make the manifest vouch for it,
+    # so only the numerical comparison can catch it
+    (bundle / "mediators-16.fp32.onnx").write_bytes((bundle / "mediators-64.fp32.onnx").read_bytes())
+    m = json.loads((bundle / MANIFEST).read_text())
+    sha = file_sha256(bundle / "mediators-16.fp32.onnx")
+    m["counts"]["16"]["engines"]["onnxruntime"]["sha256"] = sha
+    (bundle / MANIFEST).write_text(json.dumps(m))
+    (r,) = verify_bundle(Bundle(bundle), counts=[16])
+    assert not r.passed and r.max_rel > 1e-2 and r.error is None
+
+
+def test_verify_reports_hash_mismatch_as_failure(tiny_bundle, tmp_path):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    with open(bundle / "mediators-64.fp32.onnx", "ab") as f:
+        f.write(b"x")
+    (r,) = verify_bundle(Bundle(bundle), counts=[64])
+    assert not r.passed and "hash" in r.error

@@ -1,0 +1,76 @@
+"""``medexport build / verify / inspect`` through click's runner, with every bad input."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from medexport.bundle import MANIFEST
+from medexport.cli import cli
+from tests.conftest import copy_bundle
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_build_verify_inspect(tiny_checkpoints, tmp_path):
+    out = tmp_path / "bundle"
+    r = run("build", "--checkpoint", f"16={tiny_checkpoints[16]}", "--checkpoint", f"32={tiny_checkpoints[32]}",
+            "--backend", "onnxruntime", "--batch", "1:2:4", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert "exported" in r.output and "onnxruntime built" in r.output
+    m = json.loads((out / MANIFEST).read_text())
+    assert sorted(m["counts"]) == ["16", "32"]
+    r = run("build", "--checkpoint", f"16={tiny_checkpoints[16]}", "--checkpoint", f"32={tiny_checkpoints[32]}",
+            "--backend", "onnxruntime", "--batch", "1:2:4", "-o", out)
+    assert r.exit_code == 0 and r.output.count("up to date") >= 4
+    r = run("verify", out)
+    assert r.exit_code == 0, r.output
+    assert r.output.count("PASS") == 2
+    r = run("inspect", out)
+    assert r.exit_code == 0, r.output
+    for text in ("onnxruntime", "fp32", "1:2:4", "4x4", "4x8", "yes", "tiny-m16.pt"):
+        assert text in r.output, text
+
+
+def test_verify_exits_nonzero_on_failure(tiny_bundle, tmp_path):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    with open(bundle / "mediators-64.fp32.onnx", "ab") as f:
+        f.write(b"x")
+    r = run("verify", bundle)
+    assert r.exit_code == 1 and "FAIL" in r.output and "does not match the hash" in r.output
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["--checkpoint", "16=/nonexistent/m16.pt"], 1, "does not exist"),
+    (["--checkpoint", "16:{c16}"], 2, "is not COUNT=PATH"),
+    (["--checkpoint", "16={c16}", "--checkpoint", "16={c16}"], 1, "given more than once"),
+    (["--checkpoint", "16={c32}"], 1, "holds a 32-mediator model, not 16"),
+    (["--checkpoint", "16={c16}", "--mediators", "16,32"], 1, "does not match the counts"),
+    (["--mediators", "16,16"], 2, "more than once"),
+    (["--mediators", "13", "--model", "SiT-S/8", "--image-size", "256"], 1, "does not fit the 4x4 token grid"),
+    (["--backend", "tensorrt", "--checkpoint", "16={c16}"], 1, "TensorRT is not installed"),
+    (["--batch", "4:2:1", "--checkpoint", "16={c16}"], 2, "min <= opt <= max"),
+    (["--batch", "a:b", "--checkpoint", "16={c16}"], 2, "MIN:OPT:MAX"),
+    (["--model", "SiT-Q/2"], 1, "unknown model"),
+])
+def test_build_bad_input(tiny_checkpoints, tmp_path, args, code, message):
+    args = [a.format(c16=tiny_checkpoints[16], c32=tiny_checkpoints[32]) for a in args]
+    r = run("build", *args, "-o", tmp_path / "out")
+    assert r.exit_code == code, r.output
+    assert message in r.output
+    assert "Traceback" not in r.output
+    assert not (tmp_path / "out" / MANIFEST).exists()
+
+
+def test_verify_and_inspect_bad_bundles(tmp_path, tiny_bundle):
+    for cmd in ("verify", "inspect"):
+        r = run(cmd, tmp_path / "nowhere")
+        assert r.exit_code == 1 and "does not exist" in r.output
+        r = run(cmd, tmp_path)
+        assert r.exit_code == 1 and "not an engine bundle" in r.output
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    (bundle / MANIFEST).write_text(json.dumps({"format": "medexport-bundle", "format_version": 1, "counts": []}))
+    r = run("inspect", bundle)
+    assert r.exit_code == 1 and "not a valid medexport manifest" in r.output and "Traceback" not in r.output
