@@ -1,0 +1,132 @@
+"""Benchmark mediator attention on a CUDA GPU: the fused Triton kernel against its alternatives.
+
+For SiT-XL/2 attention shapes (H = 16 heads, head dim d = 72) and every combination of token count N, mediator
+count n and batch B, times
+
+* ``reference``: the op's plain-PyTorch implementation (matmul, softmax, matmul, twice; scores in memory),
+* ``sdpa x2``: two ``F.scaled_dot_product_attention`` calls with the position biases as float masks,
+* ``triton``: the fused kernel (``medexport.kernels.triton_mediator_attention``, default launch),
+* ``full attn``: plain self-attention over the same N tokens through SDPA (what mediators replace),
+
+and reports each time, the kernel's achieved bandwidth against the minimum bytes mediator attention must move
+(read q, k, v, m and both biases once, write o once), that bandwidth as a share of the measured device-to-device
+copy bandwidth, and the other methods' times as multiples of the kernel's. Every method is checked against the
+reference in float32 before it is timed.
+
+    python benchmarks/bench_mediator_kernel.py                 # the full grid, bfloat16
+    python benchmarks/bench_mediator_kernel.py --seq 1024 --mediators 32 --batch 8
+
+Prints a Markdown table (paste it into benchmarks/RESULTS.md with the GPU, driver and versions).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+HEADS, HEAD_DIM = 16, 72  # SiT-XL/2: hidden 1152 over 16 heads
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seq", type=int, nargs="+", default=[256, 1024, 4096], help="token counts N")
+    p.add_argument("--mediators", type=int, nargs="+", default=[16, 32, 64], help="mediator counts n")
+    p.add_argument("--batch", type=int, nargs="+", default=[2, 8, 32], help="batch sizes B")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    p.add_argument("--warmup", type=int, default=25, help="warm-up time per measurement, ms (do_bench)")
+    p.add_argument("--rep", type=int, default=100, help="measured time per measurement, ms (do_bench)")
+    return p.parse_args()
+
+
+def copy_bandwidth(do_bench, nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth in bytes/s (read + write counted), the practical peak."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200)
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def sdpa_twice(q, k, v, m, bias_mk, bias_qm, scale):
+    """Mediator attention as two fused-attention calls; the biases ride along as additive float masks."""
+    B = q.shape[0]
+    v_m = F.scaled_dot_product_attention(m, k, v, attn_mask=bias_mk.expand(B, -1, -1, -1), scale=scale)
+    return F.scaled_dot_product_attention(q, m, v_m, attn_mask=bias_qm.expand(B, -1, -1, -1), scale=scale)
+
+
+def bench_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench, peak: float) -> str | None:
+    """One table row, or None (after saying why on stderr) when a method disagrees with the reference."""
+    from medexport.kernels import triton_mediator_attention
+    from medexport.ops import mediator_attention_reference
+
+    scale = HEAD_DIM ** -0.5
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, HEADS, N, HEAD_DIM, generator=g, device="cuda", dtype=dtype) for _ in range(3))
+    m = torch.randn(B, HEADS, n, HEAD_DIM, generator=g, device="cuda", dtype=dtype)
+    bias_mk = torch.randn(HEADS, n, N, generator=g, device="cuda", dtype=dtype)
+    bias_qm = torch.randn(HEADS, N, n, generator=g, device="cuda", dtype=dtype)
+    ins = (q, k, v, m, bias_mk, bias_qm, scale)
+
+    methods = {
+        "reference": lambda: mediator_attention_reference(*ins),
+        "sdpa": lambda: sdpa_twice(*ins),
+        "triton": lambda: triton_mediator_attention(*ins),
+    }
+    truth = mediator_attention_reference(*(t.float() for t in ins[:6]), scale)
+    for name, fn in methods.items():
+        err = ((fn().float() - truth).abs().max() / truth.abs().max()).item()
+        if err > 3e-2:
+            print(f"bench_mediator_kernel: {name} is wrong at N={N} n={n} B={B} (relative error {err:.3g}); "
+                  "not timing it", file=sys.stderr)
+            return None
+    ms = {name: do_bench(fn, warmup=args.warmup, rep=args.rep) for name, fn in methods.items()}
+    ms["full"] = do_bench(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale),
+                          warmup=args.warmup, rep=args.rep)
+
+    # The least mediator attention can move: every input read once, o written once.
+    elem = torch.finfo(dtype).bits // 8
+    min_bytes = elem * (4 * B * HEADS * N * HEAD_DIM + B * HEADS * n * HEAD_DIM + 2 * HEADS * n * N)
+    t = ms["triton"]
+    tbs = min_bytes / (t * 1e-3)
+    return (f"| {N} | {n} | {B} | {ms['reference']:.3f} | {ms['sdpa']:.3f} | {t:.3f} | {ms['full']:.3f} "
+            f"| {tbs / 1e12:.2f} | {100 * tbs / peak:.0f}% | {ms['reference'] / t:.2f} | {ms['sdpa'] / t:.2f} "
+            f"| {ms['full'] / t:.2f} |")
+
+
+def main() -> int:
+    args = parse_args()
+    if not torch.cuda.is_available():
+        print("bench_mediator_kernel: no CUDA device here; this benchmark measures GPU kernels and needs one.",
+              file=sys.stderr)
+        return 1
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        print("bench_mediator_kernel: triton is not installed (pip install 'medexport[triton]').", file=sys.stderr)
+        return 1
+    dtype = getattr(torch, args.dtype)
+    peak = copy_bandwidth(do_bench)
+    props = torch.cuda.get_device_properties(0)
+    print(f"GPU: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
+          f"{args.dtype}, H={HEADS}, d={HEAD_DIM}")
+    print(f"device-to-device copy bandwidth: {peak / 1e12:.2f} TB/s (read + write)\n")
+    print("| N | n | B | reference ms | sdpa x2 ms | triton ms | full attn ms | triton TB/s | % of copy "
+          "| ref / triton | sdpa x2 / triton | full / triton |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+    for N in args.seq:
+        for n in args.mediators:
+            for B in args.batch:
+                row = bench_one(B, N, n, dtype, args, do_bench, peak)
+                if row is None:
+                    return 2
+                print(row, flush=True)
+                torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""``medexport sample``: generate from a bundle, optionally benchmark engines against the PyTorch reference."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import SamplingError
+from ..runtime import LAST_STEPS, METHODS, SAMPLERS
+from ..runtime.benchmark import environment, plot_trace, run_benchmark, summary, write_report
+from ..runtime.pipeline import Pipeline, latents_to_file
+from .main import cli, console, err_console
+
+log = logging.getLogger("medexport")
+ALL_METHODS = sorted({m for ms in METHODS.values() for m in ms})
+
+
+@cli.command("sample")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--labels", default=None, help="Comma-separated class labels, one per image.")
+@click.option("--num", default=4, show_default=True, help="Images, with random labels (when --labels is not given).")
+@click.option("--seed", default=0, show_default=True, help="Seeds labels, initial noise and SDE noise.")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="sde", show_default=True)
+@click.option("--method", type=click.Choice(ALL_METHODS), default=None,
+              help="sde: euler (Euler-Maruyama) | heun; ode: euler | heun | dopri5 [default: euler / dopri5].")
+@click.option("--steps", type=int, default=None,
+              help="SDE: steps (default 250). ODE: grid points as in the reference, so euler with 50 makes 49 "
+                   "evaluations (default 50).")
+@click.option("--last-step", type=click.Choice(LAST_STEPS), default="mean", show_default=True, help="SDE last step.")
+@click.option("--cfg-scale", type=float, default=1.0, show_default=True, help="Guidance scale (1: none).")
+@click.option("--cfg-channels", type=click.Choice(["3", "all"]), default="3", show_default=True,
+              help="Guide the first 3 channels (the reference) or all.")
+@click.option("--schedule", default=None,
+              help='Mediator schedule: "16:0.3,32:0.7,64" (fractions of the steps), "64" (static), or '
+                   '"adaptive:16,32,64:ratios=0.5,0.2[:warmup=3][:distance=mae]" [default: largest count].')
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto",
+              show_default=True, help="torch = the PyTorch models the engines were built from.")
+@click.option("--device", default=None, help="cpu or cuda (default: the backend's).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out"),
+              show_default=True, help="Folder for latents (.npy), report.json, the plot and images.")
+@click.option("--vae", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Local diffusers AutoencoderKL folder: decode to a PNG grid.")
+@click.option("--benchmark", is_flag=True, help="Warm-up, timed runs, and the PyTorch reference side by side.")
+@click.option("--warmup", default=1, show_default=True, help="Untimed runs before timing (--benchmark).")
+@click.option("--runs", default=3, show_default=True, help="Timed runs (--benchmark).")
+@click.option("--reference/--no-reference", default=True, show_default=True,
+              help="With --benchmark, also time the PyTorch reference on the same inputs.")
+def sample_cmd(bundle, labels, num, seed, sampler, method, steps, last_step, cfg_scale, cfg_channels, schedule,
+               backend, device, out_dir, vae, benchmark, warmup, runs, reference) -> None:
+    """Generate latents from a bundle with a mediator schedule; --benchmark times it against PyTorch."""
+    pipe = Pipeline.from_bundle(bundle, backend=backend, device=device)
+    if labels is not None:
+        try:
+            label_list = [int(v) for v in labels.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{labels!r} is not a comma-separated list of class labels, e.g. 207,360",
+                                     param_hint="--labels") from None
+    else:
+        if num < 1:
+            raise SamplingError("--num must be at least 1")
+        label_list = torch.randint(0, pipe.config.num_classes, (num,), generator=torch.Generator().manual_seed(seed)).tolist()
+    kwargs = dict(labels=label_list, seed=seed, sampler=sampler, method=method, steps=steps, last_step=last_step,
+                  cfg_scale=cfg_scale, cfg_channels=None if cfg_channels == "all" else 3, schedule=schedule)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = environment(pipe.device)
+    if not benchmark:
+        with console.status(f"sampling {len(label_list)} images on {pipe.backend}"):
+            result = pipe.sample(**kwargs)
+        results = {pipe.backend: result}
+        summaries = [{"backend": pipe.backend, "images": len(label_list), "seconds": round(result.seconds, 3),
+                      "steps_per_count": {str(k): v for k, v in result.steps_per_count().items()},
+                      "evaluations": len(result.trace)}]
+        ref_result = None
+        console.print(f"{len(label_list)} images in {result.seconds:.2f} s on {pipe.backend}; steps per mediator "
+                      f"count: {result.steps_per_count()}")
+    else:
+        pipelines = {pipe.backend: pipe}
+        if reference and pipe.backend != "torch":
+            pipelines["torch"] = Pipeline.from_bundle(bundle, backend="torch", device=device)
+        stats = {}
+        total = (warmup + runs) * len(pipelines)
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err_console) as progress:
+            task = progress.add_task("benchmark", total=total)
+            for name, p in pipelines.items():
+                progress.update(task, description=f"benchmark {name}")
+                stats[name] = run_benchmark(p, kwargs, warmup=warmup, runs=runs,
+                                            progress=lambda: progress.advance(task))
+        ref_stats = stats.get("torch") if pipe.backend != "torch" else None
+        summaries = [summary(pipe, stats[pipe.backend], ref_stats)]
+        if ref_stats is not None:
+            summaries.append(summary(pipelines["torch"], ref_stats, None))
+        result = stats[pipe.backend].last
+        ref_result = ref_stats.last if ref_stats else None
+        results = {name: s.last for name, s in stats.items()}
+        _print_benchmark(stats, summaries, pipe)
+    latents_path = latents_to_file(result.latents, out_dir / "latents.npy")
+    report = write_report(out_dir / "report.json", {**result.settings, "bundle": str(bundle),
+                                                   "benchmark": benchmark, "warmup": warmup, "runs": runs},
+                          env, summaries, result, ref_result)
+    plot = plot_trace(out_dir / "step_latency.png", results)
+    if vae is not None:
+        from ..runtime.vae import decode, load_vae, save_grid
+
+        grid = save_grid(decode(load_vae(vae), result.latents), out_dir / "samples.png")
+        console.print(f"images: {grid}")
+    console.print(f"wrote {latents_path}, {report}, {plot}")
+
+
+def _print_benchmark(stats: dict, summaries: list[dict], pipe: Pipeline) -> None:
+    counts = sorted({e.mediators for s in stats.values() for e in s.last.trace})
+    steps = stats[pipe.backend].last.steps_per_count()
+    table = Table(title="mean step latency (ms) per mediator count")
+    table.add_column("mediators", justify="right")
+    table.add_column("steps served", justify="right")
+    for name in stats:
+        table.add_column(name, justify="right")
+    if len(stats) > 1:
+        table.add_column("speed-up", justify="right")
+    per = {name: s.step_ms_per_count() for name, s in stats.items()}
+    for n in counts:
+        row = [str(n), str(steps.get(n, 0))] + [f"{per[name].get(n, float('nan')):.2f}" for name in stats]
+        if len(stats) > 1:
+            row.append(f"{per['torch'][n] / per[pipe.backend][n]:.2f}x")
+        table.add_row(*row)
+    console.print(table)
+    table = Table(title="per batch (median of the timed runs)")
+    table.add_column("")
+    for s in summaries:
+        table.add_column(s["backend"], justify="right")
+    rows = [("images", lambda s: str(s["images"])),
+            ("latency per batch (s)", lambda s: f"{s['batch_seconds']:.3f}"),
+            ("images / s", lambda s: f"{s['images_per_second']:.3f}"),
+            ("peak memory (MiB)", lambda s: f"{s['peak_memory_bytes'] / 2**20:.0f}"),
+            ("GFLOPs / image", lambda s: f"{s['gflops_per_image']:.1f}"),
+            ("runtime overhead", lambda s: f"{100 * s['runtime_overhead_fraction']:.2f}%"),
+            ("speed-up vs torch", lambda s: f"{s['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in s
+             else "reference")]
+    for label, fmt in rows:
+        table.add_row(label, *[fmt(s) for s in summaries])
+    console.print(table)
+    if "max_rel_diff_vs_reference" in summaries[0]:
+        console.print(f"final latents vs reference: max relative difference "
+                      f"{summaries[0]['max_rel_diff_vs_reference']:.2e}")

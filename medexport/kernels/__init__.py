@@ -1,0 +1,116 @@
+"""Device kernels for medexport's custom ops.
+
+* :func:`triton_mediator_attention` runs the fused Triton mediator-attention kernel directly
+  (``medexport/kernels/triton_mediator.py``).
+* :func:`register_cuda_kernel` makes that kernel the CUDA implementation of
+  ``torch.ops.medexport.mediator_attention``; importing this package does it when a CUDA device is present and
+  triton imports.
+
+Triton is optional: importing this package never imports it unless a CUDA device is present, and the functions
+that need it raise :class:`~medexport.errors.BackendUnavailableError` when it is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from ..errors import BackendUnavailableError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["register_cuda_kernel", "registered_cuda_kernel", "triton_available", "triton_mediator_attention"]
+
+#: Which implementation register_cuda_kernel installed: None (not yet), "triton" or "reference".
+_cuda_kernel: str | None = None
+
+
+def triton_available() -> tuple[bool, str]:
+    """(True, "") when triton imports, else (False, why not)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return False, f"triton is not installed ({exc}); install it with: pip install 'medexport[triton]'"
+    return True, ""
+
+
+def _kernel_module():
+    """The Triton kernel module, imported on first use."""
+    ok, why = triton_available()
+    if not ok:
+        raise BackendUnavailableError(f"The Triton mediator-attention kernel needs triton: {why}")
+    from . import triton_mediator
+
+    return triton_mediator
+
+
+def triton_mediator_attention(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor,
+                              scale: float, **launch) -> Tensor:
+    """Mediator attention by the fused Triton kernel, called directly (not through the op).
+
+    Same arguments and result as ``torch.ops.medexport.mediator_attention``: q, k, v (B, H, N, d), m (B, H, n, d),
+    bias_mk (H, n, N), bias_qm (H, N, n) -> o (B, H, N, d). CUDA tensors, or CPU tensors under the Triton
+    interpreter (``TRITON_INTERPRET=1`` set before triton is imported). ``launch`` takes the keyword overrides of
+    :func:`medexport.kernels.triton_mediator.triton_mediator_attention` (``block_n``, ``splits``).
+    Raises ValueError for bad shapes, n > 128 or unsupported dtypes; BackendUnavailableError without triton.
+    """
+    return _kernel_module().triton_mediator_attention(q, k, v, m, bias_mk, bias_qm, scale, **launch)
+
+
+def _cuda_triton_impl(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor,
+                      scale: float) -> Tensor:
+    """The op's CUDA implementation: the Triton kernel where it applies, the reference elsewhere.
+
+    The op is defined for any n <= N and any floating dtype; the kernel takes n <= 128 and fp32/fp16/bf16 with
+    q, k, v, m of one dtype, so the rest (float64, mixed dtypes, many mediators) keeps the reference's result.
+    """
+    from ..ops import mediator_attention_reference
+
+    mod = _kernel_module()
+    n = m.shape[2] if m.dim() == 4 else 0
+    if (1 <= n <= mod.MAX_MEDIATORS and q.dtype in mod.SUPPORTED_DTYPES
+            and all(t.dtype == q.dtype for t in (k, v, m))
+            and bias_mk.is_floating_point() and bias_qm.is_floating_point()):
+        return mod.triton_mediator_attention(q, k, v, m, bias_mk, bias_qm, scale)
+    return mediator_attention_reference(q, k, v, m, bias_mk, bias_qm, scale)
+
+
+def _cuda_reference_impl(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor,
+                         scale: float) -> Tensor:
+    from ..ops import mediator_attention_reference
+
+    return mediator_attention_reference(q, k, v, m, bias_mk, bias_qm, scale)
+
+
+def register_cuda_kernel() -> str:
+    """Register the op's CUDA implementation; returns which one: "triton" or "reference".
+
+    The Triton kernel when triton imports, else the plain-PyTorch reference (the op's behaviour stays defined
+    either way). Idempotent: later calls return the first call's choice without registering again.
+    """
+    global _cuda_kernel
+    if _cuda_kernel is not None:
+        return _cuda_kernel
+    from ..ops import mediator_attention  # the CustomOpDef, not the module of the same name
+
+    ok, why = triton_available()
+    if ok:
+        mediator_attention.register_kernel("cuda")(_cuda_triton_impl)
+        _cuda_kernel = "triton"
+    else:
+        log.info("mediator attention on CUDA uses the PyTorch reference: %s", why)
+        mediator_attention.register_kernel("cuda")(_cuda_reference_impl)
+        _cuda_kernel = "reference"
+    return _cuda_kernel
+
+
+def registered_cuda_kernel() -> str | None:
+    """Which CUDA implementation :func:`register_cuda_kernel` installed, or None if it has not run."""
+    return _cuda_kernel
+
+
+# Only with a GPU: importing triton costs time and is pointless on a CPU-only machine.
+if torch.cuda.is_available() and triton_available()[0]:
+    register_cuda_kernel()

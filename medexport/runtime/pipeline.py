@@ -1,0 +1,314 @@
+"""``medexport.Pipeline``: sampling with one runner per mediator count, switched across denoising steps.
+
+The pipeline owns the runners (any backend), wraps them into the sampler's velocity with classifier-free
+guidance as the reference does it, lets the schedule pick the mediator count per step, and records every
+model evaluation (step, t, mediator count, backend, wall time) in a trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..backend import Runner, TorchRunner
+from ..errors import ConfigError, SamplingError
+from ..model import ModelConfig, forward_flops, load_checkpoint
+from ..model.mediator_dit import MediatorDiT
+from .samplers import SamplerSettings, StepInfo, sample
+from .schedule import FixedSchedule, Schedule, parse_schedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TraceEntry:
+    """One model evaluation: which step, at which t, on which engine, how long (ms, device-timed on GPU)."""
+
+    step: int
+    t: float
+    mediators: int
+    backend: str
+    ms: float
+    batch: int
+
+
+@dataclass
+class SampleResult:
+    """Final latents (B, C, S, S) of the conditional half, and the trace of every model evaluation."""
+
+    latents: Tensor
+    trace: list[TraceEntry]
+    seconds: float
+    settings: dict = field(default_factory=dict)
+
+    def steps_per_count(self) -> dict[int, int]:
+        """Distinct denoising steps served by each mediator count."""
+        steps: dict[int, set] = {}
+        for e in self.trace:
+            steps.setdefault(e.mediators, set()).add(e.step)
+        return {n: len(s) for n, s in sorted(steps.items())}
+
+    def engine_ms(self) -> float:
+        return sum(e.ms for e in self.trace)
+
+    def trace_dicts(self) -> list[dict]:
+        return [{"step": e.step, "t": e.t, "mediators": e.mediators, "backend": e.backend, "ms": e.ms,
+                 "batch": e.batch} for e in self.trace]
+
+
+class Pipeline:
+    """Runners for several mediator counts of one model, and sampling across them.
+
+    Build one with :meth:`from_bundle` (deployed engines) or :meth:`from_checkpoints` (PyTorch, no export).
+    """
+
+    def __init__(self, runners: dict[int, Runner], config: ModelConfig):
+        if not runners:
+            raise ConfigError("a pipeline needs at least one runner")
+        self.runners = dict(sorted(runners.items()))
+        self.config = config  # shared architecture; config.mediators is that of the first runner
+        self.backend = next(iter(self.runners.values())).backend
+        self.device = torch.device(next(iter(self.runners.values())).device)
+
+    # -- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike, backend: str = "auto", device: str | None = None) -> Pipeline:
+        """Runners for every count of a built bundle.
+
+        ``backend``: "auto" (TensorRT where the bundle has runnable plans, else ONNX Runtime), "tensorrt",
+        "onnxruntime", or "torch" (the PyTorch models the engines were built from: the reference).
+        """
+        from ..bundle import engine_runner, open_bundle, runnable_here
+        from ..errors import BackendUnavailableError
+
+        bundle = open_bundle(path)
+        counts = bundle.counts
+        if backend == "torch":
+            dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            runners = {n: TorchRunner(bundle.torch_model(n), device=dev) for n in counts}
+            return cls(runners, bundle.config(counts[0]))
+        if backend == "auto":
+            backend = "onnxruntime"
+            if all("tensorrt" in bundle.backends(n) and runnable_here(bundle.engine(n, "tensorrt"), "tensorrt")[0]
+                   for n in counts):
+                backend = "tensorrt"
+        for n in counts:
+            if backend not in bundle.backends(n):
+                raise BackendUnavailableError(f"bundle {path} has no {backend} engine for {n} mediators (it has "
+                                              f"{', '.join(bundle.backends(n))}): rebuild it with --backend {backend}")
+            ok, why = runnable_here(bundle.engine(n, backend), backend)
+            if not ok:
+                raise BackendUnavailableError(f"the {backend} engine for {n} mediators cannot run here: {why}")
+        shared = None
+        if backend == "tensorrt":  # engines never run at the same time: one activation buffer for all
+            from ..backend.trt.engine import SharedActivationMemory
+
+            shared = SharedActivationMemory()
+        runners = {n: engine_runner(bundle, n, backend, shared_memory=shared, device=device) for n in counts}
+        return cls(runners, bundle.config(counts[0]))
+
+    @classmethod
+    def from_checkpoints(cls, checkpoints: dict[int, str | os.PathLike], *, device: str | None = None,
+                         weights: str = "ema", precision: str = "fp32", cuda_graph: bool = False) -> Pipeline:
+        """PyTorch runners straight from checkpoints, one per mediator count (no export needed)."""
+        models = {}
+        for n, path in checkpoints.items():
+            model = load_checkpoint(path, weights=weights)
+            if model.config.mediators != n:
+                raise ConfigError(f"{path} holds a {model.config.mediators}-mediator model, not {n}")
+            models[n] = model
+        return cls.from_models(models, device=device, precision=precision, cuda_graph=cuda_graph)
+
+    @classmethod
+    def from_models(cls, models: dict[int, MediatorDiT] | list[MediatorDiT], *, device: str | None = None,
+                    precision: str = "fp32", cuda_graph: bool = False) -> Pipeline:
+        if isinstance(models, (list, tuple)):
+            models = {m.config.mediators: m for m in models}
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        configs = {n: m.config for n, m in models.items()}
+        first = next(iter(configs.values()))
+        for n, c in configs.items():
+            if c.with_mediators(first.mediators) != first:
+                raise ConfigError(f"the {n}-mediator model has another architecture than the others")
+        return cls({n: TorchRunner(m, device=dev, precision=precision, cuda_graph=cuda_graph)
+                    for n, m in models.items()}, first)
+
+    @property
+    def counts(self) -> list[int]:
+        return list(self.runners)
+
+    # -- sampling -----------------------------------------------------------------------------------------
+    def sample(self, labels, *, noise: Tensor | None = None, seed: int | None = None, sampler: str = "sde",
+               method: str | None = None, steps: int | None = None, cfg_scale: float = 1.0,
+               cfg_channels: int | None = 3, schedule: Schedule | str | None = None, last_step: str | None = "mean",
+               last_step_size: float = 0.04, atol: float = 1e-6, rtol: float = 1e-3,
+               check_finite: bool = True) -> SampleResult:
+        """Generate latents for ``labels``.
+
+        Args:
+            labels: class labels (ints < num_classes), one per image.
+            noise: the initial state (B, C, S, S); drawn from ``seed`` when omitted. With guidance the state
+                is doubled here ([x; x], labels [y; null]), as the reference does.
+            seed: seeds the initial noise and the SDE's noise (one CPU generator, reproducible).
+            sampler, method, steps, last_step, last_step_size, atol, rtol: see :class:`SamplerSettings`.
+            cfg_scale: classifier-free guidance scale (>= 1; 1 means no guidance and no doubled batch).
+            cfg_channels: guide the first 3 channels (the reference) or all (None).
+            schedule: a :class:`Schedule`, its text form ("16:0.3,32:0.7,64", "adaptive:..."), or None for the
+                largest count alone.
+            check_finite: stop with the step and the engine when an engine outputs NaN or inf.
+        """
+        settings = SamplerSettings(sampler=sampler, method=method, steps=steps, last_step=last_step,
+                                   last_step_size=last_step_size, atol=atol, rtol=rtol)
+        sched = self._schedule(schedule)
+        if sched.adaptive and settings.num_model_steps is None:
+            raise SamplingError("an adaptive schedule needs a fixed-step sampler (not dopri5): use "
+                                "--method euler/heun or a fixed schedule")
+        if not (cfg_scale >= 1.0):
+            raise SamplingError(f"cfg scale {cfg_scale} is below 1: use 1 (no guidance) or more (e.g. 4.0)")
+        if cfg_channels is not None and not 1 <= cfg_channels <= self.config.in_channels:
+            raise SamplingError(f"cfg_channels must be 1..{self.config.in_channels} or None (all)")
+        y = self._labels(labels)
+        B, c = len(y), self.config
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        if noise is None:
+            noise = torch.randn(B, c.in_channels, c.input_size, c.input_size, generator=generator)
+        elif tuple(noise.shape) != (B, c.in_channels, c.input_size, c.input_size):
+            raise SamplingError(f"noise must be {(B, c.in_channels, c.input_size, c.input_size)} for {B} labels, "
+                                f"got {tuple(noise.shape)}")
+        guided = cfg_scale > 1.0
+        x0 = noise.to(self.device, torch.float32)
+        y = y.to(self.device)
+        if guided:  # the reference: z = [z; z], y = [y; null]
+            x0 = torch.cat([x0, x0])
+            y = torch.cat([y, torch.full_like(y, c.num_classes)])
+        trace: list[TraceEntry] = []
+        per_sample = getattr(sched, "per_sample", False)
+        sched.reset(x0[:B] if per_sample else x0)
+        timer = _Timer(self.device)
+
+        def velocity(x: Tensor, t: Tensor, step: StepInfo) -> Tensor:
+            counts = sched.models_for(step) if per_sample else [sched.model_for(step)] * B
+            if len(set(counts)) == 1:
+                return self._evaluate(counts[0], x, t, y, cfg_scale, cfg_channels, step, trace, timer, check_finite)
+            out = torch.empty_like(x)
+            for n in sorted(set(counts)):
+                rows = [i for i, k in enumerate(counts) if k == n]
+                idx = torch.tensor(rows + [r + B for r in rows] if guided else rows, device=x.device)
+                out[idx] = self._evaluate(n, x[idx], t[idx], y[idx], cfg_scale, cfg_channels, step, trace, timer,
+                                          check_finite)
+            return out
+
+        def on_step(step: StepInfo, x: Tensor) -> None:
+            sched.observe(step, x[:B] if per_sample else x)
+
+        start = time.perf_counter()
+        x = sample(velocity, x0, settings, generator=generator, on_step=on_step)
+        timer.flush(trace)
+        seconds = time.perf_counter() - start
+        run_settings = {**asdict(settings), "cfg_scale": cfg_scale, "cfg_channels": cfg_channels,
+                        "schedule": str(sched), "seed": seed, "labels": y[:B].tolist(), "backend": self.backend}
+        return SampleResult(x[:B].float().cpu(), trace, seconds, run_settings)
+
+    def _evaluate(self, n: int, x: Tensor, t: Tensor, y: Tensor, cfg_scale: float, channels: int | None,
+                  step: StepInfo, trace: list, timer: _Timer, check_finite: bool) -> Tensor:
+        runner = self.runners[n]
+        guided = cfg_scale > 1.0
+        if guided:  # forward_with_cfg: the conditional half, duplicated
+            half = x[: len(x) // 2]
+            x = torch.cat([half, half])
+        start = timer.start()
+        out = runner(x, t, y)
+        timer.stop(start, trace, step, n, runner.backend, len(x))
+        if check_finite and not torch.isfinite(out).all():
+            raise SamplingError(f"the {runner.backend} engine for {n} mediators produced NaN/inf at step "
+                                f"{step.index} (t={step.t:.4f}): rebuild it in fp32 or check the model")
+        if not guided:
+            return out
+        k = out.shape[1] if channels is None else channels
+        eps, rest = out[:, :k], out[:, k:]
+        cond, uncond = eps.chunk(2)
+        half_eps = uncond + cfg_scale * (cond - uncond)
+        return torch.cat([torch.cat([half_eps, half_eps]), rest], dim=1)
+
+    def _schedule(self, schedule) -> Schedule:
+        if schedule is None:
+            sched: Schedule = FixedSchedule.static(max(self.counts))
+        elif isinstance(schedule, str):
+            sched = parse_schedule(schedule)
+        else:
+            sched = schedule
+        sched.validate_against(self.counts)
+        return sched
+
+    def _labels(self, labels) -> Tensor:
+        y = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
+        if y.numel() == 0:
+            raise SamplingError("no labels given: pass at least one class label")
+        bad = [int(v) for v in y if not 0 <= v < self.config.num_classes]
+        if bad:
+            raise SamplingError(f"labels {bad} are outside 0..{self.config.num_classes - 1} (the model has "
+                                f"{self.config.num_classes} classes; the null class {self.config.num_classes} is "
+                                f"added by guidance)")
+        return y
+
+    # -- accounting ---------------------------------------------------------------------------------------
+    def flops_per_image(self, result: SampleResult) -> float:
+        """Multiply-adds per generated image under the run's schedule (guidance doubles each evaluation)."""
+        per_count = {n: forward_flops(self.config.with_mediators(n)) for n in self.counts}
+        images = len(result.latents)
+        return sum(per_count[e.mediators] * e.batch for e in result.trace) / images
+
+
+class _Timer:
+    """Wall time per evaluation: perf_counter on CPU, CUDA events (read once at the end) on GPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.pending: list[tuple[int, object, object]] = []
+
+    def start(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def stop(self, start, trace: list, step: StepInfo, n: int, backend: str, batch: int) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.pending.append((len(trace), start, end))
+            ms = float("nan")  # filled in by flush(), without a host sync per step
+        else:
+            ms = (time.perf_counter() - start) * 1e3
+        trace.append(TraceEntry(step.index, float(step.t), n, backend, ms, batch))
+
+    def flush(self, trace: list) -> None:
+        if not self.pending:
+            return
+        torch.cuda.synchronize()
+        for i, start, end in self.pending:
+            e = trace[i]
+            trace[i] = TraceEntry(e.step, e.t, e.mediators, e.backend, start.elapsed_time(end), e.batch)
+        self.pending.clear()
+
+
+def count_steps(trace: list[TraceEntry]) -> Counter:
+    return Counter(e.mediators for e in trace)
+
+
+def latents_to_file(latents: Tensor, path: str | Path) -> Path:
+    import numpy as np
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial.npy")
+    np.save(tmp, latents.numpy())
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,137 @@
+"""The Pipeline: engines and PyTorch give the same latents; schedules serve the steps they name; bad input."""
+
+import pytest
+import torch
+
+from medexport import Pipeline
+from medexport.backend import Runner
+from medexport.errors import ScheduleError, SamplingError
+from medexport.runtime import AdaptiveSchedule
+from tests.conftest import COUNTS, TINY
+
+CASES = [
+    dict(sampler="ode", method="euler", steps=6, cfg_scale=1.0, schedule="16:0.3,32:0.7,64"),
+    dict(sampler="sde", method="euler", steps=6, cfg_scale=4.0, schedule="16:0.5,64"),
+    dict(sampler="sde", method="heun", steps=4, cfg_scale=1.5, schedule="32"),
+    dict(sampler="ode", method="heun", steps=5, cfg_scale=4.0, cfg_channels=None, schedule="16:0.5,32"),
+    dict(sampler="ode", method="euler", steps=10, cfg_scale=4.0,
+         schedule="adaptive:16,32,64:ratios=0.95,0.9:warmup=2"),
+    dict(sampler="sde", method="euler", steps=8, cfg_scale=1.0,
+         schedule="adaptive:16,64:ratios=0.95:warmup=2:distance=mse"),
+]
+
+
+@pytest.fixture(scope="module")
+def pipelines(tiny_bundle):
+    return {"onnxruntime": Pipeline.from_bundle(tiny_bundle, backend="onnxruntime"),
+            "torch": Pipeline.from_bundle(tiny_bundle, backend="torch")}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['sampler']}-{c['method']}-cfg{c['cfg_scale']}-{c['schedule'][:8]}")
+def test_onnxruntime_and_pytorch_pipelines_agree(pipelines, case):
+    results = {k: p.sample([1, 7, 3], seed=5, **case) for k, p in pipelines.items()}
+    a, b = results["onnxruntime"].latents, results["torch"].latents
+    assert a.shape == (3, 4, 16, 16)
+    rel = (a - b).abs().max() / b.abs().max()
+    assert rel < 1e-4, f"relative difference {rel:.2e}"
+    ta, tb = results["onnxruntime"].trace, results["torch"].trace
+    assert [(e.step, e.mediators) for e in ta] == [(e.step, e.mediators) for e in tb]
+    assert {e.backend for e in ta} == {"onnxruntime"} and {e.backend for e in tb} == {"torch"}
+    assert all(e.ms > 0 for e in ta)
+
+
+def test_from_checkpoints_equals_bundle_reference(pipelines, tiny_checkpoints):
+    pipe = Pipeline.from_checkpoints(dict(tiny_checkpoints))
+    kw = dict(sampler="ode", method="euler", steps=5, cfg_scale=2.0, schedule="16:0.5,64")
+    torch.testing.assert_close(pipe.sample([2, 4], seed=1, **kw).latents,
+                               pipelines["torch"].sample([2, 4], seed=1, **kw).latents, rtol=0, atol=0)
+
+
+def test_fixed_schedule_serves_exactly_the_steps_it_names(pipelines):
+    pipe = pipelines["torch"]
+    r = pipe.sample([0], seed=0, sampler="ode", method="euler", steps=11, schedule="16:0.3,32:0.7,64")
+    # 10 steps, progress i/10: 0..2 -> 16, 3..6 -> 32, 7..9 -> 64
+    assert [e.mediators for e in r.trace] == [16] * 3 + [32] * 4 + [64] * 3
+    assert [e.step for e in r.trace] == list(range(10))
+    assert r.steps_per_count() == {16: 3, 32: 4, 64: 3}
+    r = pipe.sample([0], seed=0, sampler="sde", steps=250, schedule="16:0.3,32:0.7,64")
+    assert len(r.trace) == 250 and r.steps_per_count() == {16: 75, 32: 100, 64: 75}
+    r = pipe.sample([0], seed=0, sampler="ode", method="euler", steps=8)
+    assert len(r.trace) == 7 and r.steps_per_count() == {64: 7}  # default: the largest count alone
+
+
+def test_guidance_doubles_the_engine_batch_and_trace_times(pipelines):
+    r = pipelines["torch"].sample([1, 2], seed=0, sampler="ode", method="euler", steps=4, cfg_scale=4.0)
+    assert [e.batch for e in r.trace] == [4, 4, 4]
+    assert [round(e.t, 4) for e in r.trace] == [0.0, 0.3333, 0.6667]
+
+
+def test_adaptive_schedule_switches_and_is_recorded(pipelines):
+    sched = AdaptiveSchedule((16, 32, 64), ratios=(0.99, 0.98), warmup=2)
+    r = pipelines["torch"].sample([3], seed=0, sampler="ode", method="euler", steps=12, schedule=sched)
+    used = [e.mediators for e in r.trace]
+    assert used[:3] == [16, 16, 16]  # warm-up steps and the step after stay on the first model
+    assert used == sorted(used)  # switches only go forward
+    assert [s.after_step for s in sched.switches] == [i for i in range(len(used) - 1) if used[i] != used[i + 1]]
+
+
+def test_seed_and_noise(pipelines):
+    pipe = pipelines["torch"]
+    kw = dict(sampler="sde", steps=5)
+    a, b = pipe.sample([1], seed=3, **kw).latents, pipe.sample([1], seed=3, **kw).latents
+    assert torch.equal(a, b)
+    assert not torch.equal(a, pipe.sample([1], seed=4, **kw).latents)
+    noise = torch.randn(2, 4, 16, 16)
+    kw = dict(sampler="ode", method="euler", steps=4, cfg_scale=3.0)
+    r1 = pipe.sample([1, 2], noise=noise, **kw).latents
+    r2 = pipe.sample([1, 2], noise=noise.clone(), seed=99, **kw).latents
+    torch.testing.assert_close(r1, r2)
+
+
+def test_batch_outside_engine_range_is_split(pipelines):
+    # the engines accept 1..4; 3 labels with guidance make batches of 6
+    kw = dict(sampler="ode", method="euler", steps=3, cfg_scale=2.0, schedule="32")
+    a = pipelines["onnxruntime"].sample([1, 2, 3], seed=0, **kw).latents
+    b = pipelines["torch"].sample([1, 2, 3], seed=0, **kw).latents
+    assert (a - b).abs().max() / b.abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(labels=[10]), SamplingError, "outside 0..9"),
+    (dict(labels=[-1]), SamplingError, "outside 0..9"),
+    (dict(labels=[]), SamplingError, "no labels"),
+    (dict(labels=[1], schedule="16:0.5,128"), ScheduleError, "128"),
+    (dict(labels=[1], schedule="16:0.7,32:0.3,64"), ScheduleError, "fractions must increase"),
+    (dict(labels=[1], schedule="16;0.5"), ScheduleError, "character"),
+    (dict(labels=[1], steps=1), SamplingError, "steps"),
+    (dict(labels=[1], cfg_scale=0.5), SamplingError, "below 1"),
+    (dict(labels=[1], noise=torch.zeros(2, 4, 16, 16)), SamplingError, "noise must be"),
+    (dict(labels=[1], sampler="ode", method="dopri5", schedule="adaptive:16,32:ratios=0.5"), SamplingError,
+     "fixed-step"),
+])
+def test_bad_input_is_refused_before_any_work(tiny_bundle, kwargs, error, message):
+    calls = []
+
+    class Counting(Runner):
+        backend = "counting"
+
+        def infer(self, x, t, y):
+            calls.append(1)
+            return torch.zeros_like(x)
+
+    pipe = Pipeline({n: Counting(n) for n in COUNTS}, TINY)
+    with pytest.raises(error, match=message):
+        pipe.sample(**kwargs)
+    assert calls == []
+
+
+def test_nan_from_an_engine_names_step_and_engine():
+    class Broken(Runner):
+        backend = "broken"
+
+        def infer(self, x, t, y):
+            return torch.full_like(x, float("nan")) if t[0] > 0.5 else torch.zeros_like(x)
+
+    pipe = Pipeline({16: Broken(16), 64: Broken(64)}, TINY)
+    with pytest.raises(SamplingError, match=r"broken engine for 64 mediators produced NaN/inf at step 3"):
+        pipe.sample([1], sampler="ode", method="euler", steps=6, schedule="16:0.5,64")

@@ -1,0 +1,64 @@
+"""``medexport sample``: outputs, the benchmark table and report, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from medexport.cli import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_sample_writes_latents_report_and_plot(tiny_bundle, tmp_path):
+    out = tmp_path / "out"
+    r = run("sample", tiny_bundle, "--labels", "1,2", "--sampler", "ode", "--method", "euler", "--steps", "6",
+            "--cfg-scale", "4", "--schedule", "16:0.3,32:0.7,64", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert np.load(out / "latents.npy").shape == (2, 4, 16, 16)
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["schedule"] == "16:0.3,32:0.7,64" and report["settings"]["cfg_scale"] == 4.0
+    assert [e["mediators"] for e in report["trace"]] == [16, 16, 32, 32, 64]
+    assert set(report["trace"][0]) >= {"step", "t", "mediators", "backend", "ms"}
+    assert report["environment"]["onnxruntime"]
+    assert (out / "step_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sample_benchmark_against_reference(tiny_bundle, tmp_path):
+    out = tmp_path / "bench"
+    r = run("sample", tiny_bundle, "--num", "2", "--sampler", "ode", "--method", "euler", "--steps", "5",
+            "--cfg-scale", "2", "--schedule", "16:0.5,64", "--benchmark", "--warmup", "1", "--runs", "2", "--out", out)
+    assert r.exit_code == 0, r.output
+    for text in ("steps served", "onnxruntime", "torch", "images / s", "peak memory", "GFLOPs / image",
+                 "speed-up vs torch", "reference"):
+        assert text in r.output, text
+    report = json.loads((out / "report.json").read_text())
+    s = report["summary"]
+    assert s["backend"] == "onnxruntime" and s["reference_backend"] == "torch" and s["runs"] == 2
+    assert s["steps_per_count"] == {"16": 2, "64": 2}
+    assert s["speedup_vs_reference"] > 0 and s["images_per_second"] > 0 and s["max_rel_diff_vs_reference"] < 1e-4
+    assert {e["backend"] for e in report["trace"]} == {"onnxruntime"}
+    assert {e["backend"] for e in report["reference_trace"]} == {"torch"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--labels", "1,10"], "outside 0..9"),
+    (["--labels", "a,b"], "comma-separated list of class labels"),
+    (["--schedule", "16:0.3,32:x,64"], "at character"),
+    (["--schedule", "16:0.7,32:0.3,64"], "fractions must increase"),
+    (["--schedule", "16:0.5,48"], "48"),
+    (["--schedule", "adaptive:16,32:ratios=2,1"], "ratio"),
+    (["--steps", "1"], "steps"),
+    (["--cfg-scale", "0.5"], "below 1"),
+    (["--backend", "tensorrt"], "tensorrt"),
+])
+def test_sample_bad_input(tiny_bundle, tmp_path, args, message):
+    r = run("sample", tiny_bundle, "--sampler", "ode", "--method", "euler", "--steps", "4", *args,
+            "--out", tmp_path / "o")
+    assert r.exit_code in (1, 2), r.output
+    assert message in r.output, r.output
+    assert "Traceback" not in r.output
+    assert not (tmp_path / "o" / "report.json").exists()
