@@ -174,3 +174,18 @@ def test_open_bundle_refuses_an_empty_one(tmp_path, tiny_bundle):
     (bundle / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(BundleError, match="no complete mediator count"):
         open_bundle(bundle)
+
+
+def test_tensorrt_plan_from_another_version_or_gpu_is_refused(monkeypatch):
+    """The compatibility rule itself (TensorRT is absent here, so its probes are stood in for)."""
+    from medexport.backend.trt import engine as trt_engine
+    from medexport.bundle import runnable_here
+
+    here = {"tensorrt": "10.15.1", "gpu": "NVIDIA H200", "compute_capability": "9.0"}
+    monkeypatch.setattr(trt_engine, "tensorrt_status", lambda: (True, "TensorRT 10.15.1 on NVIDIA H200"))
+    monkeypatch.setattr(trt_engine, "hardware", lambda: dict(here))
+    assert runnable_here({"hardware": dict(here)}, "tensorrt") == (True, "yes")
+    ok, why = runnable_here({"hardware": {**here, "compute_capability": "8.9"}}, "tensorrt")
+    assert not ok and "compute_capability 8.9" in why
+    with pytest.raises(BundleError, match="built with tensorrt '10.9.0'.*rebuild it here"):
+        trt_engine.check_plan_compatible({**here, "tensorrt": "10.9.0"})

@@ -86,3 +86,18 @@ def test_bad_precision_and_opset():
         ExportSpec(opset=13)
     with pytest.raises(ExportError, match="bf16 needs opset >= 22"):
         ExportSpec(opset=20).opset_for("bf16")
+
+
+def test_large_models_use_external_data(tmp_path, monkeypatch):
+    from medexport.export import onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)  # treat the tiny model as > 2 GB
+    model = medexport.create_model(TINY.with_mediators(16), init="random", seed=1)
+    result = export_onnx(model, tmp_path / "big.onnx")
+    assert [p.name for p in result.files] == ["big.onnx", "big.onnx.data"]
+    assert result.files[1].stat().st_size > result.files[0].stat().st_size
+    x, t, y = model_inputs(TINY, batch=2)
+    with torch.no_grad():
+        want = model(x, t, y)
+    got = OnnxrtRunner(result.path, 16)(x, t, y)
+    assert (got - want).abs().max() / want.abs().max() < 1e-4
