@@ -49,7 +49,7 @@ def resolve_backend(requested: str) -> tuple[str, str]:
                                           f"Use --backend onnxruntime or auto.")
         return "tensorrt", trt_why
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401  (checking that it is installed)
     except ImportError:
         raise BackendUnavailableError("--backend onnxruntime needs the onnxruntime package: pip install onnxruntime") from None
     return "onnxruntime", f"ONNX Runtime ({', '.join(default_providers())})"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 
@@ -34,9 +33,7 @@ class MedexportGroup(click.Group):
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def cli(verbose: int, quiet: bool) -> None:
     """Mediator DiT/SiT from PyTorch to deployed engines: build, verify, inspect, sample."""
-    level = logging.WARNING if quiet else (logging.INFO if verbose <= 1 else logging.DEBUG)
-    if not verbose and not quiet:
-        level = logging.INFO
+    level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]", force=True,
                         handlers=[RichHandler(console=err_console, show_path=verbose > 1, markup=False)])
     for noisy in ("onnxscript", "onnx_ir", "torch", "polygraphy"):
@@ -56,21 +53,3 @@ def parse_int_list(value: str, what: str) -> list[int]:
     if dup:
         raise click.BadParameter(f"{', '.join(map(str, dup))} given more than once", param_hint=what)
     return items
-
-
-def timed(phase: str):
-    """Decorator: log the duration of a long phase."""
-
-    def deco(fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            import time
-
-            t0 = time.perf_counter()
-            out = fn(*args, **kwargs)
-            logging.getLogger("medexport").info("%s done in %.1f s", phase, time.perf_counter() - t0)
-            return out
-
-        return wrapper
-
-    return deco

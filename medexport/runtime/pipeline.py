@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -298,10 +297,6 @@ class _Timer:
             e = trace[i]
             trace[i] = TraceEntry(e.step, e.t, e.mediators, e.backend, start.elapsed_time(end), e.batch)
         self.pending.clear()
-
-
-def count_steps(trace: list[TraceEntry]) -> Counter:
-    return Counter(e.mediators for e in trace)
 
 
 def latents_to_file(latents: Tensor, path: str | Path) -> Path:

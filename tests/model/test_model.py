@@ -1,7 +1,5 @@
 """Forward semantics: guidance, null class, learn_sigma, named configs, FLOPs."""
 
-from dataclasses import replace
-
 import pytest
 import torch
 
