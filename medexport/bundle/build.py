@@ -28,7 +28,7 @@ from .settings import BuildSettings, ModelSource, content_key
 log = logging.getLogger(__name__)
 
 #: Bump when the export code changes what it writes, so old ONNX files are re-exported.
-EXPORT_REVISION = 1
+EXPORT_REVISION = 2
 #: Config fields every count of one bundle must share (everything but the mediator count).
 SHARED_FIELDS = ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels", "num_classes",
                  "learn_sigma", "mlp_ratio")

@@ -12,8 +12,9 @@ from rich.logging import RichHandler
 from .. import __version__
 from ..errors import MedexportError
 
-console = Console()
-err_console = Console(stderr=True)
+# Tables stay readable when output goes to a file or a pipe (rich would otherwise assume 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 class MedexportGroup(click.Group):
