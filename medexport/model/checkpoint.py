@@ -83,14 +83,16 @@ def _read_raw(path: Path) -> tuple[object, str]:
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{str(path)!r} looks like safetensors but cannot be read ({e}): "
                                   f"the file may be truncated; re-download or re-save it") from None
-    if not zipfile.is_zipfile(path):
+    is_zip = zipfile.is_zipfile(path)
+    if not is_zip:
         with open(path, "rb") as f:
             magic = f.read(2)
         if magic[:1] != b"\x80":
             raise CheckpointError(f"{str(path)!r} is neither a torch.save file nor a safetensors file")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True), "torch"
+            # mmap: reading a multi-GB checkpoint's config or hash does not load every tensor into memory
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip), "torch"
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refused to load {str(path)!r}: it holds objects other than tensors and plain containers, which "

@@ -73,6 +73,14 @@ def test_changed_checkpoint_rebuilds_only_its_count(tiny_bundle, tiny_checkpoint
     assert {r.mediators: r.exported for r in report.counts} == {16: True, 32: False, 64: False}
 
 
+def test_force_redoes_everything(tiny_bundle, tiny_checkpoints, tmp_path):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    report = build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], bundle, SETTINGS, force=True,
+                          show_progress=False)
+    assert report.counts[0].exported and report.counts[0].engines_built == ["onnxruntime"]
+    assert Bundle(bundle).counts == [16]  # --force starts a fresh manifest for what was asked
+
+
 def test_refusals(tiny_checkpoints, tmp_path):
     with pytest.raises(ConfigError, match="more than once"):
         build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])] * 2, tmp_path / "a", SETTINGS)

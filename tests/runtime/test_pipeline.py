@@ -18,6 +18,8 @@ CASES = [
          schedule="adaptive:16,32,64:ratios=0.95,0.9:warmup=2"),
     dict(sampler="sde", method="euler", steps=8, cfg_scale=1.0,
          schedule="adaptive:16,64:ratios=0.95:warmup=2:distance=mse"),
+    dict(sampler="ode", method="euler", steps=10, cfg_scale=4.0,
+         schedule="adaptive:16,32,64:ratios=0.97,0.9:warmup=2:per-sample"),
 ]
 
 
