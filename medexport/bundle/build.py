@@ -205,12 +205,11 @@ def build_bundle(sources: list[ModelSource], out: str | Path, settings: BuildSet
 
 
 def _progress():
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from ..cli.main import err_console
-
     return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err_console, transient=False)
+                    TimeElapsedColumn(), console=Console(stderr=True), transient=False)
 
 
 def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str, old: dict,

@@ -110,10 +110,10 @@ def verify(bundle: Path, backends: tuple[str, ...], seed: int) -> None:
     console.print(table)
     for r in results:
         if r.error:
-            console.print(f"[red]{r.backend} {r.mediators}:[/] {r.error}")
+            console.print(f"[red]{r.backend} {r.mediators}:[/] {r.error}", soft_wrap=True)
     if b.missing:
         console.print(f"[yellow]incomplete bundle: {', '.join(map(str, b.missing))} mediators were requested but "
-                      f"not built; run the build again[/]")
+                      f"not built; run the build again[/]", soft_wrap=True)
     if not results or not all(r.passed for r in results):
         raise SystemExit(1)
 
