@@ -33,3 +33,17 @@ def test_verify_reports_hash_mismatch_as_failure(tiny_bundle, tmp_path):
         f.write(b"x")
     (r,) = verify_bundle(Bundle(bundle), counts=[64])
     assert not r.passed and "hash" in r.error
+
+
+def test_fp16_bundle_builds_and_verifies_within_its_tolerance(tiny_checkpoints, tmp_path):
+    from medexport.backend import BatchRange
+    from medexport.bundle import BuildSettings, ModelSource, build_bundle
+
+    out = tmp_path / "fp16"
+    build_bundle([ModelSource(32, checkpoint=tiny_checkpoints[32])], out,
+                 BuildSettings(backend="onnxruntime", precision="fp16", batch=BatchRange(1, 2, 4)), show_progress=False)
+    bundle = Bundle(out)
+    assert bundle.entry(32)["onnx"]["file"] == "mediators-32.fp16.onnx"
+    (r,) = verify_bundle(bundle)
+    assert r.precision == "fp16" and r.tolerance == 2e-2
+    assert r.passed and 1e-6 < r.max_rel < 2e-2  # really half precision, and within tolerance
