@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import SamplingError
 from ..runtime import LAST_STEPS, METHODS, SAMPLERS
-from ..runtime.benchmark import environment, plot_trace, run_benchmark, summary, write_report
+from ..runtime.benchmark import current_memory, environment, plot_trace, run_benchmarks, summary, write_report
 from ..runtime.pipeline import Pipeline, latents_to_file
 from .main import cli, console, err_console
 
@@ -46,13 +46,16 @@ ALL_METHODS = sorted({m for ms in METHODS.values() for m in ms})
 @click.option("--vae", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Local diffusers AutoencoderKL folder: decode to a PNG grid.")
 @click.option("--benchmark", is_flag=True, help="Warm-up, timed runs, and the PyTorch reference side by side.")
-@click.option("--warmup", default=1, show_default=True, help="Untimed runs before timing (--benchmark).")
-@click.option("--runs", default=3, show_default=True, help="Timed runs (--benchmark).")
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Untimed runs per backend before timing; they also measure peak memory (--benchmark).")
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Timed runs per backend, alternating between backends (--benchmark).")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="With --benchmark, also time the PyTorch reference on the same inputs.")
 def sample_cmd(bundle, labels, num, seed, sampler, method, steps, last_step, cfg_scale, cfg_channels, schedule,
                backend, device, out_dir, vae, benchmark, warmup, runs, reference) -> None:
     """Generate latents from a bundle with a mediator schedule; --benchmark times it against PyTorch."""
+    base_memory = current_memory(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     pipe = Pipeline.from_bundle(bundle, backend=backend, device=device)
     if labels is not None:
         try:
@@ -79,18 +82,16 @@ def sample_cmd(bundle, labels, num, seed, sampler, method, steps, last_step, cfg
         console.print(f"{len(label_list)} images in {result.seconds:.2f} s on {pipe.backend}; steps per mediator "
                       f"count: {result.steps_per_count()}")
     else:
-        pipelines = {pipe.backend: pipe}
+        factories = {pipe.backend: lambda: pipe}
         if reference and pipe.backend != "torch":
-            pipelines["torch"] = Pipeline.from_bundle(bundle, backend="torch", device=device)
-        stats = {}
-        total = (warmup + runs) * len(pipelines)
+            factories["torch"] = lambda: Pipeline.from_bundle(bundle, backend="torch", device=device)
+        total = (max(1, warmup) + runs) * len(factories)
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err_console) as progress:
-            task = progress.add_task("benchmark", total=total)
-            for name, p in pipelines.items():
-                progress.update(task, description=f"benchmark {name}")
-                stats[name] = run_benchmark(p, kwargs, warmup=warmup, runs=runs,
-                                            progress=lambda: progress.advance(task))
+            task = progress.add_task(f"benchmark {' vs '.join(factories)}", total=total)
+            pipelines, stats = run_benchmarks(factories, kwargs, warmup=warmup, runs=runs,
+                                              baselines={pipe.backend: base_memory},
+                                              progress=lambda: progress.advance(task))
         ref_stats = stats.get("torch") if pipe.backend != "torch" else None
         summaries = [summary(pipe, stats[pipe.backend], ref_stats)]
         if ref_stats is not None:
@@ -136,7 +137,7 @@ def _print_benchmark(stats: dict, summaries: list[dict], pipe: Pipeline) -> None
     rows = [("images", lambda s: str(s["images"])),
             ("latency per batch (s)", lambda s: f"{s['batch_seconds']:.3f}"),
             ("images / s", lambda s: f"{s['images_per_second']:.3f}"),
-            ("peak memory (MiB)", lambda s: f"{s['peak_memory_bytes'] / 2**20:.0f}"),
+            ("peak memory of backend (MiB)", lambda s: f"{s['peak_memory_bytes'] / 2**20:.0f}"),
             ("GFLOPs / image", lambda s: f"{s['gflops_per_image']:.1f}"),
             ("runtime overhead", lambda s: f"{100 * s['runtime_overhead_fraction']:.2f}%"),
             ("speed-up vs torch", lambda s: f"{s['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in s

@@ -9,6 +9,7 @@ import platform
 import resource
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ class BackendStats:
 
     backend: str
     results: list[SampleResult] = field(default_factory=list)
-    peak_memory_bytes: int | None = None
+    peak_memory_bytes: int | None = None  # what the pipeline added: weights, sessions, activations
 
     @property
     def last(self) -> SampleResult:
@@ -56,30 +57,73 @@ class BackendStats:
         return statistics.median(fr)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 to clear_refs resets the process's peak resident set (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def current_memory(device: torch.device) -> int:
+    """Memory in use now: allocated device memory (CUDA) or the process's resident set (CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    return _status_bytes("VmRSS") or 0
+
+
 def peak_memory(device: torch.device) -> int:
+    """Peak device memory (CUDA) or peak resident memory of the process (CPU) since the last reset."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss * (1 if sys.platform == "darwin" else 1024)
 
 
-def run_benchmark(pipeline: Pipeline, sample_kwargs: dict, *, warmup: int = 1, runs: int = 3,
-                  progress=None) -> BackendStats:
-    """``warmup`` untimed runs, then ``runs`` timed runs on the same inputs (same seed)."""
-    stats = BackendStats(pipeline.backend)
-    if pipeline.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(pipeline.device)
-    for i in range(warmup + runs):
-        result = pipeline.sample(**sample_kwargs)
-        if i >= warmup:
-            stats.results.append(result)
-        if progress is not None:
-            progress()
-    stats.peak_memory_bytes = peak_memory(pipeline.device)
-    extra = [r.memory_bytes() for r in pipeline.runners.values()]
-    if pipeline.backend == "tensorrt" and all(e is not None for e in extra):
-        stats.peak_memory_bytes += max(extra)  # the shared activation buffer
-    return stats
+def run_benchmarks(factories: dict[str, Callable[[], Pipeline]], sample_kwargs: dict, *, warmup: int = 1,
+                   runs: int = 3, baselines: dict[str, int] | None = None,
+                   progress=None) -> tuple[dict[str, Pipeline], dict[str, BackendStats]]:
+    """Create each pipeline and warm it up (measuring its memory: peak during warm-up minus what was in use
+    before it was created, from ``baselines`` for pipelines the caller created already), then time ``runs``
+    runs of each on the same inputs, alternating between pipelines so that machine noise hits all alike."""
+    pipelines, stats = {}, {}
+    for name, factory in factories.items():
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        base = (baselines or {}).get(name)
+        base = current_memory(device) if base is None else base
+        p = pipelines[name] = factory()
+        reset_peak_memory(p.device)
+        for _ in range(max(1, warmup)):
+            p.sample(**sample_kwargs)
+            if progress is not None:
+                progress()
+        stats[name] = BackendStats(p.backend, peak_memory_bytes=max(0, peak_memory(p.device) - base))
+        extra = [r.memory_bytes() for r in p.runners.values()]
+        if p.backend == "tensorrt" and all(e is not None for e in extra):
+            stats[name].peak_memory_bytes += max(extra)  # the shared activation buffer, outside torch's allocator
+    for _ in range(runs):
+        for name, p in pipelines.items():
+            stats[name].results.append(p.sample(**sample_kwargs))
+            if progress is not None:
+                progress()
+    return pipelines, stats
 
 
 def summary(pipeline: Pipeline, stats: BackendStats, reference: BackendStats | None) -> dict:
