@@ -38,7 +38,7 @@ def default_output(model_name: str | None, image_size: int, checkpoints: list[tu
     return DEFAULT_OUTPUT_ROOT / f"{model_name.replace('/', '-')}-{image_size}-random"
 
 
-@cli.command()
+@cli.command(short_help="Export mediator counts to ONNX and build engines.")
 @click.option("--checkpoint", "checkpoints", multiple=True, metavar="N=PATH",
               help="Checkpoint of the N-mediator model (repeat per count). Without any: random weights.")
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
@@ -92,7 +92,7 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, backend
         console.print("[yellow]warning: random weights — for benchmarking only; outputs are noise.[/]")
 
 
-@cli.command()
+@cli.command(short_help="Check every engine against the PyTorch model.")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--backend", "backends", multiple=True, help="Only engines of this backend (repeatable).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
@@ -118,7 +118,7 @@ def verify(bundle: Path, backends: tuple[str, ...], seed: int) -> None:
         raise SystemExit(1)
 
 
-@cli.command()
+@cli.command(short_help="What a bundle holds and whether it runs here.")
 @click.argument("bundle", type=click.Path(path_type=Path))
 def inspect(bundle: Path) -> None:
     """What a bundle holds: counts, backends, precisions, shapes, sizes, versions, runnable here or not."""

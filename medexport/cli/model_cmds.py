@@ -11,7 +11,7 @@ from .main import cli, console, parse_int_list
 DEFAULT_MODEL = "SiT-S/2"
 
 
-@cli.command()
+@cli.command(short_help="GFLOPs per forward against full attention.")
 @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, metavar="NAME",
               help=f"Named config: {', '.join(n for n in MODEL_NAMES if n.startswith('SiT'))} (or DiT-*).")
 @click.option("--image-size", default=256, show_default=True, help="Image side in pixels (latent = 1/8).")
@@ -37,7 +37,7 @@ def flops(model_name: str, image_size: int, mediators: str) -> None:
     console.print(table)
 
 
-@cli.command()
+@cli.command(short_help="Architecture and format of a checkpoint.")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
               help="Which weights of a trainer checkpoint to read.")

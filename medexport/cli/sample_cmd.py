@@ -20,7 +20,7 @@ log = logging.getLogger("medexport")
 ALL_METHODS = sorted({m for ms in METHODS.values() for m in ms})
 
 
-@cli.command("sample")
+@cli.command("sample", short_help="Generate from a bundle; --benchmark against PyTorch.")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--labels", default=None, help="Comma-separated class labels, one per image.")
 @click.option("--num", default=4, show_default=True, help="Images, with random labels (when --labels is not given).")
