@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,15 +127,44 @@ def shared_model_dict(cfg: ModelConfig) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # The build
 # ---------------------------------------------------------------------------------------------------------
-def _open_manifest(out: Path, model: dict, settings: BuildSettings, requested: list[int], force: bool) -> dict:
-    fresh = new_manifest(model, settings.to_dict(), requested)
-    if not out.exists():
-        out.mkdir(parents=True)
-        return fresh
-    if not (out / MANIFEST).exists():
-        if any(p for p in out.iterdir() if not p.name.endswith(".partial") and not p.name.startswith("mediators-")):
+LOCK = ".build.lock"
+
+
+@contextmanager
+def _exclusive(out: Path):
+    """Hold the bundle's build lock: two builds writing one bundle would interleave their manifests."""
+    import fcntl
+
+    fresh_dir = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a") as lock:  # "a": never truncates or touches what another build holds
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BundleError(f"another medexport build is writing {out}: wait for it to finish") from None
+        try:
+            yield
+        except BaseException:
+            if fresh_dir and not any(p.name != LOCK for p in out.iterdir()):
+                (out / LOCK).unlink(missing_ok=True)
+                out.rmdir()  # refused before anything was written: leave no empty bundle folder behind
+            raise
+
+
+def _check_output(out: Path) -> None:
+    """Refuse an output that is a file or a folder of something else, before writing anything into it."""
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"{out} is a file, not a bundle folder: choose another --output")
+    if out.is_dir() and not (out / MANIFEST).exists():
+        if any(p for p in out.iterdir() if p.name != LOCK and not p.name.endswith(".partial")
+               and not p.name.startswith("mediators-")):
             raise BundleError(f"{out} exists and is not an engine bundle: choose another --output (nothing was "
                               f"written)")
+
+
+def _open_manifest(out: Path, model: dict, settings: BuildSettings, requested: list[int], force: bool) -> dict:
+    fresh = new_manifest(model, settings.to_dict(), requested)
+    if not (out / MANIFEST).exists():
         return fresh
     try:
         old = read_manifest(out)
@@ -178,29 +207,31 @@ def build_bundle(sources: list[ModelSource], out: str | Path, settings: BuildSet
         log.warning("RANDOM WEIGHTS: %s is built from randomly initialised models; its outputs are noise. Use "
                     "--checkpoint N=PATH for trained models.", out)
     first_cfg = next(iter(configs.values()))[0]
-    manifest = _open_manifest(out, shared_model_dict(first_cfg), settings, [s.mediators for s in sources], force)
-    spec = ExportSpec(opset=settings.opset)
-    reports = []
-    progress = _progress() if show_progress else None
-    with progress or nullcontext():
-        task = progress.add_task("building", total=len(sources)) if progress is not None else None
-        for src in sorted(sources, key=lambda s: s.mediators):
-            n = src.mediators
-            if progress is not None:
-                progress.update(task, description=f"{n} mediators")
-            cfg, source_hash = configs[n]
-            t0 = time.perf_counter()
-            report = CountReport(n)
-            old = manifest["counts"].get(str(n), {})
-            entry = _build_count(out, src, cfg, source_hash, old, settings, spec, backend, force, report)
-            manifest["counts"][str(n)] = entry
-            manifest["updated"] = now()
-            manifest["medexport_version"] = __version__
-            write_json_atomic(out / MANIFEST, manifest)  # this count is now complete
-            report.seconds = time.perf_counter() - t0
-            reports.append(report)
-            if progress is not None:
-                progress.advance(task)
+    _check_output(out)
+    with _exclusive(out):
+        manifest = _open_manifest(out, shared_model_dict(first_cfg), settings, [s.mediators for s in sources], force)
+        spec = ExportSpec(opset=settings.opset)
+        reports = []
+        progress = _progress() if show_progress else None
+        with progress or nullcontext():
+            task = progress.add_task("building", total=len(sources)) if progress is not None else None
+            for src in sorted(sources, key=lambda s: s.mediators):
+                n = src.mediators
+                if progress is not None:
+                    progress.update(task, description=f"{n} mediators")
+                cfg, source_hash = configs[n]
+                t0 = time.perf_counter()
+                report = CountReport(n)
+                old = manifest["counts"].get(str(n), {})
+                entry = _build_count(out, src, cfg, source_hash, old, settings, spec, backend, force, report)
+                manifest["counts"][str(n)] = entry
+                manifest["updated"] = now()
+                manifest["medexport_version"] = __version__
+                write_json_atomic(out / MANIFEST, manifest)  # this count is now complete
+                report.seconds = time.perf_counter() - t0
+                reports.append(report)
+                if progress is not None:
+                    progress.advance(task)
     return BuildReport(out, backend, why, reports, random_weights)
 
 

@@ -203,3 +203,23 @@ def test_tensorrt_plan_from_another_version_or_gpu_is_refused(monkeypatch):
     assert not ok and "compute_capability 8.9" in why
     with pytest.raises(BundleError, match="built with tensorrt '10.9.0'.*rebuild it here"):
         trt_engine.check_plan_compatible({**here, "tensorrt": "10.9.0"})
+
+
+def test_concurrent_build_into_one_bundle_is_refused(tiny_bundle, tiny_checkpoints, tmp_path):
+    import fcntl
+
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    manifest_before = (bundle / MANIFEST).read_text()
+    with open(bundle / build_module.LOCK, "w") as held:  # another build holds the bundle
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(BundleError, match="another medexport build is writing"):
+            build_bundle(sources(tiny_checkpoints), bundle, SETTINGS, force=True, show_progress=False)
+    assert (bundle / MANIFEST).read_text() == manifest_before
+
+
+def test_output_that_is_a_file_is_refused(tiny_checkpoints, tmp_path):
+    target = tmp_path / "bundle.txt"
+    target.write_text("not a folder")
+    with pytest.raises(BundleError, match="is a file"):
+        build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], target, SETTINGS, show_progress=False)
+    assert target.read_text() == "not a folder"
