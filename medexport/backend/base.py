@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import BackendUnavailableError
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -110,7 +109,3 @@ class Runner(abc.ABC):
         return {"backend": self.backend, "mediators": self.mediators, "precision": self.precision,
                 "device": self.device, "batch_range": str(self.batch_range) if self.batch_range else None}
 
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise BackendUnavailableError(message)
