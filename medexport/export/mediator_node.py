@@ -30,6 +30,18 @@ def translate_mediator_attention(q: TFloat, k: TFloat, v: TFloat, m: TFloat, bia
                                         plugin_namespace=PLUGIN_NAMESPACE)
 
 
+def _attend(tag: str, query: str, key: str, bias: str, value: str, out: str) -> list[onnx.NodeProto]:
+    """out = softmax((query * scale) @ key^T + bias) @ value, over the last axis (scale_c: the cast scale)."""
+    return [
+        helper.make_node("Mul", [query, "scale_c"], [f"{query}_s"]),  # (B, H, Lq, d)
+        helper.make_node("Transpose", [key], [f"{key}_t"], perm=[0, 1, 3, 2]),  # (B, H, d, Lk)
+        helper.make_node("MatMul", [f"{query}_s", f"{key}_t"], [f"s_{tag}"]),  # (B, H, Lq, Lk)
+        helper.make_node("Add", [f"s_{tag}", bias], [f"s_{tag}_b"]),
+        helper.make_node("Softmax", [f"s_{tag}_b"], [f"p_{tag}"], axis=-1),
+        helper.make_node("MatMul", [f"p_{tag}", value], [out]),  # (B, H, Lq, d)
+    ]
+
+
 def mediator_attention_function(opset: int) -> onnx.FunctionProto:
     """The decomposed body of ``MediatorAttention`` (spec steps 5-6) as a model-local ONNX function.
 
@@ -38,24 +50,9 @@ def mediator_attention_function(opset: int) -> onnx.FunctionProto:
     scale = helper.make_node("Constant", [], ["scale_f"])
     scale.attribute.append(onnx.AttributeProto(name="value_float", ref_attr_name="scale",
                                                type=onnx.AttributeProto.FLOAT))
-    nodes = [
-        scale,
-        helper.make_node("CastLike", ["scale_f", "q"], ["scale_c"]),
-        # mediators gather: softmax over the N keys
-        helper.make_node("Mul", ["m", "scale_c"], ["m_s"]),  # (B, H, n, d)
-        helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 1, 3, 2]),  # (B, H, d, N)
-        helper.make_node("MatMul", ["m_s", "k_t"], ["s_mk"]),  # (B, H, n, N)
-        helper.make_node("Add", ["s_mk", "bias_mk"], ["s_mk_b"]),
-        helper.make_node("Softmax", ["s_mk_b"], ["p_mk"], axis=-1),
-        helper.make_node("MatMul", ["p_mk", "v"], ["v_m"]),  # (B, H, n, d)
-        # queries read: softmax over the n mediators
-        helper.make_node("Mul", ["q", "scale_c"], ["q_s"]),  # (B, H, N, d)
-        helper.make_node("Transpose", ["m"], ["m_t"], perm=[0, 1, 3, 2]),  # (B, H, d, n)
-        helper.make_node("MatMul", ["q_s", "m_t"], ["s_qm"]),  # (B, H, N, n)
-        helper.make_node("Add", ["s_qm", "bias_qm"], ["s_qm_b"]),
-        helper.make_node("Softmax", ["s_qm_b"], ["p_qm"], axis=-1),
-        helper.make_node("MatMul", ["p_qm", "v_m"], ["o"]),  # (B, H, N, d)
-    ]
+    nodes = [scale, helper.make_node("CastLike", ["scale_f", "q"], ["scale_c"])]
+    nodes += _attend("mk", "m", "k", "bias_mk", "v", "v_m")  # mediators gather: softmax over the N keys
+    nodes += _attend("qm", "q", "m", "bias_qm", "v_m", "o")  # queries read: softmax over the n mediators
     return helper.make_function(DOMAIN, OP_TYPE, list(INPUTS), ["o"], nodes,
                                 opset_imports=[helper.make_opsetid("", opset)],
                                 attributes=["scale", "plugin_namespace"],

@@ -80,6 +80,15 @@ class Schedule(abc.ABC):
 # Fixed schedules
 
 
+def _check_counts(counts: tuple, hint: str = "") -> None:
+    """Mediator counts of a schedule: positive integers, each once."""
+    for c in counts:
+        if not isinstance(c, int) or isinstance(c, bool) or c < 1:
+            raise ScheduleError(f"mediator counts must be positive integers, got {c!r}")
+    if len(set(counts)) != len(counts):
+        raise ScheduleError(f"a mediator count appears twice in {counts}{hint}")
+
+
 @dataclass(frozen=True)
 class FixedSchedule(Schedule):
     """Mediator counts by fraction of the steps: ``"16:0.3,32:0.7,64"``, or one count (static).
@@ -106,11 +115,7 @@ class FixedSchedule(Schedule):
         object.__setattr__(self, "boundaries", bounds)
         if not counts:
             raise ScheduleError("a fixed schedule needs at least one mediator count, e.g. '64'")
-        for c in counts:
-            if not isinstance(c, int) or isinstance(c, bool) or c < 1:
-                raise ScheduleError(f"mediator counts must be positive integers, got {c!r}")
-        if len(set(counts)) != len(counts):
-            raise ScheduleError(f"a mediator count appears twice in {counts}: merge its segments into one")
+        _check_counts(counts, hint=": merge its segments into one")
         if len(bounds) != len(counts) - 1:
             raise ScheduleError(
                 f"{len(counts)} segment(s) need {len(counts) - 1} boundary fraction(s), got {len(bounds)}: every "
@@ -205,11 +210,7 @@ class AdaptiveSchedule(Schedule):
         counts, ratios = tuple(counts), tuple(ratios)
         if not 2 <= len(counts) <= 3:
             raise ScheduleError(f"an adaptive schedule switches between 2 or 3 mediator counts, got {counts}")
-        for c in counts:
-            if not isinstance(c, int) or isinstance(c, bool) or c < 1:
-                raise ScheduleError(f"mediator counts must be positive integers, got {c!r}")
-        if len(set(counts)) != len(counts):
-            raise ScheduleError(f"a mediator count appears twice in {counts}")
+        _check_counts(counts)
         if len(ratios) != len(counts) - 1:
             raise ScheduleError(
                 f"{len(counts)} counts need {len(counts) - 1} ratio(s) (one per switch), got {len(ratios)}: "
