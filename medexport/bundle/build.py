@@ -29,9 +29,6 @@ log = logging.getLogger(__name__)
 
 #: Bump when the export code changes what it writes, so old ONNX files are re-exported.
 EXPORT_REVISION = 2
-#: Config fields every count of one bundle must share (everything but the mediator count).
-SHARED_FIELDS = ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels", "num_classes",
-                 "learn_sigma", "mlp_ratio")
 
 
 def resolve_backend(requested: str) -> tuple[str, str]:
@@ -101,9 +98,9 @@ def check_sources(sources: list[ModelSource]) -> dict[int, tuple[ModelConfig, st
                                   f"write --checkpoint {cfg.mediators}={src.checkpoint}")
         out[src.mediators] = (cfg, key)
     first_n, (first, _) = next(iter(out.items()))
+    shared = shared_model_dict(first)
     for n, (cfg, _) in out.items():
-        diff = [f"{f} {getattr(first, f)} vs {getattr(cfg, f)}" for f in SHARED_FIELDS
-                if getattr(first, f) != getattr(cfg, f)]
+        diff = [f"{f} {v} vs {w}" for (f, v), w in zip(shared.items(), shared_model_dict(cfg).values()) if v != w]
         if diff:
             raise ConfigError(f"the models for {first_n} and {n} mediators do not belong in one bundle: "
                               f"{'; '.join(diff)}. A bundle holds one architecture at one latent size.")
@@ -118,6 +115,7 @@ def _load_model(src: ModelSource) -> MediatorDiT:
 
 
 def shared_model_dict(cfg: ModelConfig) -> dict:
+    """What every count of one bundle shares: the config without the mediator count and grid."""
     d = cfg.to_dict()
     for k in ("mediators", "mediator_grid"):
         d.pop(k)
@@ -275,7 +273,7 @@ def _engine_key(backend: str, onnx_sha: str, settings: BuildSettings) -> str:
     if backend == "onnxruntime":
         import onnxruntime as ort
 
-        return content_key("ort", onnx_sha, ort.__version__, default_providers())
+        return content_key("ort", onnx_sha, str(settings.batch), ort.__version__, default_providers())
     from ..backend.trt.engine import hardware
 
     return content_key("trt", onnx_sha, str(settings.batch), settings.plugin, settings.trt_optimization_level,
