@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..export.onnx_export import PRECISIONS
+from ..export.onnx_export import PRECISIONS, EngineGraph
 from ..model import MediatorDiT
 from .base import Runner
 
@@ -25,18 +25,15 @@ class TorchRunner(Runner):
 
     def __init__(self, model: MediatorDiT, *, device: str = "cpu", precision: str = "fp32", cuda_graph: bool = False):
         super().__init__(model.config.mediators, precision=precision, device=str(device))
-        dtype = PRECISIONS[precision]
-        if next(model.parameters()).dtype != dtype or next(model.parameters()).device != torch.device(device):
-            model = _copy(model).to(device=device, dtype=dtype)
-        self.model = model.eval()
+        self.model = model.cast(PRECISIONS[precision], device).eval()
         self.model.refresh_constants()
-        self.dtype = dtype
+        self.graph = EngineGraph(self.model, PRECISIONS[precision])
         self.cuda_graph = cuda_graph and torch.device(device).type == "cuda"
         self._graphs: dict[int, tuple] = {}
 
     @torch.inference_mode()
     def _forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        return self.model(x.to(self.dtype), t, y).float()
+        return self.graph(x, t, y)
 
     def infer(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         if not self.cuda_graph:
@@ -67,8 +64,3 @@ class TorchRunner(Runner):
     def memory_bytes(self) -> int | None:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
-
-def _copy(model: MediatorDiT) -> MediatorDiT:
-    import copy
-
-    return copy.deepcopy(model)

@@ -76,7 +76,8 @@ class ExportSpec:
 
 
 class EngineGraph(nn.Module):
-    """The network as an engine sees it: float32 in and out, ``dtype`` inside.
+    """The network as an engine sees it: float32 in and out, ``dtype`` inside. Exported as the ONNX graph
+    and run as is by the PyTorch backend, so both have one interface.
 
     The timestep embedding's frequencies are computed in float32 before the cast (as in the reference).
     """
@@ -133,7 +134,7 @@ def export_onnx(model: MediatorDiT, path: str | os.PathLike, *, precision: str =
     dtype = PRECISIONS[precision]
     opset = spec.opset_for(precision)
     model = model.eval()
-    work = model if next(model.parameters()).dtype == dtype else _copy_to(model, dtype)
+    work = model.cast(dtype)
     work.refresh_constants()  # biases and pooling become graph constants
     graph = EngineGraph(work, dtype).eval()
     example = spec.example_inputs(model)
@@ -173,12 +174,6 @@ def _quiet_exporter_logs():
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-def _copy_to(model: MediatorDiT, dtype: torch.dtype) -> MediatorDiT:
-    import copy
-
-    return copy.deepcopy(model).to(dtype)
 
 
 def _attach_function_body(program, opset: int) -> None:

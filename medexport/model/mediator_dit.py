@@ -274,6 +274,17 @@ class MediatorDiT(nn.Module):
                 nn.init.normal_(layer.weight, std=0.02)
                 nn.init.normal_(layer.bias, std=0.02)
 
+    def cast(self, dtype: torch.dtype, device: str | torch.device | None = None) -> MediatorDiT:
+        """This model if it already has ``dtype`` (and ``device``), else a copy converted to them: the
+        caller's model is never changed in place."""
+        p = next(self.parameters())
+        device = p.device if device is None else torch.device(device)
+        if p.dtype == dtype and p.device == device:
+            return self
+        import copy
+
+        return copy.deepcopy(self).to(device=device, dtype=dtype)
+
     def refresh_constants(self) -> None:
         """Recompute the per-block position-bias constants now (they are otherwise refreshed lazily)."""
         for block in self.blocks:
