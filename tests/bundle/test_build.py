@@ -223,3 +223,12 @@ def test_output_that_is_a_file_is_refused(tiny_checkpoints, tmp_path):
     with pytest.raises(BundleError, match="is a file"):
         build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], target, SETTINGS, show_progress=False)
     assert target.read_text() == "not a folder"
+
+
+def test_changed_batch_range_rebuilds_engines_not_exports(tiny_bundle, tiny_checkpoints, tmp_path, monkeypatch):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    monkeypatch.setattr(build_module, "export_onnx", lambda *a, **k: pytest.fail("exported again"))
+    report = build_bundle(sources(tiny_checkpoints), bundle,
+                          BuildSettings(backend="onnxruntime", batch=BatchRange(1, 4, 8)), show_progress=False)
+    assert all(r.engines_built == ["onnxruntime"] and not r.exported for r in report.counts)
+    assert {Bundle(bundle).engine(n, "onnxruntime")["batch"] for n in COUNTS} == {"1:4:8"}
