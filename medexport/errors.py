@@ -40,3 +40,7 @@ class ScheduleError(MedexportError, ValueError):
 
 class SamplingError(MedexportError):
     """Bad sampling settings, or a run that produced non-finite values."""
+
+
+class DataError(MedexportError):
+    """A data set that is missing, partial or not what it claims to be."""

@@ -20,7 +20,8 @@ from .. import __version__
 from ..backend.onnxrt import default_providers, session_from_onnx
 from ..errors import BackendUnavailableError, BundleError, CheckpointError, ConfigError
 from ..export import ExportSpec, export_onnx
-from ..model import MediatorDiT, ModelConfig, config_from_name, create_model, load_checkpoint, read_checkpoint
+from ..model import (CheckpointInfo, MediatorDiT, ModelConfig, config_from_name, create_model, load_checkpoint,
+                     read_checkpoint)
 from ..model.checkpoint import file_sha256
 from .manifest import MANIFEST, Bundle, new_manifest, now, read_manifest, write_json_atomic
 from .settings import BuildSettings, ModelSource, content_key
@@ -73,17 +74,32 @@ class BuildReport:
 # ---------------------------------------------------------------------------------------------------------
 # Sources
 # ---------------------------------------------------------------------------------------------------------
-def _source_config(src: ModelSource) -> tuple[ModelConfig, str]:
-    """(config, source hash) without building a model."""
+def _source_config(src: ModelSource) -> tuple[ModelConfig, str, CheckpointInfo | None]:
+    """(config, source hash, checkpoint info or None for random weights) without building a model."""
     if src.is_random:
         cfg = config_from_name(src.model_name, mediators=src.mediators, image_size=src.image_size)
-        return cfg, content_key(src.describe(), torch.__version__)
+        return cfg, content_key(src.describe(), torch.__version__), None
     _, info = read_checkpoint(src.checkpoint, weights=src.weights)
-    return info.config, file_sha256(src.checkpoint)
+    return info.config, file_sha256(src.checkpoint), info
 
 
-def check_sources(sources: list[ModelSource]) -> dict[int, tuple[ModelConfig, str]]:
-    """Configs and hashes per count; refuses duplicate counts, mismatched counts and disagreeing models."""
+def source_records(configs: dict[int, tuple]) -> tuple[dict | None, dict | None]:
+    """(data, sampling) that the sources' files record; the counts must agree on what they generate."""
+    infos = {n: c[2] for n, c in configs.items()}
+    datas = {n: (i.data if i else None) for n, i in infos.items()}
+    first_n = min(datas)
+    for n, d in datas.items():
+        if d != datas[first_n]:
+            raise ConfigError(f"the models for {first_n} and {n} mediators generate different things "
+                              f"({datas[first_n] and datas[first_n].get('dataset') or 'latents'} vs "
+                              f"{d and d.get('dataset') or 'latents'}): they do not belong in one bundle")
+    sampling = next((i.sampling for n, i in sorted(infos.items(), reverse=True) if i and i.sampling), None)
+    return datas[first_n], sampling
+
+
+def check_sources(sources: list[ModelSource]) -> dict[int, tuple[ModelConfig, str, CheckpointInfo | None]]:
+    """Configs, hashes and checkpoint infos per count; refuses duplicate counts, mismatched counts and
+    disagreeing models."""
     if not sources:
         raise ConfigError("nothing to build: give --checkpoint N=PATH or --mediators with --model")
     seen = [s.mediators for s in sources]
@@ -92,14 +108,14 @@ def check_sources(sources: list[ModelSource]) -> dict[int, tuple[ModelConfig, st
         raise ConfigError(f"mediator count {', '.join(map(str, dup))} given more than once: one checkpoint per count")
     out = {}
     for src in sources:
-        cfg, key = _source_config(src)
+        cfg, key, info = _source_config(src)
         if cfg.mediators != src.mediators:
             raise CheckpointError(f"{src.checkpoint} holds a {cfg.mediators}-mediator model, not {src.mediators}: "
                                   f"write --checkpoint {cfg.mediators}={src.checkpoint}")
-        out[src.mediators] = (cfg, key)
-    first_n, (first, _) = next(iter(out.items()))
+        out[src.mediators] = (cfg, key, info)
+    first_n, (first, _, _) = next(iter(out.items()))
     shared = shared_model_dict(first)
-    for n, (cfg, _) in out.items():
+    for n, (cfg, _, _) in out.items():
         diff = [f"{f} {v} vs {w}" for (f, v), w in zip(shared.items(), shared_model_dict(cfg).values()) if v != w]
         if diff:
             raise ConfigError(f"the models for {first_n} and {n} mediators do not belong in one bundle: "
@@ -160,8 +176,9 @@ def _check_output(out: Path) -> None:
                               f"written)")
 
 
-def _open_manifest(out: Path, model: dict, settings: BuildSettings, requested: list[int], force: bool) -> dict:
-    fresh = new_manifest(model, settings.to_dict(), requested)
+def _open_manifest(out: Path, model: dict, settings: BuildSettings, requested: list[int], force: bool,
+                   data: dict | None, sampling: dict | None) -> dict:
+    fresh = new_manifest(model, settings.to_dict(), requested, data, sampling)
     if not (out / MANIFEST).exists():
         return fresh
     try:
@@ -177,9 +194,30 @@ def _open_manifest(out: Path, model: dict, settings: BuildSettings, requested: l
         raise BundleError(f"{out} holds a bundle of another model ({old['model'].get('depth')} blocks, width "
                           f"{old['model'].get('hidden_size')}, latent {old['model'].get('input_size')}): choose "
                           f"another --output, or --force to replace it")
+    if old.get("data") != data:
+        raise BundleError(f"{out} holds a bundle of a model that generates other things: choose another --output, "
+                          f"or --force to replace it")
     old["build"] = settings.to_dict()
     old["requested"] = sorted(set(old["requested"]) | set(requested))
+    if sampling is not None or not old.get("sampling"):
+        old["sampling"] = fresh["sampling"]
     return old
+
+
+def _fit_sampling(manifest: dict) -> None:
+    """Drop a recorded default schedule that names counts the bundle is not built for (``--mediators 16`` of
+    a three-count model)."""
+    from ..runtime.schedule import parse_schedule
+
+    text = (manifest.get("sampling") or {}).get("schedule")
+    if not text:
+        return
+    needed = set(parse_schedule(text).counts)
+    have = set(manifest["requested"])
+    if not needed <= have:
+        log.info("the recommended schedule %s needs %s mediators, which this bundle lacks: recording none (the "
+                 "largest count alone)", text, sorted(needed - have))
+        manifest["sampling"] = {**manifest["sampling"], "schedule": None}
 
 
 def _up_to_date(bundle_dir: Path, entry: dict | None, key: str) -> bool:
@@ -200,6 +238,7 @@ def build_bundle(sources: list[ModelSource], out: str | Path, settings: BuildSet
         raise BackendUnavailableError("bf16 engines need TensorRT or onnxruntime-gpu: ONNX Runtime's CPU provider "
                                       "has no bfloat16 kernels. Use --precision fp32 or fp16 here.")
     configs = check_sources(sources)
+    data, sampling = source_records(configs)
     random_weights = any(s.is_random for s in sources)
     if random_weights:
         log.warning("RANDOM WEIGHTS: %s is built from randomly initialised models; its outputs are noise. Use "
@@ -207,7 +246,9 @@ def build_bundle(sources: list[ModelSource], out: str | Path, settings: BuildSet
     first_cfg = next(iter(configs.values()))[0]
     _check_output(out)
     with _exclusive(out):
-        manifest = _open_manifest(out, shared_model_dict(first_cfg), settings, [s.mediators for s in sources], force)
+        manifest = _open_manifest(out, shared_model_dict(first_cfg), settings, [s.mediators for s in sources], force,
+                                  data, sampling)
+        _fit_sampling(manifest)
         spec = ExportSpec(opset=settings.opset)
         reports = []
         progress = _progress() if show_progress else None
@@ -217,7 +258,7 @@ def build_bundle(sources: list[ModelSource], out: str | Path, settings: BuildSet
                 n = src.mediators
                 if progress is not None:
                     progress.update(task, description=f"{n} mediators")
-                cfg, source_hash = configs[n]
+                cfg, source_hash, _ = configs[n]
                 t0 = time.perf_counter()
                 report = CountReport(n)
                 old = manifest["counts"].get(str(n), {})

@@ -8,6 +8,10 @@ The manifest is plain JSON that any application can read without medexport::
       "model": {model config without the mediator count},
       "build": {backend, precision, batch "min:opt:max", plugin, opset, ...},
       "requested": [16, 32, 64],                  # what the build was asked for
+      "data": null | {"space": "pixel", "dataset": "fashion-mnist", "range": [-1, 1], "class_names": [...]},
+                                                   # what the model generates (null: sd-vae latents)
+      "sampling": {sampler, method, steps, cfg_scale, cfg_channels, schedule},
+                                                   # recommended settings: used where the user gives none
       "counts": {                                  # what is complete; written after each count
         "16": {
           "config": {full model config, mediator grid included},
@@ -32,9 +36,10 @@ import os
 from pathlib import Path
 
 from .. import __version__
-from ..errors import BundleError, CheckpointError, ConfigError
+from ..errors import BundleError, CheckpointError, ConfigError, SamplingError
 from ..model import MediatorDiT, ModelConfig, create_model, load_checkpoint
 from ..model.checkpoint import file_sha256
+from ..runtime.defaults import SamplingDefaults
 
 MANIFEST = "manifest.json"
 FORMAT = "medexport-bundle"
@@ -55,10 +60,12 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def new_manifest(model_config: dict, build: dict, requested: list[int]) -> dict:
+def new_manifest(model_config: dict, build: dict, requested: list[int], data: dict | None = None,
+                 sampling: dict | None = None) -> dict:
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "medexport_version": __version__,
             "created": now(), "updated": now(), "model": model_config, "build": build,
-            "requested": sorted(requested), "counts": {}}
+            "requested": sorted(requested), "data": data, "sampling": sampling or SamplingDefaults().to_dict(),
+            "counts": {}}
 
 
 class Bundle:
@@ -77,6 +84,16 @@ class Bundle:
     def missing(self) -> list[int]:
         """Counts the build was asked for that are not complete (an interrupted build)."""
         return sorted(set(self.manifest.get("requested", [])) - set(self.counts))
+
+    @property
+    def data(self) -> dict | None:
+        """What the model generates: None for sd-vae latents, else {"space": "pixel", "dataset", ...}."""
+        return self.manifest.get("data")
+
+    @property
+    def sampling_defaults(self) -> SamplingDefaults:
+        """The recorded recommended sampling settings (the reference's defaults where none are recorded)."""
+        return SamplingDefaults.from_dict(self.manifest.get("sampling") or {})
 
     def entry(self, n: int) -> dict:
         try:
@@ -169,6 +186,12 @@ def validate_manifest(data: object, where: Path) -> None:
     for key, kind in (("model", dict), ("build", dict), ("counts", dict), ("requested", list)):
         if not isinstance(data.get(key), kind):
             bad(f"{key!r} must be a {kind.__name__}")
+    if data.get("data") is not None and not (isinstance(data["data"], dict) and data["data"].get("space") == "pixel"):
+        bad("'data' must be null or an object with \"space\": \"pixel\"")
+    try:
+        SamplingDefaults.from_dict(data.get("sampling") or {})
+    except SamplingError as e:
+        bad(f"'sampling': {e}")
     for n, entry in data["counts"].items():
         if not n.isdigit() or not isinstance(entry, dict):
             bad(f"counts key {n!r} is not a mediator count with an entry")

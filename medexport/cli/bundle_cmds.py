@@ -15,10 +15,12 @@ from ..bundle.settings import BACKEND_CHOICES, DEFAULT_OUTPUT_ROOT, PRECISION_CH
 from ..errors import ConfigError
 from ..model import MODEL_NAMES
 from .main import cli, console, parse_int_list
-from .model_cmds import DEFAULT_MODEL
+from ..demo import NAME as DEMO_NAME
 
 log = logging.getLogger("medexport")
 DEFAULT_MEDIATORS = "16,32,64"
+DEFAULT_BATCH = "1:2:16"
+DEMO_BATCH = "1:64:512"  # the demo model is small: evaluations run hundreds of images per call
 
 
 def _parse_checkpoints(values: tuple[str, ...]) -> list[tuple[int, Path]]:
@@ -35,38 +37,55 @@ def default_output(model_name: str | None, image_size: int, checkpoints: list[tu
     if checkpoints:
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", checkpoints[0][1].stem)
         return DEFAULT_OUTPUT_ROOT / f"{stem}-bundle"
+    if model_name is None:
+        return DEFAULT_OUTPUT_ROOT / DEMO_NAME
     return DEFAULT_OUTPUT_ROOT / f"{model_name.replace('/', '-')}-{image_size}-random"
 
 
 @cli.command(short_help="Export mediator counts to ONNX and build engines.")
 @click.option("--checkpoint", "checkpoints", multiple=True, metavar="N=PATH",
-              help="Checkpoint of the N-mediator model (repeat per count). Without any: random weights.")
+              help="Checkpoint of the N-mediator model (repeat per count).")
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
               help="Which weights of trainer checkpoints to take.")
-@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, metavar="NAME",
-              help=f"Named config for random weights ({', '.join(n for n in MODEL_NAMES if n.startswith('SiT'))}).")
+@click.option("--model", "model_name", default=None, metavar="NAME",
+              help=f"Random weights of a named config ({', '.join(n for n in MODEL_NAMES if n.startswith('SiT'))}), "
+                   f"for benchmarking. Without --model and --checkpoint: the shipped Fashion-MNIST demo model.")
 @click.option("--image-size", default=256, show_default=True, help="Image side (random weights).")
-@click.option("--mediators", default=None, help=f"Counts to build [default: {DEFAULT_MEDIATORS}, or those of "
-                                                f"--checkpoint].")
+@click.option("--mediators", default=None, help=f"Counts to build [default: those of --checkpoint, the demo's, or "
+                                                f"{DEFAULT_MEDIATORS} with --model].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="auto: TensorRT where importable with a CUDA GPU, else ONNX Runtime.")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True)
-@click.option("--batch", default="1:2:16", show_default=True, metavar="MIN:OPT:MAX",
-              help="Batch sizes the engines accept, counting the CFG doubling.")
+@click.option("--batch", default=None, metavar="MIN:OPT:MAX",
+              help=f"Batch sizes the engines accept, counting the CFG doubling [default: {DEFAULT_BATCH}; "
+                   f"{DEMO_BATCH} for the demo].")
 @click.option("--plugin/--no-plugin", default=True, show_default=True,
               help="Use the TensorRT mediator-attention plugin where registered (else the function body).")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Bundle folder [default: engines/<model>].")
+              help=f"Bundle folder [default: engines/{DEMO_NAME}, engines/<model>-<size>-random or "
+                   f"engines/<checkpoint>-bundle].")
 @click.option("--force", is_flag=True, help="Redo every export and engine, even those up to date.")
 def build(checkpoints, weights, model_name, image_size, mediators, seed, backend, precision, batch, plugin, output,
           force) -> None:
-    """Export each mediator count to ONNX and build engines into a bundle."""
+    """Export each mediator count to ONNX and build engines into a bundle.
+
+    With no model arguments it builds the demo model that ships with medexport (Fashion-MNIST, 4, 8 and 16
+    mediators) into engines/fashion-mnist-demo.
+    """
+    ckpts = _parse_checkpoints(checkpoints)
+    demo = not ckpts and model_name is None
     try:
-        batch_range = BatchRange.parse(batch)
+        batch_range = BatchRange.parse(batch or (DEMO_BATCH if demo else DEFAULT_BATCH))
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--batch") from None
-    ckpts = _parse_checkpoints(checkpoints)
+    if ckpts and model_name is not None:
+        raise ConfigError("--model (random weights) and --checkpoint exclude each other: give one of them")
+    if demo:
+        from ..demo import demo_checkpoints, demo_counts
+
+        counts = parse_int_list(mediators, "--mediators") if mediators else demo_counts()
+        ckpts = list(demo_checkpoints(counts).items())
     if ckpts:
         counts = [n for n, _ in ckpts]
         if mediators is not None and sorted(parse_int_list(mediators, "--mediators")) != sorted(counts):
@@ -77,7 +96,7 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, backend
         counts = parse_int_list(mediators or DEFAULT_MEDIATORS, "--mediators")
         sources = [ModelSource(n, model_name=model_name, image_size=image_size, seed=seed) for n in counts]
     settings = BuildSettings(backend=backend, precision=precision, batch=batch_range, plugin=plugin)
-    out = output or default_output(model_name, image_size, ckpts)
+    out = output or default_output(model_name, image_size, [] if demo else ckpts)
     report = build_bundle(sources, out, settings, force=force)
     table = Table(title=f"bundle {report.path} ({report.backend})")
     for col in ("mediators", "onnx", "engine", "seconds"):

@@ -13,6 +13,8 @@ from rich.table import Table
 from ..errors import SamplingError
 from ..runtime import LAST_STEPS, METHODS, SAMPLERS
 from ..runtime.benchmark import current_memory, environment, plot_trace, run_benchmarks, summary, write_report
+from ..runtime.defaults import CFG_CHANNELS
+from ..runtime.images import labelled_grid, save_images
 from ..runtime.pipeline import Pipeline, latents_to_file
 from .main import cli, console, err_console
 
@@ -20,31 +22,49 @@ log = logging.getLogger("medexport")
 ALL_METHODS = sorted({m for ms in METHODS.values() for m in ms})
 
 
+def sampling_options(f):
+    """The sampling options shared by ``sample`` and ``eval``; left out, each comes from the bundle's record."""
+    options = [
+        click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
+                     help="sde or ode [default: the bundle's recommendation, else sde]."),
+        click.option("--method", type=click.Choice(ALL_METHODS), default=None,
+                     help="sde: euler (Euler-Maruyama) | heun; ode: euler | heun | dopri5 [default: the bundle's, "
+                          "else euler / dopri5]."),
+        click.option("--steps", type=int, default=None,
+                     help="SDE: steps (default 250). ODE: grid points as in the reference, so euler with 50 makes "
+                          "49 evaluations (default 50). [default: the bundle's]"),
+        click.option("--last-step", type=click.Choice(LAST_STEPS), default="mean", show_default=True,
+                     help="SDE last step."),
+        click.option("--cfg-scale", type=float, default=None,
+                     help="Guidance scale (1: none) [default: the bundle's, else 1]."),
+        click.option("--cfg-channels", type=click.Choice(CFG_CHANNELS), default=None,
+                     help="Guide the first 3 channels (the reference) or all [default: the bundle's, else 3]."),
+        click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto",
+                     show_default=True, help="torch = the PyTorch models the engines were built from."),
+        click.option("--device", default=None, help="cpu or cuda (default: the backend's)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+SCHEDULE_HELP = ('Mediator schedule: "16:0.3,32:0.7,64" (fractions of the steps), "64" (static), or '
+                 '"adaptive:16,32,64:ratios=0.5,0.2[:warmup=3][:distance=mae]" [default: the bundle\'s, else the '
+                 'largest count].')
+
+
 @cli.command("sample", short_help="Generate from a bundle; --benchmark against PyTorch.")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--labels", default=None, help="Comma-separated class labels, one per image.")
 @click.option("--num", default=4, show_default=True, help="Images, with random labels (when --labels is not given).")
 @click.option("--seed", default=0, show_default=True, help="Seeds labels, initial noise and SDE noise.")
-@click.option("--sampler", type=click.Choice(SAMPLERS), default="sde", show_default=True)
-@click.option("--method", type=click.Choice(ALL_METHODS), default=None,
-              help="sde: euler (Euler-Maruyama) | heun; ode: euler | heun | dopri5 [default: euler / dopri5].")
-@click.option("--steps", type=int, default=None,
-              help="SDE: steps (default 250). ODE: grid points as in the reference, so euler with 50 makes 49 "
-                   "evaluations (default 50).")
-@click.option("--last-step", type=click.Choice(LAST_STEPS), default="mean", show_default=True, help="SDE last step.")
-@click.option("--cfg-scale", type=float, default=1.0, show_default=True, help="Guidance scale (1: none).")
-@click.option("--cfg-channels", type=click.Choice(["3", "all"]), default="3", show_default=True,
-              help="Guide the first 3 channels (the reference) or all.")
-@click.option("--schedule", default=None,
-              help='Mediator schedule: "16:0.3,32:0.7,64" (fractions of the steps), "64" (static), or '
-                   '"adaptive:16,32,64:ratios=0.5,0.2[:warmup=3][:distance=mae]" [default: largest count].')
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto",
-              show_default=True, help="torch = the PyTorch models the engines were built from.")
-@click.option("--device", default=None, help="cpu or cuda (default: the backend's).")
+@sampling_options
+@click.option("--schedule", default=None, help=SCHEDULE_HELP)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out"),
-              show_default=True, help="Folder for latents (.npy), report.json, the plot and images.")
+              show_default=True, help="Folder for the images (pixel-space models) or latents (.npy), report.json "
+                                      "and the step-latency plot.")
 @click.option("--vae", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Local diffusers AutoencoderKL folder: decode to a PNG grid.")
+              help="Local diffusers AutoencoderKL folder: decode latents to a PNG grid.")
 @click.option("--benchmark", is_flag=True, help="Warm-up, timed runs, and the PyTorch reference side by side.")
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=1),
               help="Untimed runs per backend before timing; they also measure peak memory (--benchmark).")
@@ -52,9 +72,13 @@ ALL_METHODS = sorted({m for ms in METHODS.values() for m in ms})
               help="Timed runs per backend, alternating between backends (--benchmark).")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="With --benchmark, also time the PyTorch reference on the same inputs.")
-def sample_cmd(bundle, labels, num, seed, sampler, method, steps, last_step, cfg_scale, cfg_channels, schedule,
-               backend, device, out_dir, vae, benchmark, warmup, runs, reference) -> None:
-    """Generate latents from a bundle with a mediator schedule; --benchmark times it against PyTorch."""
+def sample_cmd(bundle, labels, num, seed, sampler, method, steps, last_step, cfg_scale, cfg_channels, backend, device,
+               schedule, out_dir, vae, benchmark, warmup, runs, reference) -> None:
+    """Generate images (pixel-space models) or latents from a bundle with a mediator schedule.
+
+    Settings not given come from the bundle's recommended sampling settings. --benchmark times the engines
+    against the PyTorch reference.
+    """
     base_memory = current_memory(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     pipe = Pipeline.from_bundle(bundle, backend=backend, device=device)
     if labels is not None:
@@ -67,10 +91,12 @@ def sample_cmd(bundle, labels, num, seed, sampler, method, steps, last_step, cfg
         if num < 1:
             raise SamplingError("--num must be at least 1")
         label_list = torch.randint(0, pipe.config.num_classes, (num,), generator=torch.Generator().manual_seed(seed)).tolist()
-    kwargs = dict(labels=label_list, seed=seed, sampler=sampler, method=method, steps=steps, last_step=last_step,
-                  cfg_scale=cfg_scale, cfg_channels=None if cfg_channels == "all" else 3, schedule=schedule)
+    chosen = pipe.defaults.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
+                                    cfg_channels=cfg_channels, schedule=schedule)
+    kwargs = dict(labels=label_list, seed=seed, last_step=last_step, **chosen.pipeline_kwargs())
     out_dir.mkdir(parents=True, exist_ok=True)
     env = environment(pipe.device)
+    console.print(f"sampling: {chosen.describe()}", highlight=False)
     if not benchmark:
         with console.status(f"sampling {len(label_list)} images on {pipe.backend}"):
             result = pipe.sample(**kwargs)
@@ -100,17 +126,33 @@ def sample_cmd(bundle, labels, num, seed, sampler, method, steps, last_step, cfg
         ref_result = ref_stats.last if ref_stats else None
         results = {name: s.last for name, s in stats.items()}
         _print_benchmark(stats, summaries, pipe)
-    latents_path = latents_to_file(result.latents, out_dir / "latents.npy")
+    written = []
+    extra = {}
+    if pipe.data is not None:  # pixel space: the samples are images
+        names = pipe.data.get("class_names") or []
+        files = save_images(result.latents, out_dir / "images")
+        extra["images"] = [{"index": i, "label": y, "class_name": names[y] if y < len(names) else str(y),
+                            "seed": seed, "file": str(f.relative_to(out_dir))}
+                           for i, (y, f) in enumerate(zip(label_list, files))]
+        captions = [e["class_name"] for e in extra["images"]]
+        grid = labelled_grid(result.latents, captions, out_dir / "grid.png",
+                             title=f"{Path(bundle).name}: {chosen.describe()}")
+        written += [out_dir / "images", grid]
+    else:
+        written.append(latents_to_file(result.latents, out_dir / "latents.npy"))
     report = write_report(out_dir / "report.json", {**result.settings, "bundle": str(bundle),
                                                    "benchmark": benchmark, "warmup": warmup, "runs": runs},
-                          env, summaries, result, ref_result)
-    plot = plot_trace(out_dir / "step_latency.png", results)
+                          env, summaries, result, ref_result, extra=extra)
+    written += [report, plot_trace(out_dir / "step_latency.png", results)]
     if vae is not None:
+        if pipe.data is not None:
+            raise SamplingError("--vae decodes sd-vae latents, but this bundle's model generates pixels: drop --vae")
         from ..runtime.vae import decode, load_vae, save_grid
 
-        grid = save_grid(decode(load_vae(vae), result.latents), out_dir / "samples.png")
-        console.print(f"images: {grid}")
-    console.print(f"wrote {latents_path}, {report}, {plot}")
+        written.append(save_grid(decode(load_vae(vae), result.latents), out_dir / "samples.png"))
+    console.print("wrote " + ", ".join(map(str, written)), highlight=False, soft_wrap=True)
+    if pipe.data is not None:
+        console.print(f"[bold]grid:[/] {grid}", highlight=False, soft_wrap=True)
 
 
 def _print_benchmark(stats: dict, summaries: list[dict], pipe: Pipeline) -> None:

@@ -44,6 +44,8 @@ class CheckpointInfo:
     config: ModelConfig
     num_parameters: int
     train_steps: int | None = None
+    data: dict | None = None  # what the model generates, when the file says (pixel space, data set); else latents
+    sampling: dict | None = None  # recommended sampling settings, when the file records them
 
 
 _HASHES: dict[tuple, str] = {}
@@ -87,7 +89,7 @@ def _read_raw(path: Path) -> tuple[object, str]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path), device="cpu"), "safetensors"
+            return _SafetensorsState(load_file(str(path), device="cpu"), _safetensors_metadata(path)), "safetensors"
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{str(path)!r} looks like safetensors but cannot be read ({e}): "
                                   f"the file may be truncated; re-download or re-save it") from None
@@ -112,6 +114,43 @@ def _read_raw(path: Path) -> tuple[object, str]:
                               f"may be truncated or not a checkpoint") from None
 
 
+class _SafetensorsState(dict):
+    """A safetensors state dict and the file's string metadata."""
+
+    def __init__(self, tensors: dict, metadata: dict[str, str]):
+        super().__init__(tensors)
+        self.metadata = metadata
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def _json_meta(metadata: dict[str, str], key: str, path: Path) -> dict | None:
+    if key not in metadata:
+        return None
+    try:
+        value = json.loads(metadata[key])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{str(path)!r}: the metadata entry {key!r} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{str(path)!r}: the metadata entry {key!r} is not a JSON object")
+    return value
+
+
+def _data_from_args(args: object) -> dict | None:
+    """Pixel-space models of medexport's demo trainer say so in their ``args`` (``vae`` None, ``data``)."""
+    if isinstance(args, argparse.Namespace) and getattr(args, "vae", "") is None:
+        if getattr(args, "data", None) == "fashion-mnist":
+            from ..data import DATA_RECORD
+
+            return dict(DATA_RECORD)
+    return None
+
+
 def _strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
     out = {}
     for key, value in state.items():
@@ -132,7 +171,10 @@ def _pick_state_dict(raw: object, kind: str, weights: str, path: Path) -> tuple[
     if not isinstance(raw, dict):
         raise CheckpointError(f"{str(path)!r} holds a {type(raw).__name__}, not a state dict or trainer checkpoint")
     if kind == "safetensors":
-        return dict(raw), "safetensors", "state_dict", {}
+        meta = raw.metadata
+        return dict(raw), "safetensors", "state_dict", {"data": _json_meta(meta, "medexport_data", path),
+                                                         "sampling": _json_meta(meta, "medexport_sampling", path),
+                                                         "train_steps": _json_meta(meta, "medexport_train", path)}
     if "model" in raw or "ema" in raw:
         if weights not in raw:
             other = "model" if weights == "ema" else "ema"
@@ -141,7 +183,7 @@ def _pick_state_dict(raw: object, kind: str, weights: str, path: Path) -> tuple[
         state = raw[weights]
         if not isinstance(state, dict):
             raise CheckpointError(f"{str(path)!r}: the {weights!r} entry is not a state dict")
-        extras = {"train_steps": raw.get("train_steps")}
+        extras = {"train_steps": raw.get("train_steps"), "data": _data_from_args(raw.get("args"))}
         return state, "trainer", weights, extras
     return raw, "state_dict", "state_dict", {}
 
@@ -223,7 +265,11 @@ def read_checkpoint(path: str | os.PathLike, *, weights: str = "ema") -> tuple[d
     state = _strip_prefixes(state)
     config = infer_config(state)
     n_params = sum(v.numel() for k, v in state.items() if isinstance(v, Tensor) and k != "pos_embed")
-    return state, CheckpointInfo(str(path), fmt, taken, config, n_params, extras.get("train_steps"))
+    steps = extras.get("train_steps")
+    if isinstance(steps, dict):  # safetensors metadata: {"train_steps": N, ...}
+        steps = steps.get("train_steps")
+    return state, CheckpointInfo(str(path), fmt, taken, config, n_params, steps if isinstance(steps, int) else None,
+                                 extras.get("data"), extras.get("sampling"))
 
 
 def load_checkpoint(path: str | os.PathLike, *, weights: str = "ema", device: str | torch.device = "cpu") -> MediatorDiT:

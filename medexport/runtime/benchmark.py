@@ -169,9 +169,9 @@ def environment(device: torch.device) -> dict:
 
 
 def write_report(path: Path, settings: dict, env: dict, summaries: list[dict], result: SampleResult,
-                 reference: SampleResult | None = None) -> Path:
+                 reference: SampleResult | None = None, extra: dict | None = None) -> Path:
     data = {"settings": settings, "environment": env, "summary": summaries[0] if summaries else {},
-            "summaries": summaries, "trace": result.trace_dicts()}
+            "summaries": summaries, **(extra or {}), "trace": result.trace_dicts()}
     if reference is not None:
         data["reference_trace"] = reference.trace_dicts()
     tmp = path.with_name(path.name + ".partial")

@@ -20,6 +20,7 @@ from ..backend import Runner, TorchRunner
 from ..errors import ConfigError, SamplingError
 from ..model import ModelConfig, forward_flops, load_checkpoint
 from ..model.mediator_dit import MediatorDiT
+from .defaults import SamplingDefaults
 from .samplers import SamplerSettings, StepInfo, sample
 from .schedule import FixedSchedule, Schedule, parse_schedule
 
@@ -68,9 +69,14 @@ class Pipeline:
     Build one with :meth:`from_bundle` (deployed engines) or :meth:`from_checkpoints` (PyTorch, no export).
     """
 
-    def __init__(self, runners: dict[int, Runner], config: ModelConfig):
+    def __init__(self, runners: dict[int, Runner], config: ModelConfig, *, defaults: SamplingDefaults | None = None,
+                 data: dict | None = None):
+        """``defaults``: the sampling settings used where a call gives none; ``data``: what the model generates
+        (a bundle's ``data`` record: pixel space, data set, class names), None for latent models."""
         if not runners:
             raise ConfigError("a pipeline needs at least one runner")
+        self.defaults = defaults or SamplingDefaults()
+        self.data = data
         self.runners = dict(sorted(runners.items()))
         self.config = config  # shared architecture; config.mediators is that of the first runner
         self.backend = next(iter(self.runners.values())).backend
@@ -92,7 +98,7 @@ class Pipeline:
         if backend == "torch":
             dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
             runners = {n: TorchRunner(bundle.torch_model(n), device=dev) for n in counts}
-            return cls(runners, bundle.config(counts[0]))
+            return cls(runners, bundle.config(counts[0]), defaults=bundle.sampling_defaults, data=bundle.data)
         if backend == "auto":
             backend = "onnxruntime"
             if all("tensorrt" in bundle.backends(n) and runnable_here(bundle.engine(n, "tensorrt"), "tensorrt")[0]
@@ -111,7 +117,7 @@ class Pipeline:
 
             shared = SharedActivationMemory()
         runners = {n: engine_runner(bundle, n, backend, shared_memory=shared, device=device) for n in counts}
-        return cls(runners, bundle.config(counts[0]))
+        return cls(runners, bundle.config(counts[0]), defaults=bundle.sampling_defaults, data=bundle.data)
 
     @classmethod
     def from_checkpoints(cls, checkpoints: dict[int, str | os.PathLike], *, device: str | None = None,
@@ -144,12 +150,15 @@ class Pipeline:
         return list(self.runners)
 
     # -- sampling -----------------------------------------------------------------------------------------
-    def sample(self, labels, *, noise: Tensor | None = None, seed: int | None = None, sampler: str = "sde",
-               method: str | None = None, steps: int | None = None, cfg_scale: float = 1.0,
-               cfg_channels: int | None = 3, schedule: Schedule | str | None = None, last_step: str | None = "mean",
-               last_step_size: float = 0.04, atol: float = 1e-6, rtol: float = 1e-3,
+    def sample(self, labels, *, noise: Tensor | None = None, seed: int | None = None, sampler: str | None = None,
+               method: str | None = None, steps: int | None = None, cfg_scale: float | None = None,
+               cfg_channels: int | str | None = None, schedule: Schedule | str | None = None,
+               last_step: str | None = "mean", last_step_size: float = 0.04, atol: float = 1e-6, rtol: float = 1e-3,
                check_finite: bool = True) -> SampleResult:
-        """Generate latents for ``labels``.
+        """Generate latents (or, for a pixel-space model, images in [-1, 1]) for ``labels``.
+
+        Sampler, method, steps, guidance and schedule left as None come from :attr:`defaults` (a bundle's
+        recommended settings; the reference's defaults otherwise).
 
         Args:
             labels: class labels (ints < num_classes), one per image.
@@ -158,21 +167,26 @@ class Pipeline:
             seed: seeds the initial noise and the SDE's noise (one CPU generator, reproducible).
             sampler, method, steps, last_step, last_step_size, atol, rtol: see :class:`SamplerSettings`.
             cfg_scale: classifier-free guidance scale (>= 1; 1 means no guidance and no doubled batch).
-            cfg_channels: guide the first 3 channels (the reference) or all (None).
+            cfg_channels: guide the first 3 channels (3, the reference) or "all".
             schedule: a :class:`Schedule`, its text form ("16:0.3,32:0.7,64", "adaptive:..."), or None for the
-                largest count alone.
+                recorded default (the largest count alone when none is recorded).
             check_finite: stop with the step and the engine when an engine outputs NaN or inf.
         """
+        chosen = self.defaults.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
+                                        cfg_channels=None if cfg_channels is None else str(cfg_channels),
+                                        schedule=None if isinstance(schedule, Schedule) else schedule)
+        sampler, method, steps, cfg_scale = chosen.sampler, chosen.method, chosen.steps, chosen.cfg_scale
+        cfg_channels = None if chosen.cfg_channels == "all" else int(chosen.cfg_channels)
         settings = SamplerSettings(sampler=sampler, method=method, steps=steps, last_step=last_step,
                                    last_step_size=last_step_size, atol=atol, rtol=rtol)
-        sched = self._schedule(schedule)
+        sched = self._schedule(schedule if isinstance(schedule, Schedule) else chosen.schedule)
         if sched.adaptive and settings.num_model_steps is None:
             raise SamplingError("an adaptive schedule needs a fixed-step sampler (not dopri5): use "
                                 "--method euler/heun or a fixed schedule")
         if not (cfg_scale >= 1.0):
             raise SamplingError(f"cfg scale {cfg_scale} is below 1: use 1 (no guidance) or more (e.g. 4.0)")
-        if cfg_channels is not None and not 1 <= cfg_channels <= self.config.in_channels:
-            raise SamplingError(f"cfg_channels must be 1..{self.config.in_channels} or None (all)")
+        if cfg_channels is not None:
+            cfg_channels = min(cfg_channels, self.config.in_channels)  # 3 on a 1-channel model guides it all
         y = self._labels(labels)
         B, c = len(y), self.config
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -211,7 +225,7 @@ class Pipeline:
         x = sample(velocity, x0, settings, generator=generator, on_step=on_step)
         timer.flush(trace)
         seconds = time.perf_counter() - start
-        run_settings = {**asdict(settings), "cfg_scale": cfg_scale, "cfg_channels": cfg_channels,
+        run_settings = {**asdict(settings), "cfg_scale": cfg_scale, "cfg_channels": chosen.cfg_channels,
                         "schedule": str(sched), "seed": seed, "labels": y[:B].tolist(), "backend": self.backend}
         return SampleResult(x[:B].float().cpu(), trace, seconds, run_settings)
 

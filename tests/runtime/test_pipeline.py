@@ -13,7 +13,7 @@ CASES = [
     dict(sampler="ode", method="euler", steps=6, cfg_scale=1.0, schedule="16:0.3,32:0.7,64"),
     dict(sampler="sde", method="euler", steps=6, cfg_scale=4.0, schedule="16:0.5,64"),
     dict(sampler="sde", method="heun", steps=4, cfg_scale=1.5, schedule="32"),
-    dict(sampler="ode", method="heun", steps=5, cfg_scale=4.0, cfg_channels=None, schedule="16:0.5,32"),
+    dict(sampler="ode", method="heun", steps=5, cfg_scale=4.0, cfg_channels="all", schedule="16:0.5,32"),
     dict(sampler="ode", method="euler", steps=10, cfg_scale=4.0,
          schedule="adaptive:16,32,64:ratios=0.95,0.9:warmup=2"),
     dict(sampler="sde", method="euler", steps=8, cfg_scale=1.0,

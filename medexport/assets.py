@@ -1,0 +1,66 @@
+"""Files shipped inside the package (demo weights, the judge), each checked against a recorded sha256.
+
+A folder of shipped files holds ``SHA256SUMS`` in ``sha256sum``'s format; :func:`verified_file` refuses a
+file that is missing, unrecorded or changed, naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from .errors import MedexportError
+
+SUMS = "SHA256SUMS"
+
+
+class AssetError(MedexportError):
+    """A file shipped with medexport is missing or does not match its recorded sha256."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_sums(folder: Path) -> dict[str, str]:
+    """{file name: sha256} from ``folder/SHA256SUMS`` (empty when there is none)."""
+    sums = Path(folder) / SUMS
+    if not sums.is_file():
+        return {}
+    out = {}
+    for line in sums.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            out[name.lstrip("*")] = digest
+    return out
+
+
+def record_sums(folder: Path, names: list[str]) -> None:
+    """Add or update the sha256 of ``names`` in ``folder/SHA256SUMS`` (written to a temporary name, then renamed)."""
+    folder = Path(folder)
+    sums = read_sums(folder)
+    sums.update({name: sha256_file(folder / name) for name in names})
+    tmp = folder / (SUMS + ".partial")
+    tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
+    os.replace(tmp, folder / SUMS)
+
+
+def verified_file(folder: Path, name: str, what: str) -> Path:
+    """``folder/name`` once its sha256 matches the folder's record; AssetError naming the file otherwise."""
+    path = Path(folder) / name
+    if not path.is_file():
+        raise AssetError(f"the shipped {what} {str(path)!r} is missing: reinstall medexport")
+    expected = read_sums(Path(folder)).get(name)
+    if expected is None:
+        raise AssetError(f"no sha256 is recorded for the shipped {what} {str(path)!r} in {Path(folder) / SUMS}: "
+                         f"reinstall medexport")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise AssetError(f"the shipped {what} {str(path)!r} is damaged or was changed: its sha256 is "
+                         f"{actual[:16]}..., expected {expected[:16]}... Reinstall medexport.")
+    return path

@@ -1,0 +1,95 @@
+"""Judging a bundle: generate K images per class under a schedule, score them, and account for their cost.
+
+Every schedule of one evaluation sees the same labels and the same seeds (batch b is sampled with seed
+``seed + b``), so differences between schedules are not differences of noise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from ..runtime.defaults import SamplingDefaults
+from . import JUDGE_NAME, JudgeError, JudgeScore, load_judge, real_floor, score
+
+DATASET = "fashion-mnist"
+
+
+def check_applies(pipe) -> None:
+    """JudgeError unless the pipeline's model generates 28x28 Fashion-MNIST images: the judge knows nothing else."""
+    data = getattr(pipe, "data", None)
+    c = pipe.config
+    if not data or data.get("dataset") != DATASET:
+        what = "sd-vae latents" if not data else f"{data.get('dataset')!r} images"
+        raise JudgeError(f"the judge scores pixel-space Fashion-MNIST models; this bundle's model generates {what}, "
+                         f"so the judge does not apply. Evaluate such models with a standard FID tool on "
+                         f"`medexport sample` output.")
+    if (c.in_channels, c.input_size, c.num_classes) != (1, 28, 10):
+        raise JudgeError(f"the judge scores 1x28x28 images of 10 classes; this model makes "
+                         f"{c.in_channels}x{c.input_size}x{c.input_size} images of {c.num_classes} classes")
+
+
+@dataclass
+class EvalResult:
+    """One schedule's score and cost."""
+
+    schedule: str
+    images: int
+    accuracy: float
+    confidence: float
+    fd: float
+    gflops_per_image: float
+    ms_per_image: float
+    steps_per_count: dict[int, int]
+    per_class_accuracy: list[float]
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["steps_per_count"] = {str(k): v for k, v in self.steps_per_count.items()}
+        return d
+
+
+def evaluate(pipe, sampling: SamplingDefaults, *, per_class: int, seed: int = 0, batch: int = 100,
+             on_batch: Callable[[int], None] | None = None) -> EvalResult:
+    """Generate ``per_class`` images of each class with ``sampling`` (its schedule included) and judge them."""
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise JudgeError(f"--per-class must be a positive number of images per class, got {per_class!r}")
+    if batch < 1:
+        raise JudgeError(f"the batch must be at least 1 image, got {batch}")
+    check_applies(pipe)
+    judge = load_judge()
+    labels = [i % 10 for i in range(10 * per_class)]  # every batch holds every class
+    images, flops, seconds, steps = [], 0.0, 0.0, {}
+    kwargs = sampling.pipeline_kwargs()
+    for b, start in enumerate(range(0, len(labels), batch)):
+        chunk = labels[start:start + batch]
+        t0 = time.perf_counter()
+        result = pipe.sample(chunk, seed=seed + b, **kwargs)
+        seconds += time.perf_counter() - t0
+        images.append(result.latents)
+        flops += pipe.flops_per_image(result) * len(chunk)
+        for n, k in result.steps_per_count().items():
+            steps[n] = max(steps.get(n, 0), k)
+        if on_batch:
+            on_batch(len(chunk))
+    import torch
+
+    s: JudgeScore = score(torch.cat(images), labels, judge)
+    return EvalResult(str(result.settings["schedule"]), s.images, s.accuracy, s.confidence, s.fd,
+                      flops / len(labels) / 1e9, 1e3 * seconds / len(labels), dict(sorted(steps.items())),
+                      s.per_class_accuracy, {**sampling.to_dict(), "seed": seed, "backend": pipe.backend})
+
+
+def floor_for(images: int, data_dir=None) -> JudgeScore | None:
+    """The real-vs-real score at ``images`` images, or None where the data set is not installed."""
+    from ..errors import DataError
+
+    try:
+        return real_floor(images, data_dir=data_dir)
+    except DataError:
+        return None
+
+
+__all__ = ["DATASET", "EvalResult", "JUDGE_NAME", "check_applies", "evaluate", "floor_for"]
