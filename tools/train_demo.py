@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="train on the first LIMIT images only (tests)")
     p.add_argument("--ship", nargs="+", type=Path, metavar="RUN",
                    help="instead of training: write the EMA weights of these runs into the package")
+    p.add_argument("--recommend", default=None, metavar="JSON",
+                   help='with --ship: recommended sampling settings, e.g. \'{"sampler": "ode", "method": "euler", '
+                        '"steps": 20, "cfg_scale": 2.0, "cfg_channels": "all", "schedule": "4:0.3,8:0.6,16"}\'')
     p.add_argument("--ship-to", type=Path, default=Path(__file__).resolve().parents[1] / "medexport" / "demo" / "weights")
     args = p.parse_args(argv)
     if args.ship is None and args.run is None:
@@ -200,11 +203,16 @@ def train(args: argparse.Namespace) -> Path:
     return path
 
 
-def ship(runs: list[Path], dest: Path) -> None:
+def ship(runs: list[Path], dest: Path, recommend: str | None) -> None:
     """Write each run's EMA weights as safetensors into the package and record their sha256."""
     from medexport.demo import write_weights
 
-    write_weights([latest_checkpoint(r) or r for r in runs], dest)
+    try:
+        sampling = json.loads(recommend) if recommend else None
+    except json.JSONDecodeError as e:
+        raise MedexportError(f"--recommend is not valid JSON ({e})") from None
+    for path in write_weights([latest_checkpoint(r) or r for r in runs], dest, sampling=sampling):
+        log.info("wrote %s", path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.ship:
-            ship(args.ship, args.ship_to)
+            ship(args.ship, args.ship_to, args.recommend)
         else:
             train(args)
     except MedexportError as e:

@@ -36,7 +36,7 @@ import os
 from pathlib import Path
 
 from .. import __version__
-from ..errors import BundleError, CheckpointError, ConfigError, SamplingError
+from ..errors import BundleError, CheckpointError, ConfigError, SamplingError, ScheduleError
 from ..model import MediatorDiT, ModelConfig, create_model, load_checkpoint
 from ..model.checkpoint import file_sha256
 from ..runtime.defaults import SamplingDefaults
@@ -190,7 +190,7 @@ def validate_manifest(data: object, where: Path) -> None:
         bad("'data' must be null or an object with \"space\": \"pixel\"")
     try:
         SamplingDefaults.from_dict(data.get("sampling") or {})
-    except SamplingError as e:
+    except (SamplingError, ScheduleError) as e:
         bad(f"'sampling': {e}")
     for n, entry in data["counts"].items():
         if not n.isdigit() or not isinstance(entry, dict):
