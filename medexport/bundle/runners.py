@@ -7,7 +7,8 @@ from ..errors import BackendUnavailableError
 from .manifest import Bundle
 
 
-def engine_runner(bundle: Bundle, n: int, backend: str, *, shared_memory=None, device: str | None = None) -> Runner:
+def engine_runner(bundle: Bundle, n: int, backend: str, *, shared_memory=None, device: str | None = None,
+                  threads: int | None = None) -> Runner:
     """A runner for the ``backend`` engine of ``n`` mediators, after checking the file's hash."""
     entry = bundle.engine(n, backend)
     path = bundle.check_engine(n, backend)
@@ -16,7 +17,7 @@ def engine_runner(bundle: Bundle, n: int, backend: str, *, shared_memory=None, d
         from ..backend.onnxrt import default_providers
 
         return OnnxrtRunner(path, n, precision=entry["precision"], batch_range=batch,
-                            providers=default_providers(device))
+                            providers=default_providers(device), threads=threads)
     if backend == "tensorrt":
         from ..backend.trt.engine import TrtRunner
 

@@ -149,6 +149,11 @@ def inspect(bundle: Path) -> None:
     console.print(f"model: depth {cfg['depth']}, width {cfg['hidden_size']}, heads {cfg['num_heads']}, patch "
                   f"{cfg['patch_size']}, latent {cfg['in_channels']}x{cfg['input_size']}x{cfg['input_size']}, "
                   f"{cfg['num_classes']} classes; build: {m['build']}")
+    data = b.data
+    console.print("generates: " + (f"{data.get('dataset')} images in pixel space ({cfg['in_channels']}x"
+                                   f"{cfg['input_size']}x{cfg['input_size']})" if data else "sd-vae latents (decode "
+                                   "with `sample --vae`)"), highlight=False)
+    console.print(f"recommended sampling: {b.sampling_defaults.describe()}", highlight=False)
     table = Table()
     for col in ("mediators", "grid", "backend", "precision", "batch", "MB", "runs here"):
         table.add_column(col)

@@ -28,15 +28,18 @@ from .sample_cmd import SCHEDULE_HELP, sampling_options
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Fashion-MNIST folder for the real-vs-real floor [default: /usr/share/datasets/fashion-mnist].")
 def eval_cmd(bundle, schedules, per_class, seed, batch, sampler, method, steps, last_step, cfg_scale, cfg_channels,
-             backend, device, report, data) -> None:
+             backend, device, threads, report, data) -> None:
     """Generate --per-class images of each class under each schedule and score them with the shipped judge."""
-    from ..judge import load_judge
+    from ..judge import JudgeError, load_judge
     from ..judge.evaluate import check_applies, evaluate, floor_for
 
     if per_class < 1:
-        raise click.BadParameter(f"{per_class} images per class: give at least 1 (50 or more for a stable FD)",
-                                 param_hint="--per-class")
-    pipe = Pipeline.from_bundle(bundle, backend=backend, device=device)
+        raise JudgeError(f"--per-class {per_class}: give at least 1 image per class (50 or more for a stable FD)")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    pipe = Pipeline.from_bundle(bundle, backend=backend, device=device, threads=threads)
     check_applies(pipe)
     judge = load_judge()
     base = pipe.defaults.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,

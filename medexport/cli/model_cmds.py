@@ -54,13 +54,18 @@ def info(checkpoint: str, weights: str) -> None:
             ("parameters", f"{ck.num_parameters:,} ({ck.num_parameters / 1e6:.1f} M)"),
             ("depth / width / heads", f"{c.depth} / {c.hidden_size} / {c.num_heads} (head dim {c.head_dim})"),
             ("patch", str(c.patch_size)),
-            ("latent", f"{c.in_channels} x {c.input_size} x {c.input_size} (image {c.image_size} px)"),
+            ("latent", f"{c.in_channels} x {c.input_size} x {c.input_size} (image {c.image_size} px)") if ck.data is None
+            else ("image", f"{c.in_channels} x {c.input_size} x {c.input_size} pixels ({ck.data.get('dataset')})"),
             ("tokens", f"{c.grid_size} x {c.grid_size} = {c.num_tokens}"),
             ("mediators", f"{c.mediators} ({c.mediator_grid[0]} x {c.mediator_grid[1]} grid)"),
             ("classes", f"{c.num_classes} (+ null class)"), ("learn_sigma", str(c.learn_sigma)),
             ("mlp ratio", f"{c.mlp_ratio:g}")]
     if ck.train_steps is not None:
         rows.append(("train steps", str(ck.train_steps)))
+    if ck.sampling is not None:
+        from ..runtime.defaults import SamplingDefaults
+
+        rows.append(("recommended sampling", SamplingDefaults.from_dict(ck.sampling).describe()))
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)

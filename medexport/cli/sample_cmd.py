@@ -42,6 +42,8 @@ def sampling_options(f):
         click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto",
                      show_default=True, help="torch = the PyTorch models the engines were built from."),
         click.option("--device", default=None, help="cpu or cuda (default: the backend's)."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="CPU threads of PyTorch and ONNX Runtime [default: all cores]."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -73,14 +75,16 @@ SCHEDULE_HELP = ('Mediator schedule: "16:0.3,32:0.7,64" (fractions of the steps)
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="With --benchmark, also time the PyTorch reference on the same inputs.")
 def sample_cmd(bundle, labels, num, seed, sampler, method, steps, last_step, cfg_scale, cfg_channels, backend, device,
-               schedule, out_dir, vae, benchmark, warmup, runs, reference) -> None:
+               threads, schedule, out_dir, vae, benchmark, warmup, runs, reference) -> None:
     """Generate images (pixel-space models) or latents from a bundle with a mediator schedule.
 
     Settings not given come from the bundle's recommended sampling settings. --benchmark times the engines
     against the PyTorch reference.
     """
+    if threads:
+        torch.set_num_threads(threads)
     base_memory = current_memory(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    pipe = Pipeline.from_bundle(bundle, backend=backend, device=device)
+    pipe = Pipeline.from_bundle(bundle, backend=backend, device=device, threads=threads)
     if labels is not None:
         try:
             label_list = [int(v) for v in labels.split(",") if v.strip()]
@@ -110,7 +114,7 @@ def sample_cmd(bundle, labels, num, seed, sampler, method, steps, last_step, cfg
     else:
         factories = {pipe.backend: lambda: pipe}
         if reference and pipe.backend != "torch":
-            factories["torch"] = lambda: Pipeline.from_bundle(bundle, backend="torch", device=device)
+            factories["torch"] = lambda: Pipeline.from_bundle(bundle, backend="torch", device=device, threads=threads)
         total = (max(1, warmup) + runs) * len(factories)
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err_console) as progress:

@@ -84,11 +84,13 @@ class Pipeline:
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
-    def from_bundle(cls, path: str | os.PathLike, backend: str = "auto", device: str | None = None) -> Pipeline:
+    def from_bundle(cls, path: str | os.PathLike, backend: str = "auto", device: str | None = None,
+                    threads: int | None = None) -> Pipeline:
         """Runners for every count of a built bundle.
 
         ``backend``: "auto" (TensorRT where the bundle has runnable plans, else ONNX Runtime), "tensorrt",
         "onnxruntime", or "torch" (the PyTorch models the engines were built from: the reference).
+        ``threads``: CPU threads of each ONNX Runtime session (default: ONNX Runtime's, all cores).
         """
         from ..bundle import engine_runner, open_bundle, runnable_here
         from ..errors import BackendUnavailableError
@@ -116,7 +118,8 @@ class Pipeline:
             from ..backend.trt.engine import SharedActivationMemory
 
             shared = SharedActivationMemory()
-        runners = {n: engine_runner(bundle, n, backend, shared_memory=shared, device=device) for n in counts}
+        runners = {n: engine_runner(bundle, n, backend, shared_memory=shared, device=device, threads=threads)
+                   for n in counts}
         return cls(runners, bundle.config(counts[0]), defaults=bundle.sampling_defaults, data=bundle.data)
 
     @classmethod

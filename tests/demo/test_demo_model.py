@@ -120,4 +120,4 @@ def test_eval_refuses_what_the_judge_cannot_judge(demo_bundle, tiny_bundle, tmp_
     r = run("eval", tiny_bundle, "--per-class", "2", "--report", tmp_path / "e.json")
     assert r.exit_code == 1 and "judge does not apply" in r.output and not (tmp_path / "e.json").exists()
     r = run("eval", demo_bundle, "--per-class", "0", "--report", tmp_path / "e.json")
-    assert r.exit_code == 2 and "at least 1" in r.output and not (tmp_path / "e.json").exists()
+    assert r.exit_code == 1 and "at least 1 image per class" in r.output and not (tmp_path / "e.json").exists()
