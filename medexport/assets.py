@@ -10,6 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from .atomic import write_text
 from .errors import MedexportError
 
 SUMS = "SHA256SUMS"
@@ -45,9 +46,7 @@ def record_sums(folder: Path, names: list[str]) -> None:
     folder = Path(folder)
     sums = read_sums(folder)
     sums.update({name: sha256_file(folder / name) for name in names})
-    tmp = folder / (SUMS + ".partial")
-    tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
-    os.replace(tmp, folder / SUMS)
+    write_text(folder / SUMS, "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
 
 
 def verified_file(folder: Path, name: str, what: str) -> Path:

@@ -123,7 +123,7 @@ def resume(run: Path, args, model, ema, opt) -> int:
     if diff:
         raise MedexportError(
             f"{path} was trained with other settings: " + ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-            + f". Resume with the same settings or start a new --run folder.")
+            + ". Resume with the same settings or start a new --run folder.")
     model.load_state_dict(ckpt["model"])
     ema.load_state_dict(ckpt["ema"])
     opt.load_state_dict(ckpt["opt"])

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..atomic import write_json
 from ..runtime.pipeline import Pipeline
 from .main import cli, console, err_console
 from .sample_cmd import SCHEDULE_HELP, sampling_options
@@ -76,7 +75,5 @@ def eval_cmd(bundle, schedules, per_class, seed, batch, sampler, method, steps, 
            "backend": pipe.backend, "results": [r.to_dict() for r in results],
            "real_floor": floor.to_dict() if floor else None}
     report.parent.mkdir(parents=True, exist_ok=True)
-    tmp = report.with_name(report.name + ".partial")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    os.replace(tmp, report)
+    write_json(report, out)
     console.print(f"wrote {report}", highlight=False, soft_wrap=True)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from ..assets import AssetError, record_sums, verified_file
+from ..atomic import replacing, write_json
 
 NAME = "fashion-mnist-demo"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -74,18 +75,14 @@ def write_weights(checkpoints: list[str | os.PathLike], dest: str | os.PathLike 
                 "medexport_train": json.dumps({"train_steps": info.train_steps, **(train or {})})}
         if sampling is not None:
             meta["medexport_sampling"] = json.dumps(sampling)
-        tmp = dest / (name + ".partial")
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
-        os.chmod(tmp, 0o644)  # package data: readable by every user
-        os.replace(tmp, dest / name)
+        with replacing(dest / name, mode=0o644) as tmp:  # package data: readable by every user
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
         files[str(n)] = name
         record[str(n)] = info.train_steps
         written.append(dest / name)
     card = {"name": NAME, "files": dict(sorted(files.items(), key=lambda kv: int(kv[0]))), "sampling": sampling,
             "train_steps": record, "train": train or {}}
-    tmp = dest / (CARD_FILE + ".partial")
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, dest / CARD_FILE)
+    write_json(dest / CARD_FILE, card)
     record_sums(dest, [*files.values(), CARD_FILE])
     return written
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..assets import record_sums, verified_file
+from ..atomic import replacing
 from ..errors import MedexportError
 from .classifier import FEATURE_DIM, FashionJudge
 
@@ -150,11 +151,9 @@ def write_judge(model: FashionJudge, test_images: torch.Tensor, folder: str | os
     tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
     tensors["stats.mu"] = torch.from_numpy(mu)
     tensors["stats.sigma"] = torch.from_numpy(sigma)
-    tmp = folder / (JUDGE_FILE + ".partial")
-    save_file(tensors, str(tmp), metadata={"medexport_judge": json.dumps({**(meta or {}), "feature_dim": FEATURE_DIM,
-                                                                         "stats": "fashion-mnist test, 10000 images"})})
-    os.chmod(tmp, 0o644)  # package data: readable by every user
-    os.replace(tmp, folder / JUDGE_FILE)
+    meta = {**(meta or {}), "feature_dim": FEATURE_DIM, "stats": "fashion-mnist test, 10000 images"}
+    with replacing(folder / JUDGE_FILE, mode=0o644) as tmp:  # package data: readable by every user
+        save_file(tensors, str(tmp), metadata={"medexport_judge": json.dumps(meta)})
     record_sums(folder, [JUDGE_FILE])
     _CACHE.pop(str(folder.resolve()), None)
     return folder / JUDGE_FILE

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import replacing
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) float in [-1, 1] -> uint8 (B, H, W) for C = 1, (B, H, W, 3) for C = 3."""
@@ -75,7 +77,6 @@ def labelled_grid(images: torch.Tensor, captions: list[str], path: Path, *, scal
             text = text[:-1]
         draw.text((x0, y0 + cell_h + 1), text, fill="black", font=font)
     path = Path(path)
-    tmp = path.with_name(path.stem + ".partial.png")
-    grid.save(tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        grid.save(tmp, format="PNG")
     return path
