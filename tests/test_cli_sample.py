@@ -46,7 +46,7 @@ def test_sample_benchmark_against_reference(tiny_bundle, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--labels", "1,10"], "outside 0..9"),
-    (["--labels", "a,b"], "comma-separated list of class labels"),
+    (["--labels", "a,b"], "is not a class label: give numbers 0..9"),
     (["--schedule", "16:0.3,32:x,64"], "at character"),
     (["--schedule", "16:0.7,32:0.3,64"], "fractions must increase"),
     (["--schedule", "16:0.5,48"], "48"),

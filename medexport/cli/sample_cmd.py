@@ -57,8 +57,12 @@ SCHEDULE_HELP = ('Mediator schedule: "16:0.3,32:0.7,64" (fractions of the steps)
 
 @cli.command("sample", short_help="Generate from a bundle; --benchmark against PyTorch.")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--labels", default=None, help="Comma-separated class labels, one per image.")
+@click.option("--labels", default=None,
+              help="Comma-separated class labels, one per image: numbers, or class names where the bundle records "
+                   "them (e.g. sneaker,bag).")
 @click.option("--num", default=4, show_default=True, help="Images, with random labels (when --labels is not given).")
+@click.option("--per-class", type=int, default=None,
+              help="Instead of --num: this many images of every class (each grid row then holds every class).")
 @click.option("--seed", default=0, show_default=True, help="Seeds labels, initial noise and SDE noise.")
 @sampling_options
 @click.option("--schedule", default=None, help=SCHEDULE_HELP)
@@ -74,7 +78,7 @@ SCHEDULE_HELP = ('Mediator schedule: "16:0.3,32:0.7,64" (fractions of the steps)
               help="Timed runs per backend, alternating between backends (--benchmark).")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="With --benchmark, also time the PyTorch reference on the same inputs.")
-def sample_cmd(bundle, labels, num, seed, sampler, method, steps, last_step, cfg_scale, cfg_channels, backend, device,
+def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, last_step, cfg_scale, cfg_channels, backend, device,
                threads, schedule, out_dir, vae, benchmark, warmup, runs, reference) -> None:
     """Generate images (pixel-space models) or latents from a bundle with a mediator schedule.
 
@@ -85,16 +89,7 @@ def sample_cmd(bundle, labels, num, seed, sampler, method, steps, last_step, cfg
         torch.set_num_threads(threads)
     base_memory = current_memory(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     pipe = Pipeline.from_bundle(bundle, backend=backend, device=device, threads=threads)
-    if labels is not None:
-        try:
-            label_list = [int(v) for v in labels.split(",") if v.strip()]
-        except ValueError:
-            raise click.BadParameter(f"{labels!r} is not a comma-separated list of class labels, e.g. 207,360",
-                                     param_hint="--labels") from None
-    else:
-        if num < 1:
-            raise SamplingError("--num must be at least 1")
-        label_list = torch.randint(0, pipe.config.num_classes, (num,), generator=torch.Generator().manual_seed(seed)).tolist()
+    label_list = _labels(labels, num, per_class, seed, pipe)
     chosen = pipe.defaults.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
                                     cfg_channels=cfg_channels, schedule=schedule)
     kwargs = dict(labels=label_list, seed=seed, last_step=last_step, **chosen.pipeline_kwargs())
@@ -157,6 +152,35 @@ def sample_cmd(bundle, labels, num, seed, sampler, method, steps, last_step, cfg
     console.print("wrote " + ", ".join(map(str, written)), highlight=False, soft_wrap=True)
     if pipe.data is not None:
         console.print(f"[bold]grid:[/] {grid}", highlight=False, soft_wrap=True)
+
+
+def _labels(labels: str | None, num: int, per_class: int | None, seed: int, pipe: Pipeline) -> list[int]:
+    """The class label of each image from --labels (numbers or class names), --per-class or --num."""
+    classes = pipe.config.num_classes
+    if sum(v is not None for v in (labels, per_class)) > 1:
+        raise SamplingError("give either --labels or --per-class, not both")
+    if labels is not None:
+        names = [n.lower() for n in (pipe.data or {}).get("class_names", [])]
+        out = []
+        for token in (v.strip() for v in labels.split(",")):
+            if not token:
+                continue
+            if token.lstrip("-").isdigit():
+                out.append(int(token))
+            elif token.lower() in names:
+                out.append(names.index(token.lower()))
+            else:
+                known = f" or one of the class names: {', '.join(pipe.data['class_names'])}" if names else ""
+                raise click.BadParameter(f"{token!r} is not a class label: give numbers 0..{classes - 1}{known}",
+                                         param_hint="--labels")
+        return out
+    if per_class is not None:
+        if per_class < 1:
+            raise SamplingError(f"--per-class {per_class}: give at least 1 image per class")
+        return [i % classes for i in range(classes * per_class)]
+    if num < 1:
+        raise SamplingError("--num must be at least 1")
+    return torch.randint(0, classes, (num,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def _print_benchmark(stats: dict, summaries: list[dict], pipe: Pipeline) -> None:

@@ -120,3 +120,20 @@ def test_eval_refuses_what_the_judge_cannot_judge(demo_bundle, tiny_bundle, tmp_
     assert r.exit_code == 1 and "judge does not apply" in r.output and not (tmp_path / "e.json").exists()
     r = run("eval", demo_bundle, "--per-class", "0", "--report", tmp_path / "e.json")
     assert r.exit_code == 1 and "at least 1 image per class" in r.output and not (tmp_path / "e.json").exists()
+
+
+def test_sample_labels_by_class_name_and_per_class(demo_bundle, tmp_path):
+    out = tmp_path / "out"
+    r = run("sample", demo_bundle, "--labels", "sneaker,Ankle boot,3", "--steps", "3", "--out", out)
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    assert [(e["label"], e["class_name"]) for e in report["images"]] == [(7, "Sneaker"), (9, "Ankle boot"), (3, "Dress")]
+    r = run("sample", demo_bundle, "--labels", "hat", "--out", out)
+    assert r.exit_code == 2 and "Ankle boot" in r.output  # the known names are listed
+    r = run("sample", demo_bundle, "--per-class", "2", "--steps", "3", "--out", out)
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    assert [e["label"] for e in report["images"]] == list(range(10)) * 2
+    for bad in (["--per-class", "0"], ["--per-class", "1", "--labels", "1"]):
+        r = run("sample", demo_bundle, *bad, "--out", out)
+        assert r.exit_code == 1 and "error" in r.output
