@@ -62,3 +62,10 @@ def test_sample_bad_input(tiny_bundle, tmp_path, args, message):
     assert message in r.output, r.output
     assert "Traceback" not in r.output
     assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_errors_and_paths_with_brackets_print_as_text(tmp_path):
+    # rich would take "[/]" for markup (and crash) or "[red]" for a style (and drop it)
+    missing = tmp_path / "a[/]b[red]" / "bundle"
+    r = run("sample", missing)
+    assert r.exit_code == 1 and f"{missing} does not exist" in r.output

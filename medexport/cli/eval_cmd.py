@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -76,4 +77,4 @@ def eval_cmd(bundle, schedules, per_class, seed, batch, sampler, method, steps, 
            "real_floor": floor.to_dict() if floor else None}
     report.parent.mkdir(parents=True, exist_ok=True)
     write_json(report, out)
-    console.print(f"wrote {report}", highlight=False, soft_wrap=True)
+    console.print(escape(f"wrote {report}"), highlight=False, soft_wrap=True)

@@ -7,6 +7,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.logging import RichHandler
 
 from .. import __version__
@@ -24,7 +25,8 @@ class MedexportGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MedexportError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            # the message is text, not markup: a path holding "[...]" must print as it is
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             sys.exit(1)
 
 

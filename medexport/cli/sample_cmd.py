@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 import torch
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -95,7 +96,7 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
     kwargs = dict(labels=label_list, seed=seed, last_step=last_step, **chosen.pipeline_kwargs())
     out_dir.mkdir(parents=True, exist_ok=True)
     env = environment(pipe.device)
-    console.print(f"sampling: {chosen.describe()}", highlight=False)
+    console.print(f"sampling: {escape(chosen.describe())}", highlight=False)
     if not benchmark:
         with console.status(f"sampling {len(label_list)} images on {pipe.backend}"):
             result = pipe.sample(**kwargs)
@@ -149,9 +150,9 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
         from ..runtime.vae import decode, load_vae, save_grid
 
         written.append(save_grid(decode(load_vae(vae), result.latents), out_dir / "samples.png"))
-    console.print("wrote " + ", ".join(map(str, written)), highlight=False, soft_wrap=True)
+    console.print(escape("wrote " + ", ".join(map(str, written))), highlight=False, soft_wrap=True)
     if pipe.data is not None:
-        console.print(f"[bold]grid:[/] {grid}", highlight=False, soft_wrap=True)
+        console.print(f"[bold]grid:[/] {escape(str(grid))}", highlight=False, soft_wrap=True)
 
 
 def _labels(labels: str | None, num: int, per_class: int | None, seed: int, pipe: Pipeline) -> list[int]:
