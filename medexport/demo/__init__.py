@@ -81,7 +81,8 @@ def write_weights(checkpoints: list[str | os.PathLike], dest: str | os.PathLike 
         record[str(n)] = info.train_steps
         written.append(dest / name)
     card = {"name": NAME, "files": dict(sorted(files.items(), key=lambda kv: int(kv[0]))), "sampling": sampling,
-            "train_steps": record, "train": train or {}}
+            "train_steps": record, **({"train": train} if train else {}),
+            "card": "models/fashion-mnist-demo.md"}
     write_json(dest / CARD_FILE, card)
     record_sums(dest, [*files.values(), CARD_FILE])
     return written
