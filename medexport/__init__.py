@@ -1,12 +1,37 @@
-"""medexport: mediator DiT/SiT from PyTorch to deployed engines."""
+"""medexport: mediator DiT/SiT from PyTorch to deployed engines.
 
-__version__ = "0.1.0"
+The public API (``medexport.Pipeline``, ``medexport.load_checkpoint``, ...) is loaded on first use, so that
+``import medexport`` and the command line's help stay fast; importing the model layer registers the custom op
+and, where a CUDA GPU and triton exist, its Triton kernel.
+"""
 
-from . import kernels  # noqa: E402,F401  (registers the Triton kernel as the op's CUDA implementation)
-from .errors import MedexportError  # noqa: E402
-from .runtime.pipeline import Pipeline, SampleResult, TraceEntry  # noqa: E402
-from .model import (MODEL_NAMES, MediatorDiT, ModelConfig, create_model, forward_flops,  # noqa: E402
-                    load_checkpoint, save_checkpoint)
+from __future__ import annotations
 
-__all__ = ["MODEL_NAMES", "MediatorDiT", "MedexportError", "ModelConfig", "Pipeline", "SampleResult", "TraceEntry",
-           "__version__", "create_model", "forward_flops", "load_checkpoint", "save_checkpoint"]
+import importlib
+
+from .errors import MedexportError
+from .version import __version__
+
+_LAZY = {
+    "Pipeline": "runtime.pipeline", "SampleResult": "runtime.pipeline", "TraceEntry": "runtime.pipeline",
+    "SamplingDefaults": "runtime.defaults",
+    "MODEL_NAMES": "model", "MediatorDiT": "model", "ModelConfig": "model", "create_model": "model",
+    "forward_flops": "model", "load_checkpoint": "model", "save_checkpoint": "model",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["MODEL_NAMES", "MediatorDiT", "MedexportError", "ModelConfig", "Pipeline", "SampleResult",
+           "SamplingDefaults", "TraceEntry", "__version__", "create_model", "forward_flops", "load_checkpoint",
+           "save_checkpoint"]

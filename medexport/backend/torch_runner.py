@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..export.onnx_export import PRECISIONS, EngineGraph
 from ..model import MediatorDiT
+from ..model.engine_graph import PRECISIONS, EngineGraph
 from .base import Runner
 
 

@@ -1,10 +1,26 @@
-"""Engine bundles: build (export + engines + manifest), open, verify."""
+"""Engine bundles: build (export + engines + manifest), open, verify.
 
-from .build import BuildReport, build_bundle, open_bundle, resolve_backend
-from .manifest import MANIFEST, Bundle
+Opening a bundle and making runners (what sampling needs) import neither the exporter nor Polygraphy;
+``build_bundle`` and ``verify_bundle`` load them when first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .manifest import MANIFEST, Bundle, open_bundle
 from .runners import engine_runner, runnable_here
 from .settings import BuildSettings, ModelSource
-from .verify import TOLERANCE, VerifyResult, verify_bundle
+
+_LAZY = {"BuildReport": "build", "build_bundle": "build", "resolve_backend": "build",
+         "TOLERANCE": "verify", "VerifyResult": "verify", "verify_bundle": "verify"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["MANIFEST", "TOLERANCE", "Bundle", "BuildReport", "BuildSettings", "ModelSource", "VerifyResult",
            "build_bundle", "engine_runner", "open_bundle", "resolve_backend", "runnable_here", "verify_bundle"]

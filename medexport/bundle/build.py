@@ -16,14 +16,14 @@ from pathlib import Path
 import onnx
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..backend.onnxrt import default_providers, session_from_onnx
 from ..errors import BackendUnavailableError, BundleError, CheckpointError, ConfigError
 from ..export import ExportSpec, export_onnx
 from ..model import (CheckpointInfo, MediatorDiT, ModelConfig, config_from_name, create_model, load_checkpoint,
                      read_checkpoint)
 from ..model.checkpoint import file_sha256
-from .manifest import MANIFEST, Bundle, new_manifest, now, read_manifest, write_json_atomic
+from .manifest import MANIFEST, Bundle, new_manifest, now, open_bundle, read_manifest, write_json_atomic  # noqa: F401
 from .settings import BuildSettings, ModelSource, content_key
 
 log = logging.getLogger(__name__)
@@ -346,12 +346,3 @@ def _build_engine(out: Path, backend: str, onnx_entry: dict, cfg: ModelConfig, s
                                plugin=settings.plugin, timing_cache=out / "timing.cache",
                                optimization_level=settings.trt_optimization_level))
     return {"file": plan.name, "sha256": file_sha256(plan), "hardware": info, "plugin": info["plugin"], **common}
-
-
-def open_bundle(path: str | Path) -> Bundle:
-    """The bundle at ``path``, refusing an incomplete one with what to do."""
-    bundle = Bundle(path)
-    if not bundle.counts:
-        raise BundleError(f"bundle {path} holds no complete mediator count (interrupted build?): run "
-                          f"`medexport build` again with the same options to finish it")
-    return bundle

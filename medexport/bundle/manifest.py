@@ -35,7 +35,7 @@ import json
 import os
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..errors import BundleError, CheckpointError, ConfigError, SamplingError, ScheduleError
 from ..model import MediatorDiT, ModelConfig, create_model, load_checkpoint
 from ..model.checkpoint import file_sha256
@@ -155,6 +155,15 @@ class Bundle:
             return load_checkpoint(path, weights=src.get("weights", "ema"))
         except CheckpointError as e:
             raise BundleError(f"cannot load the checkpoint recorded for {n} mediators: {e}") from None
+
+
+def open_bundle(path: str | os.PathLike) -> Bundle:
+    """The bundle at ``path``, refusing an incomplete one with what to do."""
+    bundle = Bundle(path)
+    if not bundle.counts:
+        raise BundleError(f"bundle {path} holds no complete mediator count (interrupted build?): run "
+                          f"`medexport build` again with the same options to finish it")
+    return bundle
 
 
 def read_manifest(path: Path) -> dict:

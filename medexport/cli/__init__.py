@@ -1,6 +1,5 @@
-"""Command-line interface; importing this package registers every command on :data:`cli`."""
+"""Command-line interface: the :data:`cli` group loads each command's module when that command is used."""
 
-from . import bundle_cmds, eval_cmd, model_cmds, sample_cmd  # noqa: F401  (registers commands)
 from .main import cli
 
 

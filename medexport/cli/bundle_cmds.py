@@ -14,7 +14,7 @@ from ..bundle import Bundle, BuildSettings, ModelSource, build_bundle, runnable_
 from ..bundle.settings import BACKEND_CHOICES, DEFAULT_OUTPUT_ROOT, PRECISION_CHOICES
 from ..errors import ConfigError
 from ..model import MODEL_NAMES
-from .main import cli, console, parse_int_list
+from .main import cli, console, parse_int_list, short_help
 from ..demo import NAME as DEMO_NAME
 
 log = logging.getLogger("medexport")
@@ -42,7 +42,7 @@ def default_output(model_name: str | None, image_size: int, checkpoints: list[tu
     return DEFAULT_OUTPUT_ROOT / f"{model_name.replace('/', '-')}-{image_size}-random"
 
 
-@cli.command(short_help="Export mediator counts to ONNX and build engines.")
+@cli.command(short_help=short_help("build"))
 @click.option("--checkpoint", "checkpoints", multiple=True, metavar="N=PATH",
               help="Checkpoint of the N-mediator model (repeat per count).")
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
@@ -111,7 +111,7 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, backend
         console.print("[yellow]warning: random weights — for benchmarking only; outputs are noise.[/]")
 
 
-@cli.command(short_help="Check every engine against the PyTorch model.")
+@cli.command(short_help=short_help("verify"))
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--backend", "backends", multiple=True, help="Only engines of this backend (repeatable).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
@@ -137,7 +137,7 @@ def verify(bundle: Path, backends: tuple[str, ...], seed: int) -> None:
         raise SystemExit(1)
 
 
-@cli.command(short_help="What a bundle holds and whether it runs here.")
+@cli.command(short_help=short_help("inspect"))
 @click.argument("bundle", type=click.Path(path_type=Path))
 def inspect(bundle: Path) -> None:
     """What a bundle holds: counts, backends, precisions, shapes, sizes, versions, runnable here or not."""

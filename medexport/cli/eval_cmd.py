@@ -11,11 +11,11 @@ from rich.table import Table
 
 from ..atomic import write_json
 from ..runtime.pipeline import Pipeline
-from .main import cli, console, err_console
+from .main import cli, console, err_console, short_help
 from .sample_cmd import SCHEDULE_HELP, sampling_options
 
 
-@cli.command("eval", short_help="Judge a Fashion-MNIST bundle per schedule: accuracy, FD, cost.")
+@cli.command("eval", short_help=short_help("eval"))
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--schedule", "schedules", multiple=True,
               help=SCHEDULE_HELP + " Repeat to compare schedules on the same noise and labels.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
@@ -10,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.logging import RichHandler
 
-from .. import __version__
+from ..version import __version__
 from ..errors import MedexportError
 
 # Tables stay readable when output goes to a file or a pipe (rich would otherwise assume 80 columns).
@@ -18,8 +19,39 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
+#: Every command: the module that defines it and its one-line help. Commands are imported when run (or asked
+#: for their own help), so ``medexport --help`` loads neither torch nor the exporter.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "build": ("bundle_cmds", "Export mediator counts to ONNX and build engines."),
+    "verify": ("bundle_cmds", "Check every engine against the PyTorch model."),
+    "inspect": ("bundle_cmds", "What a bundle holds and whether it runs here."),
+    "sample": ("sample_cmd", "Generate from a bundle; --benchmark against PyTorch."),
+    "eval": ("eval_cmd", "Judge a Fashion-MNIST bundle per schedule: accuracy, FD, cost."),
+    "flops": ("model_cmds", "GFLOPs per forward against full attention."),
+    "info": ("model_cmds", "Architecture and format of a checkpoint."),
+}
+
+
+def short_help(name: str) -> str:
+    return COMMANDS[name][1]
+
+
 class MedexportGroup(click.Group):
-    """Prints MedexportError without a traceback and exits 1; bugs keep their traceback."""
+    """Loads commands on demand; prints MedexportError without a traceback and exits 1 (bugs keep theirs)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMANDS:
+            importlib.import_module(f"{__package__}.{COMMANDS[name][0]}")  # its decorators register it here
+        return self.commands.get(name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1] if name in COMMANDS else self.commands[name].get_short_help_str())
+                for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -35,7 +67,7 @@ class MedexportGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def cli(verbose: int, quiet: bool) -> None:
-    """Mediator DiT/SiT from PyTorch to deployed engines: build, verify, inspect, sample."""
+    """Mediator DiT/SiT from PyTorch to deployed engines: build, verify, inspect, sample, eval."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]", force=True,
                         handlers=[RichHandler(console=err_console, show_path=verbose > 1, markup=False)])

@@ -6,12 +6,12 @@ import click
 from rich.table import Table
 
 from ..model import MODEL_NAMES, config_from_name, flops_table, read_checkpoint
-from .main import cli, console, parse_int_list
+from .main import cli, console, parse_int_list, short_help
 
 DEFAULT_MODEL = "SiT-S/2"
 
 
-@cli.command(short_help="GFLOPs per forward against full attention.")
+@cli.command(short_help=short_help("flops"))
 @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, metavar="NAME",
               help=f"Named config: {', '.join(n for n in MODEL_NAMES if n.startswith('SiT'))} (or DiT-*).")
 @click.option("--image-size", default=256, show_default=True, help="Image side in pixels (latent = 1/8).")
@@ -37,7 +37,7 @@ def flops(model_name: str, image_size: int, mediators: str) -> None:
     console.print(table)
 
 
-@cli.command(short_help="Architecture and format of a checkpoint.")
+@cli.command(short_help=short_help("info"))
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
               help="Which weights of a trainer checkpoint to read.")

@@ -17,7 +17,7 @@ from ..runtime.benchmark import current_memory, environment, plot_trace, run_ben
 from ..runtime.defaults import CFG_CHANNELS
 from ..runtime.images import labelled_grid, save_images
 from ..runtime.pipeline import Pipeline, latents_to_file
-from .main import cli, console, err_console
+from .main import cli, console, err_console, short_help
 
 log = logging.getLogger("medexport")
 ALL_METHODS = sorted({m for ms in METHODS.values() for m in ms})
@@ -56,7 +56,7 @@ SCHEDULE_HELP = ('Mediator schedule: "16:0.3,32:0.7,64" (fractions of the steps)
                  'largest count].')
 
 
-@cli.command("sample", short_help="Generate from a bundle; --benchmark against PyTorch.")
+@cli.command("sample", short_help=short_help("sample"))
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--labels", default=None,
               help="Comma-separated class labels, one per image: numbers, or class names where the bundle records "

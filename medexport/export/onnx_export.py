@@ -19,16 +19,16 @@ from pathlib import Path
 
 import onnx
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import ExportError
 from ..model import MediatorDiT
+from ..model.engine_graph import PRECISIONS, EngineGraph
 from .mediator_node import DOMAIN, OP_TYPE, mediator_attention_function, translate_mediator_attention
 from .supported_ops import TENSORRT_MAX_OPSET, unsupported_ops
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: Protobuf cannot hold more than 2 GiB; larger models keep their weights in a ``.data`` file beside the graph.
 EXTERNAL_DATA_THRESHOLD = 1 << 31
 
@@ -73,21 +73,6 @@ class ExportSpec:
         t = torch.rand(B, generator=g)
         y = torch.randint(0, c.num_classes, (B,), generator=g)
         return x, t, y
-
-
-class EngineGraph(nn.Module):
-    """The network as an engine sees it: float32 in and out, ``dtype`` inside. Exported as the ONNX graph
-    and run as is by the PyTorch backend, so both have one interface.
-
-    The timestep embedding's frequencies are computed in float32 before the cast (as in the reference).
-    """
-
-    def __init__(self, model: MediatorDiT, dtype: torch.dtype):
-        super().__init__()
-        self.model, self.dtype = model, dtype
-
-    def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        return self.model(x.to(self.dtype), t, y).float()  # (B, C, S, S) float32
 
 
 @dataclass(frozen=True)
