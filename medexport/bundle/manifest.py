@@ -130,7 +130,11 @@ class Bundle:
         return path
 
     def check_engine(self, n: int, backend: str) -> Path:
+        """The engine's main file, after checking every file of the engine (an ONNX graph's external weight
+        data included) against the manifest's hashes."""
         e = self.engine(n, backend)
+        for name, sha256 in zip(e.get("files") or [e["file"]], e.get("hashes") or [e["sha256"]]):
+            self.check_file(name, sha256)
         return self.check_file(e["file"], e["sha256"])
 
     # -- the PyTorch reference each engine was built from ---------------------------------------------------
@@ -216,5 +220,10 @@ def validate_manifest(data: object, where: Path) -> None:
         for name, eng in entry["engines"].items():
             if not isinstance(eng, dict) or not isinstance(eng.get("file"), str) or not isinstance(eng.get("sha256"), str):
                 bad(f"counts[{n!r}].engines[{name!r}] lacks 'file' / 'sha256'")
-            if "/" in eng["file"] or eng["file"].startswith(".."):
-                bad(f"engine file {eng['file']!r} is not a plain file name inside the bundle")
+            files, hashes = eng.get("files", [eng["file"]]), eng.get("hashes", [eng["sha256"]])
+            if not (isinstance(files, list) and isinstance(hashes, list) and len(files) == len(hashes)
+                    and all(isinstance(f, str) for f in files) and all(isinstance(h, str) for h in hashes)):
+                bad(f"counts[{n!r}].engines[{name!r}]: 'files' and 'hashes' must be lists of the same length")
+            for f in [eng["file"], *files]:
+                if "/" in f or "\\" in f or f.startswith(".") or not f:
+                    bad(f"engine file {f!r} is not a plain file name inside the bundle")

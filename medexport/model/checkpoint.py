@@ -52,9 +52,10 @@ _HASHES: dict[tuple, str] = {}
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file; remembered per (path, size, mtime) so a build or a run hashes each file once."""
+    """SHA-256 of a file; remembered per (path, inode, size, mtime, ctime) so a build or a run hashes each file
+    once. The change time is in the key because a writer can restore the mtime but not the ctime."""
     st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if key not in _HASHES:
         h = hashlib.sha256()
         with open(path, "rb") as f:

@@ -1,6 +1,9 @@
 """``verify`` passes on a good bundle and fails on a swapped engine."""
 
 import json
+import os
+
+import pytest
 
 from medexport.bundle import MANIFEST, Bundle, verify_bundle
 from medexport.model.checkpoint import file_sha256
@@ -22,6 +25,7 @@ def test_verify_fails_on_engine_swapped_for_another_count(tiny_bundle, tmp_path)
     m = json.loads((bundle / MANIFEST).read_text())
     sha = file_sha256(bundle / "mediators-16.fp32.onnx")
     m["counts"]["16"]["engines"]["onnxruntime"]["sha256"] = sha
+    m["counts"]["16"]["engines"]["onnxruntime"]["hashes"] = [sha]
     (bundle / MANIFEST).write_text(json.dumps(m))
     (r,) = verify_bundle(Bundle(bundle), counts=[16])
     assert not r.passed and r.max_rel > 1e-2 and r.error is None
@@ -47,3 +51,39 @@ def test_fp16_bundle_builds_and_verifies_within_its_tolerance(tiny_checkpoints, 
     (r,) = verify_bundle(bundle)
     assert r.precision == "fp16" and r.tolerance == 2e-2
     assert r.passed and 1e-6 < r.max_rel < 2e-2  # really half precision, and within tolerance
+
+
+def test_external_weight_data_is_hash_checked(tmp_path, tiny_checkpoints, monkeypatch):
+    """A large model's ONNX file keeps its weights in a separate .data file: changing it must be caught."""
+    from medexport.backend import BatchRange
+    from medexport.bundle import BuildSettings, ModelSource, build_bundle, engine_runner
+    from medexport.errors import BundleError
+    from medexport.export import onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)  # the tiny model written as if > 2 GB
+    out = tmp_path / "big"
+    build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], out,
+                 BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)), show_progress=False)
+    b = Bundle(out)
+    data = out / b.engine(16, "onnxruntime")["files"][1]
+    assert data.name.endswith(".data")
+    engine_runner(b, 16, "onnxruntime")  # intact: fine
+    blob = bytearray(data.read_bytes())
+    blob[100] ^= 1
+    st = data.stat()
+    data.write_bytes(bytes(blob))
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime: only the content changed
+    with pytest.raises(BundleError, match=r"\.data does not match the hash"):
+        engine_runner(Bundle(out), 16, "onnxruntime")
+
+
+@pytest.mark.parametrize("files", [["../outside.onnx"], [".hidden"], "mediators-16.fp32.onnx"])
+def test_manifest_file_lists_are_checked(tiny_bundle, tmp_path, files):
+    from medexport.errors import BundleError
+
+    path = copy_bundle(tiny_bundle, tmp_path / "b")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["counts"]["16"]["engines"]["onnxruntime"]["files"] = files
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="plain file name|same length"):
+        Bundle(path)
