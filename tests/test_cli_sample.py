@@ -69,3 +69,35 @@ def test_errors_and_paths_with_brackets_print_as_text(tmp_path):
     missing = tmp_path / "a[/]b[red]" / "bundle"
     r = run("sample", missing)
     assert r.exit_code == 1 and f"{missing} does not exist" in r.output
+
+
+def test_out_folder_of_someone_else_is_refused(tiny_bundle, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("do not touch")
+    args = ["sample", tiny_bundle, "--labels", "1", "--sampler", "ode", "--method", "euler", "--steps", "3"]
+    r = run(*args, "--out", out)
+    assert r.exit_code == 1 and "did not write (thesis.tex)" in r.output
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+    # a folder with only names sample writes, but no report of a sample: not ours either
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "report.json").write_text('{"my": "report"}')
+    r = run(*args, "--out", other)
+    assert r.exit_code == 1 and "not the output of an earlier" in r.output
+    assert (other / "report.json").read_text() == '{"my": "report"}'
+    r = run(*args, "--out", tmp_path / "mine" / "thesis.tex")
+    assert r.exit_code == 2 and "is a file" in r.output
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(tiny_bundle, tmp_path):
+    import fcntl
+
+    out = tmp_path / "out"
+    args = ["sample", tiny_bundle, "--labels", "1", "--sampler", "ode", "--method", "euler", "--steps", "3", "--out", out]
+    assert run(*args).exit_code == 0
+    with open(out / ".medexport.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running sample holds it
+        r = run(*args)
+    assert r.exit_code == 1 and "another `medexport sample` is writing" in r.output
+    assert run(*args).exit_code == 0  # free again

@@ -17,6 +17,7 @@ from ..runtime.benchmark import current_memory, environment, plot_trace, run_ben
 from ..runtime.defaults import CFG_CHANNELS
 from ..runtime.images import labelled_grid, save_images
 from ..runtime.pipeline import Pipeline, latents_to_file
+from .outputs import output_folder, remove_stale
 from .main import cli, console, err_console, short_help
 
 log = logging.getLogger("medexport")
@@ -94,7 +95,19 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
     chosen = pipe.defaults.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
                                     cfg_channels=cfg_channels, schedule=schedule)
     kwargs = dict(labels=label_list, seed=seed, last_step=last_step, **chosen.pipeline_kwargs())
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if vae is not None and pipe.data is not None:
+        raise SamplingError("--vae decodes sd-vae latents, but this bundle's model generates pixels: drop --vae")
+    with output_folder(out_dir, "sample", SAMPLE_OUTPUTS):
+        _sample(pipe, bundle, label_list, kwargs, chosen, seed, out_dir, vae, benchmark, warmup, runs, reference,
+                device, threads, base_memory)
+
+
+#: What ``sample`` writes into its --out folder.
+SAMPLE_OUTPUTS = {"images", "grid.png", "latents.npy", "report.json", "step_latency.png", "samples.png"}
+
+
+def _sample(pipe, bundle, label_list, kwargs, chosen, seed, out_dir, vae, benchmark, warmup, runs, reference,
+            device, threads, base_memory) -> None:
     env = environment(pipe.device)
     console.print(f"sampling: {escape(chosen.describe())}", highlight=False)
     if not benchmark:
@@ -142,14 +155,13 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
         written.append(latents_to_file(result.latents, out_dir / "latents.npy"))
     report = write_report(out_dir / "report.json", {**result.settings, "bundle": str(bundle),
                                                    "benchmark": benchmark, "warmup": warmup, "runs": runs},
-                          env, summaries, result, ref_result, extra=extra)
+                          env, summaries, result, ref_result, extra={"kind": "medexport-sample", **extra})
     written += [report, plot_trace(out_dir / "step_latency.png", results)]
     if vae is not None:
-        if pipe.data is not None:
-            raise SamplingError("--vae decodes sd-vae latents, but this bundle's model generates pixels: drop --vae")
         from ..runtime.vae import decode, load_vae, save_grid
 
         written.append(save_grid(decode(load_vae(vae), result.latents), out_dir / "samples.png"))
+    remove_stale(out_dir, SAMPLE_OUTPUTS, {Path(p).name for p in written})
     console.print(escape("wrote " + ", ".join(map(str, written))), highlight=False, soft_wrap=True)
     if pipe.data is not None:
         console.print(f"[bold]grid:[/] {escape(str(grid))}", highlight=False, soft_wrap=True)

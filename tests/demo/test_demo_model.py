@@ -137,3 +137,12 @@ def test_sample_labels_by_class_name_and_per_class(demo_bundle, tmp_path):
     for bad in (["--per-class", "0"], ["--per-class", "1", "--labels", "1"]):
         r = run("sample", demo_bundle, *bad, "--out", out)
         assert r.exit_code == 1 and "error" in r.output
+
+
+def test_rerun_into_an_earlier_output_leaves_no_stale_files(demo_bundle, tiny_bundle, tmp_path):
+    out = tmp_path / "out"
+    r = run("sample", tiny_bundle, "--labels", "1", "--sampler", "ode", "--method", "euler", "--steps", "3", "--out", out)
+    assert r.exit_code == 0 and (out / "latents.npy").exists()
+    r = run("sample", demo_bundle, "--labels", "1", "--steps", "3", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert not (out / "latents.npy").exists() and (out / "images" / "000.png").exists()
