@@ -101,3 +101,12 @@ def test_a_second_run_into_a_busy_folder_is_refused(tiny_bundle, tmp_path):
         r = run(*args)
     assert r.exit_code == 1 and "another `medexport sample` is writing" in r.output
     assert run(*args).exit_code == 0  # free again
+
+
+def test_output_option_and_its_earlier_spelling(tiny_bundle, tmp_path):
+    args = ["sample", tiny_bundle, "--labels", "1", "--sampler", "ode", "--method", "euler", "--steps", "3"]
+    assert run(*args, "-o", tmp_path / "a").exit_code == 0 and (tmp_path / "a" / "report.json").exists()
+    assert run(*args, "--out", tmp_path / "b").exit_code == 0 and (tmp_path / "b" / "report.json").exists()
+    assert "--out " not in run("sample", "--help").output  # hidden, still accepted
+    r = run("verify", tiny_bundle, "--seed", "3", "--backend", "onnxruntime")  # verify's earlier --seed
+    assert r.exit_code == 0 and "PASS" in r.output

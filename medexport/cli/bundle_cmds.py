@@ -53,7 +53,8 @@ def default_output(model_name: str | None, image_size: int, checkpoints: list[tu
 @click.option("--image-size", default=256, show_default=True, help="Image side (random weights).")
 @click.option("--mediators", default=None, help=f"Counts to build [default: those of --checkpoint, the demo's, or "
                                                 f"{DEFAULT_MEDIATORS} with --model].")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--init-seed", "seed", default=0, show_default=True, help="Seed of the random weights (--model).")
+@click.option("--seed", "seed_alias", type=int, default=None, hidden=True)
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="auto: TensorRT where importable with a CUDA GPU, else ONNX Runtime.")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True)
@@ -66,13 +67,14 @@ def default_output(model_name: str | None, image_size: int, checkpoints: list[tu
               help=f"Bundle folder [default: engines/{DEMO_NAME}, engines/<model>-<size>-random or "
                    f"engines/<checkpoint>-bundle].")
 @click.option("--force", is_flag=True, help="Redo every export and engine, even those up to date.")
-def build(checkpoints, weights, model_name, image_size, mediators, seed, backend, precision, batch, plugin, output,
-          force) -> None:
+def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_alias, backend, precision, batch, plugin,
+          output, force) -> None:
     """Export each mediator count to ONNX and build engines into a bundle.
 
     With no model arguments it builds the demo model that ships with medexport (Fashion-MNIST, 4, 8 and 16
     mediators) into engines/fashion-mnist-demo.
     """
+    seed = seed if seed_alias is None else seed_alias  # --seed: the earlier spelling
     ckpts = _parse_checkpoints(checkpoints)
     demo = not ckpts and model_name is None
     try:
@@ -113,10 +115,13 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, backend
 
 @cli.command(short_help=short_help("verify"))
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--backend", "backends", multiple=True, help="Only engines of this backend (repeatable).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
-def verify(bundle: Path, backends: tuple[str, ...], seed: int) -> None:
+@click.option("--backend", "backends", type=click.Choice(["tensorrt", "onnxruntime"]), multiple=True,
+              help="Only engines of this backend (repeatable) [default: all].")
+@click.option("--input-seed", "seed", default=0, show_default=True, help="Seed of the random test inputs.")
+@click.option("--seed", "seed_alias", type=int, default=None, hidden=True)
+def verify(bundle: Path, backends: tuple[str, ...], seed: int, seed_alias: int | None) -> None:
     """Run every engine against the PyTorch model it was built from; exit 1 on any failure."""
+    seed = seed if seed_alias is None else seed_alias  # --seed: the earlier spelling
     b = Bundle(bundle)
     results = verify_bundle(b, backends=list(backends) or None, seed=seed)
     table = Table(title=f"verify {bundle}")

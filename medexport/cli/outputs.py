@@ -23,16 +23,16 @@ def output_folder(path: Path, kind: str, names: set[str]) -> Iterator[Path]:
     this one did not write again are removed (the caller returns their names in the yielded set's complement).
     """
     if path.exists() and not path.is_dir():
-        raise MedexportError(f"{path} is a file, not a folder: choose another --out")
+        raise MedexportError(f"{path} is a file, not a folder: choose another --output")
     if path.is_dir():
         present = {p.name for p in path.iterdir()} - {LOCK}
         foreign = sorted(n for n in present if n not in names and not n.endswith((".partial", ".old", ".partial.npy")))
         if foreign:
             raise MedexportError(f"{path} holds files that {kind} did not write ({', '.join(foreign[:5])}): choose an "
-                                 f"empty or new --out folder (nothing was written)")
+                                 f"empty or new --output folder (nothing was written)")
         if present & names and not _is_report_of(path / "report.json", kind):
             raise MedexportError(f"{path} is not the output of an earlier `medexport {kind}` (no report.json of "
-                                 f"one): choose an empty or new --out folder (nothing was written)")
+                                 f"one): choose an empty or new --output folder (nothing was written)")
     path.mkdir(parents=True, exist_ok=True)
     with open(path / LOCK, "a") as lock:
         try:

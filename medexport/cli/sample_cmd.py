@@ -68,9 +68,10 @@ SCHEDULE_HELP = ('Mediator schedule: "16:0.3,32:0.7,64" (fractions of the steps)
 @click.option("--seed", default=0, show_default=True, help="Seeds labels, initial noise and SDE noise.")
 @sampling_options
 @click.option("--schedule", default=None, help=SCHEDULE_HELP)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out"),
-              show_default=True, help="Folder for the images (pixel-space models) or latents (.npy), report.json "
-                                      "and the step-latency plot.")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the images (pixel-space models) or latents (.npy), report.json and the step-latency "
+                   "plot [default: out].")
+@click.option("--out", "out_alias", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True)
 @click.option("--vae", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Local diffusers AutoencoderKL folder: decode latents to a PNG grid.")
 @click.option("--benchmark", is_flag=True, help="Warm-up, timed runs, and the PyTorch reference side by side.")
@@ -81,12 +82,13 @@ SCHEDULE_HELP = ('Mediator schedule: "16:0.3,32:0.7,64" (fractions of the steps)
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="With --benchmark, also time the PyTorch reference on the same inputs.")
 def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, last_step, cfg_scale, cfg_channels, backend, device,
-               threads, schedule, out_dir, vae, benchmark, warmup, runs, reference) -> None:
+               threads, schedule, out_dir, out_alias, vae, benchmark, warmup, runs, reference) -> None:
     """Generate images (pixel-space models) or latents from a bundle with a mediator schedule.
 
     Settings not given come from the bundle's recommended sampling settings. --benchmark times the engines
     against the PyTorch reference.
     """
+    out_dir = out_dir or out_alias or Path("out")  # --out: the earlier spelling
     if threads:
         torch.set_num_threads(threads)
     base_memory = current_memory(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
