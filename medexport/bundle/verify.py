@@ -39,7 +39,7 @@ class VerifyResult:
 
     @property
     def passed(self) -> bool:
-        return self.error is None and self.max_rel <= self.tolerance
+        return self.error is None and bool(self.max_rel <= self.tolerance)  # False for NaN
 
 
 def _poly_runner(runner: Runner, name: str):
@@ -106,12 +106,20 @@ def verify_bundle(bundle: Bundle, *, backends: list[str] | None = None, counts: 
             feeds = verification_inputs(bundle, n, runner.batch_range, seed)
             run = Comparator.run([_poly_runner(reference, "torch"), _poly_runner(runner, backend)], data_loader=feeds)
             max_abs = max_rel = 0.0
+            error = None
             (_, ref_iters), (_, eng_iters) = run[0], run[1]
             for ref_out, eng_out in zip(ref_iters, eng_iters):
                 a, b = ref_out["v"].astype(np.float64), eng_out["v"].astype(np.float64)
-                err = float(np.abs(a - b).max()) if np.isfinite(b).all() else float("inf")
+                if not np.isfinite(a).all() or not np.isfinite(b).all():
+                    # NaN compares as neither larger nor smaller: never let it through as a small error
+                    which = "the PyTorch reference" if not np.isfinite(a).all() else f"the {backend} engine"
+                    error = error or (f"{which} output NaN/inf: the weights or the engine are broken (rebuild from "
+                                      f"a checkpoint with finite weights)")
+                    max_abs = max_rel = float("inf")
+                    continue
+                err = float(np.abs(a - b).max())
                 max_abs = max(max_abs, err)
                 max_rel = max(max_rel, err / max(float(np.abs(a).max()), 1e-12))
-            results.append(VerifyResult(n, backend, eng["precision"], max_abs, max_rel, tol, len(feeds)))
+            results.append(VerifyResult(n, backend, eng["precision"], max_abs, max_rel, tol, len(feeds), error))
             log.info("%s %d mediators: max abs %.3g, max rel %.3g", backend, n, max_abs, max_rel)
     return results

@@ -172,6 +172,8 @@ def _sample(pipe, bundle, label_list, kwargs, chosen, seed, out_dir, vae, benchm
 def _labels(labels: str | None, num: int, per_class: int | None, seed: int, pipe: Pipeline) -> list[int]:
     """The class label of each image from --labels (numbers or class names), --per-class or --num."""
     classes = pipe.config.num_classes
+    if not -(2**63) <= seed < 2**64:
+        raise SamplingError(f"--seed {seed} is out of range: use an integer in [-2**63, 2**64)")
     if sum(v is not None for v in (labels, per_class)) > 1:
         raise SamplingError("give either --labels or --per-class, not both")
     if labels is not None:

@@ -234,6 +234,20 @@ def infer_config(state: dict[str, Tensor]) -> ModelConfig:
         raise CheckpointError(f"the checkpoint's shapes do not fit together: {e}") from None
 
 
+def _check_values(state: dict[str, Tensor], path) -> None:
+    """Refuse values that would load silently wrong: non-tensors, integer weights, NaN or inf."""
+    for key, value in state.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{str(path)!r}: {key!r} holds a {type(value).__name__}, not a tensor")
+        if not value.is_floating_point():
+            raise CheckpointError(f"{str(path)!r}: {key!r} holds {value.dtype} values where weights are floating "
+                                  f"point: the file was not saved from a trained model")
+        if not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{str(path)!r}: {key!r} holds {bad} NaN/inf value(s): the training diverged or "
+                                  f"the file is damaged; use an earlier checkpoint")
+
+
 def _check_keys(model: MediatorDiT, state: dict[str, Tensor]) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -285,6 +299,7 @@ def load_checkpoint(path: str | os.PathLike, *, weights: str = "ema", device: st
     with torch.device("meta"):
         model = MediatorDiT(info.config)
     _check_keys(model, state)
+    _check_values(state, path)
     model = model.to_empty(device="cpu")
     model.load_state_dict(state, strict=True)
     # Non-persistent buffers are not in the state dict: rebuild them for the real model.

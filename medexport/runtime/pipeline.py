@@ -8,6 +8,7 @@ model evaluation (step, t, mediator count, backend, wall time) in a trace.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -95,6 +96,7 @@ class Pipeline:
         from ..bundle import engine_runner, open_bundle, runnable_here
         from ..errors import BackendUnavailableError
 
+        check_device(device)
         bundle = open_bundle(path)
         counts = bundle.counts
         if backend == "torch":
@@ -137,6 +139,7 @@ class Pipeline:
     @classmethod
     def from_models(cls, models: dict[int, MediatorDiT] | list[MediatorDiT], *, device: str | None = None,
                     precision: str = "fp32", cuda_graph: bool = False) -> Pipeline:
+        check_device(device)
         if isinstance(models, (list, tuple)):
             models = {m.config.mediators: m for m in models}
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -191,8 +194,11 @@ class Pipeline:
         if cfg_channels is not None:
             cfg_channels = min(cfg_channels, self.config.in_channels)  # 3 on a 1-channel model guides it all
         y = self._labels(labels)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                                 or not -(2**63) <= seed < 2**64):
+            raise SamplingError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
         B, c = len(y), self.config
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         if noise is None:
             noise = torch.randn(B, c.in_channels, c.input_size, c.input_size, generator=generator)
         elif tuple(noise.shape) != (B, c.in_channels, c.input_size, c.input_size):
@@ -264,7 +270,19 @@ class Pipeline:
         return sched
 
     def _labels(self, labels) -> Tensor:
-        y = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
+        if isinstance(labels, Tensor):
+            if labels.is_floating_point() or labels.dtype == torch.bool:
+                raise SamplingError(f"labels must be integer class labels, got a {labels.dtype} tensor")
+            items = labels.reshape(-1).tolist()
+        elif isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__"):
+            raise SamplingError(f"labels must be a list of integer class labels, got {labels!r}")
+        else:
+            items = list(labels)
+        wrong = [v for v in items if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+        if wrong:
+            raise SamplingError(f"labels must be integers (class indices), got {wrong[:5]!r}: a float label would be "
+                                f"truncated, a name must be mapped to its index first")
+        y = torch.tensor([int(v) for v in items], dtype=torch.int64)
         if y.numel() == 0:
             raise SamplingError("no labels given: pass at least one class label")
         bad = [int(v) for v in y if not 0 <= v < self.config.num_classes]
@@ -280,6 +298,26 @@ class Pipeline:
         per_count = {n: forward_flops(self.config.with_mediators(n)) for n in self.counts}
         images = len(result.latents)
         return sum(per_count[e.mediators] * e.batch for e in result.trace) / images
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device that does not exist here, rather than running somewhere else without a word."""
+    if device is None:
+        return
+    from ..errors import BackendUnavailableError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}: use cpu or cuda (cuda:N for a particular GPU)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r} is not supported: use cpu or cuda")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(f"device {device!r} was asked for, but no CUDA GPU is visible here: use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise BackendUnavailableError(f"device {device!r} does not exist: this machine has "
+                                          f"{torch.cuda.device_count()} CUDA GPU(s)")
 
 
 class _Timer:

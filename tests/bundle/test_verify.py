@@ -87,3 +87,21 @@ def test_manifest_file_lists_are_checked(tiny_bundle, tmp_path, files):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="plain file name|same length"):
         Bundle(path)
+
+
+def test_nan_outputs_fail_verification(tiny_bundle, tmp_path, monkeypatch):
+    """A comparison with NaN must fail: NaN is neither larger nor smaller than the tolerance."""
+    from medexport.bundle import verify as verify_module
+
+    bundle = Bundle(copy_bundle(tiny_bundle, tmp_path / "b"))
+    real = bundle.torch_model
+
+    def nan_model(n):
+        model = real(n)
+        with __import__("torch").no_grad():
+            model.final_layer.linear.bias.fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(bundle, "torch_model", nan_model)
+    (r,) = verify_module.verify_bundle(bundle, counts=[16])
+    assert not r.passed and r.max_rel == float("inf") and "PyTorch reference output NaN/inf" in r.error

@@ -146,3 +146,17 @@ def test_read_checkpoint_reports_format_and_params(tmp_path):
     _, info = read_checkpoint(path)
     assert info.format == "trainer" and info.weights == "ema" and info.train_steps == 0
     assert info.num_parameters == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda s: s["blocks.0.attn.qkv.weight"].__setitem__((0, 0), float("nan")), "NaN/inf"),
+    (lambda s: s["final_layer.linear.bias"].__setitem__(0, float("inf")), "NaN/inf"),
+    (lambda s: s.__setitem__("blocks.0.mlp.fc1.bias", s["blocks.0.mlp.fc1.bias"].long()), "torch.int64 values"),
+])
+def test_weights_that_would_load_silently_wrong_are_refused(tmp_path, damage, message):
+    state = {k: v.clone() for k, v in tiny_model(16).state_dict().items()}
+    damage(state)
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=message):
+        medexport.load_checkpoint(path)

@@ -7,7 +7,7 @@ from medexport import Pipeline
 from medexport.backend import Runner
 from medexport.errors import ScheduleError, SamplingError
 from medexport.runtime import AdaptiveSchedule
-from tests.conftest import COUNTS, TINY
+from tests.conftest import COUNTS, TINY, tiny_model
 
 CASES = [
     dict(sampler="ode", method="euler", steps=6, cfg_scale=1.0, schedule="16:0.3,32:0.7,64"),
@@ -137,3 +137,38 @@ def test_nan_from_an_engine_names_step_and_engine():
     pipe = Pipeline({16: Broken(16), 64: Broken(64)}, TINY)
     with pytest.raises(SamplingError, match=r"broken engine for 64 mediators produced NaN/inf at step 3"):
         pipe.sample([1], sampler="ode", method="euler", steps=6, schedule="16:0.5,64")
+
+
+@pytest.mark.parametrize("labels, seed, message", [
+    ([1.5, 2], 0, "must be integers"),
+    (["shirt"], 0, "must be integers"),
+    ("1,2", 0, "list of integer class labels"),
+    (torch.tensor([1.0]), 0, "float32 tensor"),
+    ([True], 0, "must be integers"),
+    ([1], 1.5, "seed must be an integer"),
+    ([1], 2**64, "seed must be an integer"),
+    ([], 0, "no labels"),
+])
+def test_wrong_types_into_the_api(labels, seed, message):
+    pipe = Pipeline.from_models({16: tiny_model(16)}, device="cpu")
+    with pytest.raises(SamplingError, match=message):
+        pipe.sample(labels, seed=seed, sampler="ode", method="euler", steps=3)
+
+
+def test_integer_like_labels_and_an_int_schedule_are_fine():
+    import numpy as np
+
+    pipe = Pipeline.from_models({16: tiny_model(16)}, device="cpu")
+    r = pipe.sample(np.array([1, 2]), seed=np.int64(3), sampler="ode", method="euler", steps=3, schedule=16)
+    assert r.latents.shape[0] == 2 and r.settings["schedule"] == "16"
+
+
+@pytest.mark.parametrize("device, error", [("meta", "not supported"), ("tpu", "unknown device"), ("garbage", "unknown device"),
+                                           ("cuda:7", "CUDA GPU")])
+def test_devices_that_do_not_exist_are_refused(tiny_bundle, device, error):
+    from medexport.errors import MedexportError
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    with pytest.raises(MedexportError, match=error):
+        Pipeline.from_bundle(tiny_bundle, device=device)
