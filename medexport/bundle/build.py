@@ -169,6 +169,11 @@ def _check_output(out: Path) -> None:
     """Refuse an output that is a file or a folder of something else, before writing anything into it."""
     if out.exists() and not out.is_dir():
         raise BundleError(f"{out} is a file, not a bundle folder: choose another --output")
+    if out.is_dir():
+        links = sorted(p.name for p in out.iterdir() if p.is_symlink())
+        if links:  # a write through one would land outside the bundle
+            raise BundleError(f"{out} holds symbolic links ({', '.join(links[:5])}): a bundle holds only its own "
+                              f"files. Remove the links or choose another --output (nothing was written)")
     if out.is_dir() and not (out / MANIFEST).exists():
         if any(p for p in out.iterdir() if p.name != LOCK and not p.name.endswith(".partial")
                and not p.name.startswith("mediators-")):

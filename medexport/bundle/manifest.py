@@ -121,6 +121,9 @@ class Bundle:
     # -- integrity ----------------------------------------------------------------------------------------
     def check_file(self, name: str, sha256: str) -> Path:
         path = self.file(name)
+        if path.is_symlink():
+            raise BundleError(f"{path} is a symbolic link: a bundle's engines must be its own files (rebuild with "
+                              f"`medexport build ... --force` after removing the link)")
         if not path.is_file():
             raise BundleError(f"bundle {self.path} lacks {name}, which its manifest lists: rebuild with "
                               f"`medexport build` (add --force to redo everything)")

@@ -232,3 +232,25 @@ def test_changed_batch_range_rebuilds_engines_not_exports(tiny_bundle, tiny_chec
                           BuildSettings(backend="onnxruntime", batch=BatchRange(1, 4, 8)), show_progress=False)
     assert all(r.engines_built == ["onnxruntime"] and not r.exported for r in report.counts)
     assert {Bundle(bundle).engine(n, "onnxruntime")["batch"] for n in COUNTS} == {"1:4:8"}
+
+
+def test_links_in_a_bundle_are_refused(tiny_bundle, tiny_checkpoints, tmp_path):
+    """A link named like a bundle file must never let a build write, or a run read, outside the bundle."""
+    from medexport.bundle import engine_runner
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "linked"
+    out.mkdir()
+    (out / "manifest.json.partial").symlink_to(victim)
+    with pytest.raises(BundleError, match="symbolic links"):
+        build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], out,
+                     BuildSettings(backend="onnxruntime"), show_progress=False)
+    assert victim.read_text() == "precious" and sorted(p.name for p in out.iterdir()) == ["manifest.json.partial"]
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    engine = bundle / Bundle(bundle).engine(16, "onnxruntime")["file"]
+    outside = tmp_path / "outside.onnx"
+    engine.rename(outside)
+    engine.symlink_to(outside)  # same bytes, same hash, but not the bundle's own file
+    with pytest.raises(BundleError, match="symbolic link"):
+        engine_runner(Bundle(bundle), 16, "onnxruntime")
