@@ -194,6 +194,9 @@ def _open_manifest(out: Path, model: dict, settings: BuildSettings, requested: l
         log.warning("replacing the unreadable manifest of %s (--force)", out)
         return fresh
     if force:
+        if old["model"] == model and old.get("data") == data:
+            # until each count is redone, its intact engines stay in the bundle (an interrupted --force loses none)
+            fresh["counts"] = {n: e for n, e in old["counts"].items() if int(n) in requested}
         return fresh
     if old["model"] != model:
         raise BundleError(f"{out} holds a bundle of another model ({old['model'].get('depth')} blocks, width "
@@ -225,6 +228,31 @@ def _fit_sampling(manifest: dict) -> None:
         manifest["sampling"] = {**manifest["sampling"], "schedule": None}
 
 
+def _entry_files(entry: dict) -> set[str]:
+    """Every file a count's manifest entry names (the ONNX graph, its external data, the engines)."""
+    files = set()
+    for e in [entry.get("onnx") or {}, *(entry.get("engines") or {}).values()]:
+        files.update(e.get("files") or ([e["file"]] if "file" in e else []))
+    return files
+
+
+def _live_files(out: Path) -> dict[int, set[str]]:
+    """{count: files} that the bundle's current manifest vouches for (empty for a new or unreadable one)."""
+    try:
+        manifest = read_manifest(out)
+    except BundleError:
+        return {}
+    return {int(n): _entry_files(e) for n, e in manifest["counts"].items()}
+
+
+def _free_name(stem: str, suffix: str, live: set[str]) -> str:
+    """``stem + suffix``, or an alternate name while the manifest still vouches for that one: a rebuild writes
+    beside the good file and the manifest switches to the new one atomically, so a killed rebuild loses nothing."""
+    name = stem + suffix
+    return name if not ({name, name + ".data"} & live) else f"{stem}.next{suffix}" if not (
+        {f"{stem}.next{suffix}", f"{stem}.next{suffix}.data"} & live) else name
+
+
 def _up_to_date(bundle_dir: Path, entry: dict | None, key: str) -> bool:
     if not entry or entry.get("key") != key:
         return False
@@ -251,6 +279,7 @@ def build_bundle(sources: list[ModelSource], out: str | Path, settings: BuildSet
     first_cfg = next(iter(configs.values()))[0]
     _check_output(out)
     with _exclusive(out):
+        live = _live_files(out)  # what the manifest on disk vouches for: never overwritten in place
         manifest = _open_manifest(out, shared_model_dict(first_cfg), settings, [s.mediators for s in sources], force,
                                   data, sampling)
         _fit_sampling(manifest)
@@ -266,12 +295,15 @@ def build_bundle(sources: list[ModelSource], out: str | Path, settings: BuildSet
                 cfg, source_hash, _ = configs[n]
                 t0 = time.perf_counter()
                 report = CountReport(n)
-                old = manifest["counts"].get(str(n), {})
-                entry = _build_count(out, src, cfg, source_hash, old, settings, spec, backend, force, report)
+                old = {} if force else manifest["counts"].get(str(n), {})
+                entry = _build_count(out, src, cfg, source_hash, old, settings, spec, backend, force, report,
+                                     live.get(n, set()))
                 manifest["counts"][str(n)] = entry
                 manifest["updated"] = now()
                 manifest["medexport_version"] = __version__
                 write_json_atomic(out / MANIFEST, manifest)  # this count is now complete
+                for name in live.pop(n, set()) - _entry_files(entry):  # replaced files, no longer vouched for
+                    (out / name).unlink(missing_ok=True)
                 report.seconds = time.perf_counter() - t0
                 reports.append(report)
                 if progress is not None:
@@ -288,7 +320,8 @@ def _progress():
 
 
 def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str, old: dict,
-                 settings: BuildSettings, spec: ExportSpec, backend: str, force: bool, report: CountReport) -> dict:
+                 settings: BuildSettings, spec: ExportSpec, backend: str, force: bool, report: CountReport,
+                 live: set[str]) -> dict:
     n, precision = src.mediators, settings.precision
     opset = spec.opset_for(precision)
     export_key = content_key("onnx", source_hash, precision, opset, EXPORT_REVISION, torch.__version__,
@@ -296,7 +329,8 @@ def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str
     onnx_entry = old.get("onnx")
     if force or not _up_to_date(out, onnx_entry, export_key):
         model = _load_model(src)
-        result = export_onnx(model, out / f"mediators-{n}.{precision}.onnx", precision=precision, spec=spec)
+        name = _free_name(f"mediators-{n}.{precision}", ".onnx", live)
+        result = export_onnx(model, out / name, precision=precision, spec=spec)
         files = [p.name for p in result.files]
         onnx_entry = {"file": files[0], "sha256": file_sha256(result.path), "files": files,
                       "hashes": [file_sha256(p) for p in result.files], "bytes": sum(p.stat().st_size for p in result.files),
@@ -307,7 +341,7 @@ def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str
     engines = dict(old.get("engines", {}))
     engine_key = _engine_key(backend, onnx_entry["sha256"], settings)
     if force or not _up_to_date(out, engines.get(backend), engine_key):
-        engines[backend] = _build_engine(out, backend, onnx_entry, cfg, settings) | {"key": engine_key}
+        engines[backend] = _build_engine(out, backend, onnx_entry, cfg, settings, live) | {"key": engine_key}
         report.engines_built.append(backend)
     else:
         report.engines_kept.append(backend)
@@ -333,7 +367,8 @@ def _versions() -> dict:
             "onnxruntime": ort.__version__}
 
 
-def _build_engine(out: Path, backend: str, onnx_entry: dict, cfg: ModelConfig, settings: BuildSettings) -> dict:
+def _build_engine(out: Path, backend: str, onnx_entry: dict, cfg: ModelConfig, settings: BuildSettings,
+                  live: set[str]) -> dict:
     common = {"precision": onnx_entry["precision"], "batch": str(settings.batch), "versions": _versions(),
               "built": now()}
     if backend == "onnxruntime":
@@ -345,7 +380,7 @@ def _build_engine(out: Path, backend: str, onnx_entry: dict, cfg: ModelConfig, s
                 "hardware": {"device": "cuda" if providers[0].startswith("CUDA") else "cpu"}, **common}
     from ..backend.trt.engine import TrtBuild, build_plan
 
-    plan = out / f"mediators-{cfg.mediators}.{onnx_entry['precision']}.plan"
+    plan = out / _free_name(f"mediators-{cfg.mediators}.{onnx_entry['precision']}", ".plan", live)
     info = build_plan(out / onnx_entry["file"], plan,
                       TrtBuild(batch=settings.batch, latent_shape=(cfg.in_channels, cfg.input_size, cfg.input_size),
                                plugin=settings.plugin, timing_cache=out / "timing.cache",

@@ -254,3 +254,62 @@ def test_links_in_a_bundle_are_refused(tiny_bundle, tiny_checkpoints, tmp_path):
     engine.symlink_to(outside)  # same bytes, same hash, but not the bundle's own file
     with pytest.raises(BundleError, match="symbolic link"):
         engine_runner(Bundle(bundle), 16, "onnxruntime")
+
+
+def test_a_rebuild_never_overwrites_the_engine_the_manifest_vouches_for(tiny_bundle, tiny_checkpoints, tmp_path):
+    """--force writes each count beside the good files and switches the manifest atomically, then removes the old
+    files: at every moment the manifest names complete, matching files."""
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    before = Bundle(bundle).engine(16, "onnxruntime")
+    good = (bundle / before["file"]).read_bytes()
+    sources = [ModelSource(n, checkpoint=p) for n, p in tiny_checkpoints.items()]
+    seen = []
+    import medexport.bundle.build as build_module
+
+    real_export = build_module.export_onnx
+
+    def watching_export(model, path, **kw):
+        # while the new graph is written, the manifest's file is still the old, intact one
+        if path.name.startswith("mediators-16."):
+            seen.append((path.name, (bundle / before["file"]).read_bytes() == good))
+        return real_export(model, path, **kw)
+
+    build_module.export_onnx = watching_export
+    try:
+        build_bundle(sources, bundle, BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)), force=True,
+                     show_progress=False)
+    finally:
+        build_module.export_onnx = real_export
+    assert seen[0] == ("mediators-16.fp32.next.onnx", True)
+    after = Bundle(bundle)
+    assert after.engine(16, "onnxruntime")["file"] == "mediators-16.fp32.next.onnx"
+    assert not (bundle / "mediators-16.fp32.onnx").exists()  # the replaced file is gone
+    for n in COUNTS:
+        after.check_engine(n, "onnxruntime")
+    # the next --force goes back to the plain names
+    build_bundle(sources[:1], bundle, BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)), force=True,
+                 show_progress=False)
+    assert Bundle(bundle).engine(16, "onnxruntime")["file"] == "mediators-16.fp32.onnx"
+
+
+def test_an_interrupted_force_rebuild_keeps_the_other_counts(tiny_bundle, tiny_checkpoints, tmp_path, monkeypatch):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    import medexport.bundle.build as build_module
+
+    real_export, calls = build_module.export_onnx, []
+
+    def interrupted(model, path, **kw):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the second count is exported
+        return real_export(model, path, **kw)
+
+    monkeypatch.setattr(build_module, "export_onnx", interrupted)
+    sources = [ModelSource(n, checkpoint=p) for n, p in tiny_checkpoints.items()]
+    with pytest.raises(KeyboardInterrupt):
+        build_bundle(sources, bundle, BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)), force=True,
+                     show_progress=False)
+    b = Bundle(bundle)
+    assert b.counts == list(COUNTS)  # 16 redone, 32 and 64 still the intact engines of before
+    for n in COUNTS:
+        b.check_engine(n, "onnxruntime")
