@@ -7,6 +7,7 @@ its name exists; ``force`` redoes everything.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import contextmanager, nullcontext
@@ -23,7 +24,7 @@ from ..export import ExportSpec, export_onnx
 from ..model import (CheckpointInfo, MediatorDiT, ModelConfig, config_from_name, create_model, load_checkpoint,
                      read_checkpoint)
 from ..model.checkpoint import file_sha256
-from .manifest import MANIFEST, Bundle, new_manifest, now, open_bundle, read_manifest, write_json_atomic  # noqa: F401
+from .manifest import FORMAT, MANIFEST, Bundle, new_manifest, now, open_bundle, read_manifest, write_json_atomic  # noqa: F401
 from .settings import BuildSettings, ModelSource, content_key
 
 log = logging.getLogger(__name__)
@@ -175,10 +176,24 @@ def _check_output(out: Path) -> None:
             raise BundleError(f"{out} holds symbolic links ({', '.join(links[:5])}): a bundle holds only its own "
                               f"files. Remove the links or choose another --output (nothing was written)")
     if out.is_dir() and not (out / MANIFEST).exists():
-        if any(p for p in out.iterdir() if p.name != LOCK and not p.name.endswith(".partial")
-               and not p.name.startswith("mediators-")):
+        # Without a manifest, only an empty folder or one an earlier build of ours started (its lock file is the
+        # first thing a build writes) is ours to write into.
+        contents = [p.name for p in out.iterdir()]
+        if contents and LOCK not in contents:
             raise BundleError(f"{out} exists and is not an engine bundle: choose another --output (nothing was "
                               f"written)")
+        if any(n != LOCK and not n.endswith(".partial") and not n.startswith("mediators-") for n in contents):
+            raise BundleError(f"{out} exists and is not an engine bundle: choose another --output (nothing was "
+                              f"written)")
+    elif out.is_dir():
+        try:
+            data = json.loads((out / MANIFEST).read_text())
+            ours = isinstance(data, dict) and data.get("format") == FORMAT
+        except (OSError, ValueError):
+            ours = (out / LOCK).exists()  # unreadable: ours only if a build of ours has worked here (then damaged)
+        if not ours:  # someone else's manifest.json: --force must not take their folder for a bundle
+            raise BundleError(f"{out} holds a {MANIFEST} that medexport did not write: choose another --output "
+                              f"(nothing was written)")
 
 
 def _open_manifest(out: Path, model: dict, settings: BuildSettings, requested: list[int], force: bool,

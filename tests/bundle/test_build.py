@@ -313,3 +313,17 @@ def test_an_interrupted_force_rebuild_keeps_the_other_counts(tiny_bundle, tiny_c
     assert b.counts == list(COUNTS)  # 16 redone, 32 and 64 still the intact engines of before
     for n in COUNTS:
         b.check_engine(n, "onnxruntime")
+
+
+@pytest.mark.parametrize("files", [{"manifest.json": '{"name": "my web app"}'},
+                                   {"manifest.json": "not json"},
+                                   {"mediators-notes.txt": "mine"}])
+def test_force_never_takes_a_users_folder_for_a_bundle(tiny_checkpoints, tmp_path, files):
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    with pytest.raises(BundleError, match="did not write|not an engine bundle"):
+        build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], out, BuildSettings(backend="onnxruntime"),
+                     force=True, show_progress=False)
+    assert {p.name: p.read_text() for p in out.iterdir()} == files
