@@ -74,3 +74,18 @@ def test_verify_and_inspect_bad_bundles(tmp_path, tiny_bundle):
     (bundle / MANIFEST).write_text(json.dumps({"format": "medexport-bundle", "format_version": 1, "counts": []}))
     r = run("inspect", bundle)
     assert r.exit_code == 1 and "not a valid medexport manifest" in r.output and "Traceback" not in r.output
+
+
+def test_default_bundle_names_follow_the_checkpoints_content(tiny_checkpoints, tmp_path, monkeypatch):
+    """Two training runs both write checkpoints/0000002.pt: their bundles must not replace each other."""
+    import shutil
+
+    from medexport.cli.bundle_cmds import default_output
+
+    a, b = tmp_path / "run-a" / "0000002.pt", tmp_path / "run-b" / "0000002.pt"
+    for path, n in ((a, 16), (b, 32)):
+        path.parent.mkdir()
+        shutil.copy(tiny_checkpoints[n], path)
+    out_a, out_b = default_output(None, 256, [(16, a)]), default_output(None, 256, [(16, b)])
+    assert out_a != out_b and out_a.name.startswith("0000002-")
+    assert default_output(None, 256, [(16, a)]) == out_a  # stable for the same content

@@ -220,6 +220,13 @@ def _open_manifest(out: Path, model: dict, settings: BuildSettings, requested: l
     if old.get("data") != data:
         raise BundleError(f"{out} holds a bundle of a model that generates other things: choose another --output, "
                           f"or --force to replace it")
+    kept = sorted(set(map(int, old["counts"])) - set(requested))
+    if old["build"].get("precision") != settings.precision and kept:
+        raise BundleError(f"{out} holds {old['build'].get('precision')} engines; rebuilding only "
+                          f"{', '.join(map(str, requested))} mediators in {settings.precision} would leave "
+                          f"{', '.join(map(str, kept))} in the old precision. Rebuild every count "
+                          f"(--mediators {','.join(map(str, sorted(set(requested) | set(kept))))}), use --force, or "
+                          f"choose another --output")
     old["build"] = settings.to_dict()
     old["requested"] = sorted(set(old["requested"]) | set(requested))
     if sampling is not None or not old.get("sampling"):

@@ -220,6 +220,10 @@ def validate_manifest(data: object, where: Path) -> None:
             bad(f"counts[{n!r}].config: {e}")
         if cfg.mediators != int(n):
             bad(f"counts[{n!r}].config says {cfg.mediators} mediators")
+        shared = {k: v for k, v in cfg.to_dict().items() if k not in ("mediators", "mediator_grid")}
+        if shared != data["model"]:
+            diff = sorted(k for k in set(shared) | set(data["model"]) if shared.get(k) != data["model"].get(k))
+            bad(f"counts[{n!r}].config disagrees with 'model' on {', '.join(diff)}")
         for name, eng in entry["engines"].items():
             if not isinstance(eng, dict) or not isinstance(eng.get("file"), str) or not isinstance(eng.get("sha256"), str):
                 bad(f"counts[{n!r}].engines[{name!r}] lacks 'file' / 'sha256'")

@@ -35,8 +35,13 @@ def _parse_checkpoints(values: tuple[str, ...]) -> list[tuple[int, Path]]:
 
 def default_output(model_name: str | None, image_size: int, checkpoints: list[tuple[int, Path]]) -> Path:
     if checkpoints:
+        # Named by content too: trainers name checkpoints by step (0400000.pt), so two runs share file names.
+        from ..bundle.settings import content_key
+        from ..model.checkpoint import file_sha256
+
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", checkpoints[0][1].stem)
-        return DEFAULT_OUTPUT_ROOT / f"{stem}-bundle"
+        key = content_key(*sorted((n, file_sha256(p)) for n, p in checkpoints if Path(p).is_file()))[:8]
+        return DEFAULT_OUTPUT_ROOT / f"{stem}-{key}"
     if model_name is None:
         return DEFAULT_OUTPUT_ROOT / DEMO_NAME
     return DEFAULT_OUTPUT_ROOT / f"{model_name.replace('/', '-')}-{image_size}-random"
@@ -65,7 +70,7 @@ def default_output(model_name: str | None, image_size: int, checkpoints: list[tu
               help="Use the TensorRT mediator-attention plugin where registered (else the function body).")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help=f"Bundle folder [default: engines/{DEMO_NAME}, engines/<model>-<size>-random or "
-                   f"engines/<checkpoint>-bundle].")
+                   f"engines/<checkpoint>-<content hash>].")
 @click.option("--force", is_flag=True, help="Redo every export and engine, even those up to date.")
 def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_alias, backend, precision, batch, plugin,
           output, force) -> None:

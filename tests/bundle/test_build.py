@@ -327,3 +327,22 @@ def test_force_never_takes_a_users_folder_for_a_bundle(tiny_checkpoints, tmp_pat
         build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], out, BuildSettings(backend="onnxruntime"),
                      force=True, show_progress=False)
     assert {p.name: p.read_text() for p in out.iterdir()} == files
+
+
+def test_a_partial_rebuild_in_another_precision_is_refused(tiny_bundle, tiny_checkpoints, tmp_path):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    before = (bundle / MANIFEST).read_text()
+    with pytest.raises(BundleError, match="would leave 32, 64 in the old precision"):
+        build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], bundle,
+                     BuildSettings(backend="onnxruntime", precision="fp16", batch=BatchRange(1, 2, 4)),
+                     show_progress=False)
+    assert (bundle / MANIFEST).read_text() == before
+
+
+def test_a_manifest_whose_counts_disagree_with_its_model_is_refused(tiny_bundle, tmp_path):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    m = json.loads((bundle / MANIFEST).read_text())
+    m["model"]["num_classes"] = 1000  # the engines were built for 10
+    (bundle / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="disagrees with 'model' on num_classes"):
+        Bundle(bundle)
