@@ -89,3 +89,15 @@ def test_default_bundle_names_follow_the_checkpoints_content(tiny_checkpoints, t
     out_a, out_b = default_output(None, 256, [(16, a)]), default_output(None, 256, [(16, b)])
     assert out_a != out_b and out_a.name.startswith("0000002-")
     assert default_output(None, 256, [(16, a)]) == out_a  # stable for the same content
+
+
+def test_inspect_says_an_engine_with_a_changed_file_does_not_run(tiny_bundle, tmp_path):
+    from medexport.bundle import Bundle
+
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    r = run("inspect", bundle)
+    assert r.exit_code == 0 and "no" not in r.output.split("runs here")[1].split("\n")[0]
+    with open(bundle / Bundle(bundle).engine(32, "onnxruntime")["file"], "ab") as f:
+        f.write(b"\0")
+    r = run("inspect", bundle)
+    assert r.exit_code == 0 and "does not match the hash" in r.output

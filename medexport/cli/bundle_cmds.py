@@ -12,7 +12,7 @@ from rich.table import Table
 from ..backend.base import BatchRange
 from ..bundle import Bundle, BuildSettings, ModelSource, build_bundle, runnable_here, verify_bundle
 from ..bundle.settings import BACKEND_CHOICES, DEFAULT_OUTPUT_ROOT, PRECISION_CHOICES
-from ..errors import ConfigError
+from ..errors import BundleError, ConfigError
 from ..model import MODEL_NAMES
 from .main import cli, console, parse_int_list, short_help
 from ..demo import NAME as DEMO_NAME
@@ -177,6 +177,11 @@ def inspect(bundle: Path) -> None:
         for backend, eng in sorted(e["engines"].items()):
             size = sum((b.path / f).stat().st_size for f in eng.get("files", [eng["file"]]) if (b.path / f).exists())
             ok, why = runnable_here(eng, backend)
+            if ok:
+                try:
+                    b.check_engine(n, backend)  # present and unchanged, not only compatible
+                except BundleError as err:
+                    ok, why = False, str(err)
             versions = ", ".join(f"{k} {v}" for k, v in {**eng.get("versions", {}), **eng.get("hardware", {})}.items())
             details.append(f"  {backend}: {eng['file']} ({versions})")
             table.add_row(str(n), "x".join(map(str, e["config"]["mediator_grid"])), backend, eng["precision"],
