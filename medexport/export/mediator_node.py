@@ -14,9 +14,10 @@ from onnx import helper
 from onnxscript import opset20
 from onnxscript.function_libs.torch_lib.tensor_typing import TFloat
 
-DOMAIN = "medexport"
-OP_TYPE = "MediatorAttention"
-PLUGIN_NAMESPACE = "medexport"
+from ..ops.mediator_attention import ONNX_DOMAIN as DOMAIN
+from ..ops.mediator_attention import ONNX_OP_TYPE as OP_TYPE
+from ..ops.mediator_attention import PLUGIN_NAMESPACE
+
 INPUTS = ("q", "k", "v", "m", "bias_mk", "bias_qm")
 
 _medexport = onnxscript.values.Opset(DOMAIN, 1)

@@ -20,6 +20,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# The contract between the exporter and TensorRT, written once: the ONNX node ``ONNX_DOMAIN.ONNX_OP_TYPE`` carries
+# ``plugin_namespace``, and TensorRT maps it to the plugin ``PLUGIN_NAMESPACE::ONNX_OP_TYPE`` where registered.
+ONNX_DOMAIN = "medexport"
+ONNX_OP_TYPE = "MediatorAttention"
+PLUGIN_NAMESPACE = "medexport"
+
 
 def mediator_attention_reference(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor,
                                  scale: float) -> Tensor:

@@ -35,6 +35,7 @@ def test_exports_parse_and_build(exports, precision, n):
     check = parse_and_build(exports[precision, n], batch=BatchRange(1, 2, 8),
                             sample_shape=(TINY.in_channels, TINY.input_size, TINY.input_size))
     assert check.layers > 100 and check.plan_bytes > 0  # the function bodies are inlined into real layers
+    assert check.plugin_layers == 0  # no plugin API here: what a manifest would record as plugin: false
 
 
 def test_the_demo_export_parses_and_builds(tmp_path):

@@ -101,14 +101,25 @@ def build_plan(onnx_path: Path, plan_path: Path, build: TrtBuild) -> dict:
         kwargs["load_timing_cache"] = str(build.timing_cache)
     if build.workspace_bytes:
         kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: build.workspace_bytes}
-    network = network_from_onnx_path(str(onnx_path), strongly_typed=True)
+    network = network_from_onnx_path(str(onnx_path), strongly_typed=True)  # (builder, network, parser)
+    plugin_layers = count_plugin_layers(trt, network[1])
+    if plugin_used and not plugin_layers:
+        log.warning("the mediator-attention plugin is registered but the parser built the function body instead "
+                    "(no plugin layer in the network): the manifest records plugin: false")
+    plugin_used = plugin_layers > 0
     engine = engine_from_network(network, CreateConfig(**kwargs),
                                  save_timing_cache=str(build.timing_cache) if build.timing_cache else None)
     tmp = plan_path.with_name(plan_path.name + ".partial")
     with open(tmp, "wb") as f:
         f.write(engine.serialize())
     os.replace(tmp, plan_path)
-    return {**hardware(), "plugin": plugin_used}
+    return {**hardware(), "plugin": plugin_used, "plugin_layers": plugin_layers}
+
+
+def count_plugin_layers(trt, network) -> int:
+    """Plugin layers in a parsed network: what the plugin *did*, not only that it was registered."""
+    kinds = {getattr(trt.LayerType, k) for k in ("PLUGIN", "PLUGIN_V2", "PLUGIN_V3") if hasattr(trt.LayerType, k)}
+    return sum(1 for i in range(network.num_layers) if network.get_layer(i).type in kinds)
 
 
 class SharedActivationMemory:

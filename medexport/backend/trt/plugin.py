@@ -47,11 +47,11 @@ from typing import List, Tuple, Union  # not the builtins: older tensorrt.plugin
 import torch
 
 from ...errors import BackendUnavailableError
+from ...ops.mediator_attention import ONNX_OP_TYPE as PLUGIN_NAME  # the plugin is named after the node's op
+from ...ops.mediator_attention import PLUGIN_NAMESPACE
 
 log = logging.getLogger(__name__)
 
-PLUGIN_NAMESPACE = "medexport"
-PLUGIN_NAME = "MediatorAttention"
 PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
 
 #: The first TensorRT release with ``tensorrt.plugin.aot_impl``.

@@ -35,6 +35,7 @@ class RtxCheck:
     path: Path
     version: str
     layers: int
+    plugin_layers: int  # always 0 here: TensorRT for RTX has no plugin API, it builds the function bodies
     plan_bytes: int
     seconds: float
 
@@ -66,4 +67,7 @@ def parse_and_build(onnx_path: str | Path, *, batch: BatchRange, sample_shape: t
     if plan is None:
         raise ExportError(f"TensorRT for RTX {trt.__version__} parsed {onnx_path} but could not build an engine "
                           f"for batch {batch}")
-    return RtxCheck(Path(onnx_path), trt.__version__, network.num_layers, plan.nbytes, time.perf_counter() - start)
+    from .engine import count_plugin_layers
+
+    return RtxCheck(Path(onnx_path), trt.__version__, network.num_layers, count_plugin_layers(trt, network),
+                    plan.nbytes, time.perf_counter() - start)
