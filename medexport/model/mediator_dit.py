@@ -314,9 +314,17 @@ class MediatorDiT(nn.Module):
         """
         half = x[: len(x) // 2]
         combined = torch.cat([half, half], dim=0)  # (B, C, S, S)
-        out = self.forward(combined, t, y)
-        k = out.shape[1] if channels is None else channels
-        eps, rest = out[:, :k], out[:, k:]
-        cond, uncond = torch.split(eps, len(eps) // 2, dim=0)
-        half_eps = uncond + cfg_scale * (cond - uncond)
-        return torch.cat([torch.cat([half_eps, half_eps], dim=0), rest], dim=1)
+        return guide(self.forward(combined, t, y), cfg_scale, channels)
+
+
+def guide(out: Tensor, cfg_scale: float, channels: int | None = 3) -> Tensor:
+    """Classifier-free guidance of a [cond; uncond] output (2B, C, S, S), as the reference combines it.
+
+    The first ``channels`` channels (3 in the reference, kept "for exact reproducibility"; None: all) become
+    uncond + s * (cond - uncond), in both halves; the other channels keep the model's output.
+    """
+    k = out.shape[1] if channels is None else channels
+    eps, rest = out[:, :k], out[:, k:]
+    cond, uncond = torch.split(eps, len(eps) // 2, dim=0)
+    half_eps = uncond + cfg_scale * (cond - uncond)
+    return torch.cat([torch.cat([half_eps, half_eps], dim=0), rest], dim=1)

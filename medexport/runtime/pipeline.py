@@ -20,7 +20,7 @@ from torch import Tensor
 from ..backend import Runner, TorchRunner
 from ..errors import ConfigError, SamplingError
 from ..model import ModelConfig, forward_flops, load_checkpoint
-from ..model.mediator_dit import MediatorDiT
+from ..model.mediator_dit import MediatorDiT, guide
 from .defaults import SamplingDefaults
 from .samplers import SamplerSettings, StepInfo, sample
 from .schedule import FixedSchedule, Schedule, parse_schedule
@@ -251,13 +251,7 @@ class Pipeline:
         if check_finite and not torch.isfinite(out).all():
             raise SamplingError(f"the {runner.backend} engine for {n} mediators produced NaN/inf at step "
                                 f"{step.index} (t={step.t:.4f}): rebuild it in fp32 or check the model")
-        if not guided:
-            return out
-        k = out.shape[1] if channels is None else channels
-        eps, rest = out[:, :k], out[:, k:]
-        cond, uncond = eps.chunk(2)
-        half_eps = uncond + cfg_scale * (cond - uncond)
-        return torch.cat([torch.cat([half_eps, half_eps]), rest], dim=1)
+        return guide(out, cfg_scale, channels) if guided else out
 
     def _schedule(self, schedule) -> Schedule:
         if schedule is None:
