@@ -13,7 +13,9 @@ from rich.table import Table
 
 from ..errors import SamplingError
 from ..runtime import LAST_STEPS, METHODS, SAMPLERS
-from ..runtime.benchmark import current_memory, environment, plot_trace, run_benchmarks, summary, write_report
+from ..runtime.benchmark import run_benchmarks, summary
+from ..runtime.memory import current_memory
+from ..runtime.report import environment, plot_trace, write_report
 from ..runtime.defaults import CFG_CHANNELS
 from ..runtime.images import labelled_grid, save_images
 from ..runtime.pipeline import Pipeline, latents_to_file

@@ -1,0 +1,75 @@
+"""What a sampling run leaves behind: the environment it ran in, ``report.json`` and the step-latency plot."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from ..atomic import replacing, write_json
+from ..version import __version__
+from .pipeline import SampleResult
+
+
+def environment(device: torch.device) -> dict:
+    import onnxruntime
+
+    env = {"medexport": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "onnxruntime": onnxruntime.__version__, "platform": platform.platform(),
+           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        import tensorrt
+
+        env["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        env["tensorrt"] = None
+    return env
+
+
+def write_report(path: Path, settings: dict, env: dict, summaries: list[dict], result: SampleResult,
+                 reference: SampleResult | None = None, extra: dict | None = None) -> Path:
+    data = {"settings": settings, "environment": env, "summary": summaries[0] if summaries else {},
+            "summaries": summaries, **(extra or {}), "trace": result.trace_dicts()}
+    if reference is not None:
+        data["reference_trace"] = reference.trace_dicts()
+    return write_json(path, data)
+
+
+def plot_trace(path: Path, results: dict[str, SampleResult]) -> Path:
+    """Step latency over the trajectory, one panel per backend, coloured by mediator count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    counts = sorted({e.mediators for r in results.values() for e in r.trace})
+    colours = {n: plt.cm.viridis(i / max(1, len(counts) - 1)) for i, n in enumerate(counts)}
+    fig, axes = plt.subplots(len(results), 1, figsize=(10, 2.8 * len(results)), sharex=True, squeeze=False)
+    for ax, (backend, r) in zip(axes[:, 0], results.items()):
+        steps: dict[int, tuple[int, float]] = {}
+        for e in r.trace:
+            n, ms = steps.get(e.step, (e.mediators, 0.0))
+            steps[e.step] = (e.mediators, ms + e.ms)
+        for n in counts:
+            xs = [s for s, (m, _) in sorted(steps.items()) if m == n]
+            ys = [steps[s][1] for s in xs]
+            if xs:
+                ax.scatter(xs, ys, s=14, color=colours[n], label=f"{n} mediators", zorder=3)
+        ax.set_ylabel("step latency (ms)")
+        ax.set_title(f"{backend}: {len(r.latents)} images, {r.seconds:.2f} s")
+        ax.set_ylim(bottom=0, top=1.15 * max(ms for _, ms in steps.values()))
+        ax.set_xlim(-0.5, max(steps) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    axes[-1, 0].set_xlabel("denoising step")
+    fig.tight_layout()
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
