@@ -29,11 +29,17 @@ def replacing(path: str | os.PathLike, *, mode: int | None = None) -> Iterator[P
         raise
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
+def write_text(path: str | os.PathLike, text: str, *, durable: bool = False) -> Path:
+    """Write ``text`` atomically; ``durable`` also flushes it to disk before the rename (a manifest that must
+    survive a power cut names only files that exist)."""
     with replacing(path) as tmp:
-        tmp.write_text(text)
+        with open(tmp, "w") as f:
+            f.write(text)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
     return Path(path)
 
 
-def write_json(path: str | os.PathLike, data: object) -> Path:
-    return write_text(path, json.dumps(data, indent=2) + "\n")
+def write_json(path: str | os.PathLike, data: object, *, durable: bool = False) -> Path:
+    return write_text(path, json.dumps(data, indent=2) + "\n", durable=durable)

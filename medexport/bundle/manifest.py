@@ -36,6 +36,7 @@ import os
 from pathlib import Path
 
 from ..version import __version__
+from ..atomic import write_json
 from ..errors import BundleError, CheckpointError, ConfigError, SamplingError, ScheduleError
 from ..model import MediatorDiT, ModelConfig, create_model, load_checkpoint
 from ..model.checkpoint import file_sha256
@@ -51,13 +52,7 @@ def now() -> str:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json(path, data, durable=True)
 
 
 def new_manifest(model_config: dict, build: dict, requested: list[int], data: dict | None = None,

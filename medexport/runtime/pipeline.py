@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..atomic import replacing
 from ..backend import Runner, TorchRunner
 from ..errors import ConfigError, SamplingError
 from ..model import ModelConfig, forward_flops, load_checkpoint
@@ -352,7 +353,6 @@ def latents_to_file(latents: Tensor, path: str | Path) -> Path:
     import numpy as np
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial.npy")
-    np.save(tmp, latents.numpy())
-    os.replace(tmp, path)
+    with replacing(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
+        np.save(f, latents.numpy())
     return path
