@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, BundleError
 from .base import BatchRange, Runner
 
 log = logging.getLogger(__name__)
@@ -42,13 +42,16 @@ def session_options(threads: int | None = None):
     return opts
 
 
-def session_from_onnx(path: str | os.PathLike, *, providers: list[str] | None = None, threads: int | None = None):
-    """An InferenceSession for ``path``; BackendUnavailableError where the provider lacks a kernel."""
+def session_from_onnx(path: str | os.PathLike, *, providers: list[str] | None = None, threads: int | None = None,
+                      model_bytes: bytes | None = None):
+    """An InferenceSession for ``path`` (or for ``model_bytes``, the file's content already read);
+    BackendUnavailableError where the provider lacks a kernel."""
     import onnxruntime as ort
 
     providers = providers or default_providers()
     try:
-        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+        return ort.InferenceSession(model_bytes if model_bytes is not None else str(path),
+                                    sess_options=session_options(threads), providers=providers)
     except (ort.capi.onnxruntime_pybind11_state.NotImplemented, ort.capi.onnxruntime_pybind11_state.Fail) as e:
         msg = str(e).splitlines()[0]
         hint = ""
@@ -65,16 +68,33 @@ class OnnxrtRunner(Runner):
 
     def __init__(self, path: str | os.PathLike, mediators: int, *, precision: str = "fp32",
                  batch_range: BatchRange | None = None, providers: list[str] | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, sha256: str | None = None):
+        """``sha256``: the hash the file must have when the session is made; the session is then made from the
+        very bytes that were hashed, so a file swapped after the bundle was opened never runs."""
         self.providers = providers or default_providers()
         device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         super().__init__(mediators, precision=precision, device=device, batch_range=batch_range)
-        self.path, self.threads = Path(path), threads
+        self.path, self.threads, self.sha256 = Path(path), threads, sha256
         self.session = None
 
     def activate(self) -> None:
         if self.session is None:
-            self.session = session_from_onnx(self.path, providers=self.providers, threads=self.threads)
+            model_bytes = None
+            if self.sha256 is not None:
+                import hashlib
+
+                try:
+                    model_bytes = self.path.read_bytes()
+                except OSError as e:
+                    raise BundleError(f"the engine file {self.path} cannot be read ({e.strerror}): was the bundle "
+                                      f"moved or deleted? Rebuild it with `medexport build`") from None
+                if hashlib.sha256(model_bytes).hexdigest() != self.sha256:
+                    raise BundleError(f"{self.path} changed after its bundle was opened (it no longer matches the "
+                                      f"manifest's hash): rebuild it with `medexport build ... --force`")
+            elif not self.path.is_file():
+                raise BundleError(f"the engine file {self.path} does not exist: was the bundle moved or deleted?")
+            self.session = session_from_onnx(self.path, providers=self.providers, threads=self.threads,
+                                             model_bytes=model_bytes)
             names = [i.name for i in self.session.get_inputs()]
             if names != ["x", "t", "y"]:
                 raise BackendUnavailableError(f"{self.path.name} has inputs {names}, expected x, t, y: "

@@ -16,8 +16,10 @@ def engine_runner(bundle: Bundle, n: int, backend: str, *, shared_memory=None, d
     if backend == "onnxruntime":
         from ..backend.onnxrt import default_providers
 
+        single = len(entry.get("files") or [entry["file"]]) == 1  # with external data, the graph file alone
         return OnnxrtRunner(path, n, precision=entry["precision"], batch_range=batch,
-                            providers=default_providers(device), threads=threads)
+                            providers=default_providers(device), threads=threads,
+                            sha256=entry["sha256"] if single else None)
     if backend == "tensorrt":
         from ..backend.trt.engine import TrtRunner
 

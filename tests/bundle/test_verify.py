@@ -105,3 +105,27 @@ def test_nan_outputs_fail_verification(tiny_bundle, tmp_path, monkeypatch):
     monkeypatch.setattr(bundle, "torch_model", nan_model)
     (r,) = verify_module.verify_bundle(bundle, counts=[16])
     assert not r.passed and r.max_rel == float("inf") and "PyTorch reference output NaN/inf" in r.error
+
+
+def test_a_file_swapped_or_deleted_after_opening_never_runs(tiny_bundle, tmp_path):
+    """The hash is checked on the bytes the session is made from, not only when the bundle is opened."""
+    import shutil
+
+    import torch
+
+    from medexport import Pipeline
+    from medexport.errors import BundleError
+
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    pipe = Pipeline.from_bundle(bundle, backend="onnxruntime")  # runners made, sessions not yet
+    name16 = Bundle(bundle).engine(16, "onnxruntime")["file"]
+    name64 = Bundle(bundle).engine(64, "onnxruntime")["file"]
+    (bundle / name16).write_bytes((bundle / name64).read_bytes())  # another count's engine under 16's name
+    with pytest.raises(BundleError, match="changed after its bundle was opened"):
+        pipe.sample([1], seed=0, sampler="ode", method="euler", steps=3, schedule="16")
+    pipe = Pipeline.from_bundle(copy_bundle(tiny_bundle, tmp_path / "c"), backend="onnxruntime")
+    shutil.rmtree(tmp_path / "c")
+    with pytest.raises(BundleError, match="moved or deleted"):
+        pipe.sample([1], seed=0, sampler="ode", method="euler", steps=3)
+    assert torch.is_tensor(Pipeline.from_bundle(tiny_bundle).sample([1], seed=0, sampler="ode", method="euler",
+                                                                     steps=3).latents)
