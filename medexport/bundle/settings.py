@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..backend.base import BatchRange
+from ..backend.base import BACKENDS, BatchRange
 from ..errors import ConfigError
+from ..model.config import DEFAULT_IMAGE_SIZE
+from ..model.engine_graph import PRECISIONS
 
-BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime")
-PRECISION_CHOICES = ("fp32", "fp16", "bf16")
+#: Backends that build engines (the PyTorch backend runs the reference and builds nothing), and "auto".
+BACKEND_CHOICES = ("auto", *(b for b in BACKENDS if b != "torch"))
+PRECISION_CHOICES = tuple(PRECISIONS)
+#: Batch sizes engines accept by default, counting the CFG doubling; the demo model's, which is small.
+DEFAULT_BATCH = BatchRange(1, 2, 16)
+DEMO_BATCH = BatchRange(1, 64, 512)
 DEFAULT_OUTPUT_ROOT = Path("engines")
 
 
@@ -33,7 +39,7 @@ class BuildSettings:
 
     backend: str = "auto"
     precision: str = "fp32"
-    batch: BatchRange = field(default_factory=lambda: BatchRange(1, 2, 16))
+    batch: BatchRange = DEFAULT_BATCH
     plugin: bool = True
     opset: int | None = None
     trt_optimization_level: int = 3
@@ -57,7 +63,7 @@ class ModelSource:
     checkpoint: Path | None = None
     weights: str = "ema"
     model_name: str | None = None
-    image_size: int = 256
+    image_size: int = DEFAULT_IMAGE_SIZE
     seed: int = 0
 
     def __post_init__(self) -> None:

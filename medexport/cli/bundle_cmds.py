@@ -11,7 +11,8 @@ from rich.table import Table
 
 from ..backend.base import BatchRange
 from ..bundle import Bundle, BuildSettings, ModelSource, build_bundle, runnable_here, verify_bundle
-from ..bundle.settings import BACKEND_CHOICES, DEFAULT_OUTPUT_ROOT, PRECISION_CHOICES
+from ..bundle.settings import BACKEND_CHOICES, DEFAULT_BATCH, DEFAULT_OUTPUT_ROOT, DEMO_BATCH, PRECISION_CHOICES
+from ..model.config import DEFAULT_IMAGE_SIZE
 from ..errors import BundleError, ConfigError
 from ..model import MODEL_NAMES
 from .main import cli, console, parse_int_list, short_help
@@ -19,8 +20,6 @@ from ..demo import NAME as DEMO_NAME
 
 log = logging.getLogger("medexport")
 DEFAULT_MEDIATORS = "16,32,64"
-DEFAULT_BATCH = "1:2:16"
-DEMO_BATCH = "1:64:512"  # the demo model is small: evaluations run hundreds of images per call
 
 
 def _parse_checkpoints(values: tuple[str, ...]) -> list[tuple[int, Path]]:
@@ -55,7 +54,7 @@ def default_output(model_name: str | None, image_size: int, checkpoints: list[tu
 @click.option("--model", "model_name", default=None, metavar="NAME",
               help=f"Random weights of a named config ({', '.join(n for n in MODEL_NAMES if n.startswith('SiT'))}), "
                    f"for benchmarking. Without --model and --checkpoint: the shipped Fashion-MNIST demo model.")
-@click.option("--image-size", default=256, show_default=True, help="Image side (random weights).")
+@click.option("--image-size", default=DEFAULT_IMAGE_SIZE, show_default=True, help="Image side (random weights).")
 @click.option("--mediators", default=None, help=f"Counts to build [default: those of --checkpoint, the demo's, or "
                                                 f"{DEFAULT_MEDIATORS} with --model].")
 @click.option("--init-seed", "seed", default=0, show_default=True, help="Seed of the random weights (--model).")
@@ -83,7 +82,7 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_al
     ckpts = _parse_checkpoints(checkpoints)
     demo = not ckpts and model_name is None
     try:
-        batch_range = BatchRange.parse(batch or (DEMO_BATCH if demo else DEFAULT_BATCH))
+        batch_range = BatchRange.parse(batch) if batch else DEMO_BATCH if demo else DEFAULT_BATCH
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--batch") from None
     if ckpts and model_name is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from ..model import MODEL_NAMES, config_from_name, flops_table, read_checkpoint
+from ..model import DEFAULT_IMAGE_SIZE, MODEL_NAMES, config_from_name, flops_table, read_checkpoint
 from .main import cli, console, parse_int_list, short_help
 
 DEFAULT_MODEL = "SiT-S/2"
@@ -14,7 +14,7 @@ DEFAULT_MODEL = "SiT-S/2"
 @cli.command(short_help=short_help("flops"))
 @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, metavar="NAME",
               help=f"Named config: {', '.join(n for n in MODEL_NAMES if n.startswith('SiT'))} (or DiT-*).")
-@click.option("--image-size", default=256, show_default=True, help="Image side in pixels (latent = 1/8).")
+@click.option("--image-size", default=DEFAULT_IMAGE_SIZE, show_default=True, help="Image side in pixels (latent = 1/8).")
 @click.option("--mediators", default="16,32,64", show_default=True, help="Comma-separated mediator counts.")
 def flops(model_name: str, image_size: int, mediators: str) -> None:
     """GFLOPs per forward for each mediator count next to full self-attention."""

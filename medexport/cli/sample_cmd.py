@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..backend.base import BACKENDS
 from ..errors import SamplingError
 from ..runtime import LAST_STEPS, METHODS, SAMPLERS
 from ..runtime.benchmark import run_benchmarks, summary
@@ -43,7 +44,7 @@ def sampling_options(f):
                      help="Guidance scale (1: none) [default: the bundle's, else 1]."),
         click.option("--cfg-channels", type=click.Choice(CFG_CHANNELS), default=None,
                      help="Guide the first 3 channels (the reference) or all [default: the bundle's, else 3]."),
-        click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto",
+        click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto",
                      show_default=True, help="torch = the PyTorch models the engines were built from."),
         click.option("--device", default=None, help="cpu or cuda (default: the backend's)."),
         click.option("--threads", type=click.IntRange(min=1), default=None,

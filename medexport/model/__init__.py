@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 
 from .checkpoint import CheckpointInfo, infer_config, load_checkpoint, read_checkpoint, save_checkpoint
-from .config import MODEL_NAMES, ModelConfig, config_from_name, mediator_grid
+from .config import DEFAULT_IMAGE_SIZE, MODEL_NAMES, ModelConfig, config_from_name, mediator_grid
 from .flops import flops_table, forward_flops
 from .mediator_dit import MediatorDiT
 
 
-def create_model(name: str | ModelConfig, *, mediators: int | None = None, image_size: int = 256,
+def create_model(name: str | ModelConfig, *, mediators: int | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
                  num_classes: int = 1000, learn_sigma: bool = True, seed: int | None = None,
                  init: str = "reference", **overrides) -> MediatorDiT:
     """A randomly initialised mediator DiT/SiT in eval mode.
@@ -48,6 +48,6 @@ def create_model(name: str | ModelConfig, *, mediators: int | None = None, image
     return model
 
 
-__all__ = ["MODEL_NAMES", "CheckpointInfo", "MediatorDiT", "ModelConfig", "config_from_name", "create_model",
+__all__ = ["DEFAULT_IMAGE_SIZE", "MODEL_NAMES", "CheckpointInfo", "MediatorDiT", "ModelConfig", "config_from_name", "create_model",
            "flops_table", "forward_flops", "infer_config", "load_checkpoint", "mediator_grid", "read_checkpoint",
            "save_checkpoint"]

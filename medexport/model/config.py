@@ -21,6 +21,8 @@ MODEL_NAMES: tuple[str, ...] = tuple(
     f"{family}-{size}/{p}" for family in FAMILIES for size in SIZES for p in PATCHES
 )
 VAE_DOWNSAMPLE = 8  # sd-vae latents are 1/8 of the image side, 4 channels
+#: The image side of named configs when none is given (the paper's ImageNet 256x256).
+DEFAULT_IMAGE_SIZE = 256
 
 
 def mediator_grid(n: int) -> tuple[int, int]:
@@ -136,7 +138,7 @@ class ModelConfig:
             raise ConfigError(f"incomplete model config {d!r}: {e}") from None
 
 
-def config_from_name(name: str, *, mediators: int, image_size: int = 256, num_classes: int = 1000,
+def config_from_name(name: str, *, mediators: int, image_size: int = DEFAULT_IMAGE_SIZE, num_classes: int = 1000,
                      learn_sigma: bool = True, **overrides) -> ModelConfig:
     """The config of a named model ("SiT-XL/2", "DiT-S/4", ...) at an image size.
 
