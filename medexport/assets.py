@@ -6,26 +6,17 @@ file that is missing, unrecorded or changed, naming it.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 from .atomic import write_text
 from .errors import MedexportError
+from .model.checkpoint import file_sha256
 
 SUMS = "SHA256SUMS"
 
 
 class AssetError(MedexportError):
     """A file shipped with medexport is missing or does not match its recorded sha256."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_sums(folder: Path) -> dict[str, str]:
@@ -45,7 +36,7 @@ def record_sums(folder: Path, names: list[str]) -> None:
     """Add or update the sha256 of ``names`` in ``folder/SHA256SUMS`` (written to a temporary name, then renamed)."""
     folder = Path(folder)
     sums = read_sums(folder)
-    sums.update({name: sha256_file(folder / name) for name in names})
+    sums.update({name: file_sha256(folder / name) for name in names})
     write_text(folder / SUMS, "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
 
 
@@ -58,7 +49,7 @@ def verified_file(folder: Path, name: str, what: str) -> Path:
     if expected is None:
         raise AssetError(f"no sha256 is recorded for the shipped {what} {str(path)!r} in {Path(folder) / SUMS}: "
                          f"reinstall medexport")
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if actual != expected:
         raise AssetError(f"the shipped {what} {str(path)!r} is damaged or was changed: its sha256 is "
                          f"{actual[:16]}..., expected {expected[:16]}... Reinstall medexport.")

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medexport.data import load_fashion_mnist  # noqa: E402
 from medexport.errors import MedexportError  # noqa: E402
 from medexport.model import MediatorDiT, ModelConfig  # noqa: E402
+from medexport.runtime.images import from_uint8  # noqa: E402
 
 log = logging.getLogger("train_demo")
 
@@ -155,7 +156,7 @@ def train(args: argparse.Namespace) -> Path:
     images, labels = load_fashion_mnist("train", args.data)
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
-    data = torch.from_numpy(images).float().div(127.5).sub(1.0).unsqueeze(1)  # (N, 1, 28, 28) in [-1, 1]
+    data = from_uint8(images)  # (N, 1, 28, 28) in [-1, 1]
     labels = torch.from_numpy(labels)
 
     torch.manual_seed(args.seed)

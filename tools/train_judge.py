@@ -23,12 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medexport.data import load_fashion_mnist  # noqa: E402
 from medexport.judge import write_judge  # noqa: E402
 from medexport.judge.classifier import FashionJudge  # noqa: E402
+from medexport.runtime.images import from_uint8  # noqa: E402
 
 log = logging.getLogger("train_judge")
-
-
-def to_tensor(images) -> torch.Tensor:
-    return torch.from_numpy(images).float().div(127.5).sub(1.0).unsqueeze(1)  # (N, 1, 28, 28) in [-1, 1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     x_train, y_train = load_fashion_mnist("train", args.data)
     x_test, y_test = load_fashion_mnist("test", args.data)
-    x_train, x_test = to_tensor(x_train), to_tensor(x_test)
+    x_train, x_test = from_uint8(x_train), from_uint8(x_test)  # (N, 1, 28, 28) in [-1, 1]
     y_train, y_test = torch.from_numpy(y_train), torch.from_numpy(y_test)
 
     model = FashionJudge()

@@ -24,7 +24,7 @@ from ..export import ExportSpec, export_onnx
 from ..model import (CheckpointInfo, MediatorDiT, ModelConfig, config_from_name, create_model, load_checkpoint,
                      read_checkpoint)
 from ..model.checkpoint import file_sha256
-from .manifest import FORMAT, MANIFEST, Bundle, new_manifest, now, open_bundle, read_manifest, write_json_atomic  # noqa: F401
+from .manifest import FORMAT, MANIFEST, new_manifest, now, read_manifest, write_json_atomic
 from .settings import BuildSettings, ModelSource, content_key
 
 log = logging.getLogger(__name__)
@@ -179,10 +179,8 @@ def _check_output(out: Path) -> None:
         # Without a manifest, only an empty folder or one an earlier build of ours started (its lock file is the
         # first thing a build writes) is ours to write into.
         contents = [p.name for p in out.iterdir()]
-        if contents and LOCK not in contents:
-            raise BundleError(f"{out} exists and is not an engine bundle: choose another --output (nothing was "
-                              f"written)")
-        if any(n != LOCK and not n.endswith(".partial") and not n.startswith("mediators-") for n in contents):
+        if contents and (LOCK not in contents or any(n != LOCK and not n.endswith(".partial")
+                                                     and not n.startswith("mediators-") for n in contents)):
             raise BundleError(f"{out} exists and is not an engine bundle: choose another --output (nothing was "
                               f"written)")
     elif out.is_dir():
@@ -270,9 +268,10 @@ def _live_files(out: Path) -> dict[int, set[str]]:
 def _free_name(stem: str, suffix: str, live: set[str]) -> str:
     """``stem + suffix``, or an alternate name while the manifest still vouches for that one: a rebuild writes
     beside the good file and the manifest switches to the new one atomically, so a killed rebuild loses nothing."""
-    name = stem + suffix
-    return name if not ({name, name + ".data"} & live) else f"{stem}.next{suffix}" if not (
-        {f"{stem}.next{suffix}", f"{stem}.next{suffix}.data"} & live) else name
+    for name in (stem + suffix, f"{stem}.next{suffix}"):
+        if not {name, name + ".data"} & live:
+            return name
+    return stem + suffix  # both vouched for: only a hand-edited manifest does that
 
 
 def _up_to_date(bundle_dir: Path, entry: dict | None, key: str) -> bool:

@@ -30,11 +30,10 @@ from .sample_cmd import SCHEDULE_HELP, sampling_options
 def eval_cmd(bundle, schedules, per_class, seed, batch, sampler, method, steps, last_step, cfg_scale, cfg_channels,
              backend, device, threads, report, data) -> None:
     """Generate --per-class images of each class under each schedule and score them with the shipped judge."""
-    from ..judge import JudgeError, load_judge
-    from ..judge.evaluate import check_applies, evaluate, floor_for
+    from ..judge import load_judge
+    from ..judge.evaluate import check_applies, check_per_class, evaluate, floor_for
 
-    if per_class < 1:
-        raise JudgeError(f"--per-class {per_class}: give at least 1 image per class (50 or more for a stable FD)")
+    check_per_class(per_class)  # before any work (evaluate checks again, for API callers)
     if threads:
         import torch
 
@@ -53,7 +52,7 @@ def eval_cmd(bundle, schedules, per_class, seed, batch, sampler, method, steps, 
             results.append(evaluate(pipe, plan, per_class=per_class, seed=seed, batch=batch,
                                     on_batch=lambda k, task=task: progress.advance(task, k)))
     floor = floor_for(10 * per_class, data)
-    table = Table(title=f"{bundle}: {10 * per_class} images per schedule, {base.describe().rsplit(', schedule', 1)[0]}, "
+    table = Table(title=f"{bundle}: {10 * per_class} images per schedule, {base.describe(schedule=False)}, "
                         f"{pipe.backend}")
     for col in ("schedule", "accuracy", "confidence", "FD", "GFLOPs / image", "ms / image", "steps per count"):
         table.add_column(col, justify="left" if col in ("schedule", "steps per count") else "right")

@@ -19,8 +19,8 @@ def output_folder(path: Path, kind: str, names: set[str]) -> Iterator[Path]:
 
     Refuses a file, and a non-empty folder that is not an earlier output of the same command (one holding only
     ``names``, with a ``report.json`` of that kind), so a user's folder is never written into. A second run into
-    the same folder is refused while the first holds it. After a successful run, outputs of the earlier run that
-    this one did not write again are removed (the caller returns their names in the yielded set's complement).
+    the same folder is refused while the first holds it. After a successful run the caller removes the earlier
+    run's outputs that it did not write again (:func:`remove_stale`).
     """
     if path.exists() and not path.is_dir():
         raise MedexportError(f"{path} is a file, not a folder: choose another --output")

@@ -60,6 +60,10 @@ SCHEDULE_HELP = ('Mediator schedule: "16:0.3,32:0.7,64" (fractions of the steps)
                  'largest count].')
 
 
+#: What ``sample`` writes into its --output folder.
+SAMPLE_OUTPUTS = {"images", "grid.png", "latents.npy", "report.json", "step_latency.png", "samples.png"}
+
+
 @cli.command("sample", short_help=short_help("sample"))
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--labels", default=None,
@@ -103,73 +107,63 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
     if vae is not None and pipe.data is not None:
         raise SamplingError("--vae decodes sd-vae latents, but this bundle's model generates pixels: drop --vae")
     with output_folder(out_dir, "sample", SAMPLE_OUTPUTS):
-        _sample(pipe, bundle, label_list, kwargs, chosen, seed, out_dir, vae, benchmark, warmup, runs, reference,
-                device, threads, base_memory)
+        env = environment(pipe.device)
+        console.print(f"sampling: {escape(chosen.describe())}", highlight=False)
+        if not benchmark:
+            with console.status(f"sampling {len(label_list)} images on {pipe.backend}"):
+                result = pipe.sample(**kwargs)
+            results = {pipe.backend: result}
+            summaries = [{"backend": pipe.backend, "images": len(label_list), "seconds": round(result.seconds, 3),
+                          "steps_per_count": {str(k): v for k, v in result.steps_per_count().items()},
+                          "evaluations": len(result.trace)}]
+            ref_result = None
+            console.print(f"{len(label_list)} images in {result.seconds:.2f} s on {pipe.backend}; steps per mediator "
+                          f"count: {result.steps_per_count()}")
+        else:
+            factories = {pipe.backend: lambda: pipe}
+            if reference and pipe.backend != "torch":
+                factories["torch"] = lambda: Pipeline.from_bundle(bundle, backend="torch", device=device, threads=threads)
+            total = (max(1, warmup) + runs) * len(factories)
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=err_console) as progress:
+                task = progress.add_task(f"benchmark {' vs '.join(factories)}", total=total)
+                pipelines, stats = run_benchmarks(factories, kwargs, warmup=warmup, runs=runs,
+                                                  baselines={pipe.backend: base_memory},
+                                                  progress=lambda: progress.advance(task))
+            ref_stats = stats.get("torch") if pipe.backend != "torch" else None
+            summaries = [summary(pipe, stats[pipe.backend], ref_stats)]
+            if ref_stats is not None:
+                summaries.append(summary(pipelines["torch"], ref_stats, None))
+            result = stats[pipe.backend].last
+            ref_result = ref_stats.last if ref_stats else None
+            results = {name: s.last for name, s in stats.items()}
+            _print_benchmark(stats, summaries, pipe)
+        written = []
+        extra = {}
+        if pipe.data is not None:  # pixel space: the samples are images
+            names = pipe.data.get("class_names") or []
+            files = save_images(result.latents, out_dir / "images")
+            extra["images"] = [{"index": i, "label": y, "class_name": names[y] if y < len(names) else str(y),
+                                "seed": seed, "file": str(f.relative_to(out_dir))}
+                               for i, (y, f) in enumerate(zip(label_list, files))]
+            captions = [e["class_name"] for e in extra["images"]]
+            grid = labelled_grid(result.latents, captions, out_dir / "grid.png",
+                                 title=f"{Path(bundle).name}: {chosen.describe()}")
+            written += [out_dir / "images", grid]
+        else:
+            written.append(latents_to_file(result.latents, out_dir / "latents.npy"))
+        report = write_report(out_dir / "report.json", {**result.settings, "bundle": str(bundle),
+                                                       "benchmark": benchmark, "warmup": warmup, "runs": runs},
+                              env, summaries, result, ref_result, extra={"kind": "medexport-sample", **extra})
+        written += [report, plot_trace(out_dir / "step_latency.png", results)]
+        if vae is not None:
+            from ..runtime.vae import decode, load_vae, save_grid
 
-
-#: What ``sample`` writes into its --out folder.
-SAMPLE_OUTPUTS = {"images", "grid.png", "latents.npy", "report.json", "step_latency.png", "samples.png"}
-
-
-def _sample(pipe, bundle, label_list, kwargs, chosen, seed, out_dir, vae, benchmark, warmup, runs, reference,
-            device, threads, base_memory) -> None:
-    env = environment(pipe.device)
-    console.print(f"sampling: {escape(chosen.describe())}", highlight=False)
-    if not benchmark:
-        with console.status(f"sampling {len(label_list)} images on {pipe.backend}"):
-            result = pipe.sample(**kwargs)
-        results = {pipe.backend: result}
-        summaries = [{"backend": pipe.backend, "images": len(label_list), "seconds": round(result.seconds, 3),
-                      "steps_per_count": {str(k): v for k, v in result.steps_per_count().items()},
-                      "evaluations": len(result.trace)}]
-        ref_result = None
-        console.print(f"{len(label_list)} images in {result.seconds:.2f} s on {pipe.backend}; steps per mediator "
-                      f"count: {result.steps_per_count()}")
-    else:
-        factories = {pipe.backend: lambda: pipe}
-        if reference and pipe.backend != "torch":
-            factories["torch"] = lambda: Pipeline.from_bundle(bundle, backend="torch", device=device, threads=threads)
-        total = (max(1, warmup) + runs) * len(factories)
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err_console) as progress:
-            task = progress.add_task(f"benchmark {' vs '.join(factories)}", total=total)
-            pipelines, stats = run_benchmarks(factories, kwargs, warmup=warmup, runs=runs,
-                                              baselines={pipe.backend: base_memory},
-                                              progress=lambda: progress.advance(task))
-        ref_stats = stats.get("torch") if pipe.backend != "torch" else None
-        summaries = [summary(pipe, stats[pipe.backend], ref_stats)]
-        if ref_stats is not None:
-            summaries.append(summary(pipelines["torch"], ref_stats, None))
-        result = stats[pipe.backend].last
-        ref_result = ref_stats.last if ref_stats else None
-        results = {name: s.last for name, s in stats.items()}
-        _print_benchmark(stats, summaries, pipe)
-    written = []
-    extra = {}
-    if pipe.data is not None:  # pixel space: the samples are images
-        names = pipe.data.get("class_names") or []
-        files = save_images(result.latents, out_dir / "images")
-        extra["images"] = [{"index": i, "label": y, "class_name": names[y] if y < len(names) else str(y),
-                            "seed": seed, "file": str(f.relative_to(out_dir))}
-                           for i, (y, f) in enumerate(zip(label_list, files))]
-        captions = [e["class_name"] for e in extra["images"]]
-        grid = labelled_grid(result.latents, captions, out_dir / "grid.png",
-                             title=f"{Path(bundle).name}: {chosen.describe()}")
-        written += [out_dir / "images", grid]
-    else:
-        written.append(latents_to_file(result.latents, out_dir / "latents.npy"))
-    report = write_report(out_dir / "report.json", {**result.settings, "bundle": str(bundle),
-                                                   "benchmark": benchmark, "warmup": warmup, "runs": runs},
-                          env, summaries, result, ref_result, extra={"kind": "medexport-sample", **extra})
-    written += [report, plot_trace(out_dir / "step_latency.png", results)]
-    if vae is not None:
-        from ..runtime.vae import decode, load_vae, save_grid
-
-        written.append(save_grid(decode(load_vae(vae), result.latents), out_dir / "samples.png"))
-    remove_stale(out_dir, SAMPLE_OUTPUTS, {Path(p).name for p in written})
-    console.print(escape("wrote " + ", ".join(map(str, written))), highlight=False, soft_wrap=True)
-    if pipe.data is not None:
-        console.print(f"[bold]grid:[/] {escape(str(grid))}", highlight=False, soft_wrap=True)
+            written.append(save_grid(decode(load_vae(vae), result.latents), out_dir / "samples.png"))
+        remove_stale(out_dir, SAMPLE_OUTPUTS, {Path(p).name for p in written})
+        console.print(escape("wrote " + ", ".join(map(str, written))), highlight=False, soft_wrap=True)
+        if pipe.data is not None:
+            console.print(f"[bold]grid:[/] {escape(str(grid))}", highlight=False, soft_wrap=True)
 
 
 def _labels(labels: str | None, num: int, per_class: int | None, seed: int, pipe: Pipeline) -> list[int]:

@@ -20,6 +20,8 @@ import torch
 from ..assets import record_sums, verified_file
 from ..atomic import replacing
 from ..errors import MedexportError
+from ..runtime.images import from_uint8
+from ..runtime.images import to_uint8 as pixels_uint8
 from .classifier import FEATURE_DIM, FashionJudge
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -84,10 +86,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
     """Model output in [-1, 1], (B, 1, H, W) -> uint8 (B, H, W): exactly what the PNG files hold."""
-    x = torch.as_tensor(images).float()
+    x = torch.as_tensor(images)
     if x.dim() != 4 or x.shape[1] != 1:
         raise JudgeError(f"the judge scores 1-channel images (B, 1, 28, 28), got {tuple(x.shape)}")
-    return ((x[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    return pixels_uint8(x)
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,7 @@ def score(images: torch.Tensor | np.ndarray, labels, judge: Judge | None = None)
         raise JudgeError(f"{len(arr)} images but {len(labels)} labels")
     if len(arr) < 2:
         raise JudgeError("the Frechet distance needs at least 2 images")
-    x = torch.from_numpy(arr).float().div(127.5).sub(1.0).unsqueeze(1)
-    feats, probs = judge.model.embed(x)
+    feats, probs = judge.model.embed(from_uint8(arr))
     feats, probs = feats.double().numpy(), probs.double().numpy()
     hit = probs.argmax(1) == labels
     per_class = [float(hit[labels == c].mean()) if (labels == c).any() else float("nan") for c in range(10)]

@@ -51,11 +51,15 @@ class EvalResult:
         return d
 
 
+def check_per_class(per_class: int) -> None:
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise JudgeError(f"--per-class {per_class!r}: give at least 1 image per class (50 or more for a stable FD)")
+
+
 def evaluate(pipe, sampling: SamplingDefaults, *, per_class: int, seed: int = 0, batch: int = 100,
              on_batch: Callable[[int], None] | None = None) -> EvalResult:
     """Generate ``per_class`` images of each class with ``sampling`` (its schedule included) and judge them."""
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise JudgeError(f"--per-class must be a positive number of images per class, got {per_class!r}")
+    check_per_class(per_class)
     if batch < 1:
         raise JudgeError(f"the batch must be at least 1 image, got {batch}")
     check_applies(pipe)
@@ -92,4 +96,4 @@ def floor_for(images: int, data_dir=None) -> JudgeScore | None:
         return None
 
 
-__all__ = ["DATASET", "EvalResult", "JUDGE_NAME", "check_applies", "evaluate", "floor_for"]
+__all__ = ["DATASET", "EvalResult", "JUDGE_NAME", "check_applies", "check_per_class", "evaluate", "floor_for"]

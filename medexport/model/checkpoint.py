@@ -173,9 +173,10 @@ def _pick_state_dict(raw: object, kind: str, weights: str, path: Path) -> tuple[
         raise CheckpointError(f"{str(path)!r} holds a {type(raw).__name__}, not a state dict or trainer checkpoint")
     if kind == "safetensors":
         meta = raw.metadata
+        train = _json_meta(meta, "medexport_train", path) or {}
         return dict(raw), "safetensors", "state_dict", {"data": _json_meta(meta, "medexport_data", path),
                                                          "sampling": _json_meta(meta, "medexport_sampling", path),
-                                                         "train_steps": _json_meta(meta, "medexport_train", path)}
+                                                         "train_steps": train.get("train_steps")}
     if "model" in raw or "ema" in raw:
         if weights not in raw:
             other = "model" if weights == "ema" else "ema"
@@ -281,8 +282,6 @@ def read_checkpoint(path: str | os.PathLike, *, weights: str = "ema") -> tuple[d
     config = infer_config(state)
     n_params = sum(v.numel() for k, v in state.items() if isinstance(v, Tensor) and k != "pos_embed")
     steps = extras.get("train_steps")
-    if isinstance(steps, dict):  # safetensors metadata: {"train_steps": N, ...}
-        steps = steps.get("train_steps")
     return state, CheckpointInfo(str(path), fmt, taken, config, n_params, steps if isinstance(steps, int) else None,
                                  extras.get("data"), extras.get("sampling"))
 

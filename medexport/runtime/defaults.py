@@ -88,8 +88,9 @@ class SamplingDefaults:
             raise SamplingError(f"unknown sampling settings {sorted(unknown)}")
         return cls(**d)
 
-    def describe(self) -> str:
+    def describe(self, *, schedule: bool = True) -> str:
+        """One line for people: "ode euler, 20 steps, cfg 2 (all channels), schedule 4:0.3,8:0.6,16"."""
         text = f"{self.sampler} {self.resolved_method}, {self.resolved_steps} steps, cfg {self.cfg_scale:g}"
         if self.cfg_scale > 1:
             text += f" ({self.cfg_channels} channels)"
-        return text + f", schedule {self.schedule or 'largest count'}"
+        return text + (f", schedule {self.schedule or 'largest count'}" if schedule else "")

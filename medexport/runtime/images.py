@@ -23,6 +23,11 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x[:, 0].numpy() if x.shape[1] == 1 else x.permute(0, 2, 3, 1).numpy()
 
 
+def from_uint8(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W) grey images -> float (B, 1, H, W) in [-1, 1], the demo model's and the judge's input range."""
+    return torch.from_numpy(np.asarray(images)).float().div(127.5).sub(1.0).unsqueeze(1)
+
+
 def save_images(images: torch.Tensor, folder: Path) -> list[Path]:
     """``folder/000.png``, ``001.png``, ...: each image at native resolution; replaces ``folder`` as a whole."""
     from PIL import Image

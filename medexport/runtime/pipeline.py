@@ -190,8 +190,6 @@ class Pipeline:
         if sched.adaptive and settings.num_model_steps is None:
             raise SamplingError("an adaptive schedule needs a fixed-step sampler (not dopri5): use "
                                 "--method euler/heun or a fixed schedule")
-        if not (cfg_scale >= 1.0):
-            raise SamplingError(f"cfg scale {cfg_scale} is below 1: use 1 (no guidance) or more (e.g. 4.0)")
         if cfg_channels is not None:
             cfg_channels = min(cfg_channels, self.config.in_channels)  # 3 on a 1-channel model guides it all
         y = self._labels(labels)
