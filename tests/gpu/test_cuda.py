@@ -1,0 +1,124 @@
+"""What only a CUDA GPU can check: the compiled Triton kernel, the op's CUDA dispatch, CUDA-graph replay, and the
+shipped demo model sampled on the GPU in bfloat16 (judged, not just compared).
+
+Every test here skips with a reason on a machine without CUDA (CI has none); on a GPU machine run
+
+    python -m pytest -q tests/gpu
+
+The CPU suite checks the same kernel under the Triton interpreter (tests/kernels), where bfloat16 dots are
+emulated in float32; here the dots run on tensor cores.
+"""
+
+import pytest
+import torch
+
+from tests.conftest import model_inputs, tiny_model
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+
+#: Largest max|o - truth| / max|truth| per dtype; truth is the float64 reference on the same rounded inputs.
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+#: (B, H, N, n, d): the demo's shape (49 tokens, n = 8), SiT-XL/2 shapes, ragged N, n = 1 and n = 128.
+SHAPES = [(2, 4, 49, 8, 32), (2, 16, 256, 16, 72), (1, 16, 1024, 64, 72), (3, 2, 300, 7, 40), (2, 4, 4096, 128, 64),
+          (1, 1, 37, 1, 64)]
+
+
+def _operands(B, H, N, n, d, dtype, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v = (torch.randn(B, H, N, d, generator=g, device="cuda").to(dtype) for _ in range(3))
+    m = torch.randn(B, H, n, d, generator=g, device="cuda").to(dtype)
+    bias_mk = torch.randn(H, n, N, generator=g, device="cuda")
+    bias_qm = torch.randn(H, N, n, generator=g, device="cuda")
+    return q, k, v, m, bias_mk, bias_qm, d ** -0.5
+
+
+def _relative_error(out, truth):
+    return ((out.double() - truth).abs().max() / truth.abs().max()).item()
+
+
+def _truth(q, k, v, m, bias_mk, bias_qm, scale):
+    from medexport.ops import mediator_attention_reference
+
+    return mediator_attention_reference(*(t.double() for t in (q, k, v, m, bias_mk, bias_qm)), scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-H{}-N{}-n{}-d{}".format(*s))
+def test_compiled_kernel_matches_reference(shape, dtype):
+    pytest.importorskip("triton", reason="triton is not installed (pip install 'medexport[triton]')")
+    from medexport.kernels import triton_mediator_attention
+
+    ins = _operands(*shape, dtype)
+    out = triton_mediator_attention(*ins)
+    torch.cuda.synchronize()
+    assert out.dtype == dtype and out.shape == ins[0].shape
+    err = _relative_error(out, _truth(*ins))
+    assert err <= TOLERANCE[dtype], f"relative error {err:.3g} > {TOLERANCE[dtype]}"
+
+
+def test_compiled_kernel_takes_strided_qkv_views():
+    """q, k, v as the model makes them: views of one qkv projection, last dimension contiguous."""
+    pytest.importorskip("triton", reason="triton is not installed (pip install 'medexport[triton]')")
+    from medexport.kernels import triton_mediator_attention
+
+    B, H, N, n, d = 2, 4, 196, 16, 72
+    g = torch.Generator(device="cuda").manual_seed(1)
+    qkv = torch.randn(B, N, 3, H, d, generator=g, device="cuda", dtype=torch.float32).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    assert not q.is_contiguous()
+    _, _, _, m, bias_mk, bias_qm, scale = _operands(B, H, N, n, d, torch.float32, seed=2)
+    out = triton_mediator_attention(q, k, v, m, bias_mk, bias_qm, scale)
+    err = _relative_error(out, _truth(q, k, v, m, bias_mk, bias_qm, scale))
+    assert err <= TOLERANCE[torch.float32]
+
+
+def test_op_runs_the_triton_kernel_on_cuda():
+    pytest.importorskip("triton", reason="triton is not installed (pip install 'medexport[triton]')")
+    from medexport import kernels
+    from medexport.kernels import triton_mediator_attention
+
+    assert kernels.registered_cuda_kernel() == "triton"
+    ins = _operands(2, 4, 256, 16, 64, torch.bfloat16)
+    by_op = torch.ops.medexport.mediator_attention(*ins)
+    direct = triton_mediator_attention(*ins)
+    assert torch.equal(by_op, direct)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_replay_equals_eager(precision):
+    """One graph per batch size, replayed with new inputs, gives the eager model's bits; fp32 matches the CPU."""
+    from medexport.backend import TorchRunner
+
+    model = tiny_model(16, seed=3)
+    eager = TorchRunner(model, device="cuda", precision=precision)
+    graphed = TorchRunner(model, device="cuda", precision=precision, cuda_graph=True)
+    cpu = TorchRunner(model, device="cpu")
+    for batch, seed in [(2, 0), (2, 1), (3, 2), (2, 3)]:  # replays of batch 2 after a capture of batch 3
+        x, t, y = model_inputs(model.config, batch=batch, seed=seed)
+        want = eager.infer(x.cuda(), t.cuda(), y.cuda())
+        got = graphed.infer(x.cuda(), t.cuda(), y.cuda())
+        assert torch.equal(got, want), f"graph replay differs from eager at batch {batch}, seed {seed}"
+        if precision == "fp32":
+            ref = cpu.infer(x, t, y)
+            err = ((want.cpu() - ref).abs().max() / ref.abs().max()).item()
+            assert err < 1e-4, f"CUDA fp32 differs from the CPU by {err:.3g}"
+    assert sorted(graphed._graphs) == [2, 3]
+
+
+def test_demo_model_on_gpu_in_bf16_makes_clothes_the_judge_recognises():
+    """The shipped demo, bf16 with CUDA graphs and its recommended schedule: 20 images per class, judged."""
+    from medexport import Pipeline
+    from medexport.demo import demo_card, demo_checkpoints
+    from medexport.judge import score
+
+    sampling = demo_card()["sampling"]
+    pipe = Pipeline.from_checkpoints(demo_checkpoints(), device="cuda", precision="bf16", cuda_graph=True)
+    labels = [c for c in range(10) for _ in range(20)]
+    result = pipe.sample(labels, seed=0, sampler=sampling["sampler"], method=sampling["method"],
+                         steps=sampling["steps"], cfg_scale=sampling["cfg_scale"],
+                         cfg_channels=sampling["cfg_channels"], schedule=sampling["schedule"])
+    assert [e.mediators for e in result.trace][0] == min(pipe.counts)
+    judged = score(result.latents.float().cpu(), labels)
+    # fp32 on the CPU scores 95% on 500 such images (models/fashion-mnist-demo.md); bf16 must not lose much.
+    assert judged.accuracy >= 0.85, f"judge accuracy {judged.accuracy:.3f} on the GPU in bf16"
