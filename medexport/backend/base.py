@@ -14,8 +14,6 @@ import torch
 from torch import Tensor
 
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-
 
 @dataclass(frozen=True)
 class BatchRange:

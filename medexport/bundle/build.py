@@ -18,13 +18,14 @@ import onnx
 import torch
 
 from ..version import __version__
-from ..backend.onnxrt import default_providers, session_from_onnx
-from ..errors import BackendUnavailableError, BundleError, CheckpointError, ConfigError
+from ..backend import registry
+from ..errors import BundleError, CheckpointError, ConfigError
 from ..export import ExportSpec, export_onnx
 from ..model import (CheckpointInfo, MediatorDiT, ModelConfig, config_from_name, create_model, load_checkpoint,
                      read_checkpoint)
 from ..model.checkpoint import file_sha256
 from .manifest import FORMAT, MANIFEST, new_manifest, now, read_manifest, write_json_atomic
+from .artifact import Artifact
 from .settings import BuildSettings, ModelSource, content_key
 
 log = logging.getLogger(__name__)
@@ -33,25 +34,11 @@ log = logging.getLogger(__name__)
 EXPORT_REVISION = 2
 
 
-def resolve_backend(requested: str) -> tuple[str, str]:
-    """(backend, why) for "auto" | "tensorrt" | "onnxruntime"; BackendUnavailableError when not installed."""
-    from ..backend.trt.engine import tensorrt_status
-
-    trt_ok, trt_why = tensorrt_status()
-    if requested == "auto":
-        if trt_ok:
-            return "tensorrt", f"auto: {trt_why}"
-        return "onnxruntime", f"auto: ONNX Runtime ({', '.join(default_providers())}), because {trt_why}"
-    if requested == "tensorrt":
-        if not trt_ok:
-            raise BackendUnavailableError(f"--backend tensorrt is not available here: {trt_why}. "
-                                          f"Use --backend onnxruntime or auto.")
-        return "tensorrt", trt_why
-    try:
-        import onnxruntime  # noqa: F401  (checking that it is installed)
-    except ImportError:
-        raise BackendUnavailableError("--backend onnxruntime needs the onnxruntime package: pip install onnxruntime") from None
-    return "onnxruntime", f"ONNX Runtime ({', '.join(default_providers())})"
+def resolve_backend(requested: str, precision: str | None = None) -> tuple[str, str]:
+    """(backend name, why) for a build's --backend ("auto" or a name); BackendUnavailableError when it cannot
+    build here (``precision`` included)."""
+    backend, why = registry.resolve(requested, precision)
+    return backend.name, why
 
 
 @dataclass
@@ -250,10 +237,8 @@ def _fit_sampling(manifest: dict) -> None:
 
 def _entry_files(entry: dict) -> set[str]:
     """Every file a count's manifest entry names (the ONNX graph, its external data, the engines)."""
-    files = set()
-    for e in [entry.get("onnx") or {}, *(entry.get("engines") or {}).values()]:
-        files.update(e.get("files") or ([e["file"]] if "file" in e else []))
-    return files
+    return {f for a in [entry.get("onnx"), *(entry.get("engines") or {}).values()] if a
+            for f in Artifact.from_dict(a).files}
 
 
 def _live_files(out: Path) -> dict[int, set[str]]:
@@ -274,23 +259,12 @@ def _free_name(stem: str, suffix: str, live: set[str]) -> str:
     return stem + suffix  # both vouched for: only a hand-edited manifest does that
 
 
-def _up_to_date(bundle_dir: Path, entry: dict | None, key: str) -> bool:
-    if not entry or entry.get("key") != key:
-        return False
-    files = entry.get("files") or [entry["file"]]
-    hashes = entry.get("hashes") or [entry["sha256"]]
-    return all((bundle_dir / f).is_file() and file_sha256(bundle_dir / f) == h for f, h in zip(files, hashes))
-
-
 def build_bundle(sources: list[ModelSource], out: str | Path, settings: BuildSettings = BuildSettings(), *,
                  force: bool = False, show_progress: bool = True) -> BuildReport:
     """Build (or bring up to date) the bundle in ``out`` for ``sources``, one per mediator count."""
     out = Path(out)
-    backend, why = resolve_backend(settings.backend)
+    backend, why = resolve_backend(settings.backend, settings.precision)
     log.info("backend: %s (%s)", backend, why)
-    if settings.precision == "bf16" and backend == "onnxruntime" and "CUDAExecutionProvider" not in default_providers():
-        raise BackendUnavailableError("bf16 engines need TensorRT or onnxruntime-gpu: ONNX Runtime's CPU provider "
-                                      "has no bfloat16 kernels. Use --precision fp32 or fp16 here.")
     configs = check_sources(sources)
     data, sampling = source_records(configs)
     random_weights = any(s.is_random for s in sources)
@@ -347,38 +321,32 @@ def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str
     opset = spec.opset_for(precision)
     export_key = content_key("onnx", source_hash, precision, opset, EXPORT_REVISION, torch.__version__,
                              onnx.__version__)
-    onnx_entry = old.get("onnx")
-    if force or not _up_to_date(out, onnx_entry, export_key):
+    onnx_art = Artifact.from_dict(old["onnx"]) if old.get("onnx") else None
+    if force or onnx_art is None or not onnx_art.up_to_date(out, export_key):
         model = _load_model(src)
         name = _free_name(f"mediators-{n}.{precision}", ".onnx", live)
         result = export_onnx(model, out / name, precision=precision, spec=spec)
-        files = [p.name for p in result.files]
-        onnx_entry = {"file": files[0], "sha256": file_sha256(result.path), "files": files,
-                      "hashes": [file_sha256(p) for p in result.files], "bytes": sum(p.stat().st_size for p in result.files),
-                      "precision": precision, "opset": opset, "mediator_nodes": result.mediator_nodes,
-                      "export_seconds": round(result.seconds, 2), "key": export_key}
+        onnx_art = Artifact.from_files(result.files, precision, key=export_key,
+                                       record={"opset": opset, "mediator_nodes": result.mediator_nodes,
+                                               "export_seconds": round(result.seconds, 2)})
         report.exported = True
         old = {}  # a new graph invalidates every engine built from the old one
     engines = dict(old.get("engines", {}))
-    engine_key = _engine_key(backend, onnx_entry["sha256"], settings)
-    if force or not _up_to_date(out, engines.get(backend), engine_key):
-        engines[backend] = _build_engine(out, backend, onnx_entry, cfg, settings, live) | {"key": engine_key}
+    engine_backend = registry.get(backend)
+    engine_key = content_key(*engine_backend.key_parts(onnx_art.sha256, settings))
+    kept = Artifact.from_dict(engines[backend]) if backend in engines else None
+    if force or kept is None or not kept.up_to_date(out, engine_key):
+        stem = f"mediators-{n}.{precision}"
+        files, record = engine_backend.build([out / f for f in onnx_art.files],
+                                             lambda suffix: out / _free_name(stem, suffix, live), settings,
+                                             (cfg.in_channels, cfg.input_size, cfg.input_size), out)
+        engines[backend] = Artifact.from_files(files, precision, batch=settings.batch, key=engine_key,
+                                               record={**record, "versions": _versions(), "built": now()}).to_dict()
         report.engines_built.append(backend)
     else:
         report.engines_kept.append(backend)
     return {"mediators": n, "config": cfg.to_dict(), "source": src.describe(source_hash if not src.is_random else None),
-            "onnx": onnx_entry, "engines": engines}
-
-
-def _engine_key(backend: str, onnx_sha: str, settings: BuildSettings) -> str:
-    if backend == "onnxruntime":
-        import onnxruntime as ort
-
-        return content_key("ort", onnx_sha, str(settings.batch), ort.__version__, default_providers())
-    from ..backend.trt.engine import hardware
-
-    return content_key("trt", onnx_sha, str(settings.batch), settings.plugin, settings.trt_optimization_level,
-                       hardware())
+            "onnx": onnx_art.to_dict() | {"bytes": onnx_art.bytes(out)}, "engines": engines}
 
 
 def _versions() -> dict:
@@ -386,24 +354,3 @@ def _versions() -> dict:
 
     return {"medexport": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxruntime": ort.__version__}
-
-
-def _build_engine(out: Path, backend: str, onnx_entry: dict, cfg: ModelConfig, settings: BuildSettings,
-                  live: set[str]) -> dict:
-    common = {"precision": onnx_entry["precision"], "batch": str(settings.batch), "versions": _versions(),
-              "built": now()}
-    if backend == "onnxruntime":
-        providers = default_providers()
-        # An ONNX Runtime engine is the ONNX file plus session settings; opening it proves it runs here.
-        session_from_onnx(out / onnx_entry["file"], providers=providers)
-        return {"file": onnx_entry["file"], "sha256": onnx_entry["sha256"], "files": onnx_entry["files"],
-                "hashes": onnx_entry["hashes"], "providers": providers,
-                "hardware": {"device": "cuda" if providers[0].startswith("CUDA") else "cpu"}, **common}
-    from ..backend.trt.engine import TrtBuild, build_plan
-
-    plan = out / _free_name(f"mediators-{cfg.mediators}.{onnx_entry['precision']}", ".plan", live)
-    info = build_plan(out / onnx_entry["file"], plan,
-                      TrtBuild(batch=settings.batch, latent_shape=(cfg.in_channels, cfg.input_size, cfg.input_size),
-                               plugin=settings.plugin, timing_cache=out / "timing.cache",
-                               optimization_level=settings.trt_optimization_level))
-    return {"file": plan.name, "sha256": file_sha256(plan), "hardware": info, "plugin": info["plugin"], **common}

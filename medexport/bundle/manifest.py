@@ -41,6 +41,7 @@ from ..errors import BundleError, CheckpointError, ConfigError, SamplingError, S
 from ..model import MediatorDiT, ModelConfig, create_model, load_checkpoint
 from ..model.checkpoint import file_sha256
 from ..runtime.defaults import SamplingDefaults
+from .artifact import Artifact, ArtifactError
 
 MANIFEST = "manifest.json"
 FORMAT = "medexport-bundle"
@@ -103,37 +104,25 @@ class Bundle:
     def backends(self, n: int) -> list[str]:
         return sorted(self.entry(n)["engines"])
 
-    def engine(self, n: int, backend: str) -> dict:
+    def onnx(self, n: int) -> Artifact:
+        """The count's exported ONNX graph."""
+        return Artifact.from_dict(self.entry(n)["onnx"])  # validated when the manifest was read
+
+    def engine(self, n: int, backend: str) -> Artifact:
         engines = self.entry(n)["engines"]
         if backend not in engines:
             raise BundleError(f"bundle {self.path} has no {backend} engine for {n} mediators (it has "
                               f"{', '.join(engines) or 'none'}): rebuild with --backend {backend}")
-        return engines[backend]
+        return Artifact.from_dict(engines[backend])
 
     def file(self, name: str) -> Path:
         return self.path / name
 
     # -- integrity ----------------------------------------------------------------------------------------
-    def check_file(self, name: str, sha256: str) -> Path:
-        path = self.file(name)
-        if path.is_symlink():
-            raise BundleError(f"{path} is a symbolic link: a bundle's engines must be its own files (rebuild with "
-                              f"`medexport build ... --force` after removing the link)")
-        if not path.is_file():
-            raise BundleError(f"bundle {self.path} lacks {name}, which its manifest lists: rebuild with "
-                              f"`medexport build` (add --force to redo everything)")
-        if file_sha256(path) != sha256:
-            raise BundleError(f"{path} does not match the hash in the manifest (edited, swapped or truncated): "
-                              f"rebuild it with `medexport build ... --force`")
-        return path
-
     def check_engine(self, n: int, backend: str) -> Path:
         """The engine's main file, after checking every file of the engine (an ONNX graph's external weight
         data included) against the manifest's hashes."""
-        e = self.engine(n, backend)
-        for name, sha256 in zip(e.get("files") or [e["file"]], e.get("hashes") or [e["sha256"]]):
-            self.check_file(name, sha256)
-        return self.check_file(e["file"], e["sha256"])
+        return self.engine(n, backend).check(self.path)
 
     # -- the PyTorch reference each engine was built from ---------------------------------------------------
     def torch_model(self, n: int) -> MediatorDiT:
@@ -219,13 +208,8 @@ def validate_manifest(data: object, where: Path) -> None:
         if shared != data["model"]:
             diff = sorted(k for k in set(shared) | set(data["model"]) if shared.get(k) != data["model"].get(k))
             bad(f"counts[{n!r}].config disagrees with 'model' on {', '.join(diff)}")
-        for name, eng in entry["engines"].items():
-            if not isinstance(eng, dict) or not isinstance(eng.get("file"), str) or not isinstance(eng.get("sha256"), str):
-                bad(f"counts[{n!r}].engines[{name!r}] lacks 'file' / 'sha256'")
-            files, hashes = eng.get("files", [eng["file"]]), eng.get("hashes", [eng["sha256"]])
-            if not (isinstance(files, list) and isinstance(hashes, list) and len(files) == len(hashes)
-                    and all(isinstance(f, str) for f in files) and all(isinstance(h, str) for h in hashes)):
-                bad(f"counts[{n!r}].engines[{name!r}]: 'files' and 'hashes' must be lists of the same length")
-            for f in [eng["file"], *files]:
-                if "/" in f or "\\" in f or f.startswith(".") or not f:
-                    bad(f"engine file {f!r} is not a plain file name inside the bundle")
+        for what, obj in [("onnx", entry["onnx"]), *((f"engines[{k!r}]", v) for k, v in entry["engines"].items())]:
+            try:
+                Artifact.from_dict(obj)
+            except ArtifactError as e:
+                bad(f"counts[{n!r}].{what} {e}")

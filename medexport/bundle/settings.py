@@ -7,13 +7,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backend.base import BACKENDS, BatchRange
+from ..backend.base import BatchRange
+from ..backend import registry
+from ..backend.registry import BUILD_CHOICES
 from ..errors import ConfigError
 from ..model.config import DEFAULT_IMAGE_SIZE
 from ..model.engine_graph import PRECISIONS
 
-#: Backends that build engines (the PyTorch backend runs the reference and builds nothing), and "auto".
-BACKEND_CHOICES = ("auto", *(b for b in BACKENDS if b != "torch"))
+BACKEND_CHOICES = BUILD_CHOICES  # kept for importers of the old name
 PRECISION_CHOICES = tuple(PRECISIONS)
 #: Batch sizes engines accept by default, counting the CFG doubling; the demo model's, which is small.
 DEFAULT_BATCH = BatchRange(1, 2, 16)
@@ -26,8 +27,8 @@ class BuildSettings:
     """Settings of ``medexport build``; each field is one CLI option.
 
     Attributes:
-        backend: "auto" (TensorRT where importable with a CUDA GPU, else ONNX Runtime), "tensorrt" or
-            "onnxruntime".
+        backend: "auto" (the fastest engine backend that can build here: TensorRT with a CUDA GPU, else ONNX
+            Runtime; see ``backend.registry.PREFERENCE``), "tensorrt" or "onnxruntime".
         precision: "fp32", "fp16" or "bf16": the dtype of the exported graph (TensorRT builds strongly typed,
             so precision comes from the graph).
         batch: batch sizes the engines accept, counting the CFG doubling (min:opt:max).
@@ -45,8 +46,8 @@ class BuildSettings:
     trt_optimization_level: int = 3
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKEND_CHOICES:
-            raise ConfigError(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKEND_CHOICES)}")
+        if self.backend != "auto" and self.backend not in registry.names():
+            raise ConfigError(f"unknown backend {self.backend!r}: choose auto or one of {', '.join(registry.names())}")
         if self.precision not in PRECISION_CHOICES:
             raise ConfigError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISION_CHOICES)}")
 

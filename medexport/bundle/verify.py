@@ -96,11 +96,11 @@ def verify_bundle(bundle: Bundle, *, backends: list[str] | None = None, counts: 
         reference = None
         for backend in backends or bundle.backends(n):
             eng = bundle.engine(n, backend)
-            tol = TOLERANCE[eng["precision"]]
+            tol = TOLERANCE[eng.precision]
             try:
                 runner = engine_runner(bundle, n, backend)
             except BundleError as e:
-                results.append(VerifyResult(n, backend, eng["precision"], float("nan"), float("nan"), tol, 0, str(e)))
+                results.append(VerifyResult(n, backend, eng.precision, float("nan"), float("nan"), tol, 0, str(e)))
                 continue
             reference = reference or TorchRunner(bundle.torch_model(n))
             feeds = verification_inputs(bundle, n, runner.batch_range, seed)
@@ -120,6 +120,6 @@ def verify_bundle(bundle: Bundle, *, backends: list[str] | None = None, counts: 
                 err = float(np.abs(a - b).max())
                 max_abs = max(max_abs, err)
                 max_rel = max(max_rel, err / max(float(np.abs(a).max()), 1e-12))
-            results.append(VerifyResult(n, backend, eng["precision"], max_abs, max_rel, tol, len(feeds), error))
+            results.append(VerifyResult(n, backend, eng.precision, max_abs, max_rel, tol, len(feeds), error))
             log.info("%s %d mediators: max abs %.3g, max rel %.3g", backend, n, max_abs, max_rel)
     return results

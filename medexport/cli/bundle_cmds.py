@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
+from ..backend import registry
 from ..backend.base import BatchRange
 from ..bundle import Bundle, BuildSettings, ModelSource, build_bundle, runnable_here, verify_bundle
 from ..bundle.settings import BACKEND_CHOICES, DEFAULT_BATCH, DEFAULT_OUTPUT_ROOT, DEMO_BATCH, PRECISION_CHOICES
@@ -119,7 +121,7 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_al
 
 @cli.command(short_help=short_help("verify"))
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--backend", "backends", type=click.Choice(["tensorrt", "onnxruntime"]), multiple=True,
+@click.option("--backend", "backends", type=click.Choice(registry.PREFERENCE), multiple=True,
               help="Only engines of this backend (repeatable) [default: all].")
 @click.option("--input-seed", "seed", default=0, show_default=True, help="Seed of the random test inputs.")
 @click.option("--seed", "seed_alias", type=int, default=None, hidden=True)
@@ -173,18 +175,20 @@ def inspect(bundle: Path) -> None:
         src_text = (f"random {src['model']} (seed {src['seed']})" if src["kind"] == "random"
                     else f"{src['path']} ({src.get('weights')} weights)")
         details.append(f"{n} mediators: from {src_text}")
-        for backend, eng in sorted(e["engines"].items()):
-            size = sum((b.path / f).stat().st_size for f in eng.get("files", [eng["file"]]) if (b.path / f).exists())
+        for backend in b.backends(n):
+            eng = b.engine(n, backend)
             ok, why = runnable_here(eng, backend)
             if ok:
                 try:
-                    b.check_engine(n, backend)  # present and unchanged, not only compatible
+                    eng.check(b.path)  # present and unchanged, not only compatible
                 except BundleError as err:
                     ok, why = False, str(err)
-            versions = ", ".join(f"{k} {v}" for k, v in {**eng.get("versions", {}), **eng.get("hardware", {})}.items())
-            details.append(f"  {backend}: {eng['file']} ({versions})")
-            table.add_row(str(n), "x".join(map(str, e["config"]["mediator_grid"])), backend, eng["precision"],
-                          eng.get("batch", "-"), f"{size / 1e6:.1f}", "[green]yes[/]" if ok else f"[red]no[/]: {why}")
+            record = eng.record
+            versions = ", ".join(f"{k} {v}" for k, v in {**record.get("versions", {}), **record.get("hardware", {})}.items())
+            details.append(f"  {backend}: {', '.join(eng.files)} ({versions})")
+            table.add_row(str(n), "x".join(map(str, e["config"]["mediator_grid"])), backend, eng.precision,
+                          str(eng.batch or "-"), f"{eng.bytes(b.path) / 1e6:.1f}",
+                          "[green]yes[/]" if ok else f"[red]no[/]: {escape(why)}")
     console.print(table)
     for line in details:
         console.print(line, highlight=False, soft_wrap=True)

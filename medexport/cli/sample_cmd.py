@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..backend.base import BACKENDS
+from ..backend.registry import SAMPLE_CHOICES
 from ..errors import SamplingError
 from ..runtime import LAST_STEPS, METHODS, SAMPLERS
 from ..runtime.benchmark import run_benchmarks, summary
@@ -44,8 +44,9 @@ def sampling_options(f):
                      help="Guidance scale (1: none) [default: the bundle's, else 1]."),
         click.option("--cfg-channels", type=click.Choice(CFG_CHANNELS), default=None,
                      help="Guide the first 3 channels (the reference) or all [default: the bundle's, else 3]."),
-        click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto",
-                     show_default=True, help="torch = the PyTorch models the engines were built from."),
+        click.option("--backend", type=click.Choice(SAMPLE_CHOICES), default="auto", show_default=True,
+                     help="Which engines run: auto = the fastest that runs here; torch = the PyTorch models the "
+                          "engines were built from."),
         click.option("--device", default=None, help="cpu or cuda (default: the backend's)."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads of PyTorch and ONNX Runtime [default: all cores]."),
@@ -106,6 +107,10 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
     kwargs = dict(labels=label_list, seed=seed, last_step=last_step, **chosen.pipeline_kwargs())
     if vae is not None and pipe.data is not None:
         raise SamplingError("--vae decodes sd-vae latents, but this bundle's model generates pixels: drop --vae")
+    if vae is not None:
+        from ..runtime.vae import check_vae_folder
+
+        check_vae_folder(vae)  # a bad folder is refused before sampling, not after
     with output_folder(out_dir, "sample", SAMPLE_OUTPUTS):
         env = environment(pipe.device)
         console.print(f"sampling: {escape(chosen.describe())}", highlight=False)

@@ -69,9 +69,10 @@ def run_benchmarks(factories: dict[str, Callable[[], Pipeline]], sample_kwargs: 
             if progress is not None:
                 progress()
         stats[name] = BackendStats(p.backend, peak_memory_bytes=max(0, peak_memory(p.device) - base))
-        extra = [r.memory_bytes() for r in p.runners.values()]
-        if p.backend == "tensorrt" and all(e is not None for e in extra):
-            stats[name].peak_memory_bytes += max(extra)  # the shared activation buffer, outside torch's allocator
+        if p.backend != "torch":  # e.g. TensorRT's shared activation buffer, outside torch's allocator
+            from ..backend import registry
+
+            stats[name].peak_memory_bytes += registry.get(p.backend).memory_outside_torch(list(p.runners.values()))
     for _ in range(runs):
         for name, p in pipelines.items():
             stats[name].results.append(p.sample(**sample_kwargs))

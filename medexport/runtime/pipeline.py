@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..atomic import replacing
 from ..backend import Runner, TorchRunner
-from ..errors import ConfigError, SamplingError
+from ..errors import BackendUnavailableError, ConfigError, SamplingError
 from ..model import ModelConfig, forward_flops, load_checkpoint
 from ..model.mediator_dit import MediatorDiT, guide
 from .defaults import SamplingDefaults
@@ -94,8 +94,8 @@ class Pipeline:
         "onnxruntime", or "torch" (the PyTorch models the engines were built from: the reference).
         ``threads``: CPU threads of each ONNX Runtime session (default: ONNX Runtime's, all cores).
         """
+        from ..backend import registry
         from ..bundle import engine_runner, open_bundle, runnable_here
-        from ..errors import BackendUnavailableError
 
         check_device(device)
         bundle = open_bundle(path)
@@ -104,11 +104,10 @@ class Pipeline:
             dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
             runners = {n: TorchRunner(bundle.torch_model(n), device=dev) for n in counts}
             return cls(runners, bundle.config(counts[0]), defaults=bundle.sampling_defaults, data=bundle.data)
-        if backend == "auto":
-            backend = "onnxruntime"
-            if all("tensorrt" in bundle.backends(n) and runnable_here(bundle.engine(n, "tensorrt"), "tensorrt")[0]
-                   for n in counts):
-                backend = "tensorrt"
+        if backend == "auto":  # the first of the registry's preference whose engines all run here
+            backend = next((name for name in registry.PREFERENCE
+                            if all(name in bundle.backends(n) and runnable_here(bundle.engine(n, name), name)[0]
+                                   for n in counts)), registry.PREFERENCE[-1])
         for n in counts:
             if backend not in bundle.backends(n):
                 raise BackendUnavailableError(f"bundle {path} has no {backend} engine for {n} mediators (it has "
@@ -116,12 +115,8 @@ class Pipeline:
             ok, why = runnable_here(bundle.engine(n, backend), backend)
             if not ok:
                 raise BackendUnavailableError(f"the {backend} engine for {n} mediators cannot run here: {why}")
-        shared = None
-        if backend == "tensorrt":  # engines never run at the same time: one activation buffer for all
-            from ..backend.trt.engine import SharedActivationMemory
-
-            shared = SharedActivationMemory()
-        runners = {n: engine_runner(bundle, n, backend, shared_memory=shared, device=device, threads=threads)
+        shared = registry.get(backend).shared_state()
+        runners = {n: engine_runner(bundle, n, backend, shared=shared, device=device, threads=threads)
                    for n in counts}
         return cls(runners, bundle.config(counts[0]), defaults=bundle.sampling_defaults, data=bundle.data)
 

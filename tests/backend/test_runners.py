@@ -72,6 +72,6 @@ def test_tensorrt_plan_build_and_run(tiny_checkpoints, tmp_path):
                  BuildSettings(backend="tensorrt", batch=BatchRange(1, 2, 4)), show_progress=False)
     bundle = Bundle(out)
     entry = bundle.engine(16, "tensorrt")
-    assert entry["file"].endswith(".plan") and entry["hardware"]["compute_capability"]
+    assert entry.file.endswith(".plan") and entry.record["hardware"]["compute_capability"]
     (result,) = verify_bundle(bundle, backends=["tensorrt"])
     assert result.passed, result

@@ -192,15 +192,16 @@ def test_open_bundle_refuses_an_empty_one(tmp_path, tiny_bundle):
 
 def test_tensorrt_plan_from_another_version_or_gpu_is_refused(monkeypatch):
     """The compatibility rule itself (TensorRT is absent here, so its probes are stood in for)."""
+    from medexport.backend import registry
     from medexport.backend.trt import engine as trt_engine
-    from medexport.bundle import runnable_here
 
     here = {"tensorrt": "10.15.1", "gpu": "NVIDIA H200", "compute_capability": "9.0"}
     monkeypatch.setattr(trt_engine, "tensorrt_status", lambda: (True, "TensorRT 10.15.1 on NVIDIA H200"))
     monkeypatch.setattr(trt_engine, "hardware", lambda: dict(here))
-    assert runnable_here({"hardware": dict(here)}, "tensorrt") == (True, "yes")
-    ok, why = runnable_here({"hardware": {**here, "compute_capability": "8.9"}}, "tensorrt")
-    assert not ok and "compute_capability 8.9" in why
+    trt = registry.get("tensorrt")
+    assert trt.runnable({"hardware": dict(here)}, "fp16") == (True, "yes")
+    ok, why = trt.runnable({"hardware": {**here, "compute_capability": "8.9"}}, "fp16")
+    assert not ok and "compute_capability '8.9'" in why
     with pytest.raises(BundleError, match="built with tensorrt '10.9.0'.*rebuild it here"):
         trt_engine.check_plan_compatible({**here, "tensorrt": "10.9.0"})
 
@@ -231,7 +232,7 @@ def test_changed_batch_range_rebuilds_engines_not_exports(tiny_bundle, tiny_chec
     report = build_bundle(sources(tiny_checkpoints), bundle,
                           BuildSettings(backend="onnxruntime", batch=BatchRange(1, 4, 8)), show_progress=False)
     assert all(r.engines_built == ["onnxruntime"] and not r.exported for r in report.counts)
-    assert {Bundle(bundle).engine(n, "onnxruntime")["batch"] for n in COUNTS} == {"1:4:8"}
+    assert {str(Bundle(bundle).engine(n, "onnxruntime").batch) for n in COUNTS} == {"1:4:8"}
 
 
 def test_links_in_a_bundle_are_refused(tiny_bundle, tiny_checkpoints, tmp_path):
@@ -248,7 +249,7 @@ def test_links_in_a_bundle_are_refused(tiny_bundle, tiny_checkpoints, tmp_path):
                      BuildSettings(backend="onnxruntime"), show_progress=False)
     assert victim.read_text() == "precious" and sorted(p.name for p in out.iterdir()) == ["manifest.json.partial"]
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
-    engine = bundle / Bundle(bundle).engine(16, "onnxruntime")["file"]
+    engine = bundle / Bundle(bundle).engine(16, "onnxruntime").file
     outside = tmp_path / "outside.onnx"
     engine.rename(outside)
     engine.symlink_to(outside)  # same bytes, same hash, but not the bundle's own file
@@ -261,7 +262,7 @@ def test_a_rebuild_never_overwrites_the_engine_the_manifest_vouches_for(tiny_bun
     files: at every moment the manifest names complete, matching files."""
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
     before = Bundle(bundle).engine(16, "onnxruntime")
-    good = (bundle / before["file"]).read_bytes()
+    good = (bundle / before.file).read_bytes()
     sources = [ModelSource(n, checkpoint=p) for n, p in tiny_checkpoints.items()]
     seen = []
     import medexport.bundle.build as build_module
@@ -271,7 +272,7 @@ def test_a_rebuild_never_overwrites_the_engine_the_manifest_vouches_for(tiny_bun
     def watching_export(model, path, **kw):
         # while the new graph is written, the manifest's file is still the old, intact one
         if path.name.startswith("mediators-16."):
-            seen.append((path.name, (bundle / before["file"]).read_bytes() == good))
+            seen.append((path.name, (bundle / before.file).read_bytes() == good))
         return real_export(model, path, **kw)
 
     build_module.export_onnx = watching_export
@@ -282,14 +283,14 @@ def test_a_rebuild_never_overwrites_the_engine_the_manifest_vouches_for(tiny_bun
         build_module.export_onnx = real_export
     assert seen[0] == ("mediators-16.fp32.next.onnx", True)
     after = Bundle(bundle)
-    assert after.engine(16, "onnxruntime")["file"] == "mediators-16.fp32.next.onnx"
+    assert after.engine(16, "onnxruntime").file == "mediators-16.fp32.next.onnx"
     assert not (bundle / "mediators-16.fp32.onnx").exists()  # the replaced file is gone
     for n in COUNTS:
         after.check_engine(n, "onnxruntime")
     # the next --force goes back to the plain names
     build_bundle(sources[:1], bundle, BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)), force=True,
                  show_progress=False)
-    assert Bundle(bundle).engine(16, "onnxruntime")["file"] == "mediators-16.fp32.onnx"
+    assert Bundle(bundle).engine(16, "onnxruntime").file == "mediators-16.fp32.onnx"
 
 
 def test_an_interrupted_force_rebuild_keeps_the_other_counts(tiny_bundle, tiny_checkpoints, tmp_path, monkeypatch):

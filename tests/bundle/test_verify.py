@@ -65,7 +65,7 @@ def test_external_weight_data_is_hash_checked(tmp_path, tiny_checkpoints, monkey
     build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], out,
                  BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)), show_progress=False)
     b = Bundle(out)
-    data = out / b.engine(16, "onnxruntime")["files"][1]
+    data = out / b.engine(16, "onnxruntime").files[1]
     assert data.name.endswith(".data")
     engine_runner(b, 16, "onnxruntime")  # intact: fine
     blob = bytearray(data.read_bytes())
@@ -118,8 +118,8 @@ def test_a_file_swapped_or_deleted_after_opening_never_runs(tiny_bundle, tmp_pat
 
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
     pipe = Pipeline.from_bundle(bundle, backend="onnxruntime")  # runners made, sessions not yet
-    name16 = Bundle(bundle).engine(16, "onnxruntime")["file"]
-    name64 = Bundle(bundle).engine(64, "onnxruntime")["file"]
+    name16 = Bundle(bundle).engine(16, "onnxruntime").file
+    name64 = Bundle(bundle).engine(64, "onnxruntime").file
     (bundle / name16).write_bytes((bundle / name64).read_bytes())  # another count's engine under 16's name
     with pytest.raises(BundleError, match="changed after its bundle was opened"):
         pipe.sample([1], seed=0, sampler="ode", method="euler", steps=3, schedule="16")

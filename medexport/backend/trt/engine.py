@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ...atomic import replacing
 from ...errors import BackendUnavailableError, BundleError
 from ..base import BatchRange, Runner
 
@@ -50,14 +51,21 @@ def hardware() -> dict:
             "compute_capability": f"{major}.{minor}"}
 
 
-def check_plan_compatible(recorded: dict) -> None:
-    """BundleError when a plan was built for another TensorRT version or GPU."""
+def plan_mismatch(recorded: dict) -> str | None:
+    """Why a plan built on ``recorded`` hardware cannot run here (another TensorRT version or GPU), or None."""
     here = hardware()
     for key in ("tensorrt", "compute_capability"):
         if recorded.get(key) != here[key]:
-            raise BundleError(
-                f"this TensorRT plan was built with {key} {recorded.get(key)!r}, this machine has {here[key]!r}: "
-                f"rebuild it here with `medexport build ... --force` (plans are tied to both)")
+            return (f"this TensorRT plan was built with {key} {recorded.get(key)!r}, this machine has "
+                    f"{here[key]!r}: rebuild it here with `medexport build ... --force` (plans are tied to both)")
+    return None
+
+
+def check_plan_compatible(recorded: dict) -> None:
+    """BundleError when a plan was built for another TensorRT version or GPU."""
+    mismatch = plan_mismatch(recorded)
+    if mismatch:
+        raise BundleError(mismatch)
 
 
 @dataclass(frozen=True)
@@ -109,10 +117,8 @@ def build_plan(onnx_path: Path, plan_path: Path, build: TrtBuild) -> dict:
     plugin_used = plugin_layers > 0
     engine = engine_from_network(network, CreateConfig(**kwargs),
                                  save_timing_cache=str(build.timing_cache) if build.timing_cache else None)
-    tmp = plan_path.with_name(plan_path.name + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(engine.serialize())
-    os.replace(tmp, plan_path)
+    with replacing(plan_path) as tmp:
+        tmp.write_bytes(engine.serialize())
     return {**hardware(), "plugin": plugin_used, "plugin_layers": plugin_layers}
 
 

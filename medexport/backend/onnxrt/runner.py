@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import BackendUnavailableError, BundleError
-from .base import BatchRange, Runner
+from ...errors import BackendUnavailableError, BundleError
+from ..base import BatchRange, Runner
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,65 @@
+"""The ONNX Runtime backend: its engine is the exported ONNX file itself plus session settings (CPU, or CUDA
+with onnxruntime-gpu)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...errors import BackendUnavailableError
+from ..base import BatchRange, Runner
+from ..registry import EngineBackend
+from .runner import OnnxrtRunner, available_providers, default_providers, session_from_onnx
+
+__all__ = ["BACKEND", "OnnxrtRunner", "available_providers", "default_providers", "session_from_onnx"]
+
+
+def precision_problem(precision: str, providers: list[str]) -> str | None:
+    """Why ``providers`` cannot run a ``precision`` graph, or None (the one place this rule lives)."""
+    if precision == "bf16" and "CUDAExecutionProvider" not in providers:
+        return ("bf16 engines need TensorRT or onnxruntime-gpu: ONNX Runtime's CPU provider has no bfloat16 "
+                "kernels. Use --precision fp32 or fp16 here")
+    return None
+
+
+class OnnxRuntimeBackend(EngineBackend):
+    name = "onnxruntime"
+    title = "ONNX Runtime"
+
+    def status(self) -> tuple[bool, str]:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return False, "the onnxruntime package is not installed (pip install onnxruntime)"
+        return True, f"ONNX Runtime ({', '.join(default_providers())})"
+
+    def check_precision(self, precision: str) -> None:
+        problem = precision_problem(precision, default_providers())
+        if problem:
+            raise BackendUnavailableError(problem + ".")
+
+    def key_parts(self, onnx_sha256: str, settings) -> tuple:
+        import onnxruntime as ort
+
+        return ("ort", onnx_sha256, str(settings.batch), ort.__version__, default_providers())
+
+    def build(self, onnx_files, new_file, settings, latent_shape, folder) -> tuple[list[Path], dict]:
+        providers = default_providers()
+        session_from_onnx(onnx_files[0], providers=providers)  # opening it proves it runs here
+        return list(onnx_files), {"providers": providers,
+                       "hardware": {"device": "cuda" if providers[0].startswith("CUDA") else "cpu"}}
+
+    def runnable(self, record: dict, precision: str) -> tuple[bool, str]:
+        avail = available_providers()
+        missing = [p for p in record.get("providers", []) if p not in avail]
+        if missing:
+            return False, f"missing providers {missing} (pip install onnxruntime-gpu for CUDA)"
+        problem = precision_problem(precision, avail)
+        return (False, problem) if problem else (True, "yes")
+
+    def runner(self, path, mediators, *, precision, batch: BatchRange | None, record, sha256, device, threads,
+               shared) -> Runner:
+        return OnnxrtRunner(path, mediators, precision=precision, batch_range=batch,
+                            providers=default_providers(device), threads=threads, sha256=sha256)
+
+
+BACKEND = OnnxRuntimeBackend()
