@@ -14,7 +14,7 @@ from .version import __version__
 
 _LAZY = {
     "Pipeline": "runtime.pipeline", "SampleResult": "runtime.pipeline", "TraceEntry": "runtime.pipeline",
-    "SamplingDefaults": "runtime.defaults",
+    "SamplingDefaults": "runtime.defaults", "SampleRequest": "runtime.request",
     "MODEL_NAMES": "model", "MediatorDiT": "model", "ModelConfig": "model", "create_model": "model",
     "forward_flops": "model", "load_checkpoint": "model", "save_checkpoint": "model",
 }
@@ -32,6 +32,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["MODEL_NAMES", "MediatorDiT", "MedexportError", "ModelConfig", "Pipeline", "SampleResult",
-           "SamplingDefaults", "TraceEntry", "__version__", "create_model", "forward_flops", "load_checkpoint",
+__all__ = ["MODEL_NAMES", "MediatorDiT", "MedexportError", "ModelConfig", "Pipeline", "SampleRequest",
+           "SampleResult", "SamplingDefaults", "TraceEntry", "__version__", "create_model", "forward_flops", "load_checkpoint",
            "save_checkpoint"]

@@ -2,8 +2,12 @@
 
 Every error that a user can cause (a bad file, a bad option, a bundle edited into nonsense) is a
 :class:`MedexportError`. The CLI prints these without a traceback and exits non-zero; anything else is a
-bug and keeps its traceback.
+bug and keeps its traceback. The few :class:`OSError` kinds a user causes by choosing where outputs go (a full
+disk, a read-only folder, ...) are told apart by :func:`os_error_message`.
 """
+
+import errno
+import os
 
 
 class MedexportError(Exception):
@@ -44,3 +48,26 @@ class SamplingError(MedexportError):
 
 class DataError(MedexportError):
     """A data set that is missing, partial or not what it claims to be."""
+
+
+def os_error_message(exc: OSError) -> str | None:
+    """What to tell the user about ``exc``, an OSError from writing outputs; None for the kinds that are bugs.
+
+    A full disk, a read-only or forbidden place, a name too long or a file where a folder should be are the
+    user's to fix by choosing another output. Outputs are written under a temporary name and renamed when
+    complete, so a failed write leaves no file that looks whole.
+    """
+    name = exc.filename if exc.filename is not None else exc.filename2
+    path = os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else "the output"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device holding {path}: free space or choose another --output; nothing was "
+                f"half-written")
+    if exc.errno == errno.EROFS:
+        return f"{path} is on a read-only file system: choose another --output"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied for {path}: choose another --output (or, for an input, make it readable)"
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"a file name under {path} is too long for the file system: choose a shorter --output"
+    if exc.errno == errno.ENOTDIR:
+        return f"a part of {path} is a file, not a folder: choose another --output"
+    return None

@@ -97,7 +97,74 @@ def test_inspect_says_an_engine_with_a_changed_file_does_not_run(tiny_bundle, tm
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
     r = run("inspect", bundle)
     assert r.exit_code == 0 and "no" not in r.output.split("runs here")[1].split("\n")[0]
-    with open(bundle / Bundle(bundle).engine(32, "onnxruntime")["file"], "ab") as f:
+    with open(bundle / Bundle(bundle).engine(32, "onnxruntime").file, "ab") as f:
         f.write(b"\0")
     r = run("inspect", bundle)
     assert r.exit_code == 0 and "does not match the hash" in r.output
+
+
+def test_build_refuses_a_damaged_checkpoint(tiny_checkpoints, tmp_path):
+    import shutil
+
+    from tests.conftest import flip_byte_in_record
+
+    ckpt = shutil.copy(tiny_checkpoints[16], tmp_path / "m16.pt")
+    flip_byte_in_record(ckpt)
+    r = run("build", "--checkpoint", f"16={ckpt}", "--backend", "onnxruntime", "-o", tmp_path / "out")
+    assert r.exit_code == 1, r.output
+    assert "is damaged" in r.output and "re-save" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def _looks_complete(folder):
+    """Files a reader would take for finished outputs (a manifest, a graph, an engine)."""
+    return sorted(p.name for p in folder.rglob("*") if p.name == MANIFEST or p.suffix in (".onnx", ".plan"))
+
+
+@pytest.mark.parametrize("code, message", [
+    ("ENOSPC", "no space left on the device holding"),
+    ("EROFS", "is on a read-only file system: choose another --output"),
+    ("EACCES", "permission denied for"),
+])
+def test_build_output_write_errors_are_clear(tiny_checkpoints, tmp_path, monkeypatch, code, message):
+    import errno
+    import os
+
+    def failing_replace(src, dst, **kwargs):  # the first rename of a finished file, as a full disk would fail it
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(dst))
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    out = tmp_path / "out"
+    r = run("build", "--checkpoint", f"16={tiny_checkpoints[16]}", "--backend", "onnxruntime", "-o", out)
+    assert r.exit_code == 1, r.output
+    assert message in r.output and str(out) in r.output and "Traceback" not in r.output
+    assert not out.exists() or _looks_complete(out) == []
+
+
+@pytest.mark.parametrize("where, message", [
+    (lambda tmp: tmp / "notes.txt" / "bundle", "is a file, not a folder: choose another --output"),
+    (lambda tmp: tmp / ("x" * 300), "is too long for the file system: choose a shorter --output"),
+])
+def test_build_output_paths_the_file_system_refuses(tiny_checkpoints, tmp_path, where, message):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    r = run("build", "--checkpoint", f"16={tiny_checkpoints[16]}", "--backend", "onnxruntime", "-o", where(tmp_path))
+    assert r.exit_code == 1, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_other_os_errors_keep_their_traceback(tiny_checkpoints, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from medexport.errors import os_error_message
+
+    def failing_replace(src, dst, **kwargs):
+        raise OSError(errno.EIO, "Input/output error", str(dst))
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="Input/output error"):  # a bug or a broken disk: not the user's to fix
+        run("build", "--checkpoint", f"16={tiny_checkpoints[16]}", "--backend", "onnxruntime", "-o", tmp_path / "o")
+    assert os_error_message(OSError(errno.ENOSPC, "No space left on device")).startswith(
+        "no space left on the device holding the output")
+    assert os_error_message(FileNotFoundError(errno.ENOENT, "No such file", "x")) is None

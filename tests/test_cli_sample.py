@@ -110,3 +110,37 @@ def test_output_option_and_its_earlier_spelling(tiny_bundle, tmp_path):
     assert "--out " not in run("sample", "--help").output  # hidden, still accepted
     r = run("verify", tiny_bundle, "--seed", "3", "--backend", "onnxruntime")  # verify's earlier --seed
     assert r.exit_code == 0 and "PASS" in r.output
+
+
+SAMPLE = ["--labels", "1", "--sampler", "ode", "--method", "euler", "--steps", "3"]
+
+
+def test_sample_output_write_errors_are_clear(tiny_bundle, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full_disk(src, dst, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    out = tmp_path / "out"
+    r = run("sample", tiny_bundle, *SAMPLE, "-o", out)
+    assert r.exit_code == 1, r.output
+    assert f"no space left on the device holding {out}" in r.output and "nothing was half-written" in r.output
+    assert "Traceback" not in r.output
+    assert not out.exists() or not [p.name for p in out.iterdir() if p.name != ".medexport.lock"]
+    monkeypatch.undo()
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    r = run("sample", tiny_bundle, *SAMPLE, "-o", tmp_path / "notes.txt" / "out")
+    assert r.exit_code == 1 and "is a file, not a folder: choose another --output" in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+def test_sample_refuses_a_junk_vae_folder_before_sampling(tiny_bundle, tmp_path):
+    vae = tmp_path / "vae"
+    vae.mkdir()
+    (vae / "config.json").write_text("<html>rate limited</html>")
+    r = run("sample", tiny_bundle, *SAMPLE, "--vae", vae, "-o", tmp_path / "out")
+    assert r.exit_code == 1, r.output
+    assert f"{vae / 'config.json'} is not valid JSON" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "out").exists()

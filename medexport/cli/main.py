@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.logging import RichHandler
 
 from ..version import __version__
-from ..errors import MedexportError
+from ..errors import MedexportError, os_error_message
 
 # Tables stay readable when output goes to a file or a pipe (rich would otherwise assume 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -37,7 +37,8 @@ def short_help(name: str) -> str:
 
 
 class MedexportGroup(click.Group):
-    """Loads commands on demand; prints MedexportError without a traceback and exits 1 (bugs keep theirs)."""
+    """Loads commands on demand; prints MedexportError, and the OSErrors a user causes (a full disk, a read-only
+    --output, ...), without a traceback and exits 1 (bugs keep theirs)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(COMMANDS) | set(self.commands))
@@ -57,9 +58,18 @@ class MedexportGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MedexportError as e:
-            # the message is text, not markup: a path holding "[...]" must print as it is
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            sys.exit(1)
+            _fail(str(e))
+        except OSError as e:
+            message = os_error_message(e)
+            if message is None:
+                raise
+            _fail(message)
+
+
+def _fail(message: str) -> None:
+    """Print ``message`` as an error and exit 1; it is text, not markup: a path holding "[...]" prints as it is."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(1)
 
 
 @click.group(cls=MedexportGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -49,13 +49,20 @@ class CheckpointInfo:
 
 
 _HASHES: dict[tuple, str] = {}
+_ZIPS_CHECKED: set[tuple] = set()
+
+
+def _file_key(path: str | os.PathLike) -> tuple:
+    """(path, inode, size, mtime, ctime): the version of a file. The change time is in the key because a writer
+    can restore the mtime but not the ctime."""
+    st = os.stat(path)
+    return str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file; remembered per (path, inode, size, mtime, ctime) so a build or a run hashes each file
-    once. The change time is in the key because a writer can restore the mtime but not the ctime."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    """SHA-256 of a file; remembered per version of the file (:func:`_file_key`) so a build or a run hashes each
+    file once."""
+    key = _file_key(path)
     if key not in _HASHES:
         h = hashlib.sha256()
         with open(path, "rb") as f:
@@ -100,6 +107,8 @@ def _read_raw(path: Path) -> tuple[object, str]:
             magic = f.read(2)
         if magic[:1] != b"\x80":
             raise CheckpointError(f"{str(path)!r} is neither a torch.save file nor a safetensors file")
+    if is_zip:
+        _check_zip(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             # mmap: reading a multi-GB checkpoint's config or hash does not load every tensor into memory
@@ -113,6 +122,30 @@ def _read_raw(path: Path) -> tuple[object, str]:
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"cannot read {str(path)!r} as a checkpoint ({str(e).splitlines()[0]}): the file "
                               f"may be truncated or not a checkpoint") from None
+
+
+def _check_zip(path: Path, chunk: int = 1 << 24) -> None:
+    """Refuse a torch.save zip whose records do not match their CRC-32: torch.load does not check them and would
+    load damaged bytes as weights. Like ``ZipFile.testzip`` (it reads the whole file, once per version of it),
+    but records saved without a checksum (``compute_crc32=False`` writes 0) are taken as they are."""
+    key = _file_key(path)
+    if key in _ZIPS_CHECKED:
+        return
+    record = None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.CRC == 0:
+                    continue
+                record = info.filename
+                with zf.open(info) as f:
+                    while f.read(chunk):
+                        pass
+    except (zipfile.BadZipFile, EOFError) as e:
+        where = f"the record {record!r}" if record else "its zip directory"
+        raise CheckpointError(f"{str(path)!r} is damaged: {where} fails its checksum test ({e}). Re-download or "
+                              f"re-save the file") from None
+    _ZIPS_CHECKED.add(key)
 
 
 class _SafetensorsState(dict):
@@ -235,14 +268,16 @@ def infer_config(state: dict[str, Tensor]) -> ModelConfig:
         raise CheckpointError(f"the checkpoint's shapes do not fit together: {e}") from None
 
 
-def _check_values(state: dict[str, Tensor], path) -> None:
-    """Refuse values that would load silently wrong: non-tensors, integer weights, NaN or inf."""
+def _check_values(model: MediatorDiT, state: dict[str, Tensor], path) -> None:
+    """Refuse values that would load silently wrong: non-tensors, integer or bool values where the model has
+    floating-point weights (load_state_dict would cast them), NaN or inf."""
+    expected = model.state_dict()
     for key, value in state.items():
         if not isinstance(value, Tensor):
             raise CheckpointError(f"{str(path)!r}: {key!r} holds a {type(value).__name__}, not a tensor")
-        if not value.is_floating_point():
-            raise CheckpointError(f"{str(path)!r}: {key!r} holds {value.dtype} values where weights are floating "
-                                  f"point: the file was not saved from a trained model")
+        if expected[key].is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"{str(path)!r}: {key!r} holds {value.dtype} values where the model has "
+                                  f"{expected[key].dtype} weights: the file was not saved from a trained model")
         if not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
             raise CheckpointError(f"{str(path)!r}: {key!r} holds {bad} NaN/inf value(s): the training diverged or "
@@ -298,7 +333,7 @@ def load_checkpoint(path: str | os.PathLike, *, weights: str = "ema", device: st
     with torch.device("meta"):
         model = MediatorDiT(info.config)
     _check_keys(model, state)
-    _check_values(state, path)
+    _check_values(model, state, path)
     model = model.to_empty(device="cpu")
     model.load_state_dict(state, strict=True)
     # Non-persistent buffers are not in the state dict: rebuild them for the real model.

@@ -29,7 +29,8 @@ def from_uint8(images: np.ndarray) -> torch.Tensor:
 
 
 def save_images(images: torch.Tensor, folder: Path) -> list[Path]:
-    """``folder/000.png``, ``001.png``, ...: each image at native resolution; replaces ``folder`` as a whole."""
+    """``folder/000.png``, ``001.png``, ...: each image at native resolution; replaces ``folder`` as a whole (a
+    failed write removes what it wrote)."""
     from PIL import Image
 
     folder = Path(folder)
@@ -38,10 +39,14 @@ def save_images(images: torch.Tensor, folder: Path) -> list[Path]:
     tmp.mkdir(parents=True)
     width = max(3, len(str(len(images) - 1)))
     names = []
-    for i, arr in enumerate(to_uint8(images)):
-        name = f"{i:0{width}d}.png"
-        Image.fromarray(arr).save(tmp / name)
-        names.append(name)
+    try:
+        for i, arr in enumerate(to_uint8(images)):
+            name = f"{i:0{width}d}.png"
+            Image.fromarray(arr).save(tmp / name)
+            names.append(name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if folder.exists():
         old = folder.with_name(folder.name + ".old")
         shutil.rmtree(old, ignore_errors=True)

@@ -8,7 +8,6 @@ model evaluation (step, t, mediator count, backend, wall time) in a trace.
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ from ..errors import BackendUnavailableError, ConfigError, SamplingError
 from ..model import ModelConfig, forward_flops, load_checkpoint
 from ..model.mediator_dit import MediatorDiT, guide
 from .defaults import SamplingDefaults
+from .request import SampleRequest
 from .samplers import SamplerSettings, StepInfo, sample
 from .schedule import FixedSchedule, Schedule, parse_schedule
 
@@ -159,38 +159,37 @@ class Pipeline:
                check_finite: bool = True) -> SampleResult:
         """Generate latents (or, for a pixel-space model, images in [-1, 1]) for ``labels``.
 
-        Sampler, method, steps, guidance and schedule left as None come from :attr:`defaults` (a bundle's
-        recommended settings; the reference's defaults otherwise).
-
-        Args:
-            labels: class labels (ints < num_classes), one per image.
-            noise: the initial state (B, C, S, S); drawn from ``seed`` when omitted. With guidance the state
-                is doubled here ([x; x], labels [y; null]), as the reference does.
-            seed: seeds the initial noise and the SDE's noise (one CPU generator, reproducible).
-            sampler, method, steps, last_step, last_step_size, atol, rtol: see :class:`SamplerSettings`.
-            cfg_scale: classifier-free guidance scale (>= 1; 1 means no guidance and no doubled batch).
-            cfg_channels: guide the first 3 channels (3, the reference) or "all".
-            schedule: a :class:`Schedule`, its text form ("16:0.3,32:0.7,64", "adaptive:..."), or None for the
-                recorded default (the largest count alone when none is recorded).
-            check_finite: stop with the step and the engine when an engine outputs NaN or inf.
+        The keyword form of :meth:`run`: the arguments are those of :class:`SampleRequest` (see there), plus
+        ``noise``, the initial state (B, C, S, S), drawn from ``seed`` when omitted, and ``schedule``, which may
+        also be a :class:`Schedule` object. Settings left as None come from :attr:`defaults`.
         """
-        chosen = self.defaults.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
-                                        cfg_channels=None if cfg_channels is None else str(cfg_channels),
-                                        schedule=None if isinstance(schedule, Schedule) else schedule)
-        sampler, method, steps, cfg_scale = chosen.sampler, chosen.method, chosen.steps, chosen.cfg_scale
+        sched_obj = schedule if isinstance(schedule, Schedule) else None
+        request = SampleRequest(labels, seed=seed, sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
+                                cfg_channels=cfg_channels, schedule=None if sched_obj else schedule,
+                                last_step=last_step, last_step_size=last_step_size, atol=atol, rtol=rtol,
+                                check_finite=check_finite)
+        return self.run(request, noise=noise, schedule=sched_obj)
+
+    def run(self, request: SampleRequest, *, noise: Tensor | None = None, schedule: Schedule | None = None
+            ) -> SampleResult:
+        """Run one :class:`SampleRequest`. With guidance the state is doubled here ([x; x], labels [y; null]),
+        as the reference does. ``schedule`` (an object) replaces the request's text schedule."""
+        chosen = self.defaults.override(sampler=request.sampler, method=request.method, steps=request.steps,
+                                        cfg_scale=request.cfg_scale, cfg_channels=request.cfg_channels,
+                                        schedule=request.schedule)
+        cfg_scale = chosen.cfg_scale
         cfg_channels = None if chosen.cfg_channels == "all" else int(chosen.cfg_channels)
-        settings = SamplerSettings(sampler=sampler, method=method, steps=steps, last_step=last_step,
-                                   last_step_size=last_step_size, atol=atol, rtol=rtol)
-        sched = self._schedule(schedule if isinstance(schedule, Schedule) else chosen.schedule)
+        settings = SamplerSettings(sampler=chosen.sampler, method=chosen.method, steps=chosen.steps,
+                                   last_step=request.last_step, last_step_size=request.last_step_size,
+                                   atol=request.atol, rtol=request.rtol)
+        sched = self._schedule(schedule if schedule is not None else chosen.schedule)
         if sched.adaptive and settings.num_model_steps is None:
             raise SamplingError("an adaptive schedule needs a fixed-step sampler (not dopri5): use "
                                 "--method euler/heun or a fixed schedule")
         if cfg_channels is not None:
             cfg_channels = min(cfg_channels, self.config.in_channels)  # 3 on a 1-channel model guides it all
-        y = self._labels(labels)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-                                 or not -(2**63) <= seed < 2**64):
-            raise SamplingError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
+        y = self._labels(request.labels)
+        seed = request.seed
         B, c = len(y), self.config
         generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         if noise is None:
@@ -208,17 +207,18 @@ class Pipeline:
         per_sample = getattr(sched, "per_sample", False)
         sched.reset(x0[:B] if per_sample else x0)
         timer = _Timer(self.device)
+        finite = _FiniteCheck(self.device, request.check_finite)
 
         def velocity(x: Tensor, t: Tensor, step: StepInfo) -> Tensor:
             counts = sched.models_for(step) if per_sample else [sched.model_for(step)] * B
             if len(set(counts)) == 1:
-                return self._evaluate(counts[0], x, t, y, cfg_scale, cfg_channels, step, trace, timer, check_finite)
+                return self._evaluate(counts[0], x, t, y, cfg_scale, cfg_channels, step, trace, timer, finite)
             out = torch.empty_like(x)
             for n in sorted(set(counts)):
                 rows = [i for i, k in enumerate(counts) if k == n]
                 idx = torch.tensor(rows + [r + B for r in rows] if guided else rows, device=x.device)
                 out[idx] = self._evaluate(n, x[idx], t[idx], y[idx], cfg_scale, cfg_channels, step, trace, timer,
-                                          check_finite)
+                                          finite)
             return out
 
         def on_step(step: StepInfo, x: Tensor) -> None:
@@ -226,6 +226,7 @@ class Pipeline:
 
         start = time.perf_counter()
         x = sample(velocity, x0, settings, generator=generator, on_step=on_step)
+        finite.flush()
         timer.flush(trace)
         seconds = time.perf_counter() - start
         run_settings = {**asdict(settings), "cfg_scale": cfg_scale, "cfg_channels": chosen.cfg_channels,
@@ -233,7 +234,7 @@ class Pipeline:
         return SampleResult(x[:B].float().cpu(), trace, seconds, run_settings)
 
     def _evaluate(self, n: int, x: Tensor, t: Tensor, y: Tensor, cfg_scale: float, channels: int | None,
-                  step: StepInfo, trace: list, timer: _Timer, check_finite: bool) -> Tensor:
+                  step: StepInfo, trace: list, timer: _Timer, finite: _FiniteCheck) -> Tensor:
         runner = self.runners[n]
         guided = cfg_scale > 1.0
         if guided:  # forward_with_cfg: the conditional half, duplicated
@@ -242,9 +243,7 @@ class Pipeline:
         start = timer.start()
         out = runner(x, t, y)
         timer.stop(start, trace, step, n, runner.backend, len(x))
-        if check_finite and not torch.isfinite(out).all():
-            raise SamplingError(f"the {runner.backend} engine for {n} mediators produced NaN/inf at step "
-                                f"{step.index} (t={step.t:.4f}): rebuild it in fp32 or check the model")
+        finite.check(out, runner.backend, n, step)
         return guide(out, cfg_scale, channels) if guided else out
 
     def _schedule(self, schedule) -> Schedule:
@@ -257,22 +256,9 @@ class Pipeline:
         sched.validate_against(self.counts)
         return sched
 
-    def _labels(self, labels) -> Tensor:
-        if isinstance(labels, Tensor):
-            if labels.is_floating_point() or labels.dtype == torch.bool:
-                raise SamplingError(f"labels must be integer class labels, got a {labels.dtype} tensor")
-            items = labels.reshape(-1).tolist()
-        elif isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__"):
-            raise SamplingError(f"labels must be a list of integer class labels, got {labels!r}")
-        else:
-            items = list(labels)
-        wrong = [v for v in items if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
-        if wrong:
-            raise SamplingError(f"labels must be integers (class indices), got {wrong[:5]!r}: a float label would be "
-                                f"truncated, a name must be mapped to its index first")
-        y = torch.tensor([int(v) for v in items], dtype=torch.int64)
-        if y.numel() == 0:
-            raise SamplingError("no labels given: pass at least one class label")
+    def _labels(self, labels: tuple[int, ...]) -> Tensor:
+        """The request's labels (integers, checked by :class:`SampleRequest`) as a tensor, range-checked."""
+        y = torch.tensor(labels, dtype=torch.int64)
         bad = [int(v) for v in y if not 0 <= v < self.config.num_classes]
         if bad:
             raise SamplingError(f"labels {bad} are outside 0..{self.config.num_classes - 1} (the model has "
@@ -306,6 +292,41 @@ def check_device(device: str | None) -> None:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise BackendUnavailableError(f"device {device!r} does not exist: this machine has "
                                           f"{torch.cuda.device_count()} CUDA GPU(s)")
+
+
+class _FiniteCheck:
+    """Stops a run whose engine outputs NaN or inf, naming the step and the engine.
+
+    On the CPU each output is checked at once. On a GPU an immediate check would wait for the device at every
+    evaluation, so the checks are queued as device-side flags and read together at the end of the run (one
+    wait); the first bad evaluation is reported all the same.
+    """
+
+    def __init__(self, device: torch.device, enabled: bool):
+        self.enabled, self.deferred = enabled, device.type == "cuda"
+        self.flags: list[Tensor] = []
+        self.where: list[tuple[str, int, StepInfo]] = []
+
+    def check(self, out: Tensor, backend: str, n: int, step: StepInfo) -> None:
+        if not self.enabled:
+            return
+        ok = torch.isfinite(out).all()
+        if self.deferred:
+            self.flags.append(ok)
+            self.where.append((backend, n, step))
+        elif not ok:
+            self._fail(backend, n, step)
+
+    def flush(self) -> None:
+        if self.flags:
+            oks = torch.stack(self.flags).cpu()
+            if not oks.all():
+                self._fail(*self.where[int((~oks).nonzero()[0])])
+
+    @staticmethod
+    def _fail(backend: str, n: int, step: StepInfo):
+        raise SamplingError(f"the {backend} engine for {n} mediators produced NaN/inf at step {step.index} "
+                            f"(t={step.t:.4f}): rebuild it in fp32 or check the model")
 
 
 class _Timer:

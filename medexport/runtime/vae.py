@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,17 +14,52 @@ from ..errors import ConfigError
 LATENT_SCALE = 0.18215  # sd-vae: latents are scaled by this factor before the diffusion model sees them
 
 
+#: The weight files diffusers' ``from_pretrained`` reads (without a variant), whole or sharded.
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json")
+GET_VAE = "download e.g. stabilityai/sd-vae-ft-ema and point --vae at that folder"
+
+
+def check_vae_folder(path: str | os.PathLike) -> Path:
+    """``path`` if it looks like a diffusers AutoencoderKL folder: a JSON config.json naming AutoencoderKL and a
+    weights file. ConfigError naming the folder and what is wrong otherwise; needs no diffusers, so a bad --vae
+    is refused before sampling."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"the VAE folder {path} does not exist or is not a folder: {GET_VAE}")
+    config = path / "config.json"
+    if not config.is_file():
+        raise ConfigError(f"{path} is not a diffusers AutoencoderKL folder (no config.json): {GET_VAE}")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{config} is not valid JSON ({e}): the download may be incomplete; download the "
+                          f"folder again") from None
+    kind = data.get("_class_name") if isinstance(data, dict) else None
+    if kind != "AutoencoderKL":
+        what = f"a config of {kind!r}" if isinstance(kind, str) else "not a diffusers model config"
+        raise ConfigError(f"{config} is {what}, not of a diffusers AutoencoderKL: {GET_VAE}")
+    if not any((path / name).is_file() and (path / name).stat().st_size > 0 for name in WEIGHT_FILES):
+        raise ConfigError(f"{path} has no weights (none of {', '.join(WEIGHT_FILES[:2])}, or they are empty): "
+                          f"the download may be incomplete; download the folder again")
+    return path
+
+
 def load_vae(path: str | os.PathLike, device: str = "cpu"):
-    """The AutoencoderKL in the local folder ``path`` (no download)."""
+    """The AutoencoderKL in the local folder ``path`` (no download); ConfigError for a folder that does not
+    hold one (:func:`check_vae_folder`) or whose files diffusers cannot load."""
+    path = check_vae_folder(path)
     try:
         from diffusers.models import AutoencoderKL
     except ImportError:
         raise ConfigError("decoding needs diffusers: pip install 'medexport[vae]'") from None
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{path} is not a diffusers AutoencoderKL folder (no config.json): download e.g. "
-                          f"stabilityai/sd-vae-ft-ema and point --vae at that folder")
-    return AutoencoderKL.from_pretrained(str(path), local_files_only=True).to(device).eval()
+    try:
+        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        first_line = (str(e) or type(e).__name__).splitlines()[0]
+        raise ConfigError(f"cannot load the AutoencoderKL in {path} ({first_line}): its files may be damaged; "
+                          f"download the folder again") from None
+    return vae.to(device).eval()
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import torch
 import medexport
 from medexport.errors import CheckpointError, ConfigError, MedexportError, NotAMediatorModelError
 from medexport.model import read_checkpoint
-from tests.conftest import TINY, model_inputs, tiny_model
+from tests.conftest import TINY, flip_byte_in_record, model_inputs, tiny_model
 
 
 def _outputs(model, cfg):
@@ -159,4 +159,39 @@ def test_weights_that_would_load_silently_wrong_are_refused(tmp_path, damage, me
     path = tmp_path / "bad.pt"
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=message):
+        medexport.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("form", ["trainer", "state_dict"])
+def test_checkpoint_with_a_wrong_crc_is_refused(tmp_path, form):
+    path = medexport.save_checkpoint(tiny_model(), tmp_path / "damaged.pt", form=form)
+    record = flip_byte_in_record(path)
+    assert torch.load(path, weights_only=False)  # torch itself loads the damaged bytes as weights
+    for load in (medexport.load_checkpoint, read_checkpoint):
+        with pytest.raises(CheckpointError, match=rf"damaged\.pt.*is damaged: the record '{record}' fails its "
+                                                  rf"checksum.*Re-download or re-save"):
+            load(path)
+
+
+def test_checkpoint_saved_without_crcs_still_loads(tmp_path):
+    from torch.utils.serialization import config
+
+    model = tiny_model()
+    before = config.save.compute_crc32
+    config.save.compute_crc32 = False  # records then carry CRC 0: nothing to check, not damage
+    try:
+        path = medexport.save_checkpoint(model, tmp_path / "nocrc.pt")
+    finally:
+        config.save.compute_crc32 = before
+    torch.testing.assert_close(_outputs(medexport.load_checkpoint(path), TINY), _outputs(model, TINY))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool])
+def test_integer_weights_in_a_trainer_checkpoint_are_refused(tmp_path, dtype):
+    state = dict(tiny_model().state_dict())
+    state["blocks.0.attn.an_bias"] = state["blocks.0.attn.an_bias"].to(dtype)
+    path = tmp_path / "int.pt"
+    torch.save({"model": state, "ema": state, "train_steps": 0}, path)
+    with pytest.raises(CheckpointError, match=rf"'blocks\.0\.attn\.an_bias' holds {dtype} values where the model has "
+                                              rf"torch\.float32 weights"):
         medexport.load_checkpoint(path)

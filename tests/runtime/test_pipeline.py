@@ -1,5 +1,7 @@
 """The Pipeline: engines and PyTorch give the same latents; schedules serve the steps they name; bad input."""
 
+import json
+
 import pytest
 import torch
 
@@ -172,3 +174,31 @@ def test_devices_that_do_not_exist_are_refused(tiny_bundle, device, error):
         pytest.skip("this machine has 8 GPUs")
     with pytest.raises(MedexportError, match=error):
         Pipeline.from_bundle(tiny_bundle, device=device)
+
+
+def test_a_request_is_a_json_round_trip_and_runs_like_the_keyword_form():
+    from medexport.runtime.request import SampleRequest
+
+    pipe = Pipeline.from_models({16: tiny_model(16), 32: tiny_model(32)}, device="cpu")
+    request = SampleRequest([1, 2], seed=5, sampler="ode", method="euler", steps=4, cfg_scale=2.0,
+                            schedule="16:0.5,32")
+    again = SampleRequest.from_dict(json.loads(json.dumps(request.to_dict())))
+    assert again == request
+    by_request = pipe.run(again)
+    by_keywords = pipe.sample([1, 2], seed=5, sampler="ode", method="euler", steps=4, cfg_scale=2.0,
+                              schedule="16:0.5,32")
+    assert torch.equal(by_request.latents, by_keywords.latents)
+    assert [e.mediators for e in by_request.trace] == [e.mediators for e in by_keywords.trace]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"labels": [1], "guidance": 4}, "unknown request field"),
+    ({"seed": 1}, "needs 'labels'"),
+    ([1, 2], "a JSON object"),
+    ({"labels": [1], "check_finite": "yes"}, "check_finite must be true or false"),
+])
+def test_bad_requests_say_what_is_wrong(data, message):
+    from medexport.runtime.request import SampleRequest
+
+    with pytest.raises(SamplingError, match=message):
+        SampleRequest.from_dict(data)

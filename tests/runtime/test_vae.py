@@ -1,5 +1,6 @@
 """Decoding latents (the VAE stands in as a callable with AutoencoderKL's interface) and the PNG grid."""
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -50,5 +51,40 @@ def test_missing_diffusers_is_a_clear_error(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_diffusers)
+    _vae_folder(tmp_path)  # a well-formed folder: only diffusers is missing
     with pytest.raises(ConfigError, match=r"pip install 'medexport\[vae\]'"):
         load_vae(tmp_path)
+
+
+def _vae_folder(path, config='{"_class_name": "AutoencoderKL", "latent_channels": 4}',
+                weights="diffusion_pytorch_model.safetensors"):
+    path.mkdir(exist_ok=True)
+    if config is not None:
+        (path / "config.json").write_bytes(config if isinstance(config, bytes) else config.encode())
+    if weights is not None:
+        (path / weights).write_bytes(b"weights")
+    return path
+
+
+@pytest.mark.parametrize("folder, message", [
+    (dict(config=None), "is not a diffusers AutoencoderKL folder (no config.json)"),
+    (dict(config='{"_class_name": "AutoencoderKL",'), "config.json is not valid JSON"),
+    (dict(config=b"\xff\xfe{}"), "config.json is not valid JSON"),
+    (dict(config='{"_class_name": "UNet2DConditionModel"}'), "is a config of 'UNet2DConditionModel', not of a "
+                                                              "diffusers AutoencoderKL"),
+    (dict(config='["AutoencoderKL"]'), "is not a diffusers model config, not of a diffusers AutoencoderKL"),
+    (dict(weights=None), "has no weights"),
+    (dict(weights="model.ckpt"), "has no weights"),
+])
+def test_junk_vae_folders_are_refused_without_diffusers(tmp_path, folder, message):
+    from medexport.runtime.vae import check_vae_folder
+
+    path = _vae_folder(tmp_path / "vae", **folder)
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        load_vae(path)
+    assert str(path) in str(e.value)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_vae_folder(path)
+    with pytest.raises(ConfigError, match="does not exist or is not a folder"):
+        load_vae(tmp_path / "nowhere")
+    assert check_vae_folder(_vae_folder(tmp_path / "good")) == tmp_path / "good"
