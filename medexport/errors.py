@@ -39,7 +39,15 @@ class BundleError(MedexportError):
 
 
 class ScheduleError(MedexportError, ValueError):
-    """A mediator schedule that does not parse or names counts the bundle lacks."""
+    """A mediator schedule that does not parse or names counts the bundle lacks.
+
+    ``item`` and ``part``, where set, say which value is wrong (the ``item``-th count or fraction, from 0; part
+    "count" or "fraction"), so that the parser can point at it in the text.
+    """
+
+    def __init__(self, message: str, *, item: int | None = None, part: str | None = None):
+        super().__init__(message)
+        self.item, self.part = item, part
 
 
 class SamplingError(MedexportError):

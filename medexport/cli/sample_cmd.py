@@ -14,7 +14,7 @@ from rich.table import Table
 from ..backend.registry import SAMPLE_CHOICES
 from ..errors import SamplingError
 from ..runtime import LAST_STEPS, METHODS, SAMPLERS
-from ..runtime.benchmark import run_benchmarks, summary
+from ..runtime.benchmark import run_benchmarks, run_summary, summary
 from ..runtime.memory import current_memory
 from ..runtime.report import environment, plot_trace, write_report
 from ..runtime.defaults import CFG_CHANNELS
@@ -118,9 +118,7 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
             with console.status(f"sampling {len(label_list)} images on {pipe.backend}"):
                 result = pipe.sample(**kwargs)
             results = {pipe.backend: result}
-            summaries = [{"backend": pipe.backend, "images": len(label_list), "seconds": round(result.seconds, 3),
-                          "steps_per_count": {str(k): v for k, v in result.steps_per_count().items()},
-                          "evaluations": len(result.trace)}]
+            summaries = [run_summary(pipe, result)]
             ref_result = None
             console.print(f"{len(label_list)} images in {result.seconds:.2f} s on {pipe.backend}; steps per mediator "
                           f"count: {result.steps_per_count()}")

@@ -81,18 +81,23 @@ def run_benchmarks(factories: dict[str, Callable[[], Pipeline]], sample_kwargs: 
     return pipelines, stats
 
 
+def run_summary(pipeline: Pipeline, result: SampleResult) -> dict:
+    """What one run did: the report's summary of a plain ``sample`` (a benchmark's summary extends it)."""
+    return {"backend": pipeline.backend, "images": len(result.latents), "seconds": round(result.seconds, 4),
+            "steps_per_count": {str(k): v for k, v in result.steps_per_count().items()},
+            "evaluations": len(result.trace),
+            "gflops_per_image": round(pipeline.flops_per_image(result) / 1e9, 3)}
+
+
 def summary(pipeline: Pipeline, stats: BackendStats, reference: BackendStats | None) -> dict:
+    """:func:`run_summary` of the last run plus the timings of all runs (and the reference's, if any)."""
     last = stats.last
     out = {
-        "backend": stats.backend,
-        "images": len(last.latents),
-        "steps_per_count": {str(k): v for k, v in last.steps_per_count().items()},
-        "evaluations": len(last.trace),
+        **run_summary(pipeline, last),
         "step_ms_per_count": {str(k): round(v, 3) for k, v in stats.step_ms_per_count().items()},
         "batch_seconds": round(stats.batch_seconds(), 4),
         "images_per_second": round(stats.images_per_second(), 4),
         "peak_memory_bytes": stats.peak_memory_bytes,
-        "gflops_per_image": round(pipeline.flops_per_image(last) / 1e9, 3),
         "runtime_overhead_fraction": round(stats.overhead_fraction(), 5),
         "runs": len(stats.results),
     }

@@ -82,11 +82,11 @@ class Schedule(abc.ABC):
 
 def _check_counts(counts: tuple, hint: str = "") -> None:
     """Mediator counts of a schedule: positive integers, each once."""
-    for c in counts:
+    for i, c in enumerate(counts):
         if not isinstance(c, int) or isinstance(c, bool) or c < 1:
-            raise ScheduleError(f"mediator counts must be positive integers, got {c!r}")
-    if len(set(counts)) != len(counts):
-        raise ScheduleError(f"a mediator count appears twice in {counts}{hint}")
+            raise ScheduleError(f"mediator counts must be positive integers, got {c!r}", item=i, part="count")
+        if c in counts[:i]:
+            raise ScheduleError(f"mediator count {c} appears twice{hint}", item=i, part="count")
 
 
 @dataclass(frozen=True)
@@ -115,18 +115,19 @@ class FixedSchedule(Schedule):
         object.__setattr__(self, "boundaries", bounds)
         if not counts:
             raise ScheduleError("a fixed schedule needs at least one mediator count, e.g. '64'")
-        _check_counts(counts, hint=": merge its segments into one")
+        _check_counts(counts, hint="; merge its segments")
         if len(bounds) != len(counts) - 1:
             raise ScheduleError(
                 f"{len(counts)} segment(s) need {len(counts) - 1} boundary fraction(s), got {len(bounds)}: every "
                 "segment but the last ends at a fraction, the last runs to the end"
             )
         previous = 0.0
-        for b in bounds:
+        for i, b in enumerate(bounds):
             if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or not 0 < b < 1:
-                raise ScheduleError(f"boundary fractions must be in (0, 1), got {b!r}")
+                raise ScheduleError(f"the fraction {b!r} is not in (0, 1)", item=i, part="fraction")
             if b <= previous:
-                raise ScheduleError(f"boundary fractions must increase strictly, got {bounds}")
+                raise ScheduleError(f"the fraction {b!r} does not come after the previous one ({previous!r}); "
+                                    f"fractions must increase", item=i, part="fraction")
             previous = b
 
     @classmethod
@@ -373,37 +374,32 @@ def _split(text: str, sep: str, start: int, end: int) -> list[tuple[int, str]]:
 def _parse_fixed(text: str) -> FixedSchedule:
     counts: list[int] = []
     bounds: list[float] = []
+    where: dict[tuple[str, int], tuple[int, str]] = {}  # (part, item) -> (position, "segment N (...)")
     segments = _split(text, ",", 0, len(text))
     for n, (pos, segment) in enumerate(segments, start=1):
         last = n == len(segments)
-        where = f"segment {n} ({segment!r})"
+        seg = f"segment {n} ({segment!r})"
         if not segment:
-            raise _fail(text, pos, f"{where} is empty", _FIXED_HINT)
+            raise _fail(text, pos, f"{seg} is empty", _FIXED_HINT)
         count_text, colon, frac_text = segment.partition(":")
         count_text = count_text.rstrip()
-        count = _parse_int(text, pos, count_text, f"{where}: the mediator count", _FIXED_HINT)
-        if count in counts:
-            raise _fail(text, pos, f"{where}: mediator count {count} appears twice; merge its segments",
-                        _FIXED_HINT)
+        count = _parse_int(text, pos, count_text, f"{seg}: the mediator count", _FIXED_HINT)
+        where["count", n - 1] = (pos, seg)
         frac_pos = pos + segment.index(":") + 1 if colon else pos + len(segment)
         if last and colon:
-            raise _fail(text, frac_pos, f"{where} is the last and has a fraction: the last segment runs to the "
+            raise _fail(text, frac_pos, f"{seg} is the last and has a fraction: the last segment runs to the "
                         "end, drop its ':FRACTION'", _FIXED_HINT)
         if not last and not colon:
-            raise _fail(text, frac_pos, f"{where} has no fraction: every segment but the last ends at one, "
+            raise _fail(text, frac_pos, f"{seg} has no fraction: every segment but the last ends at one, "
                         f"e.g. '{count}:0.5'", _FIXED_HINT)
         counts.append(count)
         if last:
             break
         frac_pos += len(frac_text) - len(frac_text.lstrip())
-        frac = _parse_float(text, frac_pos, frac_text.strip(), f"{where}: the fraction", _FIXED_HINT)
-        if not 0 < frac < 1:
-            raise _fail(text, frac_pos, f"{where}: the fraction {frac_text.strip()} is not in (0, 1)", _FIXED_HINT)
-        if bounds and frac <= bounds[-1]:
-            raise _fail(text, frac_pos, f"{where}: the fraction {frac_text.strip()} does not come after the "
-                        f"previous one ({bounds[-1]!r}); fractions must increase", _FIXED_HINT)
+        frac = _parse_float(text, frac_pos, frac_text.strip(), f"{seg}: the fraction", _FIXED_HINT)
+        where["fraction", n - 1] = (frac_pos, seg)
         bounds.append(frac)
-    return FixedSchedule(tuple(counts), tuple(bounds))
+    return _checked(text, lambda: FixedSchedule(tuple(counts), tuple(bounds)), where, _FIXED_HINT)
 
 
 def _parse_adaptive(text: str) -> AdaptiveSchedule:
@@ -412,11 +408,10 @@ def _parse_adaptive(text: str) -> AdaptiveSchedule:
         raise _fail(text, len(text), "the mediator counts are missing", _ADAPTIVE_HINT)
     pos, counts_text = parts[1]
     counts = []
+    where: dict[tuple[str, int], tuple[int, str]] = {}
     for p, token in _split(text, ",", pos, pos + len(counts_text)):
-        count = _parse_int(text, p, token, "the mediator count", _ADAPTIVE_HINT)
-        if count in counts:
-            raise _fail(text, p, f"mediator count {count} appears twice", _ADAPTIVE_HINT)
-        counts.append(count)
+        where["count", len(counts)] = (p, "")
+        counts.append(_parse_int(text, p, token, "the mediator count", _ADAPTIVE_HINT))
     options: dict[str, object] = {}
     ratios: tuple[float, ...] | None = None
     for pos, option in parts[2:]:
@@ -441,10 +436,21 @@ def _parse_adaptive(text: str) -> AdaptiveSchedule:
     if ratios is None:
         raise _fail(text, len(text), "the ratios are missing (ratios=R1 for 2 counts, ratios=R1,R2 for 3)",
                     _ADAPTIVE_HINT)
+    return _checked(text, lambda: AdaptiveSchedule(counts, ratios, warmup=options.get("warmup", 3),
+                                                   distance=options.get("distance", "mae"),
+                                                   per_sample=options.get("per-sample", False)),
+                    where, _ADAPTIVE_HINT)
+
+
+def _checked(text: str, make, where: dict, hint: str):
+    """The schedule ``make()`` builds. The parser reads the syntax and the schedule's class checks the values
+    (the one place those rules live); an error about one value points at it in the text."""
     try:
-        return AdaptiveSchedule(counts, ratios, warmup=options.get("warmup", 3),
-                                distance=options.get("distance", "mae"), per_sample=options.get("per-sample", False))
+        return make()
     except ScheduleError as e:
+        if (e.part, e.item) in where:
+            pos, seg = where[e.part, e.item]
+            raise _fail(text, pos, f"{seg}: {e}" if seg else str(e), hint) from None
         raise ScheduleError(f"bad mediator schedule {text!r}: {e}") from None
 
 
