@@ -38,6 +38,10 @@ class BundleError(MedexportError):
     """An engine bundle that is missing, incomplete, corrupt or built for another machine."""
 
 
+class CalibrationError(MedexportError):
+    """Calibration data that is missing, damaged, stale or recorded from another model."""
+
+
 class ScheduleError(MedexportError, ValueError):
     """A mediator schedule that does not parse or names counts the bundle lacks.
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..backend.base import BatchRange
 from ..errors import BundleError
 from ..model.checkpoint import file_sha256
-from ..model.engine_graph import PRECISIONS
+from ..quant import ALL_PRECISIONS
 
 #: The fields an artifact always has; everything else in its JSON object is its backend's record.
 _TYPED = ("file", "sha256", "files", "hashes", "precision", "batch", "key")
@@ -63,8 +63,8 @@ class Artifact:
         if files[0] != file or hashes[0] != sha:
             raise ArtifactError("'files' / 'hashes' must start with 'file' / 'sha256'")
         precision = d.get("precision")
-        if precision not in PRECISIONS:
-            raise ArtifactError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)} (a bundle made by "
+        if precision not in ALL_PRECISIONS:
+            raise ArtifactError(f"precision {precision!r} is not one of {', '.join(ALL_PRECISIONS)} (a bundle made by "
                                 f"another medexport version?)")
         batch = d.get("batch")
         if batch is not None:

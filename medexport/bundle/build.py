@@ -25,8 +25,9 @@ from ..model import (CheckpointInfo, MediatorDiT, ModelConfig, config_from_name,
                      read_checkpoint)
 from ..model.checkpoint import file_sha256
 from .manifest import FORMAT, MANIFEST, new_manifest, now, read_manifest, write_json_atomic
+from ..quant import SOURCE_PRECISION, quantization
 from .artifact import Artifact
-from .settings import BuildSettings, ModelSource, content_key
+from .settings import BuildSettings, ModelSource, content_key, source_key
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def _source_config(src: ModelSource) -> tuple[ModelConfig, str, CheckpointInfo |
     """(config, source hash, checkpoint info or None for random weights) without building a model."""
     if src.is_random:
         cfg = config_from_name(src.model_name, mediators=src.mediators, image_size=src.image_size)
-        return cfg, content_key(src.describe(), torch.__version__), None
+        return cfg, source_key(src.describe()), None
     _, info = read_checkpoint(src.checkpoint, weights=src.weights)
     return info.config, file_sha256(src.checkpoint), info
 
@@ -263,9 +264,13 @@ def build_bundle(sources: list[ModelSource], out: str | Path, settings: BuildSet
                  force: bool = False, show_progress: bool = True) -> BuildReport:
     """Build (or bring up to date) the bundle in ``out`` for ``sources``, one per mediator count."""
     out = Path(out)
-    backend, why = resolve_backend(settings.backend, settings.precision)
+    if settings.onnx_only:
+        backend, why = None, "--onnx-only: graphs only, no engines"
+    else:
+        backend, why = resolve_backend(settings.backend, settings.precision)
     log.info("backend: %s (%s)", backend, why)
     configs = check_sources(sources)
+    calibration = _calibration_data(settings, configs)  # checked before anything is written
     data, sampling = source_records(configs)
     random_weights = any(s.is_random for s in sources)
     if random_weights:
@@ -292,7 +297,7 @@ def build_bundle(sources: list[ModelSource], out: str | Path, settings: BuildSet
                 report = CountReport(n)
                 old = {} if force else manifest["counts"].get(str(n), {})
                 entry = _build_count(out, src, cfg, source_hash, old, settings, spec, backend, force, report,
-                                     live.get(n, set()))
+                                     live.get(n, set()), calibration.get(n))
                 manifest["counts"][str(n)] = entry
                 manifest["updated"] = now()
                 manifest["medexport_version"] = __version__
@@ -314,39 +319,90 @@ def _progress():
                     TimeElapsedColumn(), console=Console(stderr=True), transient=False)
 
 
+def _calibration_data(settings: BuildSettings, configs: dict) -> dict:
+    """{count: CountData} for a calibrated precision: every count's data recorded from the very weights it
+    quantises, files intact; CalibrationError naming the `calibrate` command that fixes it otherwise."""
+    q = quantization(settings.precision)
+    if q is None or not q.calibrated:
+        return {}
+    from ..quant.calibration import CalibrationSet
+
+    calib = CalibrationSet(settings.calibration)
+    return {n: calib.data_for(n, source_hash) for n, (_, source_hash, _) in configs.items()}
+
+
 def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str, old: dict,
-                 settings: BuildSettings, spec: ExportSpec, backend: str, force: bool, report: CountReport,
-                 live: set[str]) -> dict:
+                 settings: BuildSettings, spec: ExportSpec, backend: str | None, force: bool, report: CountReport,
+                 live: set[str], calibration=None) -> dict:
     n, precision = src.mediators, settings.precision
-    opset = spec.opset_for(precision)
+    q = quantization(precision)
+    opset = spec.opset_for(SOURCE_PRECISION if q else precision)
     export_key = content_key("onnx", source_hash, precision, opset, EXPORT_REVISION, torch.__version__,
-                             onnx.__version__)
+                             onnx.__version__, *(_quant_key(calibration) if q else ()))
     onnx_art = Artifact.from_dict(old["onnx"]) if old.get("onnx") else None
     if force or onnx_art is None or not onnx_art.up_to_date(out, export_key):
         model = _load_model(src)
         name = _free_name(f"mediators-{n}.{precision}", ".onnx", live)
-        result = export_onnx(model, out / name, precision=precision, spec=spec)
-        onnx_art = Artifact.from_files(result.files, precision, key=export_key,
+        if q is None:
+            result = export_onnx(model, out / name, precision=precision, spec=spec)
+            files, record = result.files, {}
+        else:
+            result, files, record = _export_quantized(model, out, name, n, precision, spec, calibration)
+        onnx_art = Artifact.from_files(files, precision, key=export_key,
                                        record={"opset": opset, "mediator_nodes": result.mediator_nodes,
-                                               "export_seconds": round(result.seconds, 2)})
+                                               "export_seconds": round(result.seconds, 2), **record})
         report.exported = True
         old = {}  # a new graph invalidates every engine built from the old one
     engines = dict(old.get("engines", {}))
-    engine_backend = registry.get(backend)
-    engine_key = content_key(*engine_backend.key_parts(onnx_art.sha256, settings))
-    kept = Artifact.from_dict(engines[backend]) if backend in engines else None
-    if force or kept is None or not kept.up_to_date(out, engine_key):
-        stem = f"mediators-{n}.{precision}"
-        files, record = engine_backend.build([out / f for f in onnx_art.files],
-                                             lambda suffix: out / _free_name(stem, suffix, live), settings,
-                                             (cfg.in_channels, cfg.input_size, cfg.input_size), out)
-        engines[backend] = Artifact.from_files(files, precision, batch=settings.batch, key=engine_key,
-                                               record={**record, "versions": _versions(), "built": now()}).to_dict()
-        report.engines_built.append(backend)
-    else:
-        report.engines_kept.append(backend)
+    if backend is not None:
+        engine_backend = registry.get(backend)
+        engine_key = content_key(*engine_backend.key_parts(onnx_art.sha256, settings))
+        kept = Artifact.from_dict(engines[backend]) if backend in engines else None
+        if force or kept is None or not kept.up_to_date(out, engine_key):
+            stem = f"mediators-{n}.{precision}"
+            files, record = engine_backend.build([out / f for f in onnx_art.files],
+                                                 lambda suffix: out / _free_name(stem, suffix, live), settings,
+                                                 (cfg.in_channels, cfg.input_size, cfg.input_size), out)
+            engines[backend] = Artifact.from_files(files, precision, batch=settings.batch, key=engine_key,
+                                                   record={**record, "versions": _versions(),
+                                                           "built": now()}).to_dict()
+            report.engines_built.append(backend)
+        else:
+            report.engines_kept.append(backend)
     return {"mediators": n, "config": cfg.to_dict(), "source": src.describe(source_hash if not src.is_random else None),
             "onnx": onnx_art.to_dict() | {"bytes": onnx_art.bytes(out)}, "engines": engines}
+
+
+def _quant_key(calibration) -> tuple:
+    """What a quantised graph depends on beyond the export: the quantiser's version and the calibration data."""
+    import onnxruntime as ort
+
+    return ("quant", ort.__version__, calibration.sha256 if calibration is not None else None)
+
+
+def _export_quantized(model: MediatorDiT, out: Path, name: str, n: int, precision: str, spec: ExportSpec,
+                      calibration) -> tuple:
+    """Export the fp32 graph into a scratch folder of the bundle, quantise it into ``out / name``, drop the
+    scratch (a ``*.partial`` name: an interrupted build leaves nothing that looks complete)."""
+    import shutil
+    import tempfile
+
+    from ..quant.quantize import quantize_graph
+
+    scratch = Path(tempfile.mkdtemp(prefix=f"mediators-{n}.", suffix=".partial", dir=out))
+    try:
+        result = export_onnx(model, scratch / f"mediators-{n}.{SOURCE_PRECISION}.onnx", precision=SOURCE_PRECISION,
+                             spec=spec)
+        t0 = time.perf_counter()
+        record = quantize_graph(result.files, out / name, precision, calibration)
+        files = record.pop("files")
+        record["quantization"]["seconds"] = round(time.perf_counter() - t0, 2)
+        if calibration is not None:
+            record["quantization"]["calibration"] = {**calibration.info, "file": calibration.path.name,
+                                                     "sha256": calibration.sha256, "rows": calibration.rows}
+        return result, files, record
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _versions() -> dict:

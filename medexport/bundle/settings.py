@@ -12,10 +12,10 @@ from ..backend import registry
 from ..backend.registry import BUILD_CHOICES
 from ..errors import ConfigError
 from ..model.config import DEFAULT_IMAGE_SIZE
-from ..model.engine_graph import PRECISIONS
+from ..quant import ALL_PRECISIONS, quantization
 
 BACKEND_CHOICES = BUILD_CHOICES  # kept for importers of the old name
-PRECISION_CHOICES = tuple(PRECISIONS)
+PRECISION_CHOICES = ALL_PRECISIONS
 #: Batch sizes engines accept by default, counting the CFG doubling; the demo model's, which is small.
 DEFAULT_BATCH = BatchRange(1, 2, 16)
 DEMO_BATCH = BatchRange(1, 64, 512)
@@ -30,7 +30,11 @@ class BuildSettings:
         backend: "auto" (the fastest engine backend that can build here: TensorRT with a CUDA GPU, else ONNX
             Runtime; see ``backend.registry.PREFERENCE``), "tensorrt" or "onnxruntime".
         precision: "fp32", "fp16" or "bf16": the dtype of the exported graph (TensorRT builds strongly typed,
-            so precision comes from the graph).
+            so precision comes from the graph); or a quantised form made from the fp32 graph: "int8" (dynamic,
+            ONNX Runtime on CPU), "int8-static" or "fp8" (calibrated Q/DQ; see :mod:`medexport.quant`).
+        calibration: the calibration set (``medexport calibrate``) that int8-static and fp8 are calibrated on.
+        onnx_only: export (and quantise) the graphs but build no engine: for a precision or backend that cannot
+            build here (fp8 for TensorRT on Hopper), to compile elsewhere.
         batch: batch sizes the engines accept, counting the CFG doubling (min:opt:max).
         plugin: build TensorRT engines with the mediator-attention plugin where it is registered
             (TensorRT >= 10.9); the function body otherwise.
@@ -44,16 +48,32 @@ class BuildSettings:
     plugin: bool = True
     opset: int | None = None
     trt_optimization_level: int = 3
+    calibration: Path | None = None
+    onnx_only: bool = False
 
     def __post_init__(self) -> None:
         if self.backend != "auto" and self.backend not in registry.names():
             raise ConfigError(f"unknown backend {self.backend!r}: choose auto or one of {', '.join(registry.names())}")
         if self.precision not in PRECISION_CHOICES:
             raise ConfigError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISION_CHOICES)}")
+        q = quantization(self.precision)
+        if q is not None and q.calibrated and self.calibration is None:
+            raise ConfigError(f"--precision {self.precision} is calibrated on the inputs its engines really receive: "
+                              f"record them from the fp32 bundle of these weights with `medexport calibrate "
+                              f"BUNDLE` (e.g. engines/fashion-mnist-demo), then pass --calibration with the folder it "
+                              f"wrote (e.g. calibration/fashion-mnist-demo)")
+        if self.calibration is not None and (q is None or not q.calibrated):
+            raise ConfigError(f"--calibration applies to the calibrated precisions (int8-static, fp8), not "
+                              f"{self.precision}: drop it")
 
     def to_dict(self) -> dict:
-        return {"backend": self.backend, "precision": self.precision, "batch": str(self.batch),
-                "plugin": self.plugin, "opset": self.opset, "trt_optimization_level": self.trt_optimization_level}
+        d = {"backend": self.backend, "precision": self.precision, "batch": str(self.batch),
+             "plugin": self.plugin, "opset": self.opset, "trt_optimization_level": self.trt_optimization_level}
+        if self.calibration is not None:
+            d["calibration"] = str(Path(self.calibration).resolve())
+        if self.onnx_only:
+            d["onnx_only"] = True
+        return d
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,16 @@ class ModelSource:
                     "init": "random"}
         return {"kind": "checkpoint", "path": str(Path(self.checkpoint).resolve()), "weights": self.weights,
                 "sha256": sha256}
+
+
+def source_key(source: dict) -> str:
+    """What identifies a count's weights, from its manifest ``source`` record (``ModelSource.describe``): the
+    checkpoint's sha256, or a key of the random model's recipe."""
+    if source.get("kind") == "checkpoint":
+        return source["sha256"]
+    import torch
+
+    return content_key(source, torch.__version__)
 
 
 def content_key(*parts) -> str:

@@ -11,6 +11,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +23,11 @@ from .runners import engine_runner
 
 log = logging.getLogger(__name__)
 
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 2e-2}
+#: Largest relative error (max |engine - reference| / max |reference|, per batch of inputs) accepted per
+#: precision. The quantised forms' are about twice to three times what the shipped demo model shows on the inputs
+#: it was calibrated on (int8: 2.1%; int8-static: 10% on 16 mediators, 2.5-3.5% on 4 and 8, with per-tensor
+#: activation scales across several timesteps); a broken engine is far off (~100%).
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 2e-2, "int8": 6e-2, "int8-static": 2e-1, "fp8": 3e-1}
 TIMESTEPS = (0.0, 0.35, 0.7, 0.96)
 
 
@@ -72,6 +77,12 @@ def _poly_runner(runner: Runner, name: str):
 
 
 def verification_inputs(bundle: Bundle, n: int, batch: BatchRange | None, seed: int = 0) -> list[dict]:
+    """Random inputs at several timesteps and batch sizes; for a calibrated engine, rows of the inputs it was
+    calibrated on (random noise at a late timestep lies outside the ranges its activations were calibrated to, as
+    no real trajectory does)."""
+    calibrated = _calibration_inputs(bundle, n, batch, seed)
+    if calibrated is not None:
+        return calibrated
     cfg = bundle.config(n)
     sizes = sorted({1, 3} if batch is None else {batch.min, min(max(batch.min, 3), batch.max), batch.opt})
     g = torch.Generator().manual_seed(seed)
@@ -81,6 +92,30 @@ def verification_inputs(bundle: Bundle, n: int, batch: BatchRange | None, seed: 
             x = torch.randn(B, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
             y = torch.randint(0, cfg.num_classes + 1, (B,), generator=g)
             feeds.append(OrderedDict(x=x.numpy(), t=np.full((B,), t, np.float32), y=y.numpy()))
+    return feeds
+
+
+def _calibration_inputs(bundle: Bundle, n: int, batch: BatchRange | None, seed: int) -> list[dict] | None:
+    """Up to 12 feeds drawn from the calibration data a calibrated graph records, if that file is still there and
+    unchanged; None otherwise (random inputs are used, and the log says so)."""
+    from ..model.checkpoint import file_sha256
+
+    cal = (bundle.onnx(n).record.get("quantization") or {}).get("calibration")
+    if not cal:
+        return None
+    path = Path(cal["path"]) / cal["file"]
+    if not path.is_file() or file_sha256(path) != cal["sha256"]:
+        log.warning("%d mediators: the calibration data %s is gone or changed; verifying on random inputs, which "
+                    "lie outside the calibrated ranges (expect larger errors)", n, path)
+        return None
+    with np.load(path) as z:
+        x, t, y = z["x"], z["t"], z["y"]
+    rng = np.random.default_rng(seed)
+    size = min(8 if batch is None else max(batch.min, min(8, batch.max)), len(t))
+    feeds = []
+    for _ in range(12):
+        idx = np.sort(rng.choice(len(t), size, replace=False))
+        feeds.append(OrderedDict(x=x[idx], t=t[idx], y=y[idx]))
     return feeds
 
 

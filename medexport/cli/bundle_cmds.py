@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..backend import registry
 from ..backend.base import BatchRange
-from ..bundle import Bundle, BuildSettings, ModelSource, build_bundle, runnable_here, verify_bundle
+from ..bundle import TOLERANCE, Bundle, BuildSettings, ModelSource, build_bundle, runnable_here, verify_bundle
 from ..bundle.settings import BACKEND_CHOICES, DEFAULT_BATCH, DEFAULT_OUTPUT_ROOT, DEMO_BATCH, PRECISION_CHOICES
 from ..model.config import DEFAULT_IMAGE_SIZE
 from ..errors import BundleError, ConfigError
@@ -34,7 +34,14 @@ def _parse_checkpoints(values: tuple[str, ...]) -> list[tuple[int, Path]]:
     return out
 
 
-def default_output(model_name: str | None, image_size: int, checkpoints: list[tuple[int, Path]]) -> Path:
+def default_output(model_name: str | None, image_size: int, checkpoints: list[tuple[int, Path]],
+                   precision: str = "fp32") -> Path:
+    """engines/<name>, with ``-<precision>`` for any precision but fp32 (one bundle per precision)."""
+    base = _default_name(model_name, image_size, checkpoints)
+    return base if precision == "fp32" else base.with_name(f"{base.name}-{precision}")
+
+
+def _default_name(model_name: str | None, image_size: int, checkpoints: list[tuple[int, Path]]) -> Path:
     if checkpoints:
         # Named by content too: trainers name checkpoints by step (0400000.pt), so two runs share file names.
         from ..bundle.settings import content_key
@@ -62,8 +69,13 @@ def default_output(model_name: str | None, image_size: int, checkpoints: list[tu
 @click.option("--init-seed", "seed", default=0, show_default=True, help="Seed of the random weights (--model).")
 @click.option("--seed", "seed_alias", type=int, default=None, hidden=True)
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
-              help="auto: TensorRT where importable with a CUDA GPU, else ONNX Runtime.")
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True)
+              help="auto: the fastest that builds here (TensorRT with a CUDA GPU, else ONNX Runtime).")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
+              help="fp32/fp16/bf16: the exported dtype. int8: dynamic int8, the fastest on a CPU. int8-static, fp8: "
+                   "calibrated Q/DQ (need --calibration); fp8 builds only with TensorRT on Ada/Hopper.")
+@click.option("--calibration", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Calibration set for int8-static / fp8, from `medexport calibrate`.")
+@click.option("--onnx-only", is_flag=True, help="Export (and quantise) the ONNX graphs only: no engines.")
 @click.option("--batch", default=None, metavar="MIN:OPT:MAX",
               help=f"Batch sizes the engines accept, counting the CFG doubling [default: {DEFAULT_BATCH}; "
                    f"{DEMO_BATCH} for the demo].")
@@ -73,8 +85,8 @@ def default_output(model_name: str | None, image_size: int, checkpoints: list[tu
               help=f"Bundle folder [default: engines/{DEMO_NAME}, engines/<model>-<size>-random or "
                    f"engines/<checkpoint>-<content hash>].")
 @click.option("--force", is_flag=True, help="Redo every export and engine, even those up to date.")
-def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_alias, backend, precision, batch, plugin,
-          output, force) -> None:
+def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_alias, backend, precision, calibration,
+          onnx_only, batch, plugin, output, force) -> None:
     """Export each mediator count to ONNX and build engines into a bundle.
 
     With no model arguments it builds the demo model that ships with medexport (Fashion-MNIST, 4, 8 and 16
@@ -103,10 +115,11 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_al
     else:
         counts = parse_int_list(mediators or DEFAULT_MEDIATORS, "--mediators")
         sources = [ModelSource(n, model_name=model_name, image_size=image_size, seed=seed) for n in counts]
-    settings = BuildSettings(backend=backend, precision=precision, batch=batch_range, plugin=plugin)
-    out = output or default_output(model_name, image_size, [] if demo else ckpts)
+    settings = BuildSettings(backend=backend, precision=precision, batch=batch_range, plugin=plugin,
+                             calibration=calibration, onnx_only=onnx_only)
+    out = output or default_output(model_name, image_size, [] if demo else ckpts, precision)
     report = build_bundle(sources, out, settings, force=force)
-    table = Table(title=f"bundle {report.path} ({report.backend})")
+    table = Table(title=f"bundle {report.path} ({report.backend or 'ONNX only'}, {precision})")
     for col in ("mediators", "onnx", "engine", "seconds"):
         table.add_column(col, justify="right" if col != "engine" else "left")
     for r in report.counts:
@@ -138,6 +151,11 @@ def verify(bundle: Path, backends: tuple[str, ...], seed: int, seed_alias: int |
         table.add_row(str(r.mediators), r.backend, r.precision, str(r.cases), f"{r.max_abs:.3g}", f"{r.max_rel:.3g}",
                       f"{r.tolerance:g}", verdict)
     console.print(table)
+    precisions = sorted({r.precision for r in results})
+    console.print(f"tolerance: the largest relative error (max |engine - reference| / max |reference| per batch) "
+                  f"accepted for {', '.join(f'{p} {TOLERANCE[p]:g}' for p in precisions)}"
+                  + ("; calibrated engines run on rows of their calibration data, the rest on random inputs"
+                     if any(p in ("int8-static", "fp8") for p in precisions) else ""), highlight=False, soft_wrap=True)
     for r in results:
         if r.error:
             console.print(f"[red]{r.backend} {r.mediators}:[/] {r.error}", soft_wrap=True)
@@ -175,6 +193,19 @@ def inspect(bundle: Path) -> None:
         src_text = (f"random {src['model']} (seed {src['seed']})" if src["kind"] == "random"
                     else f"{src['path']} ({src.get('weights')} weights)")
         details.append(f"{n} mediators: from {src_text}")
+        quant = b.onnx(n).record.get("quantization")
+        if quant:
+            cal = quant.get("calibration")
+            details.append(f"  quantisation: {b.onnx(n).precision} = {quant['mode']} {quant['dtype']}, "
+                           f"{quant['quantized_layers']} quantised linear layers, "
+                           f"{'per-channel' if quant.get('per_channel_weights') else 'per-tensor'} weights; "
+                           + (f"calibrated on {cal['path']} ({cal['mode']} mode, schedule {cal['schedule']}, "
+                              f"{cal['rows']} rows)" if cal else "no calibration (dynamic)"))
+        if not e["engines"]:
+            onnx_art = b.onnx(n)
+            details.append(f"  no engine: ONNX only ({', '.join(onnx_art.files)}), built with --onnx-only")
+            table.add_row(str(n), "x".join(map(str, e["config"]["mediator_grid"])), "onnx only", onnx_art.precision,
+                          "-", f"{onnx_art.bytes(b.path) / 1e6:.1f}", "[yellow]no engine[/]")
         for backend in b.backends(n):
             eng = b.engine(n, backend)
             ok, why = runnable_here(eng, backend)

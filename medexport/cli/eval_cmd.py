@@ -16,7 +16,7 @@ from .sample_cmd import SCHEDULE_HELP, sampling_options
 
 
 @cli.command("eval", short_help=short_help("eval"))
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--schedule", "schedules", multiple=True,
               help=SCHEDULE_HELP + " Repeat to compare schedules on the same noise and labels.")
 @click.option("--per-class", default=50, show_default=True, type=int, help="Images generated per class.")
@@ -27,9 +27,13 @@ from .sample_cmd import SCHEDULE_HELP, sampling_options
               show_default=True, help="JSON report.")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Fashion-MNIST folder for the real-vs-real floor [default: /usr/share/datasets/fashion-mnist].")
-def eval_cmd(bundle, schedules, per_class, seed, batch, sampler, method, steps, last_step, cfg_scale, cfg_channels,
+def eval_cmd(bundles, schedules, per_class, seed, batch, sampler, method, steps, last_step, cfg_scale, cfg_channels,
              backend, device, threads, report, data) -> None:
-    """Generate --per-class images of each class under each schedule and score them with the shipped judge."""
+    """Generate --per-class images of each class under each schedule and score them with the shipped judge.
+
+    Several BUNDLES (the fp32 bundle and its int8 form, say) are judged side by side on the same noise, labels
+    and settings (those of the first bundle, with the options given on top).
+    """
     from ..judge import load_judge
     from ..judge.evaluate import check_applies, check_per_class, evaluate, floor_for
 
@@ -38,31 +42,44 @@ def eval_cmd(bundle, schedules, per_class, seed, batch, sampler, method, steps, 
         import torch
 
         torch.set_num_threads(threads)
-    pipe = Pipeline.from_bundle(bundle, backend=backend, device=device, threads=threads)
-    check_applies(pipe)
+    pipes = []
+    for bundle in bundles:  # every bundle opened and checked before any sampling
+        pipe = Pipeline.from_bundle(bundle, backend=backend, device=device, threads=threads)
+        check_applies(pipe)
+        pipes.append(pipe)
     judge = load_judge()
-    base = pipe.defaults.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
-                                  cfg_channels=cfg_channels)
+    base = pipes[0].defaults.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
+                                      cfg_channels=cfg_channels)
     plans = [base.override(schedule=s) for s in schedules] or [base]
-    results = []
+    rows = []  # (bundle label, precision, EvalResult)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console) as progress:
-        for plan in plans:
-            task = progress.add_task(plan.schedule or f"{max(pipe.counts)}", total=10 * per_class)
-            results.append(evaluate(pipe, plan, per_class=per_class, seed=seed, batch=batch,
-                                    on_batch=lambda k, task=task: progress.advance(task, k)))
+        for bundle, pipe in zip(bundles, pipes):
+            precision = next(iter(pipe.runners.values())).precision
+            for plan in plans:
+                label = f"{Path(bundle).name}: {plan.schedule or max(pipe.counts)}"
+                task = progress.add_task(label, total=10 * per_class)
+                rows.append((Path(bundle).name, precision,
+                             evaluate(pipe, plan, per_class=per_class, seed=seed, batch=batch,
+                                      on_batch=lambda k, task=task: progress.advance(task, k))))
     floor = floor_for(10 * per_class, data)
-    table = Table(title=f"{bundle}: {10 * per_class} images per schedule, {base.describe(schedule=False)}, "
-                        f"{pipe.backend}")
-    for col in ("schedule", "accuracy", "confidence", "FD", "GFLOPs / image", "ms / image", "steps per count"):
-        table.add_column(col, justify="left" if col in ("schedule", "steps per count") else "right")
-    for r in results:
-        table.add_row(r.schedule, f"{100 * r.accuracy:.1f}%", f"{r.confidence:.3f}", f"{r.fd:.2f}",
-                      f"{r.gflops_per_image:.3f}", f"{r.ms_per_image:.2f}",
+    several = len(bundles) > 1
+    title = ", ".join(map(str, bundles))
+    table = Table(title=f"{title}: {10 * per_class} images per schedule, {base.describe(schedule=False)}, "
+                        f"{pipes[0].backend}")
+    columns = (("bundle", "precision") if several else ()) + (
+        "schedule", "accuracy", "confidence", "FD", "GFLOPs / image", "ms / image", "steps per count")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("bundle", "precision", "schedule", "steps per count")
+                         else "right")
+    for name, precision, r in rows:
+        table.add_row(*((name, precision) if several else ()), r.schedule, f"{100 * r.accuracy:.1f}%",
+                      f"{r.confidence:.3f}", f"{r.fd:.2f}", f"{r.gflops_per_image:.3f}", f"{r.ms_per_image:.2f}",
                       ", ".join(f"{n}: {k}" for n, k in r.steps_per_count.items()))
     if floor is not None:
-        table.add_row("real images", f"{100 * floor.accuracy:.1f}%", f"{floor.confidence:.3f}", f"{floor.fd:.2f}",
-                      "-", "-", "training set, same count")
+        table.add_row(*(("real images", "-") if several else ()), "real images" if not several else "-",
+                      f"{100 * floor.accuracy:.1f}%", f"{floor.confidence:.3f}", f"{floor.fd:.2f}", "-", "-",
+                      "training set, same count")
     console.print(table)
     real_acc = judge.meta.get("test_accuracy")
     console.print(f"judge: {judge.name} (shipped; {100 * real_acc:.1f}% on the 10,000 real test images); FD on its "
@@ -71,8 +88,9 @@ def eval_cmd(bundle, schedules, per_class, seed, batch, sampler, method, steps, 
     if floor is None:
         console.print("real-vs-real floor: skipped, the Fashion-MNIST data is not installed "
                       "(apt-get install -y dataset-fashion-mnist)", highlight=False)
-    out = {"bundle": str(bundle), "judge": {"name": judge.name, **judge.meta}, "per_class": per_class, "seed": seed,
-           "backend": pipe.backend, "results": [r.to_dict() for r in results],
+    out = {"bundle": str(bundles[0]), "bundles": [str(b) for b in bundles], "judge": {"name": judge.name, **judge.meta},
+           "per_class": per_class, "seed": seed, "backend": pipes[0].backend,
+           "results": [{"bundle": name, "precision": precision, **r.to_dict()} for name, precision, r in rows],
            "real_floor": floor.to_dict() if floor else None}
     report.parent.mkdir(parents=True, exist_ok=True)
     write_json(report, out)

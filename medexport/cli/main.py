@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("bundle_cmds", "Export mediator counts to ONNX and build engines."),
     "verify": ("bundle_cmds", "Check every engine against the PyTorch model."),
     "inspect": ("bundle_cmds", "What a bundle holds and whether it runs here."),
+    "calibrate": ("calibrate_cmd", "Record what each count's engine receives, for int8/fp8."),
     "sample": ("sample_cmd", "Generate from a bundle; --benchmark against PyTorch."),
     "eval": ("eval_cmd", "Judge a Fashion-MNIST bundle per schedule: accuracy, FD, cost."),
     "flops": ("model_cmds", "GFLOPs per forward against full attention."),

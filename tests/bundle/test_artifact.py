@@ -21,7 +21,7 @@ def test_round_trip_keeps_the_backend_record():
 
 
 @pytest.mark.parametrize("change, what", [
-    ({"precision": "fp8"}, "precision 'fp8'"),
+    ({"precision": "fp4"}, "precision 'fp4'"),
     ({"precision": None}, "precision None"),
     ({"batch": "junk"}, "batch range 'junk'"),
     ({"batch": 4}, "batch 4"),

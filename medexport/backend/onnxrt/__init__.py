@@ -18,6 +18,11 @@ def precision_problem(precision: str, providers: list[str]) -> str | None:
     if precision == "bf16" and "CUDAExecutionProvider" not in providers:
         return ("bf16 engines need TensorRT or onnxruntime-gpu: ONNX Runtime's CPU provider has no bfloat16 "
                 "kernels. Use --precision fp32 or fp16 here")
+    if precision == "fp8":
+        return ("fp8 Q/DQ engines are for TensorRT on GPUs with fp8 tensor cores (Ada, Hopper: compute capability "
+                ">= 8.9); ONNX Runtime has no fast fp8 kernels. Build with --backend tensorrt on such a machine, or "
+                "write the fp8 ONNX here with --onnx-only and compile it there; on this machine use --precision "
+                "int8 or int8-static")
     return None
 
 

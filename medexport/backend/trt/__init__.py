@@ -18,6 +18,14 @@ class TensorRTBackend(EngineBackend):
 
         return tensorrt_status()
 
+    def check_precision(self, precision: str) -> None:
+        if precision == "int8":
+            from ...errors import BackendUnavailableError
+
+            raise BackendUnavailableError("--precision int8 is ONNX Runtime's dynamic form (run-time activation "
+                                          "quantisation), which TensorRT does not build: use --precision "
+                                          "int8-static (calibrated Q/DQ) for TensorRT")
+
     def key_parts(self, onnx_sha256: str, settings) -> tuple:
         from .engine import hardware
 
