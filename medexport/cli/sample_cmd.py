@@ -27,33 +27,47 @@ log = logging.getLogger("medexport")
 ALL_METHODS = sorted({m for ms in METHODS.values() for m in ms})
 
 
-def sampling_options(f):
-    """The sampling options shared by ``sample`` and ``eval``; left out, each comes from the bundle's record."""
-    options = [
-        click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
-                     help="sde or ode [default: the bundle's recommendation, else sde]."),
-        click.option("--method", type=click.Choice(ALL_METHODS), default=None,
-                     help="sde: euler (Euler-Maruyama) | heun; ode: euler | heun | dopri5 [default: the bundle's, "
-                          "else euler / dopri5]."),
-        click.option("--steps", type=int, default=None,
-                     help="SDE: steps (default 250). ODE: grid points as in the reference, so euler with 50 makes "
-                          "49 evaluations (default 50). [default: the bundle's]"),
-        click.option("--last-step", type=click.Choice(LAST_STEPS), default="mean", show_default=True,
-                     help="SDE last step."),
-        click.option("--cfg-scale", type=float, default=None,
-                     help="Guidance scale (1: none) [default: the bundle's, else 1]."),
-        click.option("--cfg-channels", type=click.Choice(CFG_CHANNELS), default=None,
-                     help="Guide the first 3 channels (the reference) or all [default: the bundle's, else 3]."),
-        click.option("--backend", type=click.Choice(SAMPLE_CHOICES), default="auto", show_default=True,
-                     help="Which engines run: auto = the fastest that runs here; torch = the PyTorch models the "
-                          "engines were built from."),
-        click.option("--device", default=None, help="cpu or cuda (default: the backend's)."),
-        click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="CPU threads of PyTorch and ONNX Runtime [default: all cores]."),
-    ]
+SAMPLER_OPTIONS = [
+    click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
+                 help="sde or ode [default: the bundle's recommendation, else sde]."),
+    click.option("--method", type=click.Choice(ALL_METHODS), default=None,
+                 help="sde: euler (Euler-Maruyama) | heun; ode: euler | heun | dopri5 [default: the bundle's, "
+                      "else euler / dopri5]."),
+    click.option("--steps", type=int, default=None,
+                 help="SDE: steps (default 250). ODE: grid points as in the reference, so euler with 50 makes "
+                      "49 evaluations (default 50). [default: the bundle's]"),
+    click.option("--last-step", type=click.Choice(LAST_STEPS), default="mean", show_default=True,
+                 help="SDE last step."),
+    click.option("--cfg-scale", type=float, default=None,
+                 help="Guidance scale (1: none) [default: the bundle's, else 1]."),
+    click.option("--cfg-channels", type=click.Choice(CFG_CHANNELS), default=None,
+                 help="Guide the first 3 channels (the reference) or all [default: the bundle's, else 3]."),
+]
+THREADS_OPTION = click.option("--threads", type=click.IntRange(min=1), default=None,
+                              help="CPU threads of PyTorch and ONNX Runtime [default: all cores].")
+ENGINE_OPTIONS = [
+    click.option("--backend", type=click.Choice(SAMPLE_CHOICES), default="auto", show_default=True,
+                 help="Which engines run: auto = the fastest that runs here; torch = the PyTorch models the "
+                      "engines were built from."),
+    click.option("--device", default=None, help="cpu or cuda (default: the backend's)."),
+    THREADS_OPTION,
+]
+
+
+def _apply(options, f):
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def sampler_options(f):
+    """How to sample (sampler, method, steps, guidance); left out, each comes from the bundle's record."""
+    return _apply(SAMPLER_OPTIONS, f)
+
+
+def sampling_options(f):
+    """The options shared by ``sample`` and ``eval``: how to sample, and which engines run where."""
+    return _apply(SAMPLER_OPTIONS + ENGINE_OPTIONS, f)
 
 
 SCHEDULE_HELP = ('Mediator schedule: "16:0.3,32:0.7,64" (fractions of the steps), "64" (static), or '

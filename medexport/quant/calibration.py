@@ -132,10 +132,12 @@ class CalibrationSet:
 
 def record(bundle_path: str | os.PathLike, out: str | os.PathLike, *, schedule: str | None = None, num: int = 64,
            seed: int = 0, mode: str = "schedule", max_rows: int = 2048, threads: int | None = None,
-           force: bool = False) -> CalibrationSet:
+           force: bool = False, sampling: dict | None = None) -> CalibrationSet:
     """Sample ``num`` images (labels cycling through the classes) with the bundle's fp32 ONNX Runtime engines
     and its recommended settings (``schedule`` overrides its schedule), record what each count's engine
     receives, keep at most ``max_rows`` rows per count (a seeded random subset), and write the set to ``out``.
+    ``sampling``: keyword arguments of :meth:`Pipeline.sample` (sampler, method, steps, cfg_scale, ...) over the
+    bundle's recommended settings.
     """
     from ..bundle import open_bundle
     from ..bundle.settings import source_key
@@ -173,7 +175,8 @@ def record(bundle_path: str | os.PathLike, out: str | os.PathLike, *, schedule: 
     pipe.runners = {n: recording(n, r) for n, r in originals.items()}
     labels = [i % pipe.config.num_classes for i in range(num)]
     try:
-        result = pipe.sample(labels, seed=seed, schedule=schedule)
+        result = pipe.sample(labels, seed=seed, schedule=schedule,
+                             **{k: v for k, v in (sampling or {}).items() if v is not None})
     finally:
         pipe.runners = originals
     step_of_call = [e.step for e in result.trace]

@@ -54,3 +54,25 @@ def test_a_graph_the_parser_cannot_read_is_reported(exports, tmp_path):
     onnx.save(proto, str(path))
     with pytest.raises(ExportError, match="parser .* rejects"):
         parse_and_build(path, batch=BatchRange(1, 2, 8), sample_shape=(4, 16, 16))
+
+
+@pytest.mark.parametrize("precision", ["int8-static", "fp8"])
+def test_quantised_qdq_exports_parse_and_build(exports, tmp_path, precision):
+    """The calibrated Q/DQ forms are what TensorRT consumes (weights and activations quantised, biases float);
+    the dynamic int8 form is ONNX Runtime's and TensorRT refuses it (medexport says so before building)."""
+    import numpy as np
+
+    from medexport.model.checkpoint import file_sha256
+    from medexport.quant.calibration import CountData
+    from medexport.quant.quantize import quantize_graph
+
+    rng = np.random.default_rng(0)
+    rows = tmp_path / "rows.npz"
+    np.savez(rows, x=rng.standard_normal((16, TINY.in_channels, TINY.input_size, TINY.input_size), dtype=np.float32),
+             t=rng.random(16, dtype=np.float32), y=rng.integers(0, TINY.num_classes + 1, 16))
+    data = CountData(16, rows, file_sha256(rows), 16, {})
+    out = tmp_path / f"m16.{precision}.onnx"
+    quantize_graph([exports["fp32", 16]], out, precision, data)
+    check = parse_and_build(out, batch=BatchRange(1, 2, 8),
+                            sample_shape=(TINY.in_channels, TINY.input_size, TINY.input_size))
+    assert check.layers > 100 and check.plan_bytes > 0

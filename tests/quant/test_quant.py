@@ -1,0 +1,216 @@
+"""Quantised precisions and calibration: what each count's engine receives is recorded under its schedule;
+int8 / int8-static engines are built from it, run, verify within their tolerance; fp8 is exported as Q/DQ for
+TensorRT; every bad input is refused with the command that fixes it, and nothing half-written is left."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from medexport.backend import BatchRange
+from medexport.bundle import Bundle, BuildSettings, ModelSource, build_bundle, verify_bundle
+from medexport.errors import BackendUnavailableError, CalibrationError, ConfigError, ScheduleError
+from medexport.quant.calibration import MANIFEST, CalibrationSet, record
+from tests.conftest import COUNTS
+
+SAMPLING = {"sampler": "ode", "method": "euler", "steps": 9, "cfg_scale": 2.0}
+BATCH = BatchRange(1, 2, 16)
+
+
+def sources(ckpts, counts=COUNTS):
+    return [ModelSource(n, checkpoint=ckpts[n]) for n in counts]
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_bundle, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cal") / "tiny"
+    return record(tiny_bundle, out, schedule="16:0.3,32:0.6,64", num=4, seed=0, sampling=SAMPLING)
+
+
+def test_each_count_keeps_only_the_steps_it_serves(calibration):
+    m = calibration.manifest
+    steps = {n: m["counts"][str(n)]["steps"] for n in COUNTS}
+    assert steps[16] == [0, 1, 2] and steps[32] == [3, 4] and steps[64] == [5, 6, 7]  # 8 evaluations: i/8 < 0.3, < 0.6
+    for n in COUNTS:
+        data = np.load(calibration.path / m["counts"][str(n)]["file"])
+        assert data["x"].shape[1:] == (4, 16, 16) and len(data["t"]) == 8 * len(steps[n])  # 4 images x 2 (guidance)
+        assert set(np.unique(data["y"])) == {0, 1, 2, 3, 10}  # the labels and the null class
+    assert m["schedule"] == "16:0.3,32:0.6,64" and m["sampling"]["steps"] == 9 and m["mode"] == "schedule"
+
+
+def test_trajectory_mode_gives_every_count_every_step(tiny_bundle, tmp_path):
+    cal = record(tiny_bundle, tmp_path / "traj", schedule="16:0.3,32:0.6,64", num=4, mode="trajectory",
+                 sampling=SAMPLING)
+    for n in COUNTS:
+        assert cal.manifest["counts"][str(n)]["steps"] == list(range(8))
+
+
+@pytest.mark.parametrize("precision", ["int8", "int8-static"])
+def test_quantised_bundles_build_run_and_verify(tiny_checkpoints, calibration, tmp_path, precision):
+    from medexport import Pipeline
+
+    out = tmp_path / precision
+    settings = BuildSettings(backend="onnxruntime", precision=precision, batch=BATCH,
+                             calibration=calibration.path if precision == "int8-static" else None)
+    build_bundle(sources(tiny_checkpoints), out, settings, show_progress=False)
+    b = Bundle(out)
+    for n in COUNTS:
+        art = b.onnx(n)
+        assert art.file == f"mediators-{n}.{precision}.onnx" and art.precision == precision
+        quant = art.record["quantization"]
+        assert quant["quantized_layers"] == 2 * 4  # 2 blocks x (qkv, proj, fc1, fc2)
+        graph = onnx.load(str(out / art.file)).graph
+        assert any(f.name == "MediatorAttention" for f in onnx.load(str(out / art.file)).functions)
+        if precision == "int8":
+            assert sum(nd.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for nd in graph.node) == 8
+        else:
+            zero_points = [i for i in graph.initializer if i.name.endswith("zero_point")]
+            assert zero_points and all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)  # symmetric
+            assert quant["calibration"]["sha256"] == calibration.manifest["counts"][str(n)]["sha256"]
+    results = verify_bundle(b)
+    assert all(r.passed for r in results), results
+    assert max(r.max_rel for r in results) > 1e-4  # really quantised: not the fp32 graph under another name
+    pipe = Pipeline.from_bundle(out, backend="onnxruntime")
+    got = pipe.sample([1, 2], seed=0, schedule="16:0.3,32:0.6,64", **SAMPLING)
+    want = Pipeline.from_bundle(out, backend="torch").sample([1, 2], seed=0, schedule="16:0.3,32:0.6,64", **SAMPLING)
+    rel = float((got.latents - want.latents).norm() / want.latents.norm())
+    assert 1e-5 < rel < 0.2, rel
+
+
+def test_a_new_calibration_rebuilds_exactly_the_counts_whose_data_changed(tiny_checkpoints, tiny_bundle, tmp_path):
+    cal = tmp_path / "cal"
+    record(tiny_bundle, cal, schedule="16:0.3,32:0.6,64", num=4, sampling=SAMPLING)
+    out = tmp_path / "b"
+    settings = BuildSettings(backend="onnxruntime", precision="int8-static", batch=BATCH, calibration=cal)
+    build_bundle(sources(tiny_checkpoints), out, settings, show_progress=False)
+    again = build_bundle(sources(tiny_checkpoints), out, settings, show_progress=False)
+    assert not any(r.exported for r in again.counts)  # same data: nothing redone
+    m = json.loads((cal / MANIFEST).read_text())  # count 64's data replaced by other (valid) rows
+    other = record(tiny_bundle, tmp_path / "other", schedule="16:0.3,32:0.6,64", num=4, seed=1, sampling=SAMPLING)
+    shutil.copy(other.path / "m64.npz", cal / "m64.npz")
+    m["counts"]["64"] = other.manifest["counts"]["64"]
+    (cal / MANIFEST).write_text(json.dumps(m))
+    third = build_bundle(sources(tiny_checkpoints), out, settings, show_progress=False)
+    assert [r.mediators for r in third.counts if r.exported] == [64]
+
+
+def test_static_int8_without_calibration_names_the_command(tiny_checkpoints):
+    with pytest.raises(ConfigError, match="medexport calibrate"):
+        BuildSettings(precision="int8-static")
+    with pytest.raises(ConfigError, match="--calibration applies to"):
+        BuildSettings(precision="int8", calibration="calibration/x")
+
+
+def test_calibration_from_other_weights_or_edited_is_refused(tiny_checkpoints, calibration, tmp_path):
+    from tests.conftest import tiny_model
+
+    import medexport
+
+    other = medexport.save_checkpoint(tiny_model(16, seed=99), tmp_path / "other16.pt", form="trainer")
+    settings = BuildSettings(backend="onnxruntime", precision="int8-static", batch=BATCH,
+                             calibration=calibration.path)
+    with pytest.raises(CalibrationError, match="recorded from other weights.*medexport calibrate"):
+        build_bundle([ModelSource(16, checkpoint=other)], tmp_path / "x", settings, show_progress=False)
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+
+    edited = tmp_path / "edited"
+    shutil.copytree(calibration.path, edited)
+    data = np.load(edited / "m32.npz")
+    np.savez(edited / "m32.npz", x=data["x"] * 2, t=data["t"], y=data["y"], step=data["step"])
+    with pytest.raises(CalibrationError, match="does not match the hash.*medexport calibrate"):
+        build_bundle(sources(tiny_checkpoints, [32]), tmp_path / "y",
+                     BuildSettings(backend="onnxruntime", precision="int8-static", batch=BATCH, calibration=edited),
+                     show_progress=False)
+    with pytest.raises(CalibrationError, match="no data for 128 mediators|not a calibration set"):
+        CalibrationSet(tmp_path / "nothing-here")
+
+
+def test_calibrating_with_counts_the_bundle_lacks_is_refused(tiny_bundle, tmp_path):
+    with pytest.raises(ScheduleError, match="128"):
+        record(tiny_bundle, tmp_path / "c", schedule="16:0.5,128", num=2, sampling=SAMPLING)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()
+
+
+def test_an_interrupted_calibration_leaves_nothing_that_looks_complete(tiny_bundle, tmp_path, monkeypatch):
+    from medexport.quant import calibration as module
+
+    calls = {"n": 0}
+    real = np.savez
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the second count is written
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module.np, "savez", failing)
+    with pytest.raises(KeyboardInterrupt):
+        record(tiny_bundle, tmp_path / "c", schedule="16:0.3,32:0.6,64", num=2, sampling=SAMPLING)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()
+
+
+def test_calibrating_a_quantised_bundle_is_refused(tiny_checkpoints, tmp_path):
+    out = tmp_path / "int8"
+    build_bundle(sources(tiny_checkpoints, [16]), out,
+                 BuildSettings(backend="onnxruntime", precision="int8", batch=BATCH), show_progress=False)
+    with pytest.raises(CalibrationError, match="fp32 engines"):
+        record(out, tmp_path / "c", num=2, sampling=SAMPLING)
+
+
+def test_fp8_is_refused_for_onnx_runtime_and_exported_as_qdq_for_tensorrt(tiny_checkpoints, calibration, tmp_path):
+    settings = BuildSettings(backend="onnxruntime", precision="fp8", batch=BATCH, calibration=calibration.path)
+    with pytest.raises(BackendUnavailableError, match="TensorRT on GPUs with fp8.*--onnx-only"):
+        build_bundle(sources(tiny_checkpoints, [16]), tmp_path / "x", settings, show_progress=False)
+    out = tmp_path / "fp8"
+    build_bundle(sources(tiny_checkpoints, [16, 32]), out,
+                 BuildSettings(precision="fp8", batch=BATCH, calibration=calibration.path, onnx_only=True),
+                 show_progress=False)
+    b = Bundle(out)
+    for n in (16, 32):
+        assert b.entry(n)["engines"] == {}
+        path = out / b.onnx(n).file
+        onnx.checker.check_model(str(path), full_check=True)
+        proto = onnx.load(str(path))
+        assert {o.domain: o.version for o in proto.opset_import}[""] >= 19  # float8 Q/DQ
+        fp8 = onnx.TensorProto.FLOAT8E4M3FN
+        produced_by = {o: nd for nd in proto.graph.node for o in nd.output}
+        gemms = [nd for nd in proto.graph.node if nd.op_type in ("Gemm", "MatMul")]
+        quantised = [nd for nd in gemms if produced_by.get(nd.input[1]) is not None
+                     and produced_by[nd.input[1]].op_type == "DequantizeLinear"]
+        assert len(quantised) == 8
+        zps = {i.name: i.data_type for i in proto.graph.initializer if i.name.endswith("zero_point")}
+        assert zps and set(zps.values()) == {fp8}
+        # quantise around MediatorAttention, not through it; normalisations and softmax read float tensors
+        assert not any(nd.op_type in ("QuantizeLinear", "DequantizeLinear") for f in proto.functions for nd in f.node)
+        for nd in proto.graph.node:
+            if nd.op_type in ("LayerNormalization", "Softmax", "MediatorAttention"):
+                assert all(produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear"
+                           for i in nd.input), nd.name
+    with pytest.raises(BackendUnavailableError, match="no onnxruntime engine|has no onnxruntime"):
+        from medexport import Pipeline
+
+        Pipeline.from_bundle(out, backend="onnxruntime")
+
+
+def test_the_cli_calibrates_and_builds(tiny_bundle, tiny_checkpoints, tmp_path):
+    from click.testing import CliRunner
+
+    from medexport.cli import cli
+
+    cal = tmp_path / "cal"
+    r = CliRunner().invoke(cli, ["calibrate", str(tiny_bundle), "--schedule", "16:0.3,32:0.6,64", "--num", "2",
+                                 "--sampler", "ode", "--method", "euler", "--steps", "9", "-o", str(cal)])
+    assert r.exit_code == 0, r.output
+    assert "medexport build --precision int8-static --calibration" in r.output
+    r = CliRunner().invoke(cli, ["calibrate", str(tiny_bundle), "--num", "2", "-o", str(cal)])
+    assert r.exit_code == 1 and "add --force" in r.output
+    args = ["build", "--precision", "int8-static", "--batch", "1:2:8", "--calibration", str(cal), "-o",
+            str(tmp_path / "b")] + [a for n, p in tiny_checkpoints.items() for a in ("--checkpoint", f"{n}={p}")]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["inspect", str(tmp_path / "b")])
+    assert r.exit_code == 0 and "calibrated on" in r.output and "static-qdq int8" in r.output
+    r = CliRunner().invoke(cli, ["build", "--precision", "int8-static", "-o", str(tmp_path / "c")])
+    assert r.exit_code != 0 and "medexport calibrate" in r.output
