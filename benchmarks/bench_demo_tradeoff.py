@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,19 +24,11 @@ sys.path.insert(0, str(ROOT))
 
 import medexport  # noqa: E402
 from medexport.judge.evaluate import evaluate, floor_for  # noqa: E402
+from medexport.runtime.report import cpu_flags  # noqa: E402
 
 FIXED = ["4:0.3,8:0.6,16", "4:0.5,16", "8:0.5,16", "4:0.7,16", "4:0.5,8"]
 # The reference sweeps r1 in {1.0, 0.9, ...} with r2 below it; a diagonal of that grid.
 ADAPTIVE_RATIOS = [(1.0, 0.9), (0.9, 0.7), (0.7, 0.5), (0.5, 0.3)]
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return platform.processor()
-    keep = [f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "fma")]
-    return " ".join(keep)
 
 
 def main() -> int:

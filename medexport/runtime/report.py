@@ -13,11 +13,22 @@ from ..version import __version__
 from .pipeline import SampleResult
 
 
+def cpu_flags() -> str:
+    """The CPU's vector extensions that decide matrix-product speed (AVX2, AVX-512, VNNI, bf16, AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return platform.processor()
+    keep = ("fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
+    return " ".join(f for f in flags if f in keep)
+
+
 def environment(device: torch.device) -> dict:
     import onnxruntime
 
     env = {"medexport": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "onnxruntime": onnxruntime.__version__, "platform": platform.platform(),
+           "onnxruntime": onnxruntime.__version__, "platform": platform.platform(), "cpu_flags": cpu_flags(),
            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
