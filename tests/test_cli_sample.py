@@ -44,6 +44,31 @@ def test_sample_benchmark_against_reference(tiny_bundle, tmp_path):
     assert {e["backend"] for e in report["reference_trace"]} == {"torch"}
 
 
+def test_sample_benchmark_against_another_precision(tiny_bundle, tiny_checkpoints, tmp_path):
+    """An int8 bundle timed side by side with its fp32 bundle and the PyTorch reference, on the same inputs."""
+    from medexport.backend import BatchRange
+    from medexport.bundle import BuildSettings, ModelSource, build_bundle
+
+    int8 = tmp_path / "int8"
+    build_bundle([ModelSource(n, checkpoint=p) for n, p in tiny_checkpoints.items()], int8,
+                 BuildSettings(backend="onnxruntime", precision="int8", batch=BatchRange(1, 2, 4)), show_progress=False)
+    out = tmp_path / "bench"
+    r = run("sample", int8, "--num", "2", "--sampler", "ode", "--method", "euler", "--steps", "5", "--cfg-scale", "2",
+            "--schedule", "16:0.5,64", "--benchmark", "--warmup", "1", "--runs", "2", "--against", tiny_bundle,
+            "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "onnxruntime int8 (int8)" in r.output and "onnxruntime fp32 (tiny)" in r.output
+    report = json.loads((out / "report.json").read_text())
+    labels = [s["label"] for s in report["summaries"]]
+    assert labels == ["onnxruntime int8 (int8)", "onnxruntime fp32 (tiny)", "torch"]
+    assert all(s["speedup_vs_reference"] > 0 for s in report["summaries"][:2])
+    assert 0 < report["summaries"][0]["max_rel_diff_vs_reference"] < 0.2  # int8: close, not equal
+    assert report["summaries"][1]["max_rel_diff_vs_reference"] < 1e-4  # fp32: the reference's numbers
+
+    r = run("sample", int8, "--num", "1", "--benchmark", "--against", tmp_path / "nothing", "--out", tmp_path / "o2")
+    assert r.exit_code == 1 and "does not exist" in r.output
+
+
 @pytest.mark.parametrize("args,message", [
     (["--labels", "1,10"], "outside 0..9"),
     (["--labels", "a,b"], "is not a class label: give numbers 0..9"),

@@ -410,3 +410,21 @@ def _versions() -> dict:
 
     return {"medexport": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxruntime": ort.__version__}
+
+
+def record_sampling(out: str | Path, changes: dict) -> dict:
+    """Change the bundle's recorded sampling settings (``medexport tune --record``), under the build lock and
+    with an atomic manifest write; the changed settings are validated against the bundle's counts first."""
+    from ..runtime.defaults import SamplingDefaults
+    from ..runtime.schedule import parse_schedule
+
+    out = Path(out)
+    with _exclusive(out):
+        manifest = read_manifest(out)
+        sampling = SamplingDefaults.from_dict({**(manifest.get("sampling") or {}), **changes})
+        if sampling.schedule:
+            parse_schedule(sampling.schedule).validate_against([int(n) for n in manifest["counts"]])
+        manifest["sampling"] = sampling.to_dict()
+        manifest["updated"] = now()
+        write_json_atomic(out / MANIFEST, manifest)
+    return manifest["sampling"]

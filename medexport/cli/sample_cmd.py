@@ -103,8 +103,11 @@ SAMPLE_OUTPUTS = {"images", "grid.png", "latents.npy", "report.json", "step_late
               help="Timed runs per backend, alternating between backends (--benchmark).")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="With --benchmark, also time the PyTorch reference on the same inputs.")
+@click.option("--against", "against", multiple=True, type=click.Path(path_type=Path),
+              help="With --benchmark, also time this bundle (another precision of the same model, say) side by "
+                   "side (repeatable).")
 def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, last_step, cfg_scale, cfg_channels, backend, device,
-               threads, schedule, out_dir, out_alias, vae, benchmark, warmup, runs, reference) -> None:
+               threads, schedule, out_dir, out_alias, vae, benchmark, warmup, runs, reference, against) -> None:
     """Generate images (pixel-space models) or latents from a bundle with a mediator schedule.
 
     Settings not given come from the bundle's recommended sampling settings. --benchmark times the engines
@@ -137,7 +140,16 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
             console.print(f"{len(label_list)} images in {result.seconds:.2f} s on {pipe.backend}; steps per mediator "
                           f"count: {result.steps_per_count()}")
         else:
-            factories = {pipe.backend: lambda: pipe}
+            main = _label(pipe, bundle, against)
+            factories = {main: lambda: pipe}
+            others = {}
+            for other in against:  # opened (and checked) now; their engines load during warm-up
+                other_pipe = Pipeline.from_bundle(other, backend=backend, device=device, threads=threads)
+                if other_pipe.config.with_mediators(pipe.config.mediators) != pipe.config:
+                    raise SamplingError(f"--against {other} holds another model than {bundle}: compare bundles of "
+                                        f"one model")
+                others[_label(other_pipe, other, against)] = other_pipe
+            factories.update({label: (lambda p=p: p) for label, p in others.items()})
             if reference and pipe.backend != "torch":
                 factories["torch"] = lambda: Pipeline.from_bundle(bundle, backend="torch", device=device, threads=threads)
             total = (max(1, warmup) + runs) * len(factories)
@@ -145,16 +157,17 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
                           console=err_console) as progress:
                 task = progress.add_task(f"benchmark {' vs '.join(factories)}", total=total)
                 pipelines, stats = run_benchmarks(factories, kwargs, warmup=warmup, runs=runs,
-                                                  baselines={pipe.backend: base_memory},
+                                                  baselines={label: base_memory for label in (main, *others)},
                                                   progress=lambda: progress.advance(task))
             ref_stats = stats.get("torch") if pipe.backend != "torch" else None
-            summaries = [summary(pipe, stats[pipe.backend], ref_stats)]
+            summaries = [summary(pipelines[label], stats[label], ref_stats) | {"label": label}
+                         for label in (main, *others)]
             if ref_stats is not None:
-                summaries.append(summary(pipelines["torch"], ref_stats, None))
-            result = stats[pipe.backend].last
+                summaries.append(summary(pipelines["torch"], ref_stats, None) | {"label": "torch"})
+            result = stats[main].last
             ref_result = ref_stats.last if ref_stats else None
             results = {name: s.last for name, s in stats.items()}
-            _print_benchmark(stats, summaries, pipe)
+            _print_benchmark(stats, summaries, main)
         written = []
         extra = {}
         if pipe.data is not None:  # pixel space: the samples are images
@@ -214,27 +227,34 @@ def _labels(labels: str | None, num: int, per_class: int | None, seed: int, pipe
     return torch.randint(0, classes, (num,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def _print_benchmark(stats: dict, summaries: list[dict], pipe: Pipeline) -> None:
+def _label(pipe: Pipeline, bundle: Path, against: tuple) -> str:
+    """A benchmark column's name: the backend, with the precision and bundle when several bundles compete."""
+    if not against:
+        return pipe.backend
+    return f"{pipe.backend} {pipe.precision} ({Path(bundle).name})"
+
+
+def _print_benchmark(stats: dict, summaries: list[dict], main: str) -> None:
     counts = sorted({e.mediators for s in stats.values() for e in s.last.trace})
-    steps = stats[pipe.backend].last.steps_per_count()
+    steps = stats[main].last.steps_per_count()
     table = Table(title="mean step latency (ms) per mediator count")
     table.add_column("mediators", justify="right")
     table.add_column("steps served", justify="right")
     for name in stats:
         table.add_column(name, justify="right")
-    if len(stats) > 1:
+    if "torch" in stats and main != "torch":
         table.add_column("speed-up", justify="right")
     per = {name: s.step_ms_per_count() for name, s in stats.items()}
     for n in counts:
         row = [str(n), str(steps.get(n, 0))] + [f"{per[name].get(n, float('nan')):.2f}" for name in stats]
-        if len(stats) > 1:
-            row.append(f"{per['torch'][n] / per[pipe.backend][n]:.2f}x")
+        if "torch" in stats and main != "torch":
+            row.append(f"{per['torch'][n] / per[main][n]:.2f}x")
         table.add_row(*row)
     console.print(table)
     table = Table(title="per batch (median of the timed runs)")
     table.add_column("")
     for s in summaries:
-        table.add_column(s["backend"], justify="right")
+        table.add_column(s.get("label", s["backend"]), justify="right")
     rows = [("images", lambda s: str(s["images"])),
             ("latency per batch (s)", lambda s: f"{s['batch_seconds']:.3f}"),
             ("images / s", lambda s: f"{s['images_per_second']:.3f}"),

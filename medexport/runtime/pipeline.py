@@ -151,6 +151,12 @@ class Pipeline:
     def counts(self) -> list[int]:
         return list(self.runners)
 
+    @property
+    def precision(self) -> str:
+        """The runners' precision ("fp32", "int8", ...), or "mixed"."""
+        precisions = {r.precision for r in self.runners.values()}
+        return precisions.pop() if len(precisions) == 1 else "mixed"
+
     # -- sampling -----------------------------------------------------------------------------------------
     def sample(self, labels, *, noise: Tensor | None = None, seed: int | None = None, sampler: str | None = None,
                method: str | None = None, steps: int | None = None, cfg_scale: float | None = None,

@@ -146,3 +146,17 @@ def test_rerun_into_an_earlier_output_leaves_no_stale_files(demo_bundle, tiny_bu
     r = run("sample", demo_bundle, "--labels", "1", "--steps", "3", "--out", out)
     assert r.exit_code == 0, r.output
     assert not (out / "latents.npy").exists() and (out / "images" / "000.png").exists()
+
+
+def test_tune_judges_the_demo_within_a_budget(demo_bundle):
+    """The judge metric on the real model, and the trajectory proxy's agreement with it."""
+    from medexport import Pipeline
+    from medexport.tune import Budget, tune
+
+    pipe = Pipeline.from_bundle(demo_bundle, backend="onnxruntime")
+    result = tune(pipe, pipe.defaults, Budget("fraction", 0.985), metric="judge", images=20, batch=20,
+                  adaptive=False)
+    assert result.best.gflops <= 0.985 * result.largest_static_gflops + 1e-9
+    assert all(c.accuracy is not None and c.fd is not None and c.trajectory is not None for c in result.candidates)
+    assert result.best.accuracy >= 0.8  # trained: the judge recognises its images
+    assert result.rank_agreement is not None and -1 <= result.rank_agreement <= 1

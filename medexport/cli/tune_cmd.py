@@ -1,0 +1,140 @@
+"""``medexport tune``: search the bundle's mediator schedules for the best one within a budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from ..atomic import write_json
+from ..runtime.pipeline import Pipeline
+from .main import cli, console, err_console, short_help
+from .sample_cmd import sampling_options
+
+
+@cli.command(short_help=short_help("tune"))
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--budget-gflops", type=float, default=None, help="At most this many GFLOPs per image.")
+@click.option("--budget-ms", type=float, default=None, help="At most this many ms per image, measured here.")
+@click.option("--budget-fraction", type=float, default=None,
+              help="At most this share of the largest static schedule's GFLOPs (0.8 = 80%).")
+@click.option("--metric", type=click.Choice(["judge", "trajectory"]), default=None,
+              help="judge: the shipped Fashion-MNIST judge (accuracy, then FD); trajectory: distance of the final "
+                   "samples from the largest count's, for any model [default: judge where it applies].")
+@click.option("--images", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Images judged per schedule (the same labels and seeds for every schedule).")
+@click.option("--seed", default=0, show_default=True, help="Batch b is sampled with seed + b.")
+@click.option("--batch", default=100, show_default=True, type=click.IntRange(min=1), help="Images per sampling call.")
+@click.option("--adaptive/--no-adaptive", default=True, show_default=True,
+              help="Also judge a few adaptive ratio pairs (cost measured, not predicted).")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/tune.json"),
+              show_default=True, help="JSON report (the plot goes beside it, .png).")
+@click.option("--record", is_flag=True, help="Record the chosen schedule in the bundle as its default.")
+@sampling_options
+def tune_cmd(bundle, budget_gflops, budget_ms, budget_fraction, metric, images, seed, batch, adaptive, report, record,
+             **options) -> None:
+    """Find the best mediator schedule within a budget: fixed switch points (few mediators first) on the budget's
+    edge and adaptive ratios, judged on the same noise and labels; prints the choice and the frontier."""
+    from ..tune import check_budget_args, tune
+
+    budget = check_budget_args(budget_gflops, budget_ms, budget_fraction)
+    sampler = {k: options[k] for k in ("sampler", "method", "steps", "cfg_scale", "cfg_channels")}
+    if options["threads"]:
+        import torch
+
+        torch.set_num_threads(options["threads"])
+    pipe = Pipeline.from_bundle(bundle, backend=options["backend"], device=options["device"],
+                                threads=options["threads"])
+    if metric is None:
+        from ..judge.evaluate import check_applies
+
+        try:
+            check_applies(pipe)
+            metric = "judge"
+        except Exception:
+            metric = "trajectory"
+    sampling = pipe.defaults.override(**sampler)
+    with err_console.status("tuning") as status:
+        result = tune(pipe, sampling, budget, metric=metric, images=images, seed=seed, batch=batch,
+                      adaptive=adaptive, on_candidate=lambda c: status.update(
+                          f"tuning: judged {escape(c.schedule)} ({c.gflops:.3f} GFLOPs)"))
+    _print(result, bundle, pipe)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    write_json(report, {"bundle": str(bundle), "backend": pipe.backend, **result.to_dict()})
+    plot = _plot(result, report.with_suffix(".png"))
+    console.print(escape(f"wrote {report}, {plot}"), highlight=False, soft_wrap=True)
+    if record:
+        from ..bundle.build import record_sampling
+
+        record_sampling(bundle, {"schedule": result.best.schedule})
+        console.print(escape(f"recorded {result.best.schedule} as {bundle}'s default schedule"), highlight=False)
+
+
+def _print(result, bundle, pipe) -> None:
+    judge = result.metric == "judge"
+    table = Table(title=f"{bundle}: {result.budget.describe()}, {result.images} images per schedule, "
+                        f"{result.settings['evaluations']} evaluations, {pipe.backend}")
+    for col in ("schedule", "kind", "GFLOPs / image", "of largest", "ms / image (pred.)", "ms / image",
+                *(("accuracy", "FD") if judge else ()), "trajectory", "fits", ""):
+        table.add_column(col, justify="left" if col in ("schedule", "kind", "") else "right",
+                         overflow="fold", min_width=22 if col == "schedule" else None)
+    front = {c.schedule for c in result.frontier()}
+    for c in result.candidates:
+        fits = (c.measured_ms if result.budget.kind == "ms" else
+                c.gflops / result.largest_static_gflops if result.budget.kind == "fraction" else c.gflops)
+        mark = "[bold green]chosen[/]" if c is result.best else ("frontier" if c.schedule in front else "")
+        table.add_row(c.schedule, c.kind, f"{c.gflops:.4f}", f"{c.gflops / result.largest_static_gflops:.1%}",
+                      f"{c.predicted_ms:.2f}" if c.predicted_ms is not None else "-", f"{c.measured_ms:.2f}",
+                      *((f"{100 * c.accuracy:.1f}%", f"{c.fd:.2f}") if judge else ()),
+                      f"{c.trajectory:.4f}" if c.trajectory is not None else "-",
+                      "yes" if fits <= result.budget.value * (1 + 1e-9) else "no", mark)
+    console.print(table)
+    b = result.best
+    quality = (f"judge accuracy {100 * b.accuracy:.1f}%, FD {b.fd:.2f}" if judge
+               else f"trajectory distance {b.trajectory:.4f}")
+    console.print(f"[bold]best:[/] {escape(b.schedule)}  ({b.gflops:.4f} GFLOPs / image predicted, "
+                  f"{b.measured_gflops:.4f} measured; {b.measured_ms:.2f} ms / image here; {quality})",
+                  highlight=False, soft_wrap=True)
+    if result.rank_agreement is not None:
+        console.print(f"trajectory proxy vs judge FD: Spearman rank correlation {result.rank_agreement:.2f} over "
+                      f"{len(result.candidates)} schedules", highlight=False)
+    console.print(f"tune: {len(result.candidates)} schedules x {result.images} images in {result.seconds:.0f} s",
+                  highlight=False)
+
+
+def _plot(result, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..atomic import replacing
+
+    judge = result.metric == "judge"
+    value = (lambda c: 100 * c.accuracy) if judge else (lambda c: c.trajectory)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for kind, marker, colour in (("static", "s", "black"), ("fixed", "o", "tab:blue"), ("adaptive", "^", "tab:orange")):
+        cs = [c for c in result.candidates if c.kind == kind]
+        if cs:
+            ax.scatter([c.gflops for c in cs], [value(c) for c in cs], marker=marker, color=colour, label=kind,
+                       zorder=3)
+    front = result.frontier()
+    ax.plot([c.gflops for c in front], [value(c) for c in front], color="tab:green", alpha=0.6, label="frontier")
+    b = result.best
+    ax.scatter([b.gflops], [value(b)], s=160, facecolors="none", edgecolors="tab:red", linewidths=2, label="chosen",
+               zorder=4)
+    if result.budget.kind in ("gflops", "fraction"):
+        limit = result.budget.value * (result.largest_static_gflops if result.budget.kind == "fraction" else 1)
+        ax.axvline(limit, color="tab:red", linestyle="--", alpha=0.6, label="budget")
+    ax.set_xlabel("GFLOPs per image")
+    ax.set_ylabel("judge accuracy (%)" if judge else "distance from the largest count's samples (lower is better)")
+    ax.set_title(f"{result.budget.describe()}: {b.schedule}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,390 @@
+"""``medexport tune``: the best mediator schedule for an inference budget.
+
+A fixed schedule over E model evaluations is an allocation of the steps to the bundle's counts, few mediators
+first (the paper's order). Its cost is exact before anything runs: the sampler is dry-run (no model) to list
+which step each evaluation belongs to, the schedule gives each step its count, and each count's GFLOPs per
+forward (``forward_flops``) or its measured milliseconds per evaluation on this machine add up. Cost rises
+monotonically as steps move to larger counts, so the schedules worth judging are those on the budget's edge:
+for each number of steps given to the smallest count, the most steps the largest count can take within the
+budget. The search judges a coarse set of those, then the neighbours of the best, plus every static schedule
+(for the frontier) and a few adaptive ratio pairs (whose cost is measured, not predicted).
+
+Quality is either ``judge`` (the shipped Fashion-MNIST classifier: accuracy, then FD) or ``trajectory``: the RMS
+distance of a schedule's final samples from those of the largest count's static schedule on the same noise and
+labels, a proxy that needs no data and applies to any model. Every candidate sees the same labels and seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..errors import ConfigError, SamplingError
+from ..model import forward_flops
+from ..runtime.defaults import SamplingDefaults
+from ..runtime.samplers import SamplerSettings, StepInfo, sample
+from ..runtime.schedule import AdaptiveSchedule, FixedSchedule, parse_schedule
+
+METRICS = ("judge", "trajectory")
+#: Adaptive ratio pairs judged besides the fixed schedules (a diagonal of the reference's sweep).
+ADAPTIVE_RATIOS = ((1.0, 0.9), (0.9, 0.7), (0.7, 0.5), (0.5, 0.3))
+
+
+class TuneError(ConfigError):
+    """A tune that cannot be done as asked (budget, bundle, metric)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """At most ``value`` of ``kind``: "gflops" per image, "ms" per image (measured here), or "fraction" of the
+    largest static schedule's GFLOPs."""
+
+    kind: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("gflops", "ms", "fraction"):
+            raise TuneError(f"unknown budget kind {self.kind!r}")
+        if not (isinstance(self.value, (int, float)) and math.isfinite(self.value) and self.value > 0):
+            raise TuneError(f"the budget must be a positive number, got {self.value!r}")
+
+    def describe(self) -> str:
+        return {"gflops": f"{self.value:g} GFLOPs / image", "ms": f"{self.value:g} ms / image",
+                "fraction": f"{100 * self.value:g}% of the largest static schedule's GFLOPs"}[self.kind]
+
+
+@dataclass
+class Candidate:
+    schedule: str
+    kind: str  # "static" | "fixed" | "adaptive"
+    gflops: float  # per image: predicted for fixed schedules, measured for adaptive ones
+    predicted_ms: float | None = None
+    measured_ms: float | None = None
+    measured_gflops: float | None = None
+    accuracy: float | None = None
+    fd: float | None = None
+    trajectory: float | None = None  # RMS distance from the largest static schedule's samples
+    steps_per_count: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["steps_per_count"] = {str(k): v for k, v in self.steps_per_count.items()}
+        return d
+
+
+@dataclass
+class TuneResult:
+    budget: Budget
+    metric: str
+    best: Candidate
+    candidates: list[Candidate]
+    images: int
+    seconds: float
+    rank_agreement: float | None  # Spearman between the trajectory proxy and the judge, where both were measured
+    largest_static_gflops: float
+    settings: dict
+
+    def frontier(self) -> list[Candidate]:
+        """Candidates no other beats on both cost and quality, cheapest first."""
+        def better(a: Candidate, b: Candidate) -> bool:
+            return (a.gflops <= b.gflops and quality_key(a, self.metric) >= quality_key(b, self.metric)
+                    and (a.gflops < b.gflops or quality_key(a, self.metric) > quality_key(b, self.metric)))
+        front = [c for c in self.candidates if not any(better(o, c) for o in self.candidates)]
+        return sorted(front, key=lambda c: c.gflops)
+
+    def to_dict(self) -> dict:
+        return {"schedule": self.best.schedule, "gflops_per_image": self.best.measured_gflops or self.best.gflops,
+                "quality": _quality_dict(self.best, self.metric), "metric": self.metric,
+                "budget": {"kind": self.budget.kind, "value": self.budget.value, "text": self.budget.describe()},
+                "best": self.best.to_dict(), "frontier": [c.to_dict() for c in self.frontier()],
+                "candidates": [c.to_dict() for c in self.candidates], "images_per_candidate": self.images,
+                "seconds": round(self.seconds, 1), "rank_agreement_trajectory_vs_judge": self.rank_agreement,
+                "largest_static_gflops": self.largest_static_gflops, "settings": self.settings}
+
+
+def _quality_dict(c: Candidate, metric: str) -> dict:
+    if metric == "judge":
+        return {"accuracy": c.accuracy, "fd": c.fd, "trajectory": c.trajectory}
+    return {"trajectory": c.trajectory}
+
+
+def quality_key(c: Candidate, metric: str) -> tuple:
+    """Larger is better: judge accuracy (FD breaks ties), or the negated trajectory distance."""
+    if metric == "judge":
+        return (c.accuracy if c.accuracy is not None else -1.0, -(c.fd if c.fd is not None else math.inf))
+    return (-(c.trajectory if c.trajectory is not None else math.inf),)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Costs
+# ---------------------------------------------------------------------------------------------------------
+def evaluation_steps(settings: SamplerSettings) -> list[StepInfo]:
+    """The StepInfo of every model evaluation a run makes, by dry-running the sampler with no model."""
+    if settings.num_model_steps is None:
+        raise TuneError("tuning needs a fixed-step sampler: dopri5 chooses its own steps. Use --method euler or "
+                        "heun")
+    seen: list[StepInfo] = []
+
+    def velocity(x, t, step):
+        seen.append(step)
+        return torch.zeros_like(x)
+
+    sample(velocity, torch.zeros(1, 1), settings, generator=torch.Generator().manual_seed(0))
+    return seen
+
+
+def allocation_schedule(counts: list[int], steps: list[int], total: int) -> str:
+    """The canonical text of a fixed schedule giving ``steps[i]`` of ``total`` steps to ``counts[i]``, in order."""
+    used = [(n, k) for n, k in zip(counts, steps) if k > 0]
+    if len(used) == 1:
+        return str(used[0][0])
+    parts, done = [], 0
+    for n, k in used[:-1]:
+        done += k
+        parts.append(f"{n}:{_fraction(done, total)}")
+    return ",".join(parts + [str(used[-1][0])])
+
+
+def _fraction(k: int, total: int) -> str:
+    """The shortest decimal v with (k - 1)/total < v <= k/total: step i < k goes to the segment exactly when
+    i/total < v, the schedule's own rule."""
+    for digits in range(1, 12):
+        scale = 10 ** digits
+        value = math.floor(k * scale / total) / scale
+        if (k - 1) / total < value <= k / total and value > 0:
+            return f"{value:.{digits}f}".rstrip("0").rstrip(".")
+    return repr(k / total)
+
+
+class CostModel:
+    """Exact per-image cost of a fixed schedule: GFLOPs from the architecture, ms from measured step times."""
+
+    def __init__(self, pipe, settings: SamplerSettings, cfg_scale: float):
+        self.steps = evaluation_steps(settings)
+        self.num_steps = settings.num_model_steps
+        self.factor = 2 if cfg_scale > 1.0 else 1  # guidance doubles every evaluation's batch
+        self.gflops = {n: forward_flops(pipe.config.with_mediators(n)) / 1e9 for n in pipe.counts}
+        self.ms_per_eval: dict[int, float] = {}  # per image, filled in from static runs
+
+    def evaluations(self, schedule: FixedSchedule) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for step in self.steps:
+            n = schedule.model_for(step)
+            out[n] = out.get(n, 0) + 1
+        return out
+
+    def gflops_per_image(self, schedule: FixedSchedule) -> float:
+        return self.factor * sum(k * self.gflops[n] for n, k in self.evaluations(schedule).items())
+
+    def ms_per_image(self, schedule: FixedSchedule) -> float | None:
+        """Predicted from each count's measured ms per evaluation; None until every count used is timed."""
+        evals = self.evaluations(schedule)
+        if any(n not in self.ms_per_eval for n in evals):
+            return None
+        return sum(k * self.ms_per_eval[n] for n, k in evals.items())
+
+
+def edge_allocations(m: int, total: int, fits: Callable[[list[int]], bool]) -> list[list[int]]:
+    """Step allocations (smallest count first) on the budget's edge: for each number k of steps given to the
+    smallest count, the most steps the largest can take with ``fits`` still true (the rest to the second
+    largest). Cost rises with every step moved to a larger count, so nothing inside the edge can be better."""
+    out: list[list[int]] = []
+    for k in range(total + 1):
+        best = None
+        for k_large in range(total - k + 1):
+            alloc = [0] * m
+            alloc[0] += k
+            alloc[-1] += k_large
+            alloc[-2 if m > 2 else 0] += total - k - k_large
+            if fits(alloc):
+                best = alloc
+            else:
+                break  # more steps to the largest count only cost more
+        if best is not None and best not in out:
+            out.append(best)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Quality
+# ---------------------------------------------------------------------------------------------------------
+class Judge:
+    """Runs a schedule on the tune's fixed labels and seeds and scores it."""
+
+    def __init__(self, pipe, sampling: SamplingDefaults, *, metric: str, images: int, seed: int, batch: int):
+        if metric not in METRICS:
+            raise TuneError(f"unknown metric {metric!r}: choose {' or '.join(METRICS)}")
+        self.pipe, self.sampling, self.metric, self.seed, self.batch = pipe, sampling, metric, seed, batch
+        if metric == "judge":
+            from ..judge.evaluate import check_applies
+
+            check_applies(pipe)
+        classes = pipe.config.num_classes
+        self.labels = [i % classes for i in range(images)]
+        self.judge_applies = metric == "judge"
+        self.reference: torch.Tensor | None = None
+
+    def warm_up(self) -> None:
+        """Load every engine and run it once, so that no schedule's time includes a session's start."""
+        for n in self.pipe.counts:
+            self.pipe.sample(self.labels[:1], seed=self.seed, **self.sampling.override(schedule=str(n))
+                             .pipeline_kwargs())
+
+    def run(self, schedule: str) -> tuple[torch.Tensor, float, float, dict]:
+        """(final samples, ms per image, measured GFLOPs per image, steps per count)."""
+        kwargs = self.sampling.override(schedule=schedule).pipeline_kwargs()
+        images, flops, ms, steps = [], 0.0, 0.0, {}
+        for b, start in enumerate(range(0, len(self.labels), self.batch)):
+            chunk = self.labels[start:start + self.batch]
+            t0 = time.perf_counter()
+            result = self.pipe.sample(chunk, seed=self.seed + b, **kwargs)
+            ms += 1e3 * (time.perf_counter() - t0)
+            images.append(result.latents)
+            flops += self.pipe.flops_per_image(result) * len(chunk)
+            for n, k in result.steps_per_count().items():
+                steps[n] = max(steps.get(n, 0), k)
+        return torch.cat(images), ms / len(self.labels), flops / len(self.labels) / 1e9, dict(sorted(steps.items()))
+
+    def score(self, c: Candidate, samples: torch.Tensor) -> None:
+        if self.reference is not None:
+            c.trajectory = float(((samples - self.reference) ** 2).mean().sqrt())
+        if self.judge_applies:
+            from ..judge import score
+
+            s = score(samples, self.labels)
+            c.accuracy, c.fd = s.accuracy, s.fd
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The search
+# ---------------------------------------------------------------------------------------------------------
+def tune(pipe, sampling: SamplingDefaults, budget: Budget, *, metric: str = "trajectory", images: int = 100,
+         seed: int = 0, batch: int = 100, adaptive: bool = True,
+         on_candidate: Callable[[Candidate], None] | None = None) -> TuneResult:
+    """The best schedule of ``pipe``'s counts within ``budget`` under ``metric``; see the module docstring."""
+    t_start = time.perf_counter()
+    counts = sorted(pipe.counts)
+    if len(counts) < 2:
+        raise TuneError(f"the bundle has one mediator count ({counts[0]}): there is no schedule to tune. Build "
+                        f"several counts (e.g. --mediators 16,32,64) to trade quality for cost")
+    settings = SamplerSettings(sampler=sampling.sampler, method=sampling.method, steps=sampling.steps)
+    cost = CostModel(pipe, settings, sampling.cfg_scale)
+    judge = Judge(pipe, sampling, metric=metric, images=images, seed=seed, batch=batch)
+    E = cost.num_steps
+    largest = counts[-1]
+    statics = {n: FixedSchedule.static(n) for n in counts}
+    largest_gflops = cost.gflops_per_image(statics[largest])
+    cheapest = min(cost.gflops_per_image(s) for s in statics.values())
+    evaluated: dict[str, Candidate] = {}
+
+    def evaluate(text: str, kind: str) -> Candidate:
+        if text in evaluated:
+            return evaluated[text]
+        sched = parse_schedule(text)
+        kind = "static" if isinstance(sched, FixedSchedule) and len(sched.counts) == 1 else kind
+        samples, ms, gflops, steps = judge.run(text)
+        if kind == "static":  # per-image ms of one evaluation of this count, for --budget-ms predictions
+            cost.ms_per_eval[int(text)] = ms / max(1, len(cost.steps))
+        c = Candidate(text, kind, gflops if sched.adaptive else cost.gflops_per_image(sched),
+                      predicted_ms=None if sched.adaptive else cost.ms_per_image(sched), measured_ms=ms,
+                      measured_gflops=gflops, steps_per_count=steps)
+        judge.score(c, samples)
+        evaluated[text] = c
+        if on_candidate:
+            on_candidate(c)
+        return c
+
+    # The reference for the trajectory distance, and the static schedules (which also time each count).
+    judge.warm_up()
+    samples, ms, gflops, steps = judge.run(str(largest))
+    judge.reference = samples
+    cost.ms_per_eval[largest] = ms / max(1, len(cost.steps))
+    ref = Candidate(str(largest), "static", cost.gflops_per_image(statics[largest]),
+                    predicted_ms=cost.ms_per_image(statics[largest]), measured_ms=ms, measured_gflops=gflops,
+                    steps_per_count=steps)
+    judge.score(ref, samples)
+    evaluated[ref.schedule] = ref
+    if on_candidate:
+        on_candidate(ref)
+    for n in counts[:-1]:
+        evaluate(str(n), "static")
+
+    def price(c_or_sched) -> float:
+        if budget.kind == "ms":
+            return c_or_sched.measured_ms if isinstance(c_or_sched, Candidate) else cost.ms_per_image(c_or_sched)
+        g = c_or_sched.gflops if isinstance(c_or_sched, Candidate) else cost.gflops_per_image(c_or_sched)
+        return g / largest_gflops if budget.kind == "fraction" else g
+
+    limit = budget.value
+    floor = min(price(evaluated[str(n)]) for n in counts)
+    if floor > limit * (1 + 1e-9):
+        unit = {"gflops": " GFLOPs / image", "ms": " ms / image", "fraction": ""}[budget.kind]
+        cheapest_text = (f"{floor:.1%} of the largest static schedule's GFLOPs" if budget.kind == "fraction"
+                         else f"{floor:.4g}{unit} ({cheapest / largest_gflops:.1%} of the largest's GFLOPs)")
+        raise TuneError(f"the budget ({budget.describe()}) is below the cheapest schedule: the static "
+                        f"{counts[0]} mediators cost {cheapest_text}, so no schedule fits (the counts of this model "
+                        f"differ little in cost). Raise the budget to at least {floor:.4g}"
+                        + ("" if budget.kind == "fraction" else unit))
+
+    # Fixed schedules on the budget's edge: k steps to the smallest count, the most the largest can take.
+    def fits(alloc: list[int]) -> bool:
+        return price(parse_schedule(allocation_schedule(counts, alloc, E))) <= limit * (1 + 1e-9)
+
+    candidates = edge_allocations(len(counts), E, fits)
+    coarse = candidates[:: max(1, len(candidates) // 5)] if len(candidates) > 6 else candidates
+    scored = [(alloc, evaluate(allocation_schedule(counts, alloc, E), "fixed")) for alloc in coarse]
+    if len(candidates) > len(coarse) and scored:  # then the neighbours of the best
+        i = candidates.index(max(scored, key=lambda ac: quality_key(ac[1], metric))[0])
+        for alloc in candidates[max(0, i - 2):i + 3]:
+            evaluate(allocation_schedule(counts, alloc, E), "fixed")
+    if adaptive and len(counts) <= 3:  # the paper's rule switches between 2 or 3 counts
+        for ratios in ADAPTIVE_RATIOS:
+            evaluate(str(AdaptiveSchedule(counts, ratios[: len(counts) - 1])), "adaptive")
+
+    fits = [c for c in evaluated.values() if price(c) <= limit * (1 + 1e-9)]
+    if not fits:
+        raise TuneError(f"no schedule judged fits {budget.describe()}")
+    best = max(fits, key=lambda c: (quality_key(c, metric), -c.gflops))
+    return TuneResult(budget, metric, best, sorted(evaluated.values(), key=lambda c: c.gflops), len(judge.labels),
+                      time.perf_counter() - t_start, _rank_agreement(list(evaluated.values())), largest_gflops,
+                      {**sampling.to_dict(), "seed": seed, "batch": batch, "evaluations": len(cost.steps)})
+
+
+def _rank_agreement(cands: list[Candidate]) -> float | None:
+    """Spearman correlation between the trajectory distance and the judge's FD over the candidates (both lower
+    is better), where both were measured; None otherwise."""
+    pairs = [(c.trajectory, c.fd) for c in cands if c.trajectory is not None and c.fd is not None]
+    if len(pairs) < 3:
+        return None
+
+    def ranks(values):
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        r = [0.0] * len(values)
+        for rank, i in enumerate(order):
+            r[i] = float(rank)
+        return r
+
+    a, b = ranks([p[0] for p in pairs]), ranks([p[1] for p in pairs])
+    n = len(pairs)
+    ma, mb = sum(a) / n, sum(b) / n
+    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    var = math.sqrt(sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b))
+    return cov / var if var else None
+
+
+def check_budget_args(gflops: float | None, ms: float | None, fraction: float | None) -> Budget:
+    given = [(k, v) for k, v in (("gflops", gflops), ("ms", ms), ("fraction", fraction)) if v is not None]
+    if len(given) != 1:
+        raise TuneError("give exactly one budget: --budget-gflops G, --budget-ms M or --budget-fraction F")
+    kind, value = given[0]
+    if kind == "fraction" and not 0 < value <= 1:
+        raise TuneError(f"--budget-fraction is a share of the largest static schedule's GFLOPs in (0, 1], got {value}")
+    return Budget(kind, float(value))
+
+
+__all__ = ["ADAPTIVE_RATIOS", "METRICS", "Budget", "Candidate", "CostModel", "TuneError", "TuneResult",
+           "allocation_schedule", "check_budget_args", "evaluation_steps", "tune", "SamplingError"]
