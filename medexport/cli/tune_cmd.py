@@ -130,7 +130,7 @@ def _plot(result, path: Path) -> Path:
         ax.axvline(limit, color="tab:red", linestyle="--", alpha=0.6, label="budget")
     ax.set_xlabel("GFLOPs per image")
     ax.set_ylabel("judge accuracy (%)" if judge else "distance from the largest count's samples (lower is better)")
-    ax.set_title(f"{result.budget.describe()}: {b.schedule}")
+    ax.set_title(f"budget: {result.budget.describe()}\nchosen: {b.schedule}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
