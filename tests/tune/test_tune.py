@@ -99,3 +99,13 @@ def test_the_cli_reports_plots_and_records(tiny_bundle, tmp_path):
     r = CliRunner().invoke(cli, ["tune", str(bundle), "--budget-fraction", "0.3", "--images", "2", "--steps", "5",
                                  "--sampler", "ode", "--method", "euler"])
     assert r.exit_code == 1 and "below the cheapest schedule" in r.output and "Traceback" not in r.output
+
+
+def test_a_latency_budget_uses_the_step_times_measured_here(tiny_bundle):
+    pipe = Pipeline.from_bundle(tiny_bundle, backend="onnxruntime")
+    result = tune(pipe, SAMPLING, Budget("ms", 1e6), metric="trajectory", images=2, batch=2, adaptive=False)
+    assert result.best.schedule == "64"  # no limit: the largest count's own samples are the best
+    fixed = [c for c in result.candidates if c.kind == "fixed"]
+    assert fixed and all(c.predicted_ms is not None and c.predicted_ms > 0 for c in fixed)
+    with pytest.raises(TuneError, match="below the cheapest schedule.*ms / image"):
+        tune(pipe, SAMPLING, Budget("ms", 1e-6), metric="trajectory", images=2, batch=2)
