@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("bundle_cmds", "What a bundle holds and whether it runs here."),
     "calibrate": ("calibrate_cmd", "Record what each count's engine receives, for int8/fp8."),
     "sample": ("sample_cmd", "Generate from a bundle; --benchmark against PyTorch."),
+    "generate": ("generate_cmd", "Many images (an FID set), sharded across torchrun ranks."),
     "eval": ("eval_cmd", "Judge a Fashion-MNIST bundle per schedule: accuracy, FD, cost."),
     "tune": ("tune_cmd", "The best mediator schedule within a GFLOPs or latency budget."),
     "flops": ("model_cmds", "GFLOPs per forward against full attention."),

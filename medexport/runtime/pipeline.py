@@ -22,8 +22,8 @@ from ..errors import BackendUnavailableError, ConfigError, SamplingError
 from ..model import ModelConfig, forward_flops, load_checkpoint
 from ..model.mediator_dit import MediatorDiT, guide
 from .defaults import SamplingDefaults
-from .request import SampleRequest
-from .samplers import SamplerSettings, StepInfo, sample
+from .request import SampleRequest, image_seed
+from .samplers import RowGenerators, SamplerSettings, StepInfo, sample
 from .schedule import FixedSchedule, Schedule, parse_schedule
 
 log = logging.getLogger(__name__)
@@ -197,13 +197,22 @@ class Pipeline:
         y = self._labels(request.labels)
         seed = request.seed
         B, c = len(y), self.config
-        generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        if noise is None:
-            noise = torch.randn(B, c.in_channels, c.input_size, c.input_size, generator=generator)
-        elif tuple(noise.shape) != (B, c.in_channels, c.input_size, c.input_size):
-            raise SamplingError(f"noise must be {(B, c.in_channels, c.input_size, c.input_size)} for {B} labels, "
-                                f"got {tuple(noise.shape)}")
         guided = cfg_scale > 1.0
+        shape = (c.in_channels, c.input_size, c.input_size)
+        if request.image_seeds is not None:  # each image's noise from its own seed alone
+            def own(s: int, stream: int) -> torch.Generator:
+                return torch.Generator().manual_seed(image_seed(s, 0, stream))
+
+            generator = RowGenerators([own(s, 1) for s in request.image_seeds]
+                                      + ([own(s, 2) for s in request.image_seeds] if guided else []))
+            if noise is None:
+                noise = torch.stack([torch.randn(shape, generator=own(s, 0)) for s in request.image_seeds])
+        else:
+            generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        if noise is None:
+            noise = torch.randn(B, *shape, generator=generator)
+        elif tuple(noise.shape) != (B, *shape):
+            raise SamplingError(f"noise must be {(B, *shape)} for {B} labels, got {tuple(noise.shape)}")
         x0 = noise.to(self.device, torch.float32)
         y = y.to(self.device)
         if guided:  # the reference: z = [z; z], y = [y; null]

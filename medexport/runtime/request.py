@@ -25,6 +25,9 @@ class SampleRequest:
     """Args:
         labels: class labels (ints), one per image.
         seed: seeds the initial noise and the SDE's noise (None: the noise is given, or drawn unseeded).
+        image_seeds: instead of ``seed``, one seed per image: each image's noise (initial and SDE) comes from its
+            own seed alone, whatever else is in the batch (:func:`image_seed` derives them from a run's seed
+            and each image's global index).
         sampler, method, steps: "ode" / "sde", the integration method, and the step count (None: defaults).
         cfg_scale: classifier-free guidance scale (>= 1; 1 means none); cfg_channels: 3 (the reference) or "all".
         schedule: which mediator count serves which steps, in text form ("16:0.3,32:0.7,64", "adaptive:...").
@@ -34,6 +37,7 @@ class SampleRequest:
 
     labels: tuple[int, ...]
     seed: int | None = None
+    image_seeds: tuple[int, ...] | None = None
     sampler: str | None = None
     method: str | None = None
     steps: int | None = None
@@ -65,6 +69,14 @@ class SampleRequest:
         object.__setattr__(self, "labels", tuple(int(v) for v in labels))
         if self.seed is not None and not (_is_int(self.seed) and -(2**63) <= self.seed < 2**64):
             raise SamplingError(f"seed must be an integer in [-2**63, 2**64), got {self.seed!r}")
+        if self.image_seeds is not None:
+            seeds = list(self.image_seeds)
+            if self.seed is not None:
+                raise SamplingError("give seed or image_seeds, not both")
+            if len(seeds) != len(self.labels) or not all(_is_int(v) and 0 <= v < 2**63 for v in seeds):
+                raise SamplingError(f"image_seeds must be one integer in [0, 2**63) per label ({len(self.labels)}), "
+                                    f"got {seeds[:5]!r}{'...' if len(seeds) > 5 else ''}")
+            object.__setattr__(self, "image_seeds", tuple(int(v) for v in seeds))
         if self.cfg_channels is not None:
             object.__setattr__(self, "cfg_channels", str(self.cfg_channels))
         if _is_int(self.schedule):  # one count for every step
@@ -77,6 +89,8 @@ class SampleRequest:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["labels"] = list(self.labels)
+        if self.image_seeds is not None:
+            d["image_seeds"] = list(self.image_seeds)
         return d
 
     @classmethod
@@ -91,3 +105,12 @@ class SampleRequest:
         if "labels" not in d:
             raise SamplingError("a sample request needs 'labels'")
         return cls(**d)
+
+
+def image_seed(seed: int, index: int, stream: int = 0) -> int:
+    """A 63-bit seed for image ``index`` of a run seeded with ``seed`` (``stream`` tells its uses apart), from
+    numpy's SeedSequence: independent of how the images are split into batches or ranks."""
+    import numpy as np
+
+    state = np.random.SeedSequence([seed % 2**64, index, stream]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])

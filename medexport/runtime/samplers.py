@@ -268,9 +268,22 @@ class _Run:
             self.on_step(info, x)
 
 
-def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
+class RowGenerators:
+    """One generator per row of the state: row r's noise comes from ``generators[r]`` alone, so an image's
+    samples do not depend on which other images share its batch (``medexport generate`` across ranks)."""
+
+    def __init__(self, generators: list[torch.Generator]):
+        self.generators = list(generators)
+
+
+def _noise(x: Tensor, generator: torch.Generator | RowGenerators | None) -> Tensor:
     # Drawn in float32 on the generator's device (the CPU without one) and then moved to the state, as the
     # reference's th.randn(x.size()).to(x): the same seed gives the same noise whatever the state's device.
+    if isinstance(generator, RowGenerators):
+        if len(generator.generators) != x.shape[0]:
+            raise SamplingError(f"{len(generator.generators)} row generators for a state of {x.shape[0]} rows")
+        return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float32) for g in generator.generators]
+                           ).to(x)
     device = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(x.shape, generator=generator, dtype=torch.float32, device=device).to(x)
 
@@ -380,6 +393,7 @@ def sample(
         generator: draws the SDE's noise: z ~ N(0, I) of the state's full shape, drawn in float32 on the
             generator's device and then moved to x0's device and dtype, so a seeded CPU generator gives the
             same samples on any device. None draws from torch's global generator, as the reference does.
+            A :class:`RowGenerators` draws each row's noise from that row's own generator.
             The ODE draws nothing.
         on_step: ``on_step(step, x_after)``, called after each finished step, the SDE's last step included
             (not for the identity last step "none"); this is where an adaptive schedule observes the state
