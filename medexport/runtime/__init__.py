@@ -1,35 +1,28 @@
-"""Sampling: the reference's SDE/ODE samplers and the step-wise mediator schedules."""
+"""Sampling: the reference's SDE/ODE samplers and the step-wise mediator schedules.
 
-from .samplers import (
-    DEFAULT_METHOD,
-    DEFAULT_STEPS,
-    LAST_STEPS,
-    METHODS,
-    SAMPLERS,
-    NonFiniteError,
-    OnStep,
-    SamplerSettings,
-    StepInfo,
-    Velocity,
-    sample,
-)
-from .schedule import AdaptiveSchedule, FixedSchedule, Schedule, Switch, parse_schedule
+Names load on first use: the schedules and sampler settings import no torch (the torch-free runtime,
+:mod:`medexport.lite`, uses them); the samplers, the pipeline and the rest do.
+"""
 
-__all__ = [
-    "DEFAULT_METHOD",
-    "DEFAULT_STEPS",
-    "LAST_STEPS",
-    "METHODS",
-    "SAMPLERS",
-    "AdaptiveSchedule",
-    "FixedSchedule",
-    "NonFiniteError",
-    "OnStep",
-    "SamplerSettings",
-    "Schedule",
-    "StepInfo",
-    "Switch",
-    "Velocity",
-    "parse_schedule",
-    "sample",
-]
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "DEFAULT_METHOD": "settings", "DEFAULT_STEPS": "settings", "LAST_STEPS": "settings", "METHODS": "settings",
+    "SAMPLERS": "settings", "SamplerSettings": "settings", "StepInfo": "settings",
+    "NonFiniteError": "samplers", "OnStep": "samplers", "Velocity": "samplers", "sample": "samplers",
+    "AdaptiveSchedule": "schedule", "FixedSchedule": "schedule", "Schedule": "schedule", "Switch": "schedule",
+    "parse_schedule": "schedule",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

@@ -28,11 +28,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from ..errors import ScheduleError
-from .samplers import StepInfo
+from .settings import StepInfo
+
+if TYPE_CHECKING:  # torch is needed by adaptive schedules only, and imported there
+    from torch import Tensor
 
 DISTANCES = ("mae", "mse")
 ADAPTIVE_PREFIX = "adaptive"
@@ -261,6 +263,8 @@ class AdaptiveSchedule(Schedule):
 
     def reset(self, x0: Tensor) -> None:
         """Start a run: x0 is the state before step 0; every sample starts on m1."""
+        import torch
+
         self._prev = x0.detach().clone()
         rows = x0.shape[0] if self.per_sample else 1
         self._d0 = torch.zeros(rows, dtype=torch.float64)
@@ -293,6 +297,8 @@ class AdaptiveSchedule(Schedule):
         return [self._counts[c] for c in self._current]
 
     def _distance(self, a: Tensor, b: Tensor) -> Tensor:
+        import torch
+
         diff = a.to(torch.promote_types(a.dtype, torch.float32)) - b.to(torch.promote_types(b.dtype, torch.float32))
         diff = diff.abs() if self.distance == "mae" else diff * diff
         if self.per_sample:
