@@ -32,7 +32,7 @@ from ..errors import BundleError, SamplingError, ScheduleError
 from ..runtime.schedule import FixedSchedule, parse_schedule
 from ..runtime.settings import SamplerSettings, StepInfo
 
-__all__ = ["LiteBundle", "LitePipeline", "LiteResult"]
+__all__ = ["LiteBundle", "LitePipeline", "LiteResult", "chunked"]
 
 
 def _sha256(path: Path) -> str:
@@ -100,14 +100,18 @@ class LiteResult:
 
 
 class LitePipeline:
-    """ONNX Runtime sessions for every count of a bundle and the fixed-step samplers over them."""
+    """The fixed-step samplers over one forward function per mediator count.
 
-    def __init__(self, bundle: LiteBundle, sessions: dict, batch_ranges: dict):
-        self.bundle, self.sessions, self.batch_ranges = bundle, sessions, batch_ranges
-        cfg = bundle.config(bundle.counts[0])
-        self.num_classes, self.channels, self.size = cfg["num_classes"], cfg["in_channels"], cfg["input_size"]
-        self.defaults = dict(bundle.manifest.get("sampling") or {})
-        self.data = bundle.manifest.get("data")
+    ``forwards[n](x, t, y) -> v`` takes any batch (numpy float32 x (B, C, S, S), t (B,), int64 y (B,)).
+    :meth:`from_bundle` makes them from ONNX Runtime sessions; a Triton sampler model makes them from calls to
+    the per-count models (``medexport export-triton``).
+    """
+
+    def __init__(self, forwards: dict, config: dict, defaults: dict | None = None, data: dict | None = None):
+        self.forwards = dict(sorted(forwards.items()))
+        self.num_classes, self.channels, self.size = config["num_classes"], config["in_channels"], config["input_size"]
+        self.defaults = dict(defaults or {})
+        self.data = data
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, *, threads: int | None = None,
@@ -120,37 +124,20 @@ class LitePipeline:
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
-        sessions, ranges = {}, {}
+        forwards = {}
         for n in bundle.counts:
             path_n, data = bundle.engine_file(n)
             single = len(bundle.manifest["counts"][str(n)]["engines"]["onnxruntime"].get("files", [1])) == 1
-            sessions[n] = ort.InferenceSession(data if single else str(path_n), sess_options=opts,
-                                               providers=providers or ["CPUExecutionProvider"])
-            ranges[n] = bundle.batch_range(n)
-        return cls(bundle, sessions, ranges)
+            sess = ort.InferenceSession(data if single else str(path_n), sess_options=opts,
+                                        providers=providers or ["CPUExecutionProvider"])
+            forwards[n] = chunked(lambda x, t, y, sess=sess: sess.run(None, {"x": x, "t": t, "y": y})[0],
+                                  bundle.batch_range(n))
+        return cls(forwards, bundle.config(bundle.counts[0]), bundle.manifest.get("sampling"),
+                   bundle.manifest.get("data"))
 
     @property
     def counts(self) -> list[int]:
-        return list(self.bundle.counts)
-
-    # -- one forward --------------------------------------------------------------------------------------
-    def _forward(self, n: int, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
-        r, B = self.batch_ranges[n], len(x)
-        sess = self.sessions[n]
-
-        def run(a, b, c):
-            return sess.run(None, {"x": a, "t": b, "y": c})[0]
-
-        if r is None or r.min <= B <= r.max:
-            return run(x, t, y)
-        if B < r.min:
-            pad = r.min - B
-            return run(*(np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in (x, t, y)))[:B]
-        outs, start = [], 0
-        for size in r.chunks(B):
-            outs.append(run(x[start:start + size], t[start:start + size], y[start:start + size]))
-            start += size
-        return np.concatenate(outs)
+        return list(self.forwards)
 
     # -- sampling -----------------------------------------------------------------------------------------
     def sample(self, labels, *, seed: int | None = None, noise: np.ndarray | None = None, sampler: str | None = None,
@@ -204,7 +191,7 @@ class LitePipeline:
                 half = x[: len(x) // 2]
                 x = np.concatenate([half, half])
             start = time.perf_counter()
-            out = self._forward(n, x, t, y)
+            out = self.forwards[n](x, t, y)
             trace.append({"step": step.index, "t": step.t, "mediators": n, "ms": 1e3 * (time.perf_counter() - start),
                           "batch": len(x)})
             if not np.isfinite(out).all():
@@ -221,6 +208,23 @@ class LitePipeline:
                           {"sampler": settings.sampler, "method": settings.resolved_method,
                            "steps": settings.resolved_steps, "cfg_scale": scale, "cfg_channels": str(channels),
                            "schedule": str(sched), "seed": seed})
+
+
+def chunked(run, batch: BatchRange | None):
+    """``run(x, t, y)`` for any batch: split into sizes within ``batch``, padded up to its minimum."""
+    def forward(x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
+        B = len(x)
+        if batch is None or batch.min <= B <= batch.max:
+            return run(x, t, y)
+        if B < batch.min:
+            pad = batch.min - B
+            return run(*(np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in (x, t, y)))[:B]
+        outs, start = [], 0
+        for size in batch.chunks(B):
+            outs.append(run(x[start:start + size], t[start:start + size], y[start:start + size]))
+            start += size
+        return np.concatenate(outs)
+    return forward
 
 
 # -------------------------------------------------------------------------------------------------------------

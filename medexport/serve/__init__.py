@@ -1,0 +1,1 @@
+"""Serving: a Triton Inference Server model repository generated from a bundle (:mod:`.triton`)."""
