@@ -60,18 +60,23 @@ def sdpa_twice(q, k, v, m, bias_mk, bias_qm, scale):
     return F.scaled_dot_product_attention(q, m, v_m, attn_mask=bias_qm.expand(B, -1, -1, -1), scale=scale)
 
 
-def bench_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench, peak: float) -> str | None:
-    """One table row, or None (after saying why on stderr) when a method disagrees with the reference."""
-    from medexport.kernels import triton_mediator_attention
-    from medexport.ops import mediator_attention_reference
-
-    scale = HEAD_DIM ** -0.5
+def operands(B: int, N: int, n: int, dtype: torch.dtype) -> tuple:
+    """Seeded random q, k, v, m, both biases (SiT-XL/2 heads) and the scale, on the GPU."""
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(B, HEADS, N, HEAD_DIM, generator=g, device="cuda", dtype=dtype) for _ in range(3))
     m = torch.randn(B, HEADS, n, HEAD_DIM, generator=g, device="cuda", dtype=dtype)
     bias_mk = torch.randn(HEADS, n, N, generator=g, device="cuda", dtype=dtype)
     bias_qm = torch.randn(HEADS, N, n, generator=g, device="cuda", dtype=dtype)
-    ins = (q, k, v, m, bias_mk, bias_qm, scale)
+    return q, k, v, m, bias_mk, bias_qm, HEAD_DIM ** -0.5
+
+
+def bench_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench, peak: float) -> str | None:
+    """One table row, or None (after saying why on stderr) when a method disagrees with the reference."""
+    from medexport.kernels import triton_mediator_attention
+    from medexport.ops import mediator_attention_reference
+
+    ins = operands(B, N, n, dtype)
+    q, k, v, m, bias_mk, bias_qm, scale = ins
 
     methods = {
         "reference": lambda: mediator_attention_reference(*ins),
@@ -107,13 +112,8 @@ def sweep_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench) -> str
     from medexport.kernels import triton_mediator as tm
     from medexport.ops import mediator_attention_reference
 
-    scale = HEAD_DIM ** -0.5
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(B, HEADS, N, HEAD_DIM, generator=g, device="cuda", dtype=dtype) for _ in range(3))
-    m = torch.randn(B, HEADS, n, HEAD_DIM, generator=g, device="cuda", dtype=dtype)
-    bias_mk = torch.randn(HEADS, n, N, generator=g, device="cuda", dtype=dtype)
-    bias_qm = torch.randn(HEADS, N, n, generator=g, device="cuda", dtype=dtype)
-    ins = (q, k, v, m, bias_mk, bias_qm, scale)
+    ins = operands(B, N, n, dtype)
+    q, k, v, m, bias_mk, bias_qm, scale = ins
     truth = mediator_attention_reference(*(t.double() for t in ins[:6]), scale)
     default = tm.block_sizes(n, HEAD_DIM, N)["BLOCK_N"], tm.default_splits(
         B * HEADS, -(-N // tm.block_sizes(n, HEAD_DIM, N)["BLOCK_N"]), q.device)

@@ -43,3 +43,20 @@ def write_text(path: str | os.PathLike, text: str, *, durable: bool = False) -> 
 
 def write_json(path: str | os.PathLike, data: object, *, durable: bool = False) -> Path:
     return write_text(path, json.dumps(data, indent=2) + "\n", durable=durable)
+
+
+def replace_folder(complete: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Put the finished folder ``complete`` at ``target``; a folder already there is replaced as a whole (moved
+    aside, then removed), never mixed with the new one."""
+    import shutil
+
+    complete, target = Path(complete), Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(target.name + ".old.partial")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(complete, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import replacing, write_json
+from ..atomic import replace_folder, replacing, write_json
 from ..errors import CalibrationError
 from ..model.checkpoint import file_sha256
 from ..version import __version__
@@ -211,7 +211,7 @@ def record(bundle_path: str | os.PathLike, out: str | os.PathLike, *, schedule: 
             "bundle": str(Path(bundle_path).resolve()), "mode": mode, "schedule": s["schedule"],
             "sampling": {k: s[k] for k in ("sampler", "method", "steps", "cfg_scale", "cfg_channels")},
             "seed": seed, "images": num, "max_rows": max_rows, "counts": entries}, durable=True)
-        _swap_in(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -241,15 +241,3 @@ def _check_output(out: Path, force: bool) -> None:
         if not force:
             raise CalibrationError(f"{out} already holds a calibration set: add --force to replace it (engines "
                                    f"built from it will be rebuilt when their data changes)")
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Put the complete folder ``tmp`` at ``out``; an old set there is replaced, never mixed with the new one."""
-    old = None
-    if out.exists():
-        old = Path(str(out) + ".old.partial")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -21,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..atomic import write_json, write_text
+from ..atomic import replace_folder, write_json, write_text
 from ..errors import BackendUnavailableError, MedexportError
 
 MARKER = "medexport-triton.json"
@@ -143,7 +143,7 @@ def export_triton(bundle_path: str | os.PathLike, out: str | os.PathLike, *, var
         write_text(tmp / "README.md", _readme(bundle_path, variant, bundle.counts, shape))
         write_json(tmp / MARKER, {"kind": "medexport-triton", "bundle": str(Path(bundle_path).resolve()),
                                   "variant": variant, "models": [model_name(n) for n in bundle.counts] + [SAMPLER]})
-        _swap_in(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -159,17 +159,6 @@ def _check_output(out: Path, force: bool) -> None:
                                     f"new --output (nothing was written or deleted)")
         if not force:
             raise TritonExportError(f"{out} holds an earlier export: add --force to replace it")
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = Path(str(out) + ".old.partial")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _readme(bundle, variant: str, counts: list[int], shape: tuple[int, int, int]) -> str:
