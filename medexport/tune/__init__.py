@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..errors import ConfigError, SamplingError
+from ..errors import ConfigError
 from ..model import forward_flops
 from ..runtime.defaults import SamplingDefaults
 from ..runtime.samplers import SamplerSettings, StepInfo, sample
@@ -387,4 +387,4 @@ def check_budget_args(gflops: float | None, ms: float | None, fraction: float | 
 
 
 __all__ = ["ADAPTIVE_RATIOS", "METRICS", "Budget", "Candidate", "CostModel", "TuneError", "TuneResult",
-           "allocation_schedule", "check_budget_args", "evaluation_steps", "tune", "SamplingError"]
+           "allocation_schedule", "check_budget_args", "edge_allocations", "evaluation_steps", "quality_key", "tune"]
