@@ -25,6 +25,10 @@ def test_sample_writes_latents_report_and_plot(tiny_bundle, tmp_path):
     assert set(report["trace"][0]) >= {"step", "t", "mediators", "backend", "ms"}
     assert report["environment"]["onnxruntime"]
     assert (out / "step_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from medexport import Pipeline, SampleRequest  # the recorded request reproduces the run
+
+    again = Pipeline.from_bundle(tiny_bundle).run(SampleRequest.from_dict(report["request"]))
+    assert np.array_equal(again.latents.numpy(), np.load(out / "latents.npy"))
 
 
 def test_sample_benchmark_against_reference(tiny_bundle, tmp_path):

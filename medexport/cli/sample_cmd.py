@@ -15,6 +15,7 @@ from ..backend.registry import SAMPLE_CHOICES
 from ..errors import SamplingError
 from ..runtime import LAST_STEPS, METHODS, SAMPLERS
 from ..runtime.benchmark import run_benchmarks, run_summary, summary
+from ..runtime.request import SampleRequest
 from ..runtime.memory import current_memory
 from ..runtime.report import environment, plot_trace, write_report
 from ..runtime.defaults import CFG_CHANNELS
@@ -121,7 +122,7 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
     label_list = _labels(labels, num, per_class, seed, pipe)
     chosen = pipe.defaults.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
                                     cfg_channels=cfg_channels, schedule=schedule)
-    kwargs = dict(labels=label_list, seed=seed, last_step=last_step, **chosen.pipeline_kwargs())
+    request = SampleRequest(label_list, seed=seed, last_step=last_step, **chosen.pipeline_kwargs())
     if vae is not None and pipe.data is not None:
         raise SamplingError("--vae decodes sd-vae latents, but this bundle's model generates pixels: drop --vae")
     if vae is not None:
@@ -133,7 +134,7 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
         console.print(f"sampling: {escape(chosen.describe())}", highlight=False)
         if not benchmark:
             with console.status(f"sampling {len(label_list)} images on {pipe.backend}"):
-                result = pipe.sample(**kwargs)
+                result = pipe.run(request)
             results = {pipe.backend: result}
             summaries = [run_summary(pipe, result)]
             ref_result = None
@@ -156,7 +157,7 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           console=err_console) as progress:
                 task = progress.add_task(f"benchmark {' vs '.join(factories)}", total=total)
-                pipelines, stats = run_benchmarks(factories, kwargs, warmup=warmup, runs=runs,
+                pipelines, stats = run_benchmarks(factories, request, warmup=warmup, runs=runs,
                                                   baselines={label: base_memory for label in (main, *others)},
                                                   progress=lambda: progress.advance(task))
             ref_stats = stats.get("torch") if pipe.backend != "torch" else None
@@ -184,7 +185,8 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
             written.append(latents_to_file(result.latents, out_dir / "latents.npy"))
         report = write_report(out_dir / "report.json", {**result.settings, "bundle": str(bundle),
                                                        "benchmark": benchmark, "warmup": warmup, "runs": runs},
-                              env, summaries, result, ref_result, extra={"kind": "medexport-sample", **extra})
+                              env, summaries, result, ref_result,
+                              extra={"kind": "medexport-sample", "request": request.to_dict(), **extra})
         written += [report, plot_trace(out_dir / "step_latency.png", results)]
         if vae is not None:
             from ..runtime.vae import decode, load_vae, save_grid

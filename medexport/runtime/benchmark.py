@@ -11,6 +11,7 @@ import torch
 
 from .memory import current_memory, peak_memory, reset_peak_memory
 from .pipeline import Pipeline, SampleResult
+from .request import SampleRequest
 
 
 @dataclass
@@ -51,7 +52,7 @@ class BackendStats:
         return statistics.median(fr)
 
 
-def run_benchmarks(factories: dict[str, Callable[[], Pipeline]], sample_kwargs: dict, *, warmup: int = 1,
+def run_benchmarks(factories: dict[str, Callable[[], Pipeline]], request: SampleRequest, *, warmup: int = 1,
                    runs: int = 3, baselines: dict[str, int] | None = None,
                    progress=None) -> tuple[dict[str, Pipeline], dict[str, BackendStats]]:
     """Create each pipeline and warm it up (measuring its memory: peak during warm-up minus what was in use
@@ -65,7 +66,7 @@ def run_benchmarks(factories: dict[str, Callable[[], Pipeline]], sample_kwargs: 
         p = pipelines[name] = factory()
         reset_peak_memory(p.device)
         for _ in range(max(1, warmup)):
-            p.sample(**sample_kwargs)
+            p.run(request)
             if progress is not None:
                 progress()
         stats[name] = BackendStats(p.backend, peak_memory_bytes=max(0, peak_memory(p.device) - base))
@@ -75,7 +76,7 @@ def run_benchmarks(factories: dict[str, Callable[[], Pipeline]], sample_kwargs: 
             stats[name].peak_memory_bytes += registry.get(p.backend).memory_outside_torch(list(p.runners.values()))
     for _ in range(runs):
         for name, p in pipelines.items():
-            stats[name].results.append(p.sample(**sample_kwargs))
+            stats[name].results.append(p.run(request))
             if progress is not None:
                 progress()
     return pipelines, stats
