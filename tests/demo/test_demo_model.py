@@ -160,3 +160,26 @@ def test_tune_judges_the_demo_within_a_budget(demo_bundle):
     assert all(c.accuracy is not None and c.fd is not None and c.trajectory is not None for c in result.candidates)
     assert result.best.accuracy >= 0.8  # trained: the judge recognises its images
     assert result.rank_agreement is not None and -1 <= result.rank_agreement <= 1
+
+
+def test_generate_writes_uint8_images_and_pngs(demo_bundle, tmp_path):
+    """A pixel-space model: the ADM .npz holds uint8 NHWC images, and --png writes each one."""
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from medexport.cli import cli
+
+    out = tmp_path / "gen"
+    r = CliRunner().invoke(cli, ["generate", str(demo_bundle), "--num", "5", "--batch", "2", "--steps", "6",
+                                 "--labels", "per-class", "--png", "-o", str(out), "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    with np.load(out / "samples_5x28x28x1.npz") as z:
+        assert z["arr_0"].dtype == np.uint8 and list(z["labels"]) == [0, 1, 2, 3, 4]
+        first = z["arr_0"][0, :, :, 0]
+    pngs = sorted((out / "images").rglob("*.png"))
+    assert len(pngs) == 5
+    assert np.array_equal(np.asarray(Image.open(pngs[0])), first)
+    assert json.loads((out / "report.json").read_text())["spec"]["labels"] == "per-class"
