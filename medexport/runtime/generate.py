@@ -244,20 +244,35 @@ def _gather(out: Path, spec: GenerateSpec, reports: list[dict], pipe, world: int
     if missing:
         raise SamplingError(f"{len(missing)} blocks are missing ({missing[:5]}...): run the same command again to "
                             f"finish them")
-    samples, labels = [], []
-    for b in range(spec.blocks):
-        with np.load(_shard(out, b)) as z:
-            samples.append(z["samples"])
-            labels.append(z["labels"])
-    arr = np.concatenate(samples)
-    name = f"samples_{'x'.join(map(str, arr.shape))}.npz"
-    with replacing(out / name) as tmp, open(tmp, "wb") as f:
-        np.savez(f, arr_0=arr, labels=np.concatenate(labels))
+    with np.load(_shard(out, 0)) as z:  # every block has the first one's image shape and dtype
+        item_shape, dtype = z["samples"].shape[1:], z["samples"].dtype
+    shape = (spec.num, *item_shape)
+    name = f"samples_{'x'.join(map(str, shape))}.npz"
+    with replacing(out / name) as tmp:
+        _write_npz(tmp, spec, out, shape, dtype)
     total = sum(r["seconds"] for r in reports)
     report = {"kind": "medexport-generate", "spec": asdict(spec), "world_size": world, "npz": name,
-              "images": int(len(arr)), "dtype": str(arr.dtype), "shape": list(arr.shape), "backend": pipe.backend,
+              "images": spec.num, "dtype": str(dtype), "shape": list(shape), "backend": pipe.backend,
               "ranks": reports,
               "images_per_second": round(sum(r["images"] for r in reports) / max(r["seconds"] for r in reports), 3)
               if total else None}
     write_json(out / "report.json", report)
     return report
+
+
+def _write_npz(path: Path, spec: GenerateSpec, out: Path, shape: tuple, dtype) -> None:
+    """The .npz (``arr_0``: every block's samples in order; ``labels``), streamed block by block into the zip, so
+    a 50,000-image set never has to fit in memory twice (or at all)."""
+    import zipfile
+
+    labels = []
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                     "fortran_order": False, "shape": shape})
+            for b in range(spec.blocks):
+                with np.load(_shard(out, b)) as z:
+                    f.write(np.ascontiguousarray(z["samples"], dtype=dtype).tobytes())
+                    labels.append(z["labels"])
+        with zf.open("labels.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, np.concatenate(labels), allow_pickle=False)
