@@ -139,28 +139,36 @@ def _manifest_sha(bundle: Path) -> str:
 
 
 def _open_run(out: Path, spec: GenerateSpec, key: str, dist: Dist) -> None:
-    """Claim ``out`` for this run, or resume it; GenerateError for another run's folder or a user's folder."""
+    """Claim ``out`` for this run, or resume it; GenerateError for another run's folder or a user's folder.
+
+    Rank 0 decides and every rank learns its verdict, so that no rank waits for one that has given up."""
+    error = _claim(out, spec, key) if dist.rank == 0 else None
+    verdict = dist.gather(error)[0]
+    if verdict is not None:
+        raise GenerateError(verdict)
+
+
+def _claim(out: Path, spec: GenerateSpec, key: str) -> str | None:
+    """Rank 0's part of :func:`_open_run`: None when ``out`` is ours (and now marked), else why not."""
     run_file = out / RUN
-    if dist.rank == 0:
-        if out.exists() and not out.is_dir():
-            raise GenerateError(f"{out} is a file, not a folder: choose another --out")
-        if run_file.is_file():
-            try:
-                old = json.loads(run_file.read_text())
-            except ValueError:
-                old = {}
-            if old.get("key") != key:
-                diff = sorted(k for k in set(old.get("spec", {})) | set(asdict(spec))
-                              if old.get("spec", {}).get(k) != asdict(spec).get(k))
-                raise GenerateError(f"{out} holds the shards of another run (settings differ: "
-                                    f"{', '.join(diff) or 'the bundle changed'}): resume it with its settings, or "
-                                    f"choose another --out")
-        elif out.is_dir() and any(p.name != SHARDS for p in out.iterdir()):
-            raise GenerateError(f"{out} exists and is not a `medexport generate` folder: choose an empty or new "
-                                f"--out (nothing was written)")
-        (out / SHARDS).mkdir(parents=True, exist_ok=True)
-        write_json(run_file, {"kind": "medexport-generate", "key": key, "spec": asdict(spec)}, durable=True)
-    dist.barrier()
+    if out.exists() and not out.is_dir():
+        return f"{out} is a file, not a folder: choose another --out"
+    if run_file.is_file():
+        try:
+            old = json.loads(run_file.read_text())
+        except ValueError:
+            old = {}
+        if old.get("key") != key:
+            diff = sorted(k for k in set(old.get("spec", {})) | set(asdict(spec))
+                          if old.get("spec", {}).get(k) != asdict(spec).get(k))
+            return (f"{out} holds the shards of another run (settings differ: {', '.join(diff) or 'the bundle changed'}"
+                    f"): resume it with its settings, or choose another --out")
+    elif out.is_dir() and any(p.name != SHARDS for p in out.iterdir()):
+        return (f"{out} exists and is not a `medexport generate` folder: choose an empty or new --out (nothing was "
+                f"written)")
+    (out / SHARDS).mkdir(parents=True, exist_ok=True)
+    write_json(run_file, {"kind": "medexport-generate", "key": key, "spec": asdict(spec)}, durable=True)
+    return None
 
 
 def _shard(out: Path, block: int) -> Path:

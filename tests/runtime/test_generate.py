@@ -107,3 +107,12 @@ def test_ranks_with_different_arguments_are_refused(tiny_bundle, tmp_path):
     assert all(rc == 1 for rc, _ in results), results
     assert all("different settings" in text for _, text in results)
     assert not (tmp_path / "x").exists()
+
+
+def test_every_rank_stops_when_the_folder_is_another_runs(tiny_bundle, tmp_path):
+    """Rank 0 judges the folder and every rank learns its verdict: none waits for one that gave up."""
+    out = tmp_path / "run"
+    assert run("generate", tiny_bundle, "-o", out, *ARGS).exit_code == 0
+    results = _ranks(tiny_bundle, out, [["--seed", "5"], ["--seed", "5"]], timeout=120)
+    assert [rc for rc, _ in results] == [1, 1]
+    assert all("holds the shards of another run" in text for _, text in results)
