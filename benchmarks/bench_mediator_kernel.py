@@ -6,6 +6,7 @@ count n and batch B, times
 * ``reference``: the op's plain-PyTorch implementation (matmul, softmax, matmul, twice; scores in memory),
 * ``sdpa x2``: two ``F.scaled_dot_product_attention`` calls with the position biases as float masks,
 * ``triton``: the fused kernel (``medexport.kernels.triton_mediator_attention``, default launch),
+* ``split-N``: the same kernels' split-N form (stage 1 over chunks of keys, merged, stage 2 per query tile),
 * ``full attn``: plain self-attention over the same N tokens through SDPA (what mediators replace),
 
 and reports each time, the kernel's achieved bandwidth against the minimum bytes mediator attention must move
@@ -82,6 +83,7 @@ def bench_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench, peak: 
         "reference": lambda: mediator_attention_reference(*ins),
         "sdpa": lambda: sdpa_twice(*ins),
         "triton": lambda: triton_mediator_attention(*ins),
+        "split": lambda: triton_mediator_attention(*ins, chunks=0),  # the split-N form, default chunks
     }
     # Truth in float64 from the same rounded inputs. The bfloat16 reference itself drifts (its softmax over N
     # keys rounds to bfloat16), so errors are reported, and only a method far off (> 10%) stops the run.
@@ -104,7 +106,8 @@ def bench_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench, peak: 
     tbs = min_bytes / (t * 1e-3)
     return (f"| {N} | {n} | {B} | {ms['reference']:.3f} | {ms['sdpa']:.3f} | {t:.3f} | {ms['full']:.3f} "
             f"| {tbs / 1e12:.2f} | {100 * tbs / peak:.0f}% | {ms['reference'] / t:.2f} | {ms['sdpa'] / t:.2f} "
-            f"| {ms['full'] / t:.2f} | {errors['triton']:.1e} | {errors['reference']:.1e} |")
+            f"| {ms['full'] / t:.2f} | {ms['split']:.3f} | {t / ms['split']:.2f} | {errors['triton']:.1e} "
+            f"| {errors['split']:.1e} | {errors['reference']:.1e} |")
 
 
 def sweep_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench) -> str:
@@ -155,8 +158,9 @@ def main() -> int:
           f"{args.dtype}, H={HEADS}, d={HEAD_DIM}")
     print(f"device-to-device copy bandwidth: {peak / 1e12:.2f} TB/s (read + write)\n")
     print("| N | n | B | reference ms | sdpa x2 ms | triton ms | full attn ms | triton TB/s | % of copy "
-          "| ref / triton | sdpa x2 / triton | full / triton | triton err | reference err |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| ref / triton | sdpa x2 / triton | full / triton | split-N ms | triton / split-N | triton err | split-N err "
+          "| reference err |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     wrong = 0
     for N in args.seq:

@@ -166,6 +166,150 @@ def mediator_attention_kernel(
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Split-N form: stage 1 spread over chunks of keys, stage 2 over every query tile (three launches)
+# ---------------------------------------------------------------------------------------------------------
+@triton.jit
+def mediator_gather_chunk_kernel(
+    K, V, M, BIAS_MK,
+    num_heads, seq_len, num_mediators, head_dim, chunk_len,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_mb, stride_mh, stride_mn,
+    stride_bmk_h, stride_bmk_m,
+    PART_MAX, PART_SUM, PART_ACC,  # float32 (B*H, chunks, BLOCK_MED) x2 and (B*H, chunks, BLOCK_MED, BLOCK_D)
+    SCALE: tl.constexpr, BLOCK_MED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST_DOTS: tl.constexpr,
+):
+    """Stage 1 of mediator attention over one chunk of keys: the chunk's running max, sum and unnormalised V_m,
+    for :func:`combine_chunks` to merge. ``chunk_len`` is a multiple of BLOCK_N and every chunk holds a key."""
+    pid_bh = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    chunks = tl.num_programs(1)
+    b = (pid_bh // num_heads).to(tl.int64)
+    h = (pid_bh % num_heads).to(tl.int64)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    m_base = M + b * stride_mb + h * stride_mh
+    bmk_base = BIAS_MK + h * stride_bmk_h
+    offs_med = tl.arange(0, BLOCK_MED)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_tile = tl.arange(0, BLOCK_N)
+    med_ok = offs_med < num_mediators
+    d_ok = offs_d < head_dim
+    med = tl.load(m_base + offs_med[:, None] * stride_mn + offs_d[None, :],
+                  mask=med_ok[:, None] & d_ok[None, :], other=0.0)
+    qk_scale: tl.constexpr = SCALE * LOG2E
+    row_max = tl.full([BLOCK_MED], float("-inf"), tl.float32)
+    row_sum = tl.zeros([BLOCK_MED], tl.float32)
+    acc = tl.zeros([BLOCK_MED, BLOCK_D], tl.float32)
+    first = pid_c * chunk_len
+    for start in range(first, tl.minimum(first + chunk_len, seq_len), BLOCK_N):
+        offs_key = start + offs_tile
+        key_ok = offs_key < seq_len
+        kv_mask = key_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_base + offs_key[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+        bias = tl.load(bmk_base + offs_med[:, None] * stride_bmk_m + offs_key[None, :],
+                       mask=med_ok[:, None] & key_ok[None, :], other=0.0)
+        s = _dot(med, tl.trans(k), UPCAST_DOTS) * qk_scale + bias.to(tl.float32) * LOG2E
+        s = tl.where(key_ok[None, :], s, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(s, axis=1))
+        alpha = tl.exp2(row_max - new_max)
+        p = tl.exp2(s - new_max[:, None])
+        row_sum = row_sum * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_base + offs_key[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST_DOTS)
+        row_max = new_max
+    part = (pid_bh * chunks + pid_c).to(tl.int64)
+    tl.store(PART_MAX + part * BLOCK_MED + offs_med, row_max)
+    tl.store(PART_SUM + part * BLOCK_MED + offs_med, row_sum)
+    tl.store(PART_ACC + part * BLOCK_MED * BLOCK_D + offs_med[:, None] * BLOCK_D + offs_d[None, :], acc)
+
+
+@triton.jit
+def mediator_read_kernel(
+    Q, M, BIAS_QM, VM,
+    num_heads, seq_len, num_mediators, head_dim,
+    stride_qb, stride_qh, stride_qn,
+    stride_mb, stride_mh, stride_mn,
+    stride_ob, stride_oh, stride_on,
+    stride_bqm_h, stride_bqm_n,
+    O,
+    SCALE: tl.constexpr, BLOCK_MED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST_DOTS: tl.constexpr,
+):
+    """Stage 2 for one query tile, reading V_m (B*H, BLOCK_MED, BLOCK_D, at the input dtype) that stage 1 made."""
+    pid_bh = tl.program_id(0)
+    tile = tl.program_id(1)
+    b = (pid_bh // num_heads).to(tl.int64)
+    h = (pid_bh % num_heads).to(tl.int64)
+    offs_med = tl.arange(0, BLOCK_MED)
+    offs_d = tl.arange(0, BLOCK_D)
+    med_ok = offs_med < num_mediators
+    d_ok = offs_d < head_dim
+    med = tl.load(M + b * stride_mb + h * stride_mh + offs_med[:, None] * stride_mn + offs_d[None, :],
+                  mask=med_ok[:, None] & d_ok[None, :], other=0.0)
+    v_med = tl.load(VM + pid_bh.to(tl.int64) * BLOCK_MED * BLOCK_D + offs_med[:, None] * BLOCK_D + offs_d[None, :])
+    qk_scale: tl.constexpr = SCALE * LOG2E
+    offs_q = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    q_ok = offs_q < seq_len
+    qo_mask = q_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_q[:, None] * stride_qn + offs_d[None, :], mask=qo_mask,
+                other=0.0)
+    bias = tl.load(BIAS_QM + h * stride_bqm_h + offs_q[:, None] * stride_bqm_n + offs_med[None, :],
+                   mask=q_ok[:, None] & med_ok[None, :], other=0.0)
+    s = _dot(q, tl.trans(med), UPCAST_DOTS) * qk_scale + bias.to(tl.float32) * LOG2E
+    s = tl.where(med_ok[None, :], s, float("-inf"))
+    p = tl.exp2(s - tl.max(s, axis=1)[:, None])
+    denom = tl.sum(p, axis=1)
+    o = _dot(p.to(v_med.dtype), v_med, UPCAST_DOTS) / denom[:, None]
+    tl.store(O + b * stride_ob + h * stride_oh + offs_q[:, None] * stride_on + offs_d[None, :],
+             o.to(O.dtype.element_ty), mask=qo_mask)
+
+
+def combine_chunks(part_max: Tensor, part_sum: Tensor, part_acc: Tensor, dtype: torch.dtype) -> Tensor:
+    """V_m from the chunks' partial softmaxes (base 2): rescale each by 2^(its max - the overall max), add up,
+    normalise; rounded to the input dtype as the fused kernel rounds it."""
+    overall = part_max.amax(dim=1, keepdim=True)  # (BH, 1, BLOCK_MED)
+    w = torch.exp2(part_max - overall)  # (BH, chunks, BLOCK_MED)
+    total = (w * part_sum).sum(dim=1)  # (BH, BLOCK_MED)
+    acc = (w.unsqueeze(-1) * part_acc).sum(dim=1)  # (BH, BLOCK_MED, BLOCK_D)
+    return (acc / total.unsqueeze(-1)).to(dtype).contiguous()
+
+
+def default_chunks(batch_heads: int, num_tiles: int, device: torch.device) -> int:
+    """Chunks of keys per head for the split-N form: about two programs per SM in stage 1."""
+    if device.type != "cuda":
+        return min(num_tiles, 2)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(num_tiles, -(-2 * sms // max(1, batch_heads))))
+
+
+def _split_n(q, k, v, m, bias_mk, bias_qm, scale, cfg, chunks) -> Tensor:
+    B, H, N, d = q.shape
+    n = m.shape[2]
+    BH, BM, BD, BN = B * H, cfg["BLOCK_MED"], cfg["BLOCK_D"], cfg["BLOCK_N"]
+    num_tiles = triton.cdiv(N, BN)
+    tiles_per_chunk = triton.cdiv(num_tiles, chunks)
+    chunks = triton.cdiv(num_tiles, tiles_per_chunk)  # no empty chunk
+    part_max = torch.empty((BH, chunks, BM), dtype=torch.float32, device=q.device)
+    part_sum = torch.empty_like(part_max)
+    part_acc = torch.empty((BH, chunks, BM, BD), dtype=torch.float32, device=q.device)
+    upcast = upcast_dots(q.dtype, q.device)
+    mediator_gather_chunk_kernel[(BH, chunks)](
+        k, v, m, bias_mk, H, N, n, d, tiles_per_chunk * BN,
+        *k.stride()[:3], *v.stride()[:3], *m.stride()[:3], *bias_mk.stride()[:2],
+        part_max, part_sum, part_acc,
+        SCALE=float(scale), BLOCK_MED=BM, BLOCK_D=BD, BLOCK_N=BN, UPCAST_DOTS=upcast, num_warps=cfg["num_warps"])
+    v_med = combine_chunks(part_max, part_sum, part_acc, q.dtype)
+    o = torch.empty((B, H, N, d), dtype=q.dtype, device=q.device)
+    mediator_read_kernel[(BH, num_tiles)](
+        q, m, bias_qm, v_med, H, N, n, d,
+        *q.stride()[:3], *m.stride()[:3], *o.stride()[:3], *bias_qm.stride()[:2], o,
+        SCALE=float(scale), BLOCK_MED=BM, BLOCK_D=BD, BLOCK_N=BN, UPCAST_DOTS=upcast, num_warps=cfg["num_warps"])
+    return o
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Launch configuration (shared by the PyTorch path and the TensorRT plugin)
 # ---------------------------------------------------------------------------------------------------------
 def _pow2_at_least_16(x: int) -> int:
@@ -223,7 +367,8 @@ def _last_dim_contiguous(t: Tensor) -> Tensor:
 
 
 def triton_mediator_attention(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor,
-                              scale: float, *, block_n: int | None = None, splits: int | None = None) -> Tensor:
+                              scale: float, *, block_n: int | None = None, splits: int | None = None,
+                              chunks: int | None = None) -> Tensor:
     """Mediator attention by the fused Triton kernel; same arguments and result as the op.
 
     q, k, v (B, H, N, d) and m (B, H, n, d) share one dtype (float32, float16 or bfloat16); the biases, (H, n, N)
@@ -231,6 +376,9 @@ def triton_mediator_attention(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_m
     as their last dimension is contiguous (q, k, v straight from a split qkv projection are). CUDA tensors run
     the compiled kernel; CPU tensors run only under the Triton interpreter (``TRITON_INTERPRET=1`` set before
     triton is imported). ``block_n`` (tile length) and ``splits`` (programs per head) override the defaults.
+    ``chunks`` selects the split-N form (three launches: stage 1 over that many chunks of keys per head, a merge,
+    stage 2 over every query tile; 0 picks the count) instead of the fused kernel; not yet measured on a GPU,
+    so the op keeps the fused kernel.
 
     Raises ValueError for shapes the op does not define, n > 128, unsupported dtypes, or tensors on different
     devices.
@@ -259,6 +407,12 @@ def triton_mediator_attention(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_m
         raise ValueError(f"splits must be >= 1, got {splits}")
 
     q, k, v, m, bias_mk, bias_qm = (_last_dim_contiguous(t) for t in tensors)
+    if chunks is not None:
+        if chunks < 0:
+            raise ValueError(f"chunks must be >= 0 (0: the default), got {chunks}")
+        with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
+            return _split_n(q, k, v, m, bias_mk, bias_qm, scale, cfg,
+                            chunks or default_chunks(B * H, num_tiles, q.device))
     o = torch.empty((B, H, N, d), dtype=q.dtype, device=q.device)  # (B, H, N, d), contiguous
     # Triton launches on the current device and its stream: make that q's device.
     with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():

@@ -43,14 +43,15 @@ def _truth(q, k, v, m, bias_mk, bias_qm, scale):
     return mediator_attention_reference(*(t.double() for t in (q, k, v, m, bias_mk, bias_qm)), scale)
 
 
+@pytest.mark.parametrize("form", ["fused", "split-n"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-H{}-N{}-n{}-d{}".format(*s))
-def test_compiled_kernel_matches_reference(shape, dtype):
+def test_compiled_kernel_matches_reference(shape, dtype, form):
     pytest.importorskip("triton", reason="triton is not installed (pip install 'medexport[triton]')")
     from medexport.kernels import triton_mediator_attention
 
     ins = _operands(*shape, dtype)
-    out = triton_mediator_attention(*ins)
+    out = triton_mediator_attention(*ins, **({"chunks": 0} if form == "split-n" else {}))
     torch.cuda.synchronize()
     assert out.dtype == dtype and out.shape == ins[0].shape
     err = _relative_error(out, _truth(*ins))

@@ -53,6 +53,12 @@ CASES = {
     "fp16-n128-d64": (1, 1, 32, 128, 64, "float16", {}),
     "bf16-n16-d72": (2, 2, 64, 16, 72, "bfloat16", {"block_n": 32}),
     "bf16-n32-ragged100": (1, 2, 100, 32, 64, "bfloat16", {"block_n": 32}),
+    # the split-N form: stage 1 over chunks of keys, merged, stage 2 over every query tile
+    "split-fp32-n32-d72-ragged100": (2, 2, 100, 32, 72, "float32", {"block_n": 32, "chunks": 3}),
+    "split-fp32-n1-ragged37": (1, 2, 37, 1, 64, "float32", {"block_n": 16, "chunks": 4}),
+    "split-fp32-strided-views": (2, 2, 64, 16, 72, "float32", {"block_n": 16, "chunks": 2, "strided": True}),
+    "split-fp16-n128-default-chunks": (1, 1, 48, 128, 64, "float16", {"block_n": 16, "chunks": 0}),
+    "split-bf16-n16-d72": (2, 2, 64, 16, 72, "bfloat16", {"block_n": 16, "chunks": 2}),
 }
 
 #: id -> (B, H, N, n, d, dtype, what is wrong) for inputs the kernel must refuse with ValueError.
