@@ -154,6 +154,11 @@ def _worker_compile():
             "seconds": time.perf_counter() - start,
         }
     results["num_scalar_args"] = len(triton_mediator.SCALAR_ARGS)
+    results["split_ptx"] = {}
+    for dtype, n, d in PTX_CASES:  # the split-N form's two kernels compile for Hopper too
+        for fn in (triton_mediator.mediator_gather_chunk_kernel, triton_mediator.mediator_read_kernel):
+            results["split_ptx"][f"{fn.__name__}-{dtype}-n{n}-d{d}"] = _compile_split(fn, dtype, n, d,
+                                                                                     GPUTarget("cuda", 90, 32))
 
     ins = _inputs(1, 1, 16, 4, 16, torch.float32)
     try:
@@ -167,6 +172,31 @@ def _worker_compile():
     results["register"] = {"first": first, "second": second, "recorded": kernels.registered_cuda_kernel(),
                            "cpu_op_error": _rel_err(out, mediator_attention_reference(*ins, 0.25))}
     return results
+
+
+def _compile_split(fn, dtype: str, n: int, d: int, target) -> str:
+    """The entry name of ``fn`` compiled ahead of time for ``target`` (pointers of ``dtype``, float32 partials)."""
+    import triton
+
+    from medexport.kernels import triton_mediator
+
+    elem = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype]
+    cfg = triton_mediator.block_sizes(n, d, None, 64)
+    constexprs = {"SCALE": d ** -0.5, "BLOCK_MED": cfg["BLOCK_MED"], "BLOCK_D": cfg["BLOCK_D"],
+                  "BLOCK_N": cfg["BLOCK_N"], "UPCAST_DOTS": False}
+    signature = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.startswith("PART_"):
+            signature[name] = "*fp32"
+        elif name.isupper():
+            signature[name] = f"*{elem}"
+        else:
+            signature[name] = "i32"
+    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    compiled = triton.compile(src, target=target, options={"num_warps": cfg["num_warps"]})
+    return compiled.metadata.name if ".target sm_90" in compiled.asm["ptx"] else ""
 
 
 def _worker_no_triton():
@@ -263,6 +293,12 @@ def test_interpreter_cases_are_quick(workers):
     """The interpreter budget: every kernel call above stays small (the file must run in about a minute)."""
     seconds = {k: v["seconds"] for k, v in workers.result("interpret")["cases"].items()}
     assert max(seconds.values()) < 20, seconds
+
+
+def test_the_split_n_kernels_compile_for_hopper(workers):
+    split = workers.result("compile")["split_ptx"]
+    assert len(split) == 2 * len(PTX_CASES)
+    assert all(name.startswith(("mediator_gather_chunk_kernel", "mediator_read_kernel")) for name in split.values()), split
 
 
 @needs_triton
