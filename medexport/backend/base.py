@@ -12,7 +12,7 @@ import abc
 import torch
 from torch import Tensor
 
-from .batch import BatchRange  # noqa: F401  (part of this module's interface)
+from .batch import BatchRange, run_in_range  # noqa: F401  (BatchRange: part of this module's interface)
 
 
 class Runner(abc.ABC):
@@ -50,18 +50,7 @@ class Runner(abc.ABC):
         """One forward for any batch: split into chunks the engine accepts, padded up to its minimum."""
         if not self.is_active:
             self.activate()
-        B, r = x.shape[0], self.batch_range
-        if r is None or r.min <= B <= r.max:
-            return self.infer(x, t, y)
-        if B < r.min:  # pad with copies of the last sample, drop their outputs
-            pad = r.min - B
-            rep = lambda a: torch.cat([a, a[-1:].expand(pad, *a.shape[1:])])
-            return self.infer(rep(x), rep(t), rep(y))[:B]
-        outs, start = [], 0
-        for size in r.chunks(B):
-            outs.append(self.infer(x[start:start + size], t[start:start + size], y[start:start + size]))
-            start += size
-        return torch.cat(outs)
+        return run_in_range(self.infer, self.batch_range, x, t, y, torch.cat)
 
     def memory_bytes(self) -> int | None:
         """Device memory the runner holds beyond its inputs (weights + activations) where known."""

@@ -39,3 +39,21 @@ class BatchRange:
             raise ValueError(f"batch {batch} is below the range {self}")
         k = -(-batch // self.max)
         return [batch // k + (1 if i < batch % k else 0) for i in range(k)]
+
+
+def run_in_range(run, batch: BatchRange | None, x, t, y, cat):
+    """``run(x, t, y)`` for a batch of any size: as it is within ``batch`` (or with no range), split into sizes
+    within it when larger, padded with copies of the last sample up to its minimum when smaller (their outputs
+    dropped). Arrays of any library that slices: ``cat`` joins a list along the batch axis (``torch.cat``,
+    ``numpy.concatenate``)."""
+    B = len(x)
+    if batch is None or batch.min <= B <= batch.max:
+        return run(x, t, y)
+    if B < batch.min:
+        pad = batch.min - B
+        return run(*(cat([a] + [a[-1:]] * pad) for a in (x, t, y)))[:B]
+    outs, start = [], 0
+    for size in batch.chunks(B):
+        outs.append(run(x[start:start + size], t[start:start + size], y[start:start + size]))
+        start += size
+    return cat(outs)

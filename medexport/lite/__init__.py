@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend.batch import BatchRange
+from ..backend.batch import BatchRange, run_in_range
 from ..errors import BundleError, SamplingError, ScheduleError
 from ..runtime.schedule import FixedSchedule, parse_schedule
 from ..runtime.settings import SamplerSettings, StepInfo
@@ -212,19 +212,7 @@ class LitePipeline:
 
 def chunked(run, batch: BatchRange | None):
     """``run(x, t, y)`` for any batch: split into sizes within ``batch``, padded up to its minimum."""
-    def forward(x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
-        B = len(x)
-        if batch is None or batch.min <= B <= batch.max:
-            return run(x, t, y)
-        if B < batch.min:
-            pad = batch.min - B
-            return run(*(np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in (x, t, y)))[:B]
-        outs, start = [], 0
-        for size in batch.chunks(B):
-            outs.append(run(x[start:start + size], t[start:start + size], y[start:start + size]))
-            start += size
-        return np.concatenate(outs)
-    return forward
+    return lambda x, t, y: run_in_range(run, batch, x, t, y, np.concatenate)
 
 
 # -------------------------------------------------------------------------------------------------------------
