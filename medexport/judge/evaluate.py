@@ -6,7 +6,6 @@ Every schedule of one evaluation sees the same labels and the same seeds (batch 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -65,24 +64,12 @@ def evaluate(pipe, sampling: SamplingDefaults, *, per_class: int, seed: int = 0,
     check_applies(pipe)
     judge = load_judge()
     labels = [i % 10 for i in range(10 * per_class)]  # every batch holds every class
-    images, flops, seconds, steps = [], 0.0, 0.0, {}
-    kwargs = sampling.pipeline_kwargs()
-    for b, start in enumerate(range(0, len(labels), batch)):
-        chunk = labels[start:start + batch]
-        t0 = time.perf_counter()
-        result = pipe.sample(chunk, seed=seed + b, **kwargs)
-        seconds += time.perf_counter() - t0
-        images.append(result.latents)
-        flops += pipe.flops_per_image(result) * len(chunk)
-        for n, k in result.steps_per_count().items():
-            steps[n] = max(steps.get(n, 0), k)
-        if on_batch:
-            on_batch(len(chunk))
-    import torch
+    from ..runtime.pipeline import sample_in_batches
 
-    s: JudgeScore = score(torch.cat(images), labels, judge)
-    return EvalResult(str(result.settings["schedule"]), s.images, s.accuracy, s.confidence, s.fd,
-                      flops / len(labels) / 1e9, 1e3 * seconds / len(labels), dict(sorted(steps.items())),
+    run = sample_in_batches(pipe, labels, sampling, seed=seed, batch=batch, on_batch=on_batch)
+    s: JudgeScore = score(run.latents, labels, judge)
+    return EvalResult(run.schedule, s.images, s.accuracy, s.confidence, s.fd,
+                      run.flops_per_image / 1e9, 1e3 * run.seconds / len(labels), run.steps_per_count,
                       s.per_class_accuracy, {**sampling.to_dict(), "seed": seed, "backend": pipe.backend})
 
 

@@ -289,6 +289,38 @@ class Pipeline:
         return sum(per_count[e.mediators] * e.batch for e in result.trace) / images
 
 
+@dataclass
+class BatchedSamples:
+    """What :func:`sample_in_batches` made: the samples in label order and their cost."""
+
+    latents: Tensor
+    seconds: float  # sampling time, all batches
+    flops_per_image: float
+    steps_per_count: dict[int, int]  # steps each count served (the most of any batch)
+    schedule: str  # the schedule that ran, in its canonical text
+
+
+def sample_in_batches(pipe: Pipeline, labels: list[int], sampling: SamplingDefaults, *, seed: int = 0,
+                      batch: int = 100, on_batch=None) -> BatchedSamples:
+    """Sample ``labels`` with ``sampling`` in batches of ``batch``; batch b is seeded with ``seed + b``, so runs
+    with other settings (another schedule, say) see the same noise and labels. ``on_batch(k)`` after each."""
+    kwargs = sampling.pipeline_kwargs()
+    images, flops, seconds, steps = [], 0.0, 0.0, {}
+    for b, start in enumerate(range(0, len(labels), batch)):
+        chunk = labels[start:start + batch]
+        t0 = time.perf_counter()
+        result = pipe.sample(chunk, seed=seed + b, **kwargs)
+        seconds += time.perf_counter() - t0
+        images.append(result.latents)
+        flops += pipe.flops_per_image(result) * len(chunk)
+        for n, k in result.steps_per_count().items():
+            steps[n] = max(steps.get(n, 0), k)
+        if on_batch:
+            on_batch(len(chunk))
+    return BatchedSamples(torch.cat(images), seconds, flops / len(labels), dict(sorted(steps.items())),
+                          str(result.settings["schedule"]))
+
+
 def check_device(device: str | None) -> None:
     """Refuse a device that does not exist here, rather than running somewhere else without a word."""
     if device is None:

@@ -236,22 +236,19 @@ class Judge:
 
     def run(self, schedule: str) -> tuple[torch.Tensor, float, float, dict]:
         """(final samples, ms per image, measured GFLOPs per image, steps per count)."""
-        kwargs = self.sampling.override(schedule=schedule).pipeline_kwargs()
-        images, flops, ms, steps = [], 0.0, 0.0, {}
-        for b, start in enumerate(range(0, len(self.labels), self.batch)):
-            chunk = self.labels[start:start + self.batch]
-            t0 = time.perf_counter()
-            result = self.pipe.sample(chunk, seed=self.seed + b, **kwargs)
-            ms += 1e3 * (time.perf_counter() - t0)
-            images.append(result.latents)
-            flops += self.pipe.flops_per_image(result) * len(chunk)
-            for n, k in result.steps_per_count().items():
-                steps[n] = max(steps.get(n, 0), k)
-        return torch.cat(images), ms / len(self.labels), flops / len(self.labels) / 1e9, dict(sorted(steps.items()))
+        from ..runtime.pipeline import sample_in_batches
+
+        run = sample_in_batches(self.pipe, self.labels, self.sampling.override(schedule=schedule), seed=self.seed,
+                                batch=self.batch)
+        return (run.latents, 1e3 * run.seconds / len(self.labels), run.flops_per_image / 1e9,
+                run.steps_per_count)
 
     def score(self, c: Candidate, samples: torch.Tensor) -> None:
-        if self.reference is not None:
-            c.trajectory = float(((samples - self.reference) ** 2).mean().sqrt())
+        """Judge ``samples``; the first samples scored (the largest static schedule's) are the trajectory
+        reference."""
+        if self.reference is None:
+            self.reference = samples
+        c.trajectory = float(((samples - self.reference) ** 2).mean().sqrt())
         if self.judge_applies:
             from ..judge import score
 
@@ -298,19 +295,10 @@ def tune(pipe, sampling: SamplingDefaults, budget: Budget, *, metric: str = "tra
             on_candidate(c)
         return c
 
-    # The reference for the trajectory distance, and the static schedules (which also time each count).
+    # The largest count's static schedule first (the trajectory reference), then the other static schedules
+    # (which also time each count).
     judge.warm_up()
-    samples, ms, gflops, steps = judge.run(str(largest))
-    judge.reference = samples
-    cost.ms_per_eval[largest] = ms / max(1, len(cost.steps))
-    ref = Candidate(str(largest), "static", cost.gflops_per_image(statics[largest]),
-                    predicted_ms=cost.ms_per_image(statics[largest]), measured_ms=ms, measured_gflops=gflops,
-                    steps_per_count=steps)
-    judge.score(ref, samples)
-    evaluated[ref.schedule] = ref
-    if on_candidate:
-        on_candidate(ref)
-    for n in counts[:-1]:
+    for n in [largest, *counts[:-1]]:
         evaluate(str(n), "static")
 
     def price(c_or_sched) -> float:
