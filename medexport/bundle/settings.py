@@ -9,12 +9,10 @@ from pathlib import Path
 
 from ..backend.base import BatchRange
 from ..backend import registry
-from ..backend.registry import BUILD_CHOICES
 from ..errors import ConfigError
 from ..model.config import DEFAULT_IMAGE_SIZE
 from ..quant import ALL_PRECISIONS, quantization
 
-BACKEND_CHOICES = BUILD_CHOICES  # kept for importers of the old name
 PRECISION_CHOICES = ALL_PRECISIONS
 #: Batch sizes engines accept by default, counting the CFG doubling; the demo model's, which is small.
 DEFAULT_BATCH = BatchRange(1, 2, 16)

@@ -13,7 +13,7 @@ from rich.table import Table
 from ..backend import registry
 from ..backend.base import BatchRange
 from ..bundle import TOLERANCE, Bundle, BuildSettings, ModelSource, build_bundle, runnable_here, verify_bundle
-from ..bundle.settings import BACKEND_CHOICES, DEFAULT_BATCH, DEFAULT_OUTPUT_ROOT, DEMO_BATCH, PRECISION_CHOICES
+from ..bundle.settings import DEFAULT_BATCH, DEFAULT_OUTPUT_ROOT, DEMO_BATCH, PRECISION_CHOICES
 from ..model.config import DEFAULT_IMAGE_SIZE
 from ..errors import BundleError, ConfigError
 from ..model import MODEL_NAMES
@@ -68,7 +68,7 @@ def _default_name(model_name: str | None, image_size: int, checkpoints: list[tup
                                                 f"{DEFAULT_MEDIATORS} with --model].")
 @click.option("--init-seed", "seed", default=0, show_default=True, help="Seed of the random weights (--model).")
 @click.option("--seed", "seed_alias", type=int, default=None, hidden=True)
-@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(registry.BUILD_CHOICES), default="auto", show_default=True,
               help="auto: the fastest that builds here (TensorRT with a CUDA GPU, else ONNX Runtime).")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
               help="fp32/fp16/bf16: the exported dtype. int8: dynamic int8, the fastest on a CPU. int8-static, fp8: "
