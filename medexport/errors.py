@@ -62,6 +62,18 @@ class DataError(MedexportError):
     """A data set that is missing, partial or not what it claims to be."""
 
 
+class MissingExtraError(MedexportError, ImportError):
+    """A package that an optional part of medexport needs is not installed; the message names the extra to install.
+
+    ``module`` is the missing module, ``extra`` the extra of ``pip install "medexport[EXTRA]"`` that brings it.
+    """
+
+    def __init__(self, message: str, *, module: str, extra: str):
+        super().__init__(message)
+        self.name = module  # ImportError's attribute: the module that could not be imported
+        self.module, self.extra = module, extra
+
+
 def os_error_message(exc: OSError) -> str | None:
     """What to tell the user about ``exc``, an OSError from writing outputs; None for the kinds that are bugs.
 

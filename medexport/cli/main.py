@@ -13,6 +13,7 @@ from rich.logging import RichHandler
 
 from ..version import __version__
 from ..errors import MedexportError, os_error_message
+from ..extras import explain
 
 # Tables stay readable when output goes to a file or a pipe (rich would otherwise assume 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -20,7 +21,8 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 #: Every command: the module that defines it and its one-line help. Commands are imported when run (or asked
-#: for their own help), so ``medexport --help`` loads neither torch nor the exporter.
+#: for their own help), so ``medexport --help`` loads neither torch nor the exporter. A command whose module (or
+#: whose run) needs a package of an extra that is not installed (torch: ``build``) says which extra to install.
 COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("bundle_cmds", "Export mediator counts to ONNX and build engines."),
     "verify": ("bundle_cmds", "Check every engine against the PyTorch model."),
@@ -41,15 +43,22 @@ def short_help(name: str) -> str:
 
 
 class MedexportGroup(click.Group):
-    """Loads commands on demand; prints MedexportError, and the OSErrors a user causes (a full disk, a read-only
-    --output, ...), without a traceback and exits 1 (bugs keep theirs)."""
+    """Loads commands on demand; prints MedexportError, the OSErrors a user causes (a full disk, a read-only
+    --output, ...) and a missing extra's package (torch without ``medexport[build]``, ...) without a traceback and
+    exits 1 (bugs keep theirs)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(COMMANDS) | set(self.commands))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in self.commands and name in COMMANDS:
-            importlib.import_module(f"{__package__}.{COMMANDS[name][0]}")  # its decorators register it here
+            try:
+                importlib.import_module(f"{__package__}.{COMMANDS[name][0]}")  # its decorators register it here
+            except ModuleNotFoundError as e:
+                error = explain(e, f"medexport {name}")
+                if error is None:
+                    raise
+                raise error from None
         return self.commands.get(name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -63,6 +72,11 @@ class MedexportGroup(click.Group):
             return super().invoke(ctx)
         except MedexportError as e:
             _fail(str(e))
+        except ModuleNotFoundError as e:  # imported while the command runs
+            error = explain(e, " ".join(filter(None, ("medexport", ctx.invoked_subcommand))))
+            if error is None:
+                raise
+            _fail(str(error))
         except OSError as e:
             message = os_error_message(e)
             if message is None:
