@@ -173,3 +173,50 @@ def test_sample_refuses_a_junk_vae_folder_before_sampling(tiny_bundle, tmp_path)
     assert r.exit_code == 1, r.output
     assert f"{vae / 'config.json'} is not valid JSON" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_the_shared_options_load_neither_torch_nor_the_benchmark():
+    """The sampling options live in cli/options.py: declaring a command loads no benchmark (and calibrate,
+    generate and the options themselves no torch); the choices read later are the runtime's own."""
+    import subprocess
+    import sys
+
+    for module, light in (("options", True), ("calibrate_cmd", True), ("generate_cmd", True), ("eval_cmd", False),
+                          ("tune_cmd", False)):
+        probe = (f"import json, sys\nimport medexport.cli.{module}\n"
+                 f"print(json.dumps(sorted(sys.modules)))")
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+        mods = set(json.loads(out.strip().splitlines()[-1]))
+        assert "medexport.runtime.benchmark" not in mods and "medexport.cli.sample_cmd" not in mods, module
+        assert ("torch" not in mods) == light, module
+
+    for command in ("sample", "eval", "tune", "generate"):
+        text = run(command, "--help").output
+        assert "[auto|torch|onnxruntime|tensorrt]" in text and "[3|all]" in text, command
+    assert "[3|all]" in run("calibrate", "--help").output
+    r = run("sample", "nowhere", "--backend", "cuda")
+    assert r.exit_code == 2 and "'cuda' is not one of 'auto', 'torch', 'onnxruntime', 'tensorrt'" in r.output
+    r = run("sample", "nowhere", "--cfg-channels", "2")
+    assert r.exit_code == 2 and "'2' is not one of '3', 'all'" in r.output
+
+
+def test_benchmark_runs_the_reference_where_the_engines_run(tiny_bundle, tmp_path, monkeypatch):
+    """On a machine with a GPU, ONNX Runtime without its GPU provider runs on the CPU: the PyTorch reference is
+    timed there too, and the engines' memory is counted from the CPU's figure, not the GPU's."""
+    import torch
+
+    from medexport.backend.onnxrt import runner as ort_runner
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine (this build of torch has none)
+    monkeypatch.setattr(ort_runner, "available_providers", lambda: ["CPUExecutionProvider"])
+    out = tmp_path / "bench"
+    r = run("sample", tiny_bundle, "--num", "2", "--sampler", "ode", "--method", "euler", "--steps", "3",
+            "--benchmark", "--warmup", "1", "--runs", "1", "-o", out)
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    main, ref = report["summaries"]
+    assert report["environment"]["device"] == "cpu" and ref["backend"] == "torch"
+    from medexport.runtime.memory import current_memory
+
+    # counted from the GPU's figure (nothing allocated), it would be the whole process's resident memory
+    assert main["peak_memory_bytes"] < current_memory(torch.device("cpu")) / 2

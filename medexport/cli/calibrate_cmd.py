@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .main import cli, console, short_help
-from .sample_cmd import SCHEDULE_HELP, THREADS_OPTION, sampler_options
+from .options import SCHEDULE_HELP, THREADS_OPTION, sampler_options
 
 
 @cli.command(short_help=short_help("calibrate"))

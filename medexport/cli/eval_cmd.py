@@ -12,7 +12,7 @@ from rich.table import Table
 from ..atomic import write_json
 from ..runtime.pipeline import Pipeline
 from .main import cli, console, err_console, short_help
-from .sample_cmd import SCHEDULE_HELP, sampling_options
+from .options import SCHEDULE_HELP, sampling_options
 
 
 @cli.command("eval", short_help=short_help("eval"))

@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 
 from .main import cli, console, short_help
-from .sample_cmd import SCHEDULE_HELP, sampling_options
+from .options import SCHEDULE_HELP, sampling_options
 
 
 @cli.command(short_help=short_help("generate"))
@@ -28,8 +28,13 @@ from .sample_cmd import SCHEDULE_HELP, sampling_options
 @sampling_options
 def generate_cmd(bundle, num, out, schedule, seed, batch, label_mode, png, vae, sampler, method, steps, last_step,
                  cfg_scale, cfg_channels, backend, device, threads) -> None:
-    """Generate --num images into --output: plainly, or with `torchrun --nproc_per_node K medexport generate ...`
-    (the same images whatever K). Rank 0 gathers an .npz that the ADM FID evaluator reads."""
+    """Generate --num images into --output, in one process or sharded across torchrun ranks (the same images
+    whatever the number of ranks). Rank 0 gathers an .npz that the ADM FID evaluator reads.
+
+    \b
+    Under torchrun, put -- before medexport (without it torchrun takes --num for its own option):
+      torchrun --nproc_per_node K --no-python -- medexport generate BUNDLE --num N -o DIR
+    """
     from ..bundle import open_bundle
     from ..runtime.generate import GenerateSpec, generate
 

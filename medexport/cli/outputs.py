@@ -39,7 +39,7 @@ def output_folder(path: Path, kind: str, names: set[str]) -> Iterator[Path]:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise MedexportError(f"another `medexport {kind}` is writing {path}: wait for it or choose another "
-                                 f"--out") from None
+                                 f"--output") from None
         yield path
 
 

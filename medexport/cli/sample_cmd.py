@@ -11,69 +11,18 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..backend.registry import SAMPLE_CHOICES
 from ..errors import SamplingError
-from ..runtime import LAST_STEPS, METHODS, SAMPLERS
 from ..runtime.benchmark import run_benchmarks, run_summary, summary
 from ..runtime.request import SampleRequest
 from ..runtime.memory import current_memory
 from ..runtime.report import environment, plot_trace, write_report
-from ..runtime.defaults import CFG_CHANNELS
 from ..runtime.images import labelled_grid, save_images
 from ..runtime.pipeline import Pipeline, latents_to_file
 from .outputs import output_folder, remove_stale
 from .main import cli, console, err_console, short_help
+from .options import SCHEDULE_HELP, sampling_options
 
 log = logging.getLogger("medexport")
-ALL_METHODS = sorted({m for ms in METHODS.values() for m in ms})
-
-
-SAMPLER_OPTIONS = [
-    click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
-                 help="sde or ode [default: the bundle's recommendation, else sde]."),
-    click.option("--method", type=click.Choice(ALL_METHODS), default=None,
-                 help="sde: euler (Euler-Maruyama) | heun; ode: euler | heun | dopri5 [default: the bundle's, "
-                      "else euler / dopri5]."),
-    click.option("--steps", type=int, default=None,
-                 help="SDE: steps (default 250). ODE: grid points as in the reference, so euler with 50 makes "
-                      "49 evaluations (default 50). [default: the bundle's]"),
-    click.option("--last-step", type=click.Choice(LAST_STEPS), default="mean", show_default=True,
-                 help="SDE last step."),
-    click.option("--cfg-scale", type=float, default=None,
-                 help="Guidance scale (1: none) [default: the bundle's, else 1]."),
-    click.option("--cfg-channels", type=click.Choice(CFG_CHANNELS), default=None,
-                 help="Guide the first 3 channels (the reference) or all [default: the bundle's, else 3]."),
-]
-THREADS_OPTION = click.option("--threads", type=click.IntRange(min=1), default=None,
-                              help="CPU threads of PyTorch and ONNX Runtime [default: all cores].")
-ENGINE_OPTIONS = [
-    click.option("--backend", type=click.Choice(SAMPLE_CHOICES), default="auto", show_default=True,
-                 help="Which engines run: auto = the fastest that runs here; torch = the PyTorch models the "
-                      "engines were built from."),
-    click.option("--device", default=None, help="cpu or cuda (default: the backend's)."),
-    THREADS_OPTION,
-]
-
-
-def _apply(options, f):
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def sampler_options(f):
-    """How to sample (sampler, method, steps, guidance); left out, each comes from the bundle's record."""
-    return _apply(SAMPLER_OPTIONS, f)
-
-
-def sampling_options(f):
-    """The options shared by ``sample`` and ``eval``: how to sample, and which engines run where."""
-    return _apply(SAMPLER_OPTIONS + ENGINE_OPTIONS, f)
-
-
-SCHEDULE_HELP = ('Mediator schedule: "16:0.3,32:0.7,64" (fractions of the steps), "64" (static), or '
-                 '"adaptive:16,32,64:ratios=0.5,0.2[:warmup=3][:distance=mae]" [default: the bundle\'s, else the '
-                 'largest count].')
 
 
 #: What ``sample`` writes into its --output folder.
@@ -117,7 +66,7 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
     out_dir = out_dir or out_alias or Path("out")  # --out: the earlier spelling
     if threads:
         torch.set_num_threads(threads)
-    base_memory = current_memory(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    in_use = _memory_in_use(device)  # before any pipeline exists: each one's memory is measured from this
     pipe = Pipeline.from_bundle(bundle, backend=backend, device=device, threads=threads)
     label_list = _labels(labels, num, per_class, seed, pipe)
     chosen = pipe.defaults.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
@@ -151,14 +100,17 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
                                         f"one model")
                 others[_label(other_pipe, other, against)] = other_pipe
             factories.update({label: (lambda p=p: p) for label, p in others.items()})
-            if reference and pipe.backend != "torch":
-                factories["torch"] = lambda: Pipeline.from_bundle(bundle, backend="torch", device=device, threads=threads)
+            if reference and pipe.backend != "torch":  # on the device the engines turned out to run on
+                factories["torch"] = lambda: Pipeline.from_bundle(bundle, backend="torch", device=str(pipe.device),
+                                                                  threads=threads)
             total = (max(1, warmup) + runs) * len(factories)
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           console=err_console) as progress:
                 task = progress.add_task(f"benchmark {' vs '.join(factories)}", total=total)
                 pipelines, stats = run_benchmarks(factories, request, warmup=warmup, runs=runs,
-                                                  baselines={label: base_memory for label in (main, *others)},
+                                                  baselines={main: in_use.get(pipe.device.type),
+                                                             **{label: in_use.get(p.device.type)
+                                                                for label, p in others.items()}},
                                                   progress=lambda: progress.advance(task))
             ref_stats = stats.get("torch") if pipe.backend != "torch" else None
             summaries = [summary(pipelines[label], stats[label], ref_stats) | {"label": label}
@@ -196,6 +148,18 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
         console.print(escape("wrote " + ", ".join(map(str, written))), highlight=False, soft_wrap=True)
         if pipe.data is not None:
             console.print(f"[bold]grid:[/] {escape(str(grid))}", highlight=False, soft_wrap=True)
+
+
+def _memory_in_use(device: str | None) -> dict[str, int]:
+    """Memory in use now on each kind of device a pipeline opened with ``device`` may run on: its GPU (where CUDA
+    is there and ``device`` allows it) and the CPU. A benchmark measures each pipeline's memory from the figure
+    for the device that pipeline turned out to run on (ONNX Runtime without a GPU provider runs on the CPU of a
+    GPU machine)."""
+    out = {}
+    if torch.cuda.is_available() and (device is None or str(device).startswith("cuda")):
+        out["cuda"] = current_memory(torch.device(device or "cuda"))  # 0 while CUDA is not started: starts nothing
+    out["cpu"] = current_memory(torch.device("cpu"))
+    return out
 
 
 def _labels(labels: str | None, num: int, per_class: int | None, seed: int, pipe: Pipeline) -> list[int]:

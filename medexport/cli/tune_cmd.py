@@ -11,7 +11,7 @@ from rich.table import Table
 from ..atomic import write_json
 from ..runtime.pipeline import Pipeline
 from .main import cli, console, err_console, short_help
-from .sample_cmd import sampling_options
+from .options import sampling_options
 
 
 @cli.command(short_help=short_help("tune"))

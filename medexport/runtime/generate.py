@@ -152,7 +152,7 @@ def _claim(out: Path, spec: GenerateSpec, key: str) -> str | None:
     """Rank 0's part of :func:`_open_run`: None when ``out`` is ours (and now marked), else why not."""
     run_file = out / RUN
     if out.exists() and not out.is_dir():
-        return f"{out} is a file, not a folder: choose another --out"
+        return f"{out} is a file, not a folder: choose another --output"
     if run_file.is_file():
         try:
             old = json.loads(run_file.read_text())
@@ -162,10 +162,10 @@ def _claim(out: Path, spec: GenerateSpec, key: str) -> str | None:
             diff = sorted(k for k in set(old.get("spec", {})) | set(asdict(spec))
                           if old.get("spec", {}).get(k) != asdict(spec).get(k))
             return (f"{out} holds the shards of another run (settings differ: {', '.join(diff) or 'the bundle changed'}"
-                    f"): resume it with its settings, or choose another --out")
+                    f"): resume it with its settings, or choose another --output")
     elif out.is_dir() and any(p.name != SHARDS for p in out.iterdir()):
-        return (f"{out} exists and is not a `medexport generate` folder: choose an empty or new --out (nothing was "
-                f"written)")
+        return (f"{out} exists and is not a `medexport generate` folder: choose an empty or new --output "
+                f"(nothing was written)")
     (out / SHARDS).mkdir(parents=True, exist_ok=True)
     write_json(run_file, {"kind": "medexport-generate", "key": key, "spec": asdict(spec)}, durable=True)
     return None

@@ -64,11 +64,25 @@ def test_generate_writes_the_adm_npz_and_resumes(tiny_bundle, tmp_path):
 
     r = run("generate", tiny_bundle, "-o", out, *[a if a != "6" else "8" for a in ARGS])  # other settings
     assert r.exit_code == 1 and "holds the shards of another run" in r.output and "sampling" in r.output
+    assert "or choose another --output" in r.output  # the option's name
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("keep me")
     r = run("generate", tiny_bundle, "-o", tmp_path / "mine", *ARGS)
-    assert r.exit_code == 1 and "not a `medexport generate` folder" in r.output
+    assert r.exit_code == 1 and "not a `medexport generate` folder: choose an empty or new --output" in r.output
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep me"
+
+
+def test_help_gives_the_torchrun_command_that_works():
+    """torchrun reads --num as an abbreviation of its own options unless -- ends them: the help says so."""
+    r = run("generate", "--help")
+    assert r.exit_code == 0, r.output
+    line = next(x.strip() for x in r.output.splitlines() if x.strip().startswith("torchrun "))
+    assert line == "torchrun --nproc_per_node K --no-python -- medexport generate BUNDLE --num N -o DIR"
+    from torch.distributed.run import get_args_parser
+
+    args = get_args_parser().parse_args(line.split()[1:])  # torchrun's own parser leaves every option to us
+    assert args.no_python and args.training_script == "medexport"
+    assert args.training_script_args == ["generate", "BUNDLE", "--num", "N", "-o", "DIR"]
 
 
 def _free_port() -> int:
