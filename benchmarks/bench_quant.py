@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from medexport import Pipeline  # noqa: E402
-from medexport.backend import BatchRange  # noqa: E402
+from medexport.core.batch import BatchRange  # noqa: E402
 from medexport.backend.onnxrt import session_from_onnx  # noqa: E402
 from medexport.bundle import Bundle, BuildSettings, ModelSource, build_bundle  # noqa: E402
 from medexport.quant.calibration import record  # noqa: E402
@@ -109,7 +109,7 @@ def random_model(name: str, size: int, work: Path, threads: int, repeats: int) -
 def demo(work: Path, threads: int, repeats: int, per_class: int) -> tuple[dict, list[dict]]:
     from medexport.demo import demo_checkpoints
     from medexport.judge.evaluate import evaluate
-    from medexport.runtime.defaults import SamplingDefaults
+    from medexport.core.settings import SamplingSettings
 
     sources = [ModelSource(n, checkpoint=p) for n, p in demo_checkpoints().items()]
     batch = BatchRange(1, 64, 512)
@@ -125,7 +125,7 @@ def demo(work: Path, threads: int, repeats: int, per_class: int) -> tuple[dict, 
     row = forward_table("demo (Fashion-MNIST, trained)", bundles, 16, 200, threads, repeats)
     row["calibration_seconds"] = {m: round(s, 1) for m, (_, s) in cals.items()}
     quality = []
-    sampling = SamplingDefaults.from_dict(bundles["fp32"].manifest["sampling"])
+    sampling = SamplingSettings.from_dict(bundles["fp32"].manifest["sampling"])
     for label, b in [*bundles.items(), ("int8-static (whole-trajectory calibration)", trajectory)]:
         pipe = Pipeline.from_bundle(b.path, backend="onnxruntime", threads=threads)
         r = evaluate(pipe, sampling, per_class=per_class, seed=0)

@@ -1,8 +1,7 @@
 """medexport: mediator DiT/SiT from PyTorch to deployed engines.
 
 The public API (``medexport.Pipeline``, ``medexport.load_checkpoint``, ...) is loaded on first use, so that
-``import medexport`` and the command line's help stay fast; importing the model layer registers the custom op
-and, where a CUDA GPU and triton exist, its Triton kernel.
+``import medexport`` and the command line's help stay fast.
 """
 
 from __future__ import annotations
@@ -13,8 +12,8 @@ from .errors import MedexportError
 from .version import __version__
 
 _LAZY = {
-    "Pipeline": "runtime.pipeline", "SampleResult": "runtime.pipeline", "TraceEntry": "runtime.pipeline",
-    "SamplingDefaults": "runtime.defaults", "SampleRequest": "runtime.request",
+    "Pipeline": "runtime.pipeline", "SampleResult": "core.sampling", "TraceEntry": "core.sampling",
+    "SamplingSettings": "core.settings", "SampleRequest": "core.request",
     "MODEL_NAMES": "model", "MediatorDiT": "model", "ModelConfig": "model", "create_model": "model",
     "forward_flops": "model", "load_checkpoint": "model", "save_checkpoint": "model",
 }
@@ -33,5 +32,5 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["MODEL_NAMES", "MediatorDiT", "MedexportError", "ModelConfig", "Pipeline", "SampleRequest",
-           "SampleResult", "SamplingDefaults", "TraceEntry", "__version__", "create_model", "forward_flops", "load_checkpoint",
+           "SampleResult", "SamplingSettings", "TraceEntry", "__version__", "create_model", "forward_flops", "load_checkpoint",
            "save_checkpoint"]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .atomic import write_text
+from .core.files import write_text
 from .errors import MedexportError
-from .model.checkpoint import file_sha256
+from .core.files import file_sha256
 
 SUMS = "SHA256SUMS"
 

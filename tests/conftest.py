@@ -49,7 +49,7 @@ def tiny_bundle(tmp_path_factory, tiny_checkpoints):
 
     Shared by many tests: do not modify it (copy it first, see ``copy_bundle``).
     """
-    from medexport.backend import BatchRange
+    from medexport.core.batch import BatchRange
     from medexport.bundle import BuildSettings, ModelSource, build_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"

@@ -50,7 +50,7 @@ def test_sample_benchmark_against_reference(tiny_bundle, tmp_path):
 
 def test_sample_benchmark_against_another_precision(tiny_bundle, tiny_checkpoints, tmp_path):
     """An int8 bundle timed side by side with its fp32 bundle and the PyTorch reference, on the same inputs."""
-    from medexport.backend import BatchRange
+    from medexport.core.batch import BatchRange
     from medexport.bundle import BuildSettings, ModelSource, build_bundle
 
     int8 = tmp_path / "int8"

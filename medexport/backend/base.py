@@ -12,7 +12,7 @@ import abc
 import torch
 from torch import Tensor
 
-from .batch import BatchRange, run_in_range  # noqa: F401  (BatchRange: part of this module's interface)
+from ..core.batch import BatchRange, run_in_range
 
 
 class Runner(abc.ABC):
@@ -55,8 +55,3 @@ class Runner(abc.ABC):
     def memory_bytes(self) -> int | None:
         """Device memory the runner holds beyond its inputs (weights + activations) where known."""
         return None
-
-    def describe(self) -> dict:
-        return {"backend": self.backend, "mediators": self.mediators, "precision": self.precision,
-                "device": self.device, "batch_range": str(self.batch_range) if self.batch_range else None}
-

@@ -9,11 +9,11 @@ from __future__ import annotations
 import importlib
 
 from .manifest import MANIFEST, Bundle, open_bundle
-from .runners import engine_runner, runnable_here
+from .runners import engine_runner, runnable_here, sampling_backend
 from .settings import BuildSettings, ModelSource
 
 _LAZY = {"BuildReport": "build", "build_bundle": "build", "resolve_backend": "build",
-         "TOLERANCE": "verify", "VerifyResult": "verify", "verify_bundle": "verify"}
+         "VerifyResult": "verify", "verify_bundle": "verify"}
 
 
 def __getattr__(name: str):
@@ -22,5 +22,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["MANIFEST", "TOLERANCE", "Bundle", "BuildReport", "BuildSettings", "ModelSource", "VerifyResult",
-           "build_bundle", "engine_runner", "open_bundle", "resolve_backend", "runnable_here", "verify_bundle"]
+__all__ = ["MANIFEST", "Bundle", "BuildReport", "BuildSettings", "ModelSource", "VerifyResult",
+           "build_bundle", "engine_runner", "open_bundle", "resolve_backend", "runnable_here", "sampling_backend",
+           "verify_bundle"]

@@ -7,6 +7,7 @@ its name exists; ``force`` redoes everything.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -19,14 +20,15 @@ import torch
 
 from ..version import __version__
 from ..backend import registry
+from ..backend.registry import BuildInputs
 from ..errors import BundleError, CheckpointError, ConfigError
 from ..export import ExportSpec, export_onnx
 from ..model import (CheckpointInfo, MediatorDiT, ModelConfig, config_from_name, create_model, load_checkpoint,
                      read_checkpoint)
-from ..model.checkpoint import file_sha256
+from ..core.files import file_sha256
 from .manifest import FORMAT, MANIFEST, new_manifest, now, read_manifest, write_json_atomic
 from ..quant import SOURCE_PRECISION, quantization
-from .artifact import Artifact
+from ..core.artifact import Artifact
 from .settings import BuildSettings, ModelSource, content_key, source_key
 
 log = logging.getLogger(__name__)
@@ -223,7 +225,7 @@ def _open_manifest(out: Path, model: dict, settings: BuildSettings, requested: l
 def _fit_sampling(manifest: dict) -> None:
     """Drop a recorded default schedule that names counts the bundle is not built for (``--mediators 16`` of
     a three-count model)."""
-    from ..runtime.schedule import parse_schedule
+    from ..core.schedule_text import parse_schedule
 
     text = (manifest.get("sampling") or {}).get("schedule")
     if not text:
@@ -356,13 +358,15 @@ def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str
     engines = dict(old.get("engines", {}))
     if backend is not None:
         engine_backend = registry.get(backend)
-        engine_key = content_key(*engine_backend.key_parts(onnx_art.sha256, settings))
+        options = settings.options_for(engine_backend)
+        engine_key = content_key(*engine_backend.key_parts(onnx_art.sha256, settings, options))
         kept = Artifact.from_dict(engines[backend]) if backend in engines else None
         if force or kept is None or not kept.up_to_date(out, engine_key):
             stem = f"mediators-{n}.{precision}"
-            files, record = engine_backend.build([out / f for f in onnx_art.files],
-                                                 lambda suffix: out / _free_name(stem, suffix, live), settings,
-                                                 (cfg.in_channels, cfg.input_size, cfg.input_size), out)
+            files, record = engine_backend.build(BuildInputs(
+                mediators=n, onnx_files=[out / f for f in onnx_art.files], model=functools.cache(lambda: _load_model(src)),
+                new_file=lambda suffix: out / _free_name(stem, suffix, live), settings=settings, options=options,
+                latent_shape=(cfg.in_channels, cfg.input_size, cfg.input_size), folder=out))
             engines[backend] = Artifact.from_files(files, precision, batch=settings.batch, key=engine_key,
                                                    record={**record, "versions": _versions(),
                                                            "built": now()}).to_dict()
@@ -415,13 +419,13 @@ def _versions() -> dict:
 def record_sampling(out: str | Path, changes: dict) -> dict:
     """Change the bundle's recorded sampling settings (``medexport tune --record``), under the build lock and
     with an atomic manifest write; the changed settings are validated against the bundle's counts first."""
-    from ..runtime.defaults import SamplingDefaults
-    from ..runtime.schedule import parse_schedule
+    from ..core.settings import SamplingSettings
+    from ..core.schedule_text import parse_schedule
 
     out = Path(out)
     with _exclusive(out):
         manifest = read_manifest(out)
-        sampling = SamplingDefaults.from_dict({**(manifest.get("sampling") or {}), **changes})
+        sampling = SamplingSettings.from_dict({**(manifest.get("sampling") or {}), **changes})
         if sampling.schedule:
             parse_schedule(sampling.schedule).validate_against([int(n) for n in manifest["counts"]])
         manifest["sampling"] = sampling.to_dict()

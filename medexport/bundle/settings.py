@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..backend.base import BatchRange
+from ..core.batch import BatchRange
 from ..backend import registry
 from ..errors import ConfigError
-from ..model.config import DEFAULT_IMAGE_SIZE
+from ..core.config import DEFAULT_IMAGE_SIZE
 from ..quant import ALL_PRECISIONS, quantization
 
 PRECISION_CHOICES = ALL_PRECISIONS
@@ -26,7 +26,7 @@ class BuildSettings:
 
     Attributes:
         backend: "auto" (the fastest engine backend that can build here: TensorRT with a CUDA GPU, else ONNX
-            Runtime; see ``backend.registry.PREFERENCE``), "tensorrt" or "onnxruntime".
+            Runtime; see ``backend.registry.preference``), or an engine backend's name.
         precision: "fp32", "fp16" or "bf16": the dtype of the exported graph (TensorRT builds strongly typed,
             so precision comes from the graph); or a quantised form made from the fp32 graph: "int8" (dynamic,
             ONNX Runtime on CPU), "int8-static" or "fp8" (calibrated Q/DQ; see :mod:`medexport.quant`).
@@ -34,24 +34,31 @@ class BuildSettings:
         onnx_only: export (and quantise) the graphs but build no engine: for a precision or backend that cannot
             build here (fp8 for TensorRT on Hopper), to compile elsewhere.
         batch: batch sizes the engines accept, counting the CFG doubling (min:opt:max).
-        plugin: build TensorRT engines with the mediator-attention plugin where it is registered
-            (TensorRT >= 10.9); the function body otherwise.
         opset: ONNX opset; None picks 20 (22 for bf16).
-        trt_optimization_level: TensorRT builder optimisation level (0-5; higher builds slower, runs faster).
+        backend_options: the backends' own build options by name (each backend declares its own, e.g.
+            TensorRT's ``plugin`` and ``trt_optimization_level``: :attr:`EngineBackend.options`); those not given
+            take their defaults.
     """
 
     backend: str = "auto"
     precision: str = "fp32"
     batch: BatchRange = DEFAULT_BATCH
-    plugin: bool = True
     opset: int | None = None
-    trt_optimization_level: int = 3
     calibration: Path | None = None
     onnx_only: bool = False
+    backend_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.backend != "auto" and self.backend not in registry.names():
-            raise ConfigError(f"unknown backend {self.backend!r}: choose auto or one of {', '.join(registry.names())}")
+        if self.backend != "auto" and self.backend not in registry.engine_names():
+            raise ConfigError(f"unknown backend {self.backend!r}: choose auto or one of "
+                              f"{', '.join(registry.engine_names())}")
+        declared = {o.name: o for _, o in registry.options()}
+        unknown = sorted(set(self.backend_options) - set(declared))
+        if unknown:
+            raise ConfigError(f"unknown backend option(s) {', '.join(unknown)}: the backends declare "
+                              f"{', '.join(sorted(declared)) or 'none'}")
+        object.__setattr__(self, "backend_options", {name: o.check(self.backend_options.get(name, o.default))
+                                                     for name, o in declared.items()})
         if self.precision not in PRECISION_CHOICES:
             raise ConfigError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISION_CHOICES)}")
         q = quantization(self.precision)
@@ -64,9 +71,13 @@ class BuildSettings:
             raise ConfigError(f"--calibration applies to the calibrated precisions (int8-static, fp8), not "
                               f"{self.precision}: drop it")
 
+    def options_for(self, backend) -> dict:
+        """The options ``backend`` (an :class:`EngineBackend`) declares, with their values."""
+        return {o.name: self.backend_options[o.name] for o in backend.options}
+
     def to_dict(self) -> dict:
-        d = {"backend": self.backend, "precision": self.precision, "batch": str(self.batch),
-             "plugin": self.plugin, "opset": self.opset, "trt_optimization_level": self.trt_optimization_level}
+        d = {"backend": self.backend, "precision": self.precision, "batch": str(self.batch), "opset": self.opset,
+             **self.backend_options}
         if self.calibration is not None:
             d["calibration"] = str(Path(self.calibration).resolve())
         if self.onnx_only:

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..backend import BatchRange, Runner, TorchRunner
+from ..backend import Runner, TorchRunner
+from ..core.batch import BatchRange
+from ..core.precision import precision
 from ..errors import BundleError
 from .manifest import Bundle
 from .runners import engine_runner
@@ -27,7 +29,6 @@ log = logging.getLogger(__name__)
 #: precision. The quantised forms' are about twice to three times what the shipped demo model shows on the inputs
 #: it was calibrated on (int8: 2.1%; int8-static: 10% on 16 mediators, 2.5-3.5% on 4 and 8, with per-tensor
 #: activation scales across several timesteps); a broken engine is far off (~100%).
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 2e-2, "int8": 6e-2, "int8-static": 2e-1, "fp8": 3e-1}
 TIMESTEPS = (0.0, 0.35, 0.7, 0.96)
 
 
@@ -98,7 +99,7 @@ def verification_inputs(bundle: Bundle, n: int, batch: BatchRange | None, seed: 
 def _calibration_inputs(bundle: Bundle, n: int, batch: BatchRange | None, seed: int) -> list[dict] | None:
     """Up to 12 feeds drawn from the calibration data a calibrated graph records, if that file is still there and
     unchanged; None otherwise (random inputs are used, and the log says so)."""
-    from ..model.checkpoint import file_sha256
+    from ..core.files import file_sha256
 
     cal = (bundle.onnx(n).record.get("quantization") or {}).get("calibration")
     if not cal:
@@ -131,7 +132,7 @@ def verify_bundle(bundle: Bundle, *, backends: list[str] | None = None, counts: 
         reference = None
         for backend in backends or bundle.backends(n):
             eng = bundle.engine(n, backend)
-            tol = TOLERANCE[eng.precision]
+            tol = precision(eng.precision).tolerance
             try:
                 runner = engine_runner(bundle, n, backend)
             except BundleError as e:

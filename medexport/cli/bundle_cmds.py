@@ -11,10 +11,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..backend import registry
-from ..backend.base import BatchRange
-from ..bundle import TOLERANCE, Bundle, BuildSettings, ModelSource, build_bundle, runnable_here, verify_bundle
+from ..core.batch import BatchRange
+from ..core.precision import precision
+from ..bundle import Bundle, BuildSettings, ModelSource, build_bundle, runnable_here, verify_bundle
 from ..bundle.settings import DEFAULT_BATCH, DEFAULT_OUTPUT_ROOT, DEMO_BATCH, PRECISION_CHOICES
-from ..model.config import DEFAULT_IMAGE_SIZE
+from ..core.config import DEFAULT_IMAGE_SIZE
 from ..errors import BundleError, ConfigError
 from ..model import MODEL_NAMES
 from .main import cli, console, parse_int_list, short_help
@@ -45,7 +46,7 @@ def _default_name(model_name: str | None, image_size: int, checkpoints: list[tup
     if checkpoints:
         # Named by content too: trainers name checkpoints by step (0400000.pt), so two runs share file names.
         from ..bundle.settings import content_key
-        from ..model.checkpoint import file_sha256
+        from ..core.files import file_sha256
 
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", checkpoints[0][1].stem)
         key = content_key(*sorted((n, file_sha256(p)) for n, p in checkpoints if Path(p).is_file()))[:8]
@@ -115,7 +116,7 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_al
     else:
         counts = parse_int_list(mediators or DEFAULT_MEDIATORS, "--mediators")
         sources = [ModelSource(n, model_name=model_name, image_size=image_size, seed=seed) for n in counts]
-    settings = BuildSettings(backend=backend, precision=precision, batch=batch_range, plugin=plugin,
+    settings = BuildSettings(backend=backend, precision=precision, batch=batch_range, backend_options={"plugin": plugin},
                              calibration=calibration, onnx_only=onnx_only)
     out = output or default_output(model_name, image_size, [] if demo else ckpts, precision)
     report = build_bundle(sources, out, settings, force=force)
@@ -153,7 +154,7 @@ def verify(bundle: Path, backends: tuple[str, ...], seed: int, seed_alias: int |
     console.print(table)
     precisions = sorted({r.precision for r in results})
     console.print(f"tolerance: the largest relative error (max |engine - reference| / max |reference| per batch) "
-                  f"accepted for {', '.join(f'{p} {TOLERANCE[p]:g}' for p in precisions)}"
+                  f"accepted for {', '.join(f'{p} {precision(p).tolerance:g}' for p in precisions)}"
                   + ("; calibrated engines run on rows of their calibration data, the rest on random inputs"
                      if any(p in ("int8-static", "fp8") for p in precisions) else ""), highlight=False, soft_wrap=True)
     for r in results:
@@ -182,16 +183,16 @@ def inspect(bundle: Path) -> None:
     console.print("generates: " + (f"{data.get('dataset')} images in pixel space ({cfg['in_channels']}x"
                                    f"{cfg['input_size']}x{cfg['input_size']})" if data else "sd-vae latents (decode "
                                    "with `sample --vae`)"), highlight=False)
-    console.print(f"recommended sampling: {b.sampling_defaults.describe()}", highlight=False)
+    console.print(f"recommended sampling: {b.sampling.describe()}", highlight=False)
     table = Table()
     for col in ("mediators", "grid", "backend", "precision", "batch", "MB", "runs here"):
         table.add_column(col)
     details = []
     for n in b.counts:
         e = b.entry(n)
-        src = e["source"]
-        src_text = (f"random {src['model']} (seed {src['seed']})" if src["kind"] == "random"
-                    else f"{src['path']} ({src.get('weights')} weights)")
+        src = e.source
+        src_text = (f"random {src.model} (seed {src.seed})" if src.kind == "random"
+                    else f"{src.path} ({src.weights} weights)")
         details.append(f"{n} mediators: from {src_text}")
         quant = b.onnx(n).record.get("quantization")
         if quant:
@@ -201,10 +202,10 @@ def inspect(bundle: Path) -> None:
                            f"{'per-channel' if quant.get('per_channel_weights') else 'per-tensor'} weights; "
                            + (f"calibrated on {cal['path']} ({cal['mode']} mode, schedule {cal['schedule']}, "
                               f"{cal['rows']} rows)" if cal else "no calibration (dynamic)"))
-        if not e["engines"]:
+        if not e.engines:
             onnx_art = b.onnx(n)
             details.append(f"  no engine: ONNX only ({', '.join(onnx_art.files)}), built with --onnx-only")
-            table.add_row(str(n), "x".join(map(str, e["config"]["mediator_grid"])), "onnx only", onnx_art.precision,
+            table.add_row(str(n), "x".join(map(str, e.config.mediator_grid)), "onnx only", onnx_art.precision,
                           "-", f"{onnx_art.bytes(b.path) / 1e6:.1f}", "[yellow]no engine[/]")
         for backend in b.backends(n):
             eng = b.engine(n, backend)
@@ -217,7 +218,7 @@ def inspect(bundle: Path) -> None:
             record = eng.record
             versions = ", ".join(f"{k} {v}" for k, v in {**record.get("versions", {}), **record.get("hardware", {})}.items())
             details.append(f"  {backend}: {', '.join(eng.files)} ({versions})")
-            table.add_row(str(n), "x".join(map(str, e["config"]["mediator_grid"])), backend, eng.precision,
+            table.add_row(str(n), "x".join(map(str, e.config.mediator_grid)), backend, eng.precision,
                           str(eng.batch or "-"), f"{eng.bytes(b.path) / 1e6:.1f}",
                           "[green]yes[/]" if ok else f"[red]no[/]: {escape(why)}")
     console.print(table)

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..atomic import write_json
+from ..core.files import write_json
 from ..runtime.pipeline import Pipeline
 from .main import cli, console, err_console, short_help
 from .options import SCHEDULE_HELP, sampling_options

@@ -43,7 +43,7 @@ def generate_cmd(bundle, num, out, schedule, seed, batch, label_mode, png, vae, 
 
         torch.set_num_threads(threads)
     b = open_bundle(bundle)
-    chosen = b.sampling_defaults.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
+    chosen = b.sampling.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
                                           cfg_channels=cfg_channels, schedule=schedule)
     sampling = chosen.to_dict()
     if last_step != "mean":

@@ -63,9 +63,9 @@ def info(checkpoint: str, weights: str) -> None:
     if ck.train_steps is not None:
         rows.append(("train steps", str(ck.train_steps)))
     if ck.sampling is not None:
-        from ..runtime.defaults import SamplingDefaults
+        from ..core.settings import SamplingSettings
 
-        rows.append(("recommended sampling", SamplingDefaults.from_dict(ck.sampling).describe()))
+        rows.append(("recommended sampling", SamplingSettings.from_dict(ck.sampling).describe()))
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)

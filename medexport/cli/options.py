@@ -12,14 +12,15 @@ import importlib
 
 import click
 
-from ..runtime.settings import LAST_STEPS, METHODS, SAMPLERS
+from ..core.settings import LAST_STEPS, METHODS, SAMPLERS
 
 ALL_METHODS = sorted({m for ms in METHODS.values() for m in ms})
 
 
 class DeferredChoice(click.Choice):
-    """A :class:`click.Choice` whose values are the sequence ``name`` of ``module`` (relative to this package),
-    imported the first time the values are needed rather than when the option is declared."""
+    """A :class:`click.Choice` whose values are the sequence ``name`` of ``module`` (relative to this package), or
+    what it returns when it is a function, imported the first time the values are needed rather than when the
+    option is declared."""
 
     def __init__(self, module: str, name: str, case_sensitive: bool = True) -> None:
         # click.Choice.__init__ would read the values now: set what it sets, without them.
@@ -31,14 +32,15 @@ class DeferredChoice(click.Choice):
     def choices(self) -> tuple:
         if self._values is None:
             module, name = self._source
-            self._values = tuple(getattr(importlib.import_module(module, __package__), name))
+            values = getattr(importlib.import_module(module, __package__), name)
+            self._values = tuple(values() if callable(values) else values)
         return self._values
 
 
 #: ``--backend`` of the sampling commands: auto, torch, or an engine backend (``backend.registry``).
-BACKEND_CHOICE = DeferredChoice("..backend.registry", "SAMPLE_CHOICES")
-#: ``--cfg-channels``: the channels guidance guides (``runtime.defaults``).
-CFG_CHANNELS_CHOICE = DeferredChoice("..runtime.defaults", "CFG_CHANNELS")
+BACKEND_CHOICE = DeferredChoice("..backend.registry", "sample_choices")
+#: ``--cfg-channels``: the channels guidance guides (``core.settings``).
+CFG_CHANNELS_CHOICE = DeferredChoice("..core.settings", "CFG_CHANNELS")
 
 SAMPLER_OPTIONS = [
     click.option("--sampler", type=click.Choice(SAMPLERS), default=None,

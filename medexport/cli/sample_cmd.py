@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..errors import SamplingError
 from ..runtime.benchmark import run_benchmarks, run_summary, summary
-from ..runtime.request import SampleRequest
+from ..core.request import SampleRequest
 from ..runtime.memory import current_memory
 from ..runtime.report import environment, plot_trace, write_report
 from ..runtime.images import labelled_grid, save_images
@@ -71,7 +71,7 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
     label_list = _labels(labels, num, per_class, seed, pipe)
     chosen = pipe.defaults.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
                                     cfg_channels=cfg_channels, schedule=schedule)
-    request = SampleRequest(label_list, seed=seed, last_step=last_step, **chosen.pipeline_kwargs())
+    request = SampleRequest(label_list, seed=seed, last_step=last_step, **chosen.chosen())
     if vae is not None and pipe.data is not None:
         raise SamplingError("--vae decodes sd-vae latents, but this bundle's model generates pixels: drop --vae")
     if vae is not None:

@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from ..atomic import write_json
+from ..core.files import write_json
 from ..runtime.pipeline import Pipeline
 from .main import cli, console, err_console, short_help
 from .options import sampling_options
@@ -111,7 +111,7 @@ def _plot(result, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..atomic import replacing
+    from ..core.files import replacing
 
     judge = result.metric == "judge"
     value = (lambda c: 100 * c.accuracy) if judge else (lambda c: c.trajectory)

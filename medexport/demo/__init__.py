@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from ..assets import AssetError, record_sums, verified_file
-from ..atomic import replacing, write_json
+from ..core.files import replacing, write_json
 
 NAME = "fashion-mnist-demo"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -58,12 +58,12 @@ def write_weights(checkpoints: list[str | os.PathLike], dest: str | os.PathLike 
     from safetensors.torch import save_file
 
     from ..model import read_checkpoint
-    from ..runtime.defaults import SamplingDefaults
+    from ..core.settings import SamplingSettings
 
     dest = Path(dest) if dest else WEIGHTS_DIR
     dest.mkdir(parents=True, exist_ok=True)
     if sampling is not None:
-        sampling = SamplingDefaults.from_dict(sampling).to_dict()  # validated
+        sampling = SamplingSettings.from_dict(sampling).to_dict()  # validated
     files, written, record = {}, [], {}
     for ckpt in checkpoints:
         state, info = read_checkpoint(ckpt, weights="ema")

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..errors import ExportError
 from ..model import MediatorDiT
-from ..model.engine_graph import PRECISIONS, EngineGraph
+from ..model.engine_graph import TORCH_DTYPES, EngineGraph
 from .mediator_node import DOMAIN, OP_TYPE, mediator_attention_function, translate_mediator_attention
 from .supported_ops import TENSORRT_MAX_OPSET, unsupported_ops
 
@@ -112,11 +112,11 @@ def check_onnx(path: Path, *, expected_mediator_nodes: int | None = None) -> onn
 def export_onnx(model: MediatorDiT, path: str | os.PathLike, *, precision: str = "fp32",
                 spec: ExportSpec = ExportSpec()) -> ExportResult:
     """Export ``model`` to ``path`` (written under a temporary name, then renamed) and check the file."""
-    if precision not in PRECISIONS:
-        raise ExportError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision not in TORCH_DTYPES:
+        raise ExportError(f"unknown precision {precision!r}: choose one of {', '.join(TORCH_DTYPES)}")
     path = Path(path)
     t0 = time.perf_counter()
-    dtype = PRECISIONS[precision]
+    dtype = TORCH_DTYPES[precision]
     opset = spec.opset_for(precision)
     model = model.eval()
     work = model.cast(dtype)

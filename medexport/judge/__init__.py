@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..assets import record_sums, verified_file
-from ..atomic import replacing
+from ..core.files import replacing
 from ..errors import MedexportError
 from ..runtime.images import from_uint8
 from ..runtime.images import to_uint8 as pixels_uint8

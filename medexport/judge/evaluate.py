@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from ..runtime.defaults import SamplingDefaults
+from ..core.settings import SamplingSettings
 from . import JUDGE_NAME, JudgeError, JudgeScore, load_judge, real_floor, score
 
 DATASET = "fashion-mnist"
@@ -55,7 +55,7 @@ def check_per_class(per_class: int) -> None:
         raise JudgeError(f"--per-class {per_class!r}: give at least 1 image per class (50 or more for a stable FD)")
 
 
-def evaluate(pipe, sampling: SamplingDefaults, *, per_class: int, seed: int = 0, batch: int = 100,
+def evaluate(pipe, sampling: SamplingSettings, *, per_class: int, seed: int = 0, batch: int = 100,
              on_batch: Callable[[int], None] | None = None) -> EvalResult:
     """Generate ``per_class`` images of each class with ``sampling`` (its schedule included) and judge them."""
     check_per_class(per_class)

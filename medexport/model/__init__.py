@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .checkpoint import CheckpointInfo, infer_config, load_checkpoint, read_checkpoint, save_checkpoint
-from .config import DEFAULT_IMAGE_SIZE, MODEL_NAMES, ModelConfig, config_from_name, mediator_grid
+from ..core.config import DEFAULT_IMAGE_SIZE, MODEL_NAMES, ModelConfig, config_from_name, mediator_grid
 from .flops import flops_table, forward_flops
 from .mediator_dit import MediatorDiT
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..core.files import file_key as _file_key, file_sha256  # noqa: F401  (file_sha256: re-exported)
 from ..errors import CheckpointError, ConfigError, NotAMediatorModelError
-from .config import ModelConfig
+from ..core.config import ModelConfig
 from .mediator_dit import MediatorDiT, pooling_matrix
 
 log = logging.getLogger(__name__)
@@ -48,28 +49,7 @@ class CheckpointInfo:
     sampling: dict | None = None  # recommended sampling settings, when the file records them
 
 
-_HASHES: dict[tuple, str] = {}
 _ZIPS_CHECKED: set[tuple] = set()
-
-
-def _file_key(path: str | os.PathLike) -> tuple:
-    """(path, inode, size, mtime, ctime): the version of a file. The change time is in the key because a writer
-    can restore the mtime but not the ctime."""
-    st = os.stat(path)
-    return str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file; remembered per version of the file (:func:`_file_key`) so a build or a run hashes each
-    file once."""
-    key = _file_key(path)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
 
 
 # ---------------------------------------------------------------------------------------------------------

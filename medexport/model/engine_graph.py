@@ -11,8 +11,10 @@ from torch import Tensor, nn
 
 from .mediator_dit import MediatorDiT
 
-#: Engine precisions and the torch dtype of the weights inside; inputs and outputs stay float32.
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from ..core.precision import PRECISIONS
+
+#: The float precisions' torch dtype of the weights inside; inputs and outputs stay float32.
+TORCH_DTYPES = {n: getattr(torch, p.dtype) for n, p in PRECISIONS.items() if not p.quantized}
 
 
 class EngineGraph(nn.Module):

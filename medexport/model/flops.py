@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import ModelConfig
+from ..core.config import ModelConfig
 
 
 def forward_flops(cfg: ModelConfig, *, attention: str = "mediator") -> int:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import mediator_attention
-from .config import ModelConfig
+from ..core.config import ModelConfig
 
 BIAS_SIDE = 7  # an_bias / na_bias are stored on a 7x7 grid and resized to the token grid
 

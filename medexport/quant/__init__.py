@@ -18,38 +18,21 @@ arithmetic stay in float32.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..core.precision import FLOAT_NAMES, NAMES, PRECISIONS, Precision
 
-from ..model.engine_graph import PRECISIONS
-
-
-@dataclass(frozen=True)
-class Quantization:
-    precision: str
-    mode: str  # "dynamic" | "static-qdq"
-    dtype: str  # "int8" | "float8e4m3fn"
-    calibrated: bool
-    summary: str
-
-
-QUANTIZATIONS = {
-    "int8": Quantization("int8", "dynamic", "int8", False,
-                         "dynamic int8 (int8 weights, activations quantised at run time)"),
-    "int8-static": Quantization("int8-static", "static-qdq", "int8", True,
-                                "static int8 Q/DQ, symmetric, per-channel weights, calibrated"),
-    "fp8": Quantization("fp8", "static-qdq", "float8e4m3fn", True, "static fp8 (E4M3) Q/DQ, calibrated"),
-}
+#: The quantised precisions (their table: :mod:`medexport.core.precision`).
+QUANTIZATIONS = {n: p for n, p in PRECISIONS.items() if p.quantized}
 
 #: Every precision a bundle can be built in: the exported float dtypes, then the quantised forms.
-ALL_PRECISIONS = (*PRECISIONS, *QUANTIZATIONS)
+ALL_PRECISIONS = NAMES
 
 #: The float precision a quantised graph is made from.
 SOURCE_PRECISION = "fp32"
 
 
-def quantization(precision: str) -> Quantization | None:
-    """The quantisation a precision names, or None for a float precision."""
+def quantization(precision: str) -> Precision | None:
+    """The quantised precision called ``precision``, or None for a float precision."""
     return QUANTIZATIONS.get(precision)
 
 
-__all__ = ["ALL_PRECISIONS", "QUANTIZATIONS", "SOURCE_PRECISION", "Quantization", "quantization"]
+__all__ = ["ALL_PRECISIONS", "FLOAT_NAMES", "QUANTIZATIONS", "SOURCE_PRECISION", "quantization"]

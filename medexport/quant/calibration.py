@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import replace_folder, replacing, write_json
+from ..core.files import replace_folder, replacing, write_json
 from ..errors import CalibrationError
-from ..model.checkpoint import file_sha256
+from ..core.files import file_sha256
 from ..version import __version__
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def record(bundle_path: str | os.PathLike, out: str | os.PathLike, *, schedule: 
                 np.savez(f, x=x, t=t, y=y, step=step)
             entries[str(n)] = {"file": name, "sha256": file_sha256(tmp / name), "rows": int(len(t)),
                                "steps": sorted({int(s) for s in step}), "evaluations": len(rows[n]),
-                               "source": source_key(bundle.entry(n)["source"]), "onnx_sha256": bundle.onnx(n).sha256}
+                               "source": source_key(bundle.entry(n).source.to_dict()), "onnx_sha256": bundle.onnx(n).sha256}
         s = result.settings
         write_json(tmp / MANIFEST, {
             "format": FORMAT, "format_version": FORMAT_VERSION, "medexport_version": __version__,

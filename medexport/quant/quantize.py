@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..atomic import replacing
+from ..core.files import replacing
 from ..errors import ConfigError
 from . import quantization
 
@@ -78,10 +78,10 @@ def quantize_graph(src: list[Path], dst: Path, precision: str, calibration=None)
                              nodes_to_quantize=nodes + [f"{n}_MatMul" for n in nodes], per_channel=False, use_external_data_format=external, extra_options=options)
             per_channel = False
         else:
-            qtype = QuantType.QInt8 if q.dtype == "int8" else QuantType.QFLOAT8E4M3FN
+            qtype = QuantType.QInt8 if q.quant_dtype == "int8" else QuantType.QFLOAT8E4M3FN
             # int8: min/max ranges; fp8 (no zero point, a wide dynamic range): ORT's distribution method
-            method = CalibrationMethod.MinMax if q.dtype == "int8" else CalibrationMethod.Distribution
-            per_channel = q.dtype == "int8"
+            method = CalibrationMethod.MinMax if q.quant_dtype == "int8" else CalibrationMethod.Distribution
+            per_channel = q.quant_dtype == "int8"
             quantize_static(src[0], tmp, _Reader(calibration.batches()), quant_format=QuantFormat.QDQ,
                             activation_type=qtype, weight_type=qtype, per_channel=per_channel,
                             op_types_to_quantize=OP_TYPES, nodes_to_quantize=nodes, calibrate_method=method,
@@ -97,7 +97,7 @@ def quantize_graph(src: list[Path], dst: Path, precision: str, calibration=None)
             raise ConfigError(f"ONNX Runtime's quantiser quantised {quantized} of the {len(nodes)} token layers of "
                               f"{src[0].name} (onnxruntime {_ort_version()}): please report this")
     files = [dst, *([dst.with_name(dst.name + ".data")] if external else [])]
-    return {"files": files, "quantization": {"mode": q.mode, "dtype": q.dtype, "symmetric": True,
+    return {"files": files, "quantization": {"mode": q.mode, "dtype": q.quant_dtype, "symmetric": True,
                                              "per_channel_weights": per_channel, "layers": list(TOKEN_LAYERS),
                                              "quantized_layers": quantized,
                                              "tool": "onnxruntime.quantization"}}

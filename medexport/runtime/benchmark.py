@@ -11,7 +11,7 @@ import torch
 
 from .memory import current_memory, peak_memory, reset_peak_memory
 from .pipeline import Pipeline, SampleResult
-from .request import SampleRequest
+from ..core.request import SampleRequest
 
 
 @dataclass

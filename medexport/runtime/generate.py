@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import replacing, write_json
+from ..core.files import replacing, write_json
 from ..errors import MedexportError, SamplingError
-from .request import SampleRequest, image_seed
+from ..core.request import SampleRequest, image_seed
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class GenerateSpec:
     seed: int = 0
     batch: int = 32
     labels: str = "random"  # "random" (uniform, as DiT's sample_ddp) or "per-class" (index mod classes)
-    sampling: dict = field(default_factory=dict)  # SamplingDefaults.to_dict() of the chosen settings
+    sampling: dict = field(default_factory=dict)  # SamplingSettings.to_dict() of the chosen settings
     backend: str = "auto"
     precision: str = ""
 
@@ -133,7 +133,7 @@ class Dist:
 
 
 def _manifest_sha(bundle: Path) -> str:
-    from ..model.checkpoint import file_sha256
+    from ..core.files import file_sha256
 
     return file_sha256(Path(bundle) / "manifest.json")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import replacing
+from ..core.files import replacing
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

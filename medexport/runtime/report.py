@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import replacing, write_json
+from ..core.files import replacing, write_json
 from ..version import __version__
 from .pipeline import SampleResult
 

@@ -21,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..atomic import replace_folder, write_json, write_text
+from ..core.files import replace_folder, write_json, write_text
 from ..errors import BackendUnavailableError, MedexportError
 
 MARKER = "medexport-triton.json"

@@ -25,9 +25,10 @@ import torch
 
 from ..errors import ConfigError
 from ..model import forward_flops
-from ..runtime.defaults import SamplingDefaults
-from ..runtime.samplers import SamplerSettings, StepInfo, sample
-from ..runtime.schedule import AdaptiveSchedule, FixedSchedule, parse_schedule
+from ..core.settings import SamplingSettings
+from ..runtime.samplers import SamplingSettings, StepInfo, sample
+from ..core.schedule import AdaptiveSchedule, FixedSchedule
+from ..core.schedule_text import parse_schedule
 
 METRICS = ("judge", "trajectory")
 #: Adaptive ratio pairs judged besides the fixed schedules (a diagonal of the reference's sweep).
@@ -122,7 +123,7 @@ def quality_key(c: Candidate, metric: str) -> tuple:
 # ---------------------------------------------------------------------------------------------------------
 # Costs
 # ---------------------------------------------------------------------------------------------------------
-def evaluation_steps(settings: SamplerSettings) -> list[StepInfo]:
+def evaluation_steps(settings: SamplingSettings) -> list[StepInfo]:
     """The StepInfo of every model evaluation a run makes, by dry-running the sampler with no model."""
     if settings.num_model_steps is None:
         raise TuneError("tuning needs a fixed-step sampler: dopri5 chooses its own steps. Use --method euler or "
@@ -163,7 +164,7 @@ def _fraction(k: int, total: int) -> str:
 class CostModel:
     """Exact per-image cost of a fixed schedule: GFLOPs from the architecture, ms from measured step times."""
 
-    def __init__(self, pipe, settings: SamplerSettings, cfg_scale: float):
+    def __init__(self, pipe, settings: SamplingSettings, cfg_scale: float):
         self.steps = evaluation_steps(settings)
         self.num_steps = settings.num_model_steps
         self.factor = 2 if cfg_scale > 1.0 else 1  # guidance doubles every evaluation's batch
@@ -215,7 +216,7 @@ def edge_allocations(m: int, total: int, fits: Callable[[list[int]], bool]) -> l
 class Judge:
     """Runs a schedule on the tune's fixed labels and seeds and scores it."""
 
-    def __init__(self, pipe, sampling: SamplingDefaults, *, metric: str, images: int, seed: int, batch: int):
+    def __init__(self, pipe, sampling: SamplingSettings, *, metric: str, images: int, seed: int, batch: int):
         if metric not in METRICS:
             raise TuneError(f"unknown metric {metric!r}: choose {' or '.join(METRICS)}")
         self.pipe, self.sampling, self.metric, self.seed, self.batch = pipe, sampling, metric, seed, batch
@@ -232,7 +233,7 @@ class Judge:
         """Load every engine and run it once, so that no schedule's time includes a session's start."""
         for n in self.pipe.counts:
             self.pipe.sample(self.labels[:1], seed=self.seed, **self.sampling.override(schedule=str(n))
-                             .pipeline_kwargs())
+                             .chosen())
 
     def run(self, schedule: str) -> tuple[torch.Tensor, float, float, dict]:
         """(final samples, ms per image, measured GFLOPs per image, steps per count)."""
@@ -259,7 +260,7 @@ class Judge:
 # ---------------------------------------------------------------------------------------------------------
 # The search
 # ---------------------------------------------------------------------------------------------------------
-def tune(pipe, sampling: SamplingDefaults, budget: Budget, *, metric: str = "trajectory", images: int = 100,
+def tune(pipe, sampling: SamplingSettings, budget: Budget, *, metric: str = "trajectory", images: int = 100,
          seed: int = 0, batch: int = 100, adaptive: bool = True,
          on_candidate: Callable[[Candidate], None] | None = None) -> TuneResult:
     """The best schedule of ``pipe``'s counts within ``budget`` under ``metric``; see the module docstring."""
@@ -268,7 +269,7 @@ def tune(pipe, sampling: SamplingDefaults, budget: Budget, *, metric: str = "tra
     if len(counts) < 2:
         raise TuneError(f"the bundle has one mediator count ({counts[0]}): there is no schedule to tune. Build "
                         f"several counts (e.g. --mediators 16,32,64) to trade quality for cost")
-    settings = SamplerSettings(sampler=sampling.sampler, method=sampling.method, steps=sampling.steps)
+    settings = SamplingSettings(sampler=sampling.sampler, method=sampling.method, steps=sampling.steps)
     cost = CostModel(pipe, settings, sampling.cfg_scale)
     judge = Judge(pipe, sampling, metric=metric, images=images, seed=seed, batch=batch)
     E = cost.num_steps

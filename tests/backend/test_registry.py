@@ -72,7 +72,7 @@ class CopyBackend(EngineBackend):
 
 def test_a_new_backend_is_one_object_in_its_own_module(monkeypatch, tiny_checkpoints, tmp_path):
     from medexport import Pipeline
-    from medexport.backend import BatchRange
+    from medexport.core.batch import BatchRange
     from medexport.bundle import BuildSettings, ModelSource, build_bundle, open_bundle
 
     module = types.ModuleType("medexport_test_copy_backend")

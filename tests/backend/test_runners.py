@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import medexport
-from medexport.backend import BatchRange, OnnxrtRunner, TorchRunner
+from medexport.backend import OnnxrtRunner, TorchRunner
+from medexport.core.batch import BatchRange
 from medexport.backend.trt.engine import tensorrt_status
 from medexport.bundle import resolve_backend
 from tests.conftest import TINY, model_inputs

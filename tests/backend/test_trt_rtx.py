@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 import medexport
-from medexport.backend import BatchRange
+from medexport.core.batch import BatchRange
 from medexport.backend.trt.rtx import parse_and_build, rtx_status
 from medexport.errors import ExportError
 from medexport.export import export_onnx
@@ -62,7 +62,7 @@ def test_quantised_qdq_exports_parse_and_build(exports, tmp_path, precision):
     the dynamic int8 form is ONNX Runtime's and TensorRT refuses it (medexport says so before building)."""
     import numpy as np
 
-    from medexport.model.checkpoint import file_sha256
+    from medexport.core.files import file_sha256
     from medexport.quant.calibration import CountData
     from medexport.quant.quantize import quantize_graph
 

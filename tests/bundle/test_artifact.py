@@ -5,7 +5,7 @@ import json
 import pytest
 
 from medexport.bundle import MANIFEST, Bundle
-from medexport.bundle.artifact import Artifact, ArtifactError
+from medexport.core.artifact import Artifact, ArtifactError
 from medexport.errors import BundleError
 from tests.conftest import copy_bundle
 

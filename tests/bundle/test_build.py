@@ -10,11 +10,11 @@ import time
 import pytest
 
 import medexport
-from medexport.backend import BatchRange
+from medexport.core.batch import BatchRange
 from medexport.bundle import MANIFEST, Bundle, BuildSettings, ModelSource, build_bundle, open_bundle
 from medexport.bundle import build as build_module
 from medexport.errors import BackendUnavailableError, BundleError, CheckpointError, ConfigError
-from medexport.model.checkpoint import file_sha256
+from medexport.core.files import file_sha256
 from tests.conftest import COUNTS, TINY, copy_bundle, tiny_model
 
 SETTINGS = BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4))
@@ -147,7 +147,7 @@ def test_engine_hash_mismatch_is_refused(tiny_bundle, tmp_path):
 
 _BUILD_SCRIPT = """
 import sys
-from medexport.backend import BatchRange
+from medexport.core.batch import BatchRange
 from medexport.bundle import BuildSettings, ModelSource, build_bundle
 ckpts = dict(arg.split("=", 1) for arg in sys.argv[2:])
 build_bundle([ModelSource(int(n), checkpoint=p) for n, p in ckpts.items()], sys.argv[1],

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from medexport.bundle import MANIFEST, Bundle, verify_bundle
-from medexport.model.checkpoint import file_sha256
+from medexport.core.files import file_sha256
 from tests.conftest import COUNTS, copy_bundle
 
 
@@ -40,7 +40,7 @@ def test_verify_reports_hash_mismatch_as_failure(tiny_bundle, tmp_path):
 
 
 def test_fp16_bundle_builds_and_verifies_within_its_tolerance(tiny_checkpoints, tmp_path):
-    from medexport.backend import BatchRange
+    from medexport.core.batch import BatchRange
     from medexport.bundle import BuildSettings, ModelSource, build_bundle
 
     out = tmp_path / "fp16"
@@ -55,7 +55,7 @@ def test_fp16_bundle_builds_and_verifies_within_its_tolerance(tiny_checkpoints, 
 
 def test_external_weight_data_is_hash_checked(tmp_path, tiny_checkpoints, monkeypatch):
     """A large model's ONNX file keeps its weights in a separate .data file: changing it must be caught."""
-    from medexport.backend import BatchRange
+    from medexport.core.batch import BatchRange
     from medexport.bundle import BuildSettings, ModelSource, build_bundle, engine_runner
     from medexport.errors import BundleError
     from medexport.export import onnx_export

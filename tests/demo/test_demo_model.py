@@ -11,7 +11,7 @@ from medexport.cli import cli
 from medexport.demo import demo_card, demo_checkpoints, demo_counts
 from medexport.judge import score
 from medexport.model import read_checkpoint
-from medexport.runtime.defaults import SamplingDefaults
+from medexport.core.settings import SamplingSettings
 
 
 def run(*args):
@@ -24,7 +24,7 @@ def test_shipped_weights_are_checked_and_describe_themselves():
     total = sum(p.stat().st_size for p in paths.values())
     assert 3e6 < total < 30e6
     card = demo_card()
-    SamplingDefaults.from_dict(card["sampling"])  # a valid recommendation
+    SamplingSettings.from_dict(card["sampling"])  # a valid recommendation
     for n, path in paths.items():
         _, info = read_checkpoint(path)
         assert info.config.mediators == n and info.config.in_channels == 1 and info.config.input_size == 28
@@ -37,7 +37,7 @@ def test_demo_bundle_records_data_and_sampling(demo_bundle):
     b = Bundle(demo_bundle)
     assert b.counts == [4, 8, 16]
     assert b.data["dataset"] == "fashion-mnist" and b.data["class_names"][9] == "Ankle boot"
-    assert b.sampling_defaults == SamplingDefaults.from_dict(demo_card()["sampling"])
+    assert b.sampling == SamplingSettings.from_dict(demo_card()["sampling"])
     assert b.manifest["build"]["batch"] == "1:64:512"
 
 
@@ -64,8 +64,8 @@ def test_build_of_one_demo_count_records_no_schedule_it_cannot_run(tmp_path):
     r = run("build", "--mediators", "16", "-o", tmp_path / "m16")
     assert r.exit_code == 0, r.output
     b = Bundle(tmp_path / "m16")
-    assert b.counts == [16] and b.sampling_defaults.schedule is None
-    assert b.sampling_defaults.cfg_scale == demo_card()["sampling"]["cfg_scale"]
+    assert b.counts == [16] and b.sampling.schedule is None
+    assert b.sampling.cfg_scale == demo_card()["sampling"]["cfg_scale"]
     r = run("build", "--mediators", "32", "-o", tmp_path / "m32")
     assert r.exit_code == 1 and "no 32-mediator weights" in r.output
 

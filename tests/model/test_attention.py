@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medexport.model.config import mediator_grid
+from medexport.core.config import mediator_grid
 from medexport.model.mediator_dit import MediatorAttention, pooling_matrix
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from medexport.backend import BatchRange
+from medexport.core.batch import BatchRange
 from medexport.bundle import Bundle, BuildSettings, ModelSource, build_bundle, verify_bundle
 from medexport.errors import BackendUnavailableError, CalibrationError, ConfigError, ScheduleError
 from medexport.quant.calibration import MANIFEST, CalibrationSet, record

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from medexport import Pipeline
 from medexport.cli import cli
-from medexport.runtime.request import SampleRequest, image_seed
+from medexport.core.request import SampleRequest, image_seed
 from tests.conftest import tiny_model
 
 REPO = Path(__file__).resolve().parents[2]

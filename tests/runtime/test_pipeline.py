@@ -177,7 +177,7 @@ def test_devices_that_do_not_exist_are_refused(tiny_bundle, device, error):
 
 
 def test_a_request_is_a_json_round_trip_and_runs_like_the_keyword_form():
-    from medexport.runtime.request import SampleRequest
+    from medexport.core.request import SampleRequest
 
     pipe = Pipeline.from_models({16: tiny_model(16), 32: tiny_model(32)}, device="cpu")
     request = SampleRequest([1, 2], seed=5, sampler="ode", method="euler", steps=4, cfg_scale=2.0,
@@ -198,7 +198,7 @@ def test_a_request_is_a_json_round_trip_and_runs_like_the_keyword_form():
     ({"labels": [1], "check_finite": "yes"}, "check_finite must be true or false"),
 ])
 def test_bad_requests_say_what_is_wrong(data, message):
-    from medexport.runtime.request import SampleRequest
+    from medexport.core.request import SampleRequest
 
     with pytest.raises(SamplingError, match=message):
         SampleRequest.from_dict(data)

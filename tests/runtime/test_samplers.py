@@ -2,11 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from medexport.errors import MedexportError, SamplingError
-from medexport.runtime import NonFiniteError, SamplerSettings, StepInfo, sample
+from medexport.runtime import NonFiniteError, SamplingSettings, StepInfo, sample
 
 SHAPE = (3, 4, 2, 2)  # (B, C, H, W): small, but shaped like a latent
 
@@ -93,7 +94,7 @@ SDE_TOL = dict(atol=1e-6, rtol=1e-6)
 @pytest.mark.parametrize("method", ["euler", "heun"])
 @pytest.mark.parametrize("last_step", ["mean", "euler", "tweedie", "none"])
 def test_sde_matches_reference_loop(method, last_step):
-    settings = SamplerSettings("sde", method=method, steps=12, last_step=last_step)
+    settings = SamplingSettings("sde", method=method, steps=12, last_step=last_step)
     x0 = noise()
     got = sample(as_velocity(field), x0, settings, generator=torch.Generator().manual_seed(7))
     want = ref_sde(field, x0, steps=12, method=method, last_step=last_step, seed=7)
@@ -129,12 +130,12 @@ def test_sde_float32_reproduces_the_reference_bit_for_bit():
     torch.manual_seed(4)
     want = sit_order_sde(field, x0, steps=30)
     torch.manual_seed(4)
-    got = sample(as_velocity(field), x0, SamplerSettings(steps=30))
+    got = sample(as_velocity(field), x0, SamplingSettings(steps=30))
     torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
 def test_sde_diffusion_norm_and_last_step_size():
-    settings = SamplerSettings("sde", steps=9, last_step_size=0.1, diffusion_norm=0.5)
+    settings = SamplingSettings("sde", steps=9, last_step_size=0.1, diffusion_norm=0.5)
     x0 = noise()
     got = sample(as_velocity(field), x0, settings, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(got, ref_sde(field, x0, steps=9, size=0.1, norm=0.5, seed=3), **SDE_TOL)
@@ -142,7 +143,7 @@ def test_sde_diffusion_norm_and_last_step_size():
 
 def test_sde_float32_state_close_to_float64():
     x0 = noise()
-    settings = SamplerSettings(steps=20)
+    settings = SamplingSettings(steps=20)
     got = sample(as_velocity(field), x0.float(), settings, generator=torch.Generator().manual_seed(1))
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), ref_sde(field, x0, steps=20, seed=1), atol=1e-5, rtol=1e-5)
@@ -150,7 +151,7 @@ def test_sde_float32_state_close_to_float64():
 
 def test_sde_zero_norm_is_the_euler_ode_on_the_sde_grid():
     # Without diffusion the drift is the velocity and the noise is multiplied by 0.
-    settings = SamplerSettings("sde", steps=10, diffusion_norm=0.0, last_step="euler")
+    settings = SamplingSettings("sde", steps=10, diffusion_norm=0.0, last_step="euler")
     x0 = noise()
     got = sample(as_velocity(field), x0, settings, generator=torch.Generator().manual_seed(0))
     grid = torch.linspace(0, 0.96, 10, dtype=torch.float32).double()
@@ -165,20 +166,20 @@ def test_tweedie_last_step_is_the_denoised_estimate():
     # On the Linear path x / t + (1 - t)^2 / t * s = x + (1 - t) v: the Euler last step to t = 1 exactly.
     x0 = noise()
     kw = dict(steps=6, diffusion_norm=0.0)
-    tweedie = sample(as_velocity(field), x0, SamplerSettings(last_step="tweedie", **kw))
-    euler = sample(as_velocity(field), x0, SamplerSettings(last_step="euler", **kw))
+    tweedie = sample(as_velocity(field), x0, SamplingSettings(last_step="tweedie", **kw))
+    euler = sample(as_velocity(field), x0, SamplingSettings(last_step="euler", **kw))
     torch.testing.assert_close(tweedie, euler, atol=1e-6, rtol=0)  # the float32 t = 0.96 is not exactly 1 - 0.04
 
 
 @pytest.mark.parametrize(
     "settings, evaluations",
     [
-        (SamplerSettings(), 250),  # the reference default: Euler-Maruyama, 250 steps, last step "mean"
-        (SamplerSettings(steps=10, method="heun"), 2 * 9 + 1),
-        (SamplerSettings(steps=10, last_step="none"), 9),
-        (SamplerSettings(steps=10, method="heun", last_step="none"), 18),
-        (SamplerSettings("ode", method="euler", steps=8), 7),
-        (SamplerSettings("ode", method="heun", steps=8), 14),
+        (SamplingSettings(), 250),  # the reference default: Euler-Maruyama, 250 steps, last step "mean"
+        (SamplingSettings(steps=10, method="heun"), 2 * 9 + 1),
+        (SamplingSettings(steps=10, last_step="none"), 9),
+        (SamplingSettings(steps=10, method="heun", last_step="none"), 18),
+        (SamplingSettings("ode", method="euler", steps=8), 7),
+        (SamplingSettings("ode", method="heun", steps=8), 14),
     ],
 )
 def test_evaluation_counts(settings, evaluations):
@@ -189,7 +190,7 @@ def test_evaluation_counts(settings, evaluations):
 
 def test_sde_step_info_and_on_step():
     calls, steps_seen = [], []
-    settings = SamplerSettings(steps=6)
+    settings = SamplingSettings(steps=6)
     x0 = noise()
     final = sample(as_velocity(field, calls), x0, settings, generator=torch.Generator().manual_seed(0),
                    on_step=lambda info, x: steps_seen.append((info, x.clone())))
@@ -209,7 +210,7 @@ def test_sde_step_info_and_on_step():
 
 def test_heun_second_evaluation_is_at_the_step_end():
     calls = []
-    sample(as_velocity(field, calls), noise(), SamplerSettings(steps=5, method="heun", last_step="none"),
+    sample(as_velocity(field, calls), noise(), SamplingSettings(steps=5, method="heun", last_step="none"),
            generator=torch.Generator().manual_seed(0))
     grid = torch.linspace(0, 0.999, 5, dtype=torch.float32).double()
     times = [float(t[0]) for _, t in calls]
@@ -220,7 +221,7 @@ def test_heun_second_evaluation_is_at_the_step_end():
 def test_same_seed_same_samples_different_seed_different():
     def run(seed):
         generator = torch.Generator().manual_seed(seed)
-        return sample(as_velocity(field), noise(), SamplerSettings(steps=8), generator=generator)
+        return sample(as_velocity(field), noise(), SamplingSettings(steps=8), generator=generator)
 
     torch.testing.assert_close(run(5), run(5), atol=0, rtol=0)
     assert not torch.allclose(run(5), run(6))
@@ -229,10 +230,10 @@ def test_same_seed_same_samples_different_seed_different():
 def test_without_a_generator_the_global_rng_draws_the_noise():
     def run():
         torch.manual_seed(11)
-        return sample(as_velocity(field), noise(), SamplerSettings(steps=8))
+        return sample(as_velocity(field), noise(), SamplingSettings(steps=8))
 
     torch.testing.assert_close(run(), run(), atol=0, rtol=0)
-    want = sample(as_velocity(field), noise(), SamplerSettings(steps=8), generator=torch.Generator().manual_seed(11))
+    want = sample(as_velocity(field), noise(), SamplingSettings(steps=8), generator=torch.Generator().manual_seed(11))
     torch.testing.assert_close(run(), want, atol=0, rtol=0)
 
 
@@ -243,7 +244,7 @@ def test_without_a_generator_the_global_rng_draws_the_noise():
 @pytest.mark.parametrize("method", ["euler", "heun"])
 def test_ode_fixed_step_matches_reference_loop(method):
     x0 = noise()
-    got = sample(as_velocity(field), x0, SamplerSettings("ode", method=method, steps=9))
+    got = sample(as_velocity(field), x0, SamplingSettings("ode", method=method, steps=9))
     torch.testing.assert_close(got, ref_ode(field, x0, steps=9, method=method), atol=1e-12, rtol=1e-12)
 
 
@@ -251,7 +252,7 @@ def test_ode_fixed_step_matches_reference_loop(method):
 def test_ode_fixed_step_matches_torchdiffeq_bit_for_bit(method, solver):
     torchdiffeq = pytest.importorskip("torchdiffeq")
     x0 = noise().float()
-    got = sample(as_velocity(field), x0, SamplerSettings("ode", method=method, steps=11))
+    got = sample(as_velocity(field), x0, SamplingSettings("ode", method=method, steps=11))
     grid = torch.linspace(0, 1, 11)  # what the reference hands to odeint
 
     def fn(t, x):
@@ -270,11 +271,11 @@ def linear_solution(x0, a, c, t=1.0):
 def test_ode_fixed_step_converges_on_a_linear_field(method, steps, tol):
     a, c = -1.3, 0.7
     x0 = noise()
-    got = sample(lambda x, t, s: a * x + c, x0, SamplerSettings("ode", method=method, steps=steps))
+    got = sample(lambda x, t, s: a * x + c, x0, SamplingSettings("ode", method=method, steps=steps))
     err = (got - linear_solution(x0, a, c)).abs().max().item()
     assert err < tol
     # First / second order: twice the steps, half / a quarter of the error.
-    finer = sample(lambda x, t, s: a * x + c, x0, SamplerSettings("ode", method=method, steps=2 * steps - 1))
+    finer = sample(lambda x, t, s: a * x + c, x0, SamplingSettings("ode", method=method, steps=2 * steps - 1))
     ratio = err / (finer - linear_solution(x0, a, c)).abs().max().item()
     assert ratio == pytest.approx(2 if method == "euler" else 4, rel=0.05)
 
@@ -283,9 +284,9 @@ def test_dopri5_converges_on_a_linear_field():
     pytest.importorskip("torchdiffeq")
     a, c = 1.1, -0.4
     x0 = noise()
-    got = sample(lambda x, t, s: a * x + c, x0, SamplerSettings("ode", atol=1e-9, rtol=1e-9))
+    got = sample(lambda x, t, s: a * x + c, x0, SamplingSettings("ode", atol=1e-9, rtol=1e-9))
     torch.testing.assert_close(got, linear_solution(x0, a, c), atol=1e-7, rtol=1e-7)
-    default = sample(lambda x, t, s: a * x + c, x0, SamplerSettings("ode"))  # atol 1e-6, rtol 1e-3
+    default = sample(lambda x, t, s: a * x + c, x0, SamplingSettings("ode"))  # atol 1e-6, rtol 1e-3
     torch.testing.assert_close(default, linear_solution(x0, a, c), atol=1e-2, rtol=1e-2)
 
 
@@ -293,7 +294,7 @@ def test_dopri5_step_info_and_trace():
     torchdiffeq = pytest.importorskip("torchdiffeq")
     calls, seen = [], []
     x0 = noise().float()
-    settings = SamplerSettings("ode", steps=5)
+    settings = SamplingSettings("ode", steps=5)
     got = sample(as_velocity(field, calls), x0, settings, on_step=lambda info, x: seen.append(info))
     assert settings.num_model_steps is None and settings.num_evaluations is None
     assert [info.index for info, _ in calls] == list(range(len(calls)))
@@ -312,12 +313,12 @@ def test_dopri5_without_torchdiffeq_says_what_to_install(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "torchdiffeq", None)
     with pytest.raises(SamplingError, match="pip install torchdiffeq"):
-        sample(as_velocity(field), noise(), SamplerSettings("ode"))
+        sample(as_velocity(field), noise(), SamplingSettings("ode"))
 
 
 def test_ode_step_info():
     calls, seen = [], []
-    sample(as_velocity(field, calls), noise(), SamplerSettings("ode", method="heun", steps=5),
+    sample(as_velocity(field, calls), noise(), SamplingSettings("ode", method="heun", steps=5),
            on_step=lambda info, x: seen.append(info))
     assert [(s.index, s.num_steps, s.progress) for s in seen] == [(i, 4, i / 4) for i in range(4)]
     assert [info for info, _ in calls] == [s for s in seen for _ in range(2)]
@@ -327,8 +328,8 @@ def test_ode_step_info():
 # Failures and settings
 
 
-@pytest.mark.parametrize("settings", [SamplerSettings(steps=10), SamplerSettings("ode", method="euler", steps=10),
-                                      SamplerSettings("ode", steps=10)])
+@pytest.mark.parametrize("settings", [SamplingSettings(steps=10), SamplingSettings("ode", method="euler", steps=10),
+                                      SamplingSettings("ode", steps=10)])
 def test_non_finite_state_names_the_step(settings):
     def velocity(x, t, step):
         v = field(x, t)
@@ -341,17 +342,17 @@ def test_non_finite_state_names_the_step(settings):
     assert err.t > 0.5 and f"step {err.step}" in str(err)
     if settings.num_model_steps is not None:
         grid = settings.time_grid()
-        assert err.step == int((grid[:-1] > 0.5).nonzero()[0])  # the first step whose velocity was infinite
+        assert err.step == int(np.nonzero(grid[:-1] > 0.5)[0][0])  # the first step whose velocity was infinite
 
 
 def test_velocity_of_the_wrong_shape_is_refused():
     with pytest.raises(SamplingError, match="shaped like its input"):
-        sample(lambda x, t, s: torch.cat([x, x], 1), noise(), SamplerSettings(steps=4))
+        sample(lambda x, t, s: torch.cat([x, x], 1), noise(), SamplingSettings(steps=4))
 
 
 def test_x0_must_be_floating_point():
     with pytest.raises(SamplingError, match="floating-point"):
-        sample(as_velocity(field), torch.zeros(2, 3, dtype=torch.int64), SamplerSettings(steps=4))
+        sample(as_velocity(field), torch.zeros(2, 3, dtype=torch.int64), SamplingSettings(steps=4))
 
 
 @pytest.mark.parametrize(
@@ -361,7 +362,7 @@ def test_x0_must_be_floating_point():
         (dict(steps=2.5), "steps"),
         (dict(steps=True), "steps"),
         (dict(sampler="ddim"), "sampler"),
-        (dict(method="dopri5"), "sde method"),
+        (dict(sampler="sde", method="dopri5"), "sde method"),
         (dict(sampler="ode", method="rk4"), "ode method"),
         (dict(last_step="midpoint"), "last step"),
         (dict(last_step_size=0.0), "last_step_size"),
@@ -375,26 +376,39 @@ def test_x0_must_be_floating_point():
 )
 def test_bad_settings_raise(kwargs, match):
     with pytest.raises(SamplingError, match=match):
-        SamplerSettings(**kwargs)
+        SamplingSettings(**kwargs)
 
 
 def test_settings_defaults_and_resolution():
-    sde = SamplerSettings()
+    sde = SamplingSettings()
     assert (sde.resolved_method, sde.resolved_steps) == ("euler", 250)
     assert sde.num_model_steps == sde.num_evaluations == 250
     assert sde.grid_end == pytest.approx(0.96)
-    ode = SamplerSettings("ode")
+    ode = SamplingSettings("ode")
     assert (ode.resolved_method, ode.resolved_steps) == ("dopri5", 50)
     assert ode.num_model_steps is None and ode.evaluations_per_step is None
-    assert SamplerSettings("ode", method="heun", steps=8).num_model_steps == 7
-    assert SamplerSettings(method="heun", steps=8).evaluations_per_step == 2
-    assert SamplerSettings(steps=8, last_step="none").num_model_steps == 7
-    assert SamplerSettings(steps=8, last_step="none").grid_end == pytest.approx(0.999)
+    assert SamplingSettings("ode", method="heun", steps=8).num_model_steps == 7
+    assert SamplingSettings(method="heun", steps=8).evaluations_per_step == 2
+    assert SamplingSettings(steps=8, last_step="none").num_model_steps == 7
+    assert SamplingSettings(steps=8, last_step="none").grid_end == pytest.approx(0.999)
     # The reference's spellings are accepted and stored in lower case.
-    assert SamplerSettings("SDE", method="Heun", last_step="Mean") == SamplerSettings(method="heun")
-    assert SamplerSettings(last_step=None).last_step == "none"
-    grid = SamplerSettings(steps=250).time_grid()
-    assert grid.dtype == torch.float32 and len(grid) == 250 and float(grid[-1]) == pytest.approx(0.96)
+    assert SamplingSettings("SDE", method="Heun", last_step="Mean") == SamplingSettings("sde", method="heun",
+                                                                                       last_step="mean")
+    # None is "not chosen": the reference's default once resolved; a method alone is checked once its sampler is.
+    assert SamplingSettings(last_step=None).resolved().last_step == "mean"
+    with pytest.raises(SamplingError, match="sde method"):
+        SamplingSettings(method="dopri5").resolved()
+    grid = SamplingSettings(steps=250).time_grid()
+    assert grid.dtype == np.float32 and len(grid) == 250 and float(grid[-1]) == pytest.approx(0.96)
+
+
+@pytest.mark.parametrize("steps", [2, 3, 6, 17, 18, 30, 50, 251, 1000])
+@pytest.mark.parametrize("end", [1.0, 0.96, 0.999, 0.9])
+def test_the_grid_is_torchs_linspace_bit_for_bit(steps, end):
+    from medexport.core.settings import linspace_f32
+
+    np.testing.assert_array_equal(linspace_f32(end, steps),
+                                  torch.linspace(0, end, steps, dtype=torch.float32).numpy())
 
 
 def test_step_info_is_frozen():

@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from medexport.errors import ScheduleError
 from medexport.runtime import (
     AdaptiveSchedule,
     FixedSchedule,
-    SamplerSettings,
+    SamplingSettings,
     StepInfo,
     Switch,
     parse_schedule,
@@ -49,10 +50,10 @@ def test_fixed_schedule_drives_a_sampler():
         used.append(schedule.model_for(step))
         return -x
 
-    sample(velocity, torch.randn(2, 3), SamplerSettings(steps=10), generator=torch.Generator().manual_seed(0))
+    sample(velocity, torch.randn(2, 3), SamplingSettings(steps=10), generator=torch.Generator().manual_seed(0))
     assert used == [16] * 3 + [32] * 4 + [64] * 3  # 9 stochastic steps + the last step, served by 64
     used.clear()
-    sample(velocity, torch.randn(2, 3), SamplerSettings("ode", method="heun", steps=11))
+    sample(velocity, torch.randn(2, 3), SamplingSettings("ode", method="heun", steps=11))
     assert used == [16] * 6 + [32] * 8 + [64] * 6  # 10 steps of two evaluations
 
 
@@ -233,7 +234,7 @@ def test_per_sample_mode_decides_per_row():
     ]
     got = run_adaptive(s, moves, shape=(3, 2, 2))
     assert got == [[16] * 3] * 4 + [[32, 64, 16], [64, 64, 16], [64, 64, 64]]
-    torch.testing.assert_close(s.d0, torch.ones(3, dtype=torch.float64))
+    np.testing.assert_allclose(s.d0, np.ones(3))
     assert Switch(3, 32, 64, sample=1) in s.switches and Switch(5, 16, 32, sample=2) in s.switches
     with pytest.raises(RuntimeError, match="models_for"):
         s.model_for(StepInfo(0, 7, 0.0, 0.0))
@@ -243,7 +244,7 @@ def test_adaptive_drives_a_sampler_through_on_step():
     # An Euler ODE whose velocity moves every element by moves[i] in step i: the sampler's on_step feeds the
     # schedule, and the velocity asks it which count serves the step.
     moves = [5.0, 1.0, 1.0, 1.0, 0.8, 0.3, 0.1, 0.1]
-    settings = SamplerSettings("ode", method="euler", steps=len(moves) + 1)
+    settings = SamplingSettings("ode", method="euler", steps=len(moves) + 1)
     dts = (settings.time_grid()[1:] - settings.time_grid()[:-1]).tolist()
     schedule = parse_schedule("adaptive:16,32,64:ratios=0.5,0.2:warmup=3")
     used = []

@@ -8,14 +8,14 @@ from click.testing import CliRunner
 from medexport import Pipeline
 from medexport.cli import cli
 from medexport.judge import JudgeError
-from medexport.runtime.defaults import SamplingDefaults
-from medexport.runtime.samplers import SamplerSettings, StepInfo
-from medexport.runtime.schedule import parse_schedule
+from medexport.core.settings import SamplingSettings
+from medexport.runtime.samplers import SamplingSettings, StepInfo
+from medexport.core.schedule_text import parse_schedule
 from medexport.tune import (Budget, TuneError, allocation_schedule, check_budget_args, edge_allocations,
                             evaluation_steps, tune)
 from tests.conftest import copy_bundle
 
-SAMPLING = SamplingDefaults(sampler="ode", method="euler", steps=9, cfg_scale=2.0, cfg_channels="all")
+SAMPLING = SamplingSettings(sampler="ode", method="euler", steps=9, cfg_scale=2.0, cfg_channels="all")
 
 
 @pytest.mark.parametrize("total", [5, 9, 19, 50, 249])
@@ -29,11 +29,11 @@ def test_allocations_round_trip_through_the_schedule_text(total):
 
 
 def test_the_dry_run_lists_every_evaluation():
-    assert len(evaluation_steps(SamplerSettings(sampler="ode", method="euler", steps=9))) == 8
-    heun = evaluation_steps(SamplerSettings(sampler="ode", method="heun", steps=9))
+    assert len(evaluation_steps(SamplingSettings(sampler="ode", method="euler", steps=9))) == 8
+    heun = evaluation_steps(SamplingSettings(sampler="ode", method="heun", steps=9))
     assert len(heun) == 16 and heun[0].index == heun[1].index == 0  # two evaluations per Heun step
     with pytest.raises(TuneError, match="fixed-step sampler"):
-        evaluation_steps(SamplerSettings(sampler="ode", method="dopri5"))
+        evaluation_steps(SamplingSettings(sampler="ode", method="dopri5"))
 
 
 def test_the_edge_holds_the_costliest_allocations_that_fit():
@@ -75,7 +75,7 @@ def test_bad_budgets_and_bundles(tiny_bundle, tiny_checkpoints, tmp_path):
         check_budget_args(1.0, 2.0, None)
     with pytest.raises(TuneError, match=r"in \(0, 1\]"):
         check_budget_args(None, None, 1.5)
-    from medexport.backend import BatchRange
+    from medexport.core.batch import BatchRange
     from medexport.bundle import BuildSettings, ModelSource, build_bundle
 
     one = tmp_path / "one"

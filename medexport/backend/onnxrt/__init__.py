@@ -1,14 +1,14 @@
 """The ONNX Runtime backend: its engine is the exported ONNX file itself plus session settings (CPU, or CUDA
-with onnxruntime-gpu)."""
+with onnxruntime-gpu). Triton serves it with its ``onnxruntime_onnx`` platform or, where only the python backend
+exists, with ONNX Runtime inside a python model (``triton_model.py``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ...errors import BackendUnavailableError
-from ..base import BatchRange, Runner
-from ..registry import EngineBackend
-from .runner import OnnxrtRunner, available_providers, default_providers, session_from_onnx
+from ..registry import BuildInputs, EngineBackend, RunnerInputs, TritonVariant
+from .session import available_providers, default_providers, session_from_onnx
 
 __all__ = ["BACKEND", "OnnxrtRunner", "available_providers", "default_providers", "session_from_onnx"]
 
@@ -28,7 +28,12 @@ def precision_problem(precision: str, providers: list[str]) -> str | None:
 
 class OnnxRuntimeBackend(EngineBackend):
     name = "onnxruntime"
-    title = "ONNX Runtime"
+    preference = 20
+    triton = (
+        TritonVariant("python", 'backend: "python"', "model.onnx", python_model=Path(__file__).parent / "triton_model.py",
+                      threads_parameter=True),
+        TritonVariant("onnx", 'platform: "onnxruntime_onnx"', "model.onnx"),
+    )
 
     def status(self) -> tuple[bool, str]:
         try:
@@ -42,16 +47,16 @@ class OnnxRuntimeBackend(EngineBackend):
         if problem:
             raise BackendUnavailableError(problem + ".")
 
-    def key_parts(self, onnx_sha256: str, settings) -> tuple:
+    def key_parts(self, onnx_sha256: str, settings, options: dict) -> tuple:
         import onnxruntime as ort
 
         return ("ort", onnx_sha256, str(settings.batch), ort.__version__, default_providers())
 
-    def build(self, onnx_files, new_file, settings, latent_shape, folder) -> tuple[list[Path], dict]:
+    def build(self, inputs: BuildInputs) -> tuple[list[Path], dict]:
         providers = default_providers()
-        session_from_onnx(onnx_files[0], providers=providers)  # opening it proves it runs here
-        return list(onnx_files), {"providers": providers,
-                       "hardware": {"device": "cuda" if providers[0].startswith("CUDA") else "cpu"}}
+        session_from_onnx(inputs.onnx_files[0], providers=providers)  # opening it proves it runs here
+        return list(inputs.onnx_files), {"providers": providers,
+                                         "hardware": {"device": "cuda" if providers[0].startswith("CUDA") else "cpu"}}
 
     def runnable(self, record: dict, precision: str) -> tuple[bool, str]:
         avail = available_providers()
@@ -61,10 +66,19 @@ class OnnxRuntimeBackend(EngineBackend):
         problem = precision_problem(precision, avail)
         return (False, problem) if problem else (True, "yes")
 
-    def runner(self, path, mediators, *, precision, batch: BatchRange | None, record, sha256, device, threads,
-               shared) -> Runner:
-        return OnnxrtRunner(path, mediators, precision=precision, batch_range=batch,
-                            providers=default_providers(device), threads=threads, sha256=sha256)
+    def runner(self, inputs: RunnerInputs):
+        from .runner import OnnxrtRunner
+
+        return OnnxrtRunner(inputs.path, inputs.mediators, precision=inputs.precision, batch_range=inputs.batch,
+                            providers=default_providers(inputs.device), threads=inputs.threads, sha256=inputs.sha256)
+
+
+def __getattr__(name: str):
+    if name == "OnnxrtRunner":  # torch: loaded on first use
+        from .runner import OnnxrtRunner
+
+        return OnnxrtRunner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 BACKEND = OnnxRuntimeBackend()

@@ -1,7 +1,8 @@
-"""The ONNX Runtime backend: a session over an exported ONNX file (CPU, or CUDA with onnxruntime-gpu)."""
+"""The ONNX Runtime runner: a session over an exported ONNX file with the engine interface (torch tensors)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -10,55 +11,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...core.batch import BatchRange
 from ...errors import BackendUnavailableError, BundleError
-from ..base import BatchRange, Runner
+from ..base import Runner
+from .session import default_providers, session_from_onnx
 
 log = logging.getLogger(__name__)
-
-
-def available_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return ort.get_available_providers()
-
-
-def default_providers(device: str | None = None) -> list[str]:
-    """CUDA first where onnxruntime-gpu and a GPU are present (unless device says cpu), then CPU."""
-    avail = available_providers()
-    want_cuda = device is None or str(device).startswith("cuda")
-    if want_cuda and "CUDAExecutionProvider" in avail and torch.cuda.is_available():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-def session_options(threads: int | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3  # constant-folding chatter on fp16 graphs is not the user's concern
-    if threads:
-        opts.intra_op_num_threads = threads
-    return opts
-
-
-def session_from_onnx(path: str | os.PathLike, *, providers: list[str] | None = None, threads: int | None = None,
-                      model_bytes: bytes | None = None):
-    """An InferenceSession for ``path`` (or for ``model_bytes``, the file's content already read);
-    BackendUnavailableError where the provider lacks a kernel."""
-    import onnxruntime as ort
-
-    providers = providers or default_providers()
-    try:
-        return ort.InferenceSession(model_bytes if model_bytes is not None else str(path),
-                                    sess_options=session_options(threads), providers=providers)
-    except (ort.capi.onnxruntime_pybind11_state.NotImplemented, ort.capi.onnxruntime_pybind11_state.Fail) as e:
-        msg = str(e).splitlines()[0]
-        hint = ""
-        if "bfloat16" in msg.lower() or "(22)" in msg or "BFloat16" in msg:
-            hint = (" ONNX Runtime's CPU provider has no bfloat16 kernels for this graph: build with "
-                    "--precision fp32 or fp16 for ONNX Runtime on CPU, or use TensorRT / onnxruntime-gpu for bf16.")
-        raise BackendUnavailableError(f"ONNX Runtime cannot run {Path(path).name} with {providers}: {msg}.{hint}") from None
 
 
 class OnnxrtRunner(Runner):
@@ -81,8 +39,6 @@ class OnnxrtRunner(Runner):
         if self.session is None:
             model_bytes = None
             if self.sha256 is not None:
-                import hashlib
-
                 try:
                     model_bytes = self.path.read_bytes()
                 except OSError as e:

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..base import BatchRange, Runner
-from ..registry import EngineBackend
+from ..registry import BackendOption, BuildInputs, EngineBackend, RunnerInputs, TritonVariant
 
 
 class TensorRTBackend(EngineBackend):
     name = "tensorrt"
-    title = "TensorRT"
+    preference = 10
+    options = (
+        BackendOption("plugin", "plugin", "flag", True,
+                      "TensorRT engines: run MediatorAttention as the custom plugin where it registers (TensorRT >= "
+                      "10.9 with triton); --no-plugin builds the op's ONNX function body."),
+        BackendOption("trt_optimization_level", "trt-optimization-level", "int", 3,
+                      "TensorRT builder optimisation level (higher builds slower, may run faster).", choices=(0, 5)),
+    )
+    triton = (TritonVariant("tensorrt", 'platform: "tensorrt_plan"', "model.plan", kind="KIND_GPU"),)
 
     def status(self) -> tuple[bool, str]:
         from .engine import tensorrt_status
@@ -26,19 +33,19 @@ class TensorRTBackend(EngineBackend):
                                           "quantisation), which TensorRT does not build: use --precision "
                                           "int8-static (calibrated Q/DQ) for TensorRT")
 
-    def key_parts(self, onnx_sha256: str, settings) -> tuple:
+    def key_parts(self, onnx_sha256: str, settings, options: dict) -> tuple:
         from .engine import hardware
 
-        return ("trt", onnx_sha256, str(settings.batch), settings.plugin, settings.trt_optimization_level,
+        return ("trt", onnx_sha256, str(settings.batch), options["plugin"], options["trt_optimization_level"],
                 hardware())
 
-    def build(self, onnx_files, new_file, settings, latent_shape, folder) -> tuple[list[Path], dict]:
+    def build(self, inputs: BuildInputs) -> tuple[list[Path], dict]:
         from .engine import TrtBuild, build_plan
 
-        plan = new_file(".plan")
-        record = build_plan(onnx_files[0], plan, TrtBuild(batch=settings.batch, latent_shape=latent_shape,
-                                                          plugin=settings.plugin, timing_cache=folder / "timing.cache",
-                                                          optimization_level=settings.trt_optimization_level))
+        plan = inputs.new_file(".plan")
+        record = build_plan(inputs.onnx_files[0], plan, TrtBuild(
+            batch=inputs.settings.batch, latent_shape=inputs.latent_shape, plugin=inputs.options["plugin"],
+            timing_cache=inputs.folder / "timing.cache", optimization_level=inputs.options["trt_optimization_level"]))
         return [plan], {"hardware": record, "plugin": record["plugin"]}
 
     def runnable(self, record: dict, precision: str) -> tuple[bool, str]:
@@ -50,19 +57,18 @@ class TensorRTBackend(EngineBackend):
         mismatch = plan_mismatch(record.get("hardware", {}))
         return (False, mismatch) if mismatch else (True, "yes")
 
-    def runner(self, path, mediators, *, precision, batch: BatchRange | None, record, sha256, device, threads,
-               shared) -> Runner:
+    def runner(self, inputs: RunnerInputs):
         from .engine import TrtRunner
 
-        return TrtRunner(path, mediators, precision=precision, batch_range=batch, shared_memory=shared,
-                         recorded_hardware=record.get("hardware"))
+        return TrtRunner(inputs.path, inputs.mediators, precision=inputs.precision, batch_range=inputs.batch,
+                         shared_memory=inputs.shared, recorded_hardware=inputs.record.get("hardware"))
 
     def shared_state(self) -> object | None:
         from .engine import SharedActivationMemory
 
         return SharedActivationMemory()  # engines never run at the same time: one activation buffer for all
 
-    def memory_outside_torch(self, runners: list[Runner]) -> int:
+    def memory_outside_torch(self, runners: list) -> int:
         sizes = [r.memory_bytes() for r in runners]
         return max(sizes) if sizes and all(s is not None for s in sizes) else 0
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ...atomic import replacing
+from ...core.files import replacing
 from ...errors import BackendUnavailableError, BundleError
-from ..base import BatchRange, Runner
+from ...core.batch import BatchRange
+from ..base import Runner
 
 log = logging.getLogger(__name__)
 

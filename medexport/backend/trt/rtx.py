@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import BackendUnavailableError, ExportError
-from ..base import BatchRange
+from ...core.batch import BatchRange
 
 
 def rtx_status() -> tuple[bool, str]:

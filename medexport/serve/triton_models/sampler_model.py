@@ -17,7 +17,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from medexport.backend.batch import BatchRange  # noqa: E402
+from medexport.core.batch import BatchRange  # noqa: E402
 from medexport.errors import MedexportError  # noqa: E402
 from medexport.lite import LitePipeline, chunked  # noqa: E402
 

@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..backend.base import BatchRange
+from .batch import BatchRange
 from ..errors import BundleError
-from ..model.checkpoint import file_sha256
-from ..quant import ALL_PRECISIONS
+from .files import file_sha256
+from .precision import NAMES as ALL_PRECISIONS
 
 #: The fields an artifact always has; everything else in its JSON object is its backend's record.
 _TYPED = ("file", "sha256", "files", "hashes", "precision", "batch", "key")

@@ -12,33 +12,30 @@ property of the runtime, not of the engines: the same engines serve any schedule
 A sampling loop uses either the same way::
 
     schedule.validate_against(bundle_counts)     # before any work
-    schedule.reset(x0)
+    schedule.reset(x0, xp)                       # xp: the array adapter (medexport.core.arrays)
     velocity = lambda x, t, step: engines[schedule.model_for(step)](x, t, y)
     on_step = schedule.observe                   # (step, x_after)
 
-:func:`parse_schedule` reads both text forms; ``str(schedule)`` writes them back.
+:func:`medexport.core.schedule_text.parse_schedule` reads both text forms; ``str(schedule)`` writes them back.
+Nothing here imports torch: an adaptive schedule measures its distances through the run's array adapter.
 """
 
 from __future__ import annotations
 
 import abc
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from typing import TYPE_CHECKING
+import numpy as np
 
 from ..errors import ScheduleError
-from .settings import StepInfo
-
-if TYPE_CHECKING:  # torch is needed by adaptive schedules only, and imported there
-    from torch import Tensor
+from .arrays import Arrays, adapter_of
+from .steps import StepInfo
 
 DISTANCES = ("mae", "mse")
 ADAPTIVE_PREFIX = "adaptive"
-_INT = re.compile(r"[0-9]+")
 
 
 class Schedule(abc.ABC):
@@ -60,10 +57,10 @@ class Schedule(abc.ABC):
         """The mediator count that serves ``step``."""
         raise NotImplementedError
 
-    def reset(self, x0: Tensor) -> None:
-        """Start a run from the state ``x0``."""
+    def reset(self, x0, xp: Arrays | None = None) -> None:
+        """Start a run from the state ``x0``, an array of the adapter ``xp`` (None: the adapter of its type)."""
 
-    def observe(self, step: StepInfo, x_after: Tensor) -> None:
+    def observe(self, step: StepInfo, x_after) -> None:
         """Take note of the state after ``step`` (an ``on_step`` callback for the sampler)."""
 
     def validate_against(self, available: Iterable[int]) -> None:
@@ -235,9 +232,10 @@ class AdaptiveSchedule(Schedule):
         self.warmup = warmup
         self.distance = distance
         self.per_sample = bool(per_sample)
-        self._prev: Tensor | None = None  # the state after the last observed step; None until reset
-        #: d_i of each observed step: floats in batch mode, (B,) float64 tensors per sample.
-        self.distances: list[Tensor | float] = []
+        self._prev = None  # the state after the last observed step; None until reset
+        self._xp: Arrays | None = None
+        #: d_i of each observed step: floats in batch mode, (B,) float64 arrays per sample.
+        self.distances: list[np.ndarray | float] = []
         #: Every change of model in the current run, in order.
         self.switches: list[Switch] = []
 
@@ -261,13 +259,12 @@ class AdaptiveSchedule(Schedule):
 
     # -- a run ----------------------------------------------------------------------------------------------
 
-    def reset(self, x0: Tensor) -> None:
+    def reset(self, x0, xp: Arrays | None = None) -> None:
         """Start a run: x0 is the state before step 0; every sample starts on m1."""
-        import torch
-
-        self._prev = x0.detach().clone()
+        self._xp = xp if xp is not None else adapter_of(x0)
+        self._prev = self._xp.copy(x0)
         rows = x0.shape[0] if self.per_sample else 1
-        self._d0 = torch.zeros(rows, dtype=torch.float64)
+        self._d0 = np.zeros(rows, dtype=np.float64)
         self._current = [0] * rows  # index into counts, per sample (or one for the batch)
         self._next_index = 0
         self.distances = []
@@ -296,16 +293,7 @@ class AdaptiveSchedule(Schedule):
             return [self._counts[self._current[0]]] * self._prev.shape[0]
         return [self._counts[c] for c in self._current]
 
-    def _distance(self, a: Tensor, b: Tensor) -> Tensor:
-        import torch
-
-        diff = a.to(torch.promote_types(a.dtype, torch.float32)) - b.to(torch.promote_types(b.dtype, torch.float32))
-        diff = diff.abs() if self.distance == "mae" else diff * diff
-        if self.per_sample:
-            return diff.flatten(1).mean(dim=1).to("cpu", torch.float64)  # (B,)
-        return diff.mean().reshape(1).to("cpu", torch.float64)  # (1,): one distance over the whole state
-
-    def observe(self, step: StepInfo, x_after: Tensor) -> None:
+    def observe(self, step: StepInfo, x_after) -> None:
         """Measure d_i after step i and switch the model for the steps after it when the rule says so."""
         self._require_run(step)
         i = step.index
@@ -316,8 +304,8 @@ class AdaptiveSchedule(Schedule):
                 f"the schedule was reset with a state of shape {tuple(self._prev.shape)} but observes "
                 f"{tuple(x_after.shape)}: pass the same (full or conditional-half) state to reset and observe"
             )
-        d = self._distance(x_after, self._prev)
-        self._prev = x_after.detach().clone()
+        d = self._xp.distance(x_after, self._prev, self.distance, self.per_sample)  # (B,) or (1,) float64
+        self._prev = self._xp.copy(x_after)
         self._next_index += 1
         self.distances.append(d if self.per_sample else float(d[0]))
         k = self.warmup
@@ -332,142 +320,6 @@ class AdaptiveSchedule(Schedule):
                                                     row if self.per_sample else None))
 
     @property
-    def d0(self) -> Tensor | float:
-        """D0 so far: a float in batch mode, a (B,) float64 tensor per sample."""
-        return self._d0.clone() if self.per_sample else float(self._d0[0])
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Text forms
-
-
-def _fail(text: str, pos: int, message: str, hint: str) -> ScheduleError:
-    return ScheduleError(f"bad mediator schedule {text!r} at character {pos + 1}: {message}\n"
-                         f"    {text}\n    {' ' * pos}^\n{hint}")
-
-
-_FIXED_HINT = "write COUNT:FRACTION,...,COUNT, e.g. '16:0.3,32:0.7,64' (or one count, e.g. '64')"
-_ADAPTIVE_HINT = ("write adaptive:COUNTS:ratios=R1[,R2][:warmup=K][:distance=mae|mse][:per-sample], "
-                  "e.g. 'adaptive:16,32,64:ratios=0.5,0.2'")
-
-
-def _parse_int(text: str, pos: int, token: str, what: str, hint: str) -> int:
-    if not _INT.fullmatch(token) or int(token) < 1:
-        raise _fail(text, pos, f"{what} {token!r} is not a positive integer", hint)
-    return int(token)
-
-
-def _parse_float(text: str, pos: int, token: str, what: str, hint: str) -> float:
-    try:
-        value = float(token)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or token.strip() != token or not token:
-        raise _fail(text, pos, f"{what} {token!r} is not a number", hint)
-    return value
-
-
-def _split(text: str, sep: str, start: int, end: int) -> list[tuple[int, str]]:
-    """The pieces of text[start:end] between ``sep``, each with its position, whitespace stripped."""
-    pieces, pos = [], start
-    for raw in text[start:end].split(sep):
-        lead = len(raw) - len(raw.lstrip())
-        pieces.append((pos + lead, raw.strip()))
-        pos += len(raw) + 1
-    return pieces
-
-
-def _parse_fixed(text: str) -> FixedSchedule:
-    counts: list[int] = []
-    bounds: list[float] = []
-    where: dict[tuple[str, int], tuple[int, str]] = {}  # (part, item) -> (position, "segment N (...)")
-    segments = _split(text, ",", 0, len(text))
-    for n, (pos, segment) in enumerate(segments, start=1):
-        last = n == len(segments)
-        seg = f"segment {n} ({segment!r})"
-        if not segment:
-            raise _fail(text, pos, f"{seg} is empty", _FIXED_HINT)
-        count_text, colon, frac_text = segment.partition(":")
-        count_text = count_text.rstrip()
-        count = _parse_int(text, pos, count_text, f"{seg}: the mediator count", _FIXED_HINT)
-        where["count", n - 1] = (pos, seg)
-        frac_pos = pos + segment.index(":") + 1 if colon else pos + len(segment)
-        if last and colon:
-            raise _fail(text, frac_pos, f"{seg} is the last and has a fraction: the last segment runs to the "
-                        "end, drop its ':FRACTION'", _FIXED_HINT)
-        if not last and not colon:
-            raise _fail(text, frac_pos, f"{seg} has no fraction: every segment but the last ends at one, "
-                        f"e.g. '{count}:0.5'", _FIXED_HINT)
-        counts.append(count)
-        if last:
-            break
-        frac_pos += len(frac_text) - len(frac_text.lstrip())
-        frac = _parse_float(text, frac_pos, frac_text.strip(), f"{seg}: the fraction", _FIXED_HINT)
-        where["fraction", n - 1] = (frac_pos, seg)
-        bounds.append(frac)
-    return _checked(text, lambda: FixedSchedule(tuple(counts), tuple(bounds)), where, _FIXED_HINT)
-
-
-def _parse_adaptive(text: str) -> AdaptiveSchedule:
-    parts = _split(text, ":", 0, len(text))  # parts[0] is the prefix
-    if len(parts) < 2 or not parts[1][1]:
-        raise _fail(text, len(text), "the mediator counts are missing", _ADAPTIVE_HINT)
-    pos, counts_text = parts[1]
-    counts = []
-    where: dict[tuple[str, int], tuple[int, str]] = {}
-    for p, token in _split(text, ",", pos, pos + len(counts_text)):
-        where["count", len(counts)] = (p, "")
-        counts.append(_parse_int(text, p, token, "the mediator count", _ADAPTIVE_HINT))
-    options: dict[str, object] = {}
-    ratios: tuple[float, ...] | None = None
-    for pos, option in parts[2:]:
-        key_raw, eq, value_raw = option.partition("=")
-        key, value = key_raw.strip().lower().replace("_", "-"), value_raw.strip()
-        value_pos = pos + len(key_raw) + 1 + len(value_raw) - len(value_raw.lstrip()) if eq else pos
-        if key in options or (key == "ratios" and ratios is not None):
-            raise _fail(text, pos, f"option {key!r} is given twice", _ADAPTIVE_HINT)
-        if key == "per-sample" and not eq:
-            options[key] = True
-        elif key == "warmup" and eq:
-            options[key] = _parse_int(text, value_pos, value, "warmup", _ADAPTIVE_HINT)
-        elif key == "distance" and eq:
-            if value.lower() not in DISTANCES:
-                raise _fail(text, value_pos, f"unknown distance {value!r}: choose mae or mse", _ADAPTIVE_HINT)
-            options[key] = value.lower()
-        elif key == "ratios" and eq:
-            ratios = tuple(_parse_float(text, p, token, "ratio", _ADAPTIVE_HINT)
-                           for p, token in _split(text, ",", value_pos, value_pos + len(value)))
-        else:
-            raise _fail(text, pos, f"unknown option {option!r}", _ADAPTIVE_HINT)
-    if ratios is None:
-        raise _fail(text, len(text), "the ratios are missing (ratios=R1 for 2 counts, ratios=R1,R2 for 3)",
-                    _ADAPTIVE_HINT)
-    return _checked(text, lambda: AdaptiveSchedule(counts, ratios, warmup=options.get("warmup", 3),
-                                                   distance=options.get("distance", "mae"),
-                                                   per_sample=options.get("per-sample", False)),
-                    where, _ADAPTIVE_HINT)
-
-
-def _checked(text: str, make, where: dict, hint: str):
-    """The schedule ``make()`` builds. The parser reads the syntax and the schedule's class checks the values
-    (the one place those rules live); an error about one value points at it in the text."""
-    try:
-        return make()
-    except ScheduleError as e:
-        if (e.part, e.item) in where:
-            pos, seg = where[e.part, e.item]
-            raise _fail(text, pos, f"{seg}: {e}" if seg else str(e), hint) from None
-        raise ScheduleError(f"bad mediator schedule {text!r}: {e}") from None
-
-
-def parse_schedule(text: str) -> Schedule:
-    """Read a schedule: ``"64"``, ``"16:0.3,32:0.7,64"`` (fixed) or ``"adaptive:16,32,64:ratios=0.5,0.2"``.
-
-    Errors name the segment and the character where the text fails, with a caret under it.
-    """
-    if not isinstance(text, str) or not text.strip():
-        raise ScheduleError(f"empty mediator schedule {text!r}: {_FIXED_HINT}")
-    head = text.lstrip().split(":", 1)[0].strip().lower()
-    if head == ADAPTIVE_PREFIX:
-        return _parse_adaptive(text)
-    return _parse_fixed(text)
+    def d0(self) -> np.ndarray | float:
+        """D0 so far: a float in batch mode, a (B,) float64 array per sample."""
+        return self._d0.copy() if self.per_sample else float(self._d0[0])

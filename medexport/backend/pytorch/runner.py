@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..model import MediatorDiT
-from ..model.engine_graph import PRECISIONS, EngineGraph
-from .base import Runner
+from ...model import MediatorDiT
+from ...model.engine_graph import TORCH_DTYPES, EngineGraph
+from ..base import Runner
 
 
 class TorchRunner(Runner):
@@ -25,9 +25,9 @@ class TorchRunner(Runner):
 
     def __init__(self, model: MediatorDiT, *, device: str = "cpu", precision: str = "fp32", cuda_graph: bool = False):
         super().__init__(model.config.mediators, precision=precision, device=str(device))
-        self.model = model.cast(PRECISIONS[precision], device).eval()
+        self.model = model.cast(TORCH_DTYPES[precision], device).eval()
         self.model.refresh_constants()
-        self.graph = EngineGraph(self.model, PRECISIONS[precision])
+        self.graph = EngineGraph(self.model, TORCH_DTYPES[precision])
         self.cuda_graph = cuda_graph and torch.device(device).type == "cuda"
         self._graphs: dict[int, tuple] = {}
 

@@ -1,0 +1,66 @@
+"""ONNX Runtime sessions for medexport's engines: providers, session options, one way to open a graph.
+
+Torch-free: the torch runner (:mod:`.runner`), the torch-free runtime (:mod:`medexport.lite`) and the Triton
+models open their sessions here, with the same options.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ...errors import BackendUnavailableError
+
+
+def _gpu_present() -> bool:
+    """Whether a CUDA GPU is visible: onnxruntime-gpu lists its CUDA provider on machines without one."""
+    try:
+        import torch
+    except ImportError:
+        return True  # no torch to ask: trust the provider list
+    return torch.cuda.is_available()
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
+
+
+def default_providers(device: str | None = None) -> list[str]:
+    """CUDA first where onnxruntime-gpu and a GPU are present (unless device says cpu), then CPU."""
+    avail = available_providers()
+    want_cuda = device is None or str(device).startswith("cuda")
+    if want_cuda and "CUDAExecutionProvider" in avail and _gpu_present():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # constant-folding chatter on fp16 graphs is not the user's concern
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
+def session_from_onnx(path: str | os.PathLike, *, providers: list[str] | None = None, threads: int | None = None,
+                      model_bytes: bytes | None = None):
+    """An InferenceSession for ``path`` (or for ``model_bytes``, the file's content already read);
+    BackendUnavailableError where the provider lacks a kernel."""
+    import onnxruntime as ort
+
+    providers = providers or default_providers()
+    try:
+        return ort.InferenceSession(model_bytes if model_bytes is not None else str(path),
+                                    sess_options=session_options(threads), providers=providers)
+    except (ort.capi.onnxruntime_pybind11_state.NotImplemented, ort.capi.onnxruntime_pybind11_state.Fail) as e:
+        msg = str(e).splitlines()[0]
+        hint = ""
+        if "bfloat16" in msg.lower() or "(22)" in msg or "BFloat16" in msg:
+            hint = (" ONNX Runtime's CPU provider has no bfloat16 kernels for this graph: build with "
+                    "--precision fp32 or fp16 for ONNX Runtime on CPU, or use TensorRT / onnxruntime-gpu for bf16.")
+        raise BackendUnavailableError(f"ONNX Runtime cannot run {Path(path).name} with {providers}: {msg}.{hint}") from None

@@ -1,0 +1,104 @@
+"""Files: their content hashes, and writes that a reader never sees half of.
+
+Hashes (:func:`file_sha256`) are remembered per version of a file (path, inode, size, mtime, ctime), so a build or
+a run hashes each file once. Writes go to a temporary sibling that is renamed over the target: an interrupted
+write leaves the previous file (or none) and at most a ``*.partial`` file, which the next write replaces. The
+temporary file is created exclusively (a link planted under its name is removed, never followed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+_HASHES: dict[tuple, str] = {}
+
+
+def file_key(path: str | os.PathLike) -> tuple:
+    """(path, inode, size, mtime, ctime): the version of a file. The change time is in the key because a writer
+    can restore the mtime but not the ctime."""
+    st = os.stat(path)
+    return str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, remembered per version of the file (:func:`file_key`)."""
+    key = file_key(path)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def bytes_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def create_exclusive(path: str | os.PathLike) -> Path:
+    """Create ``path`` as a new, empty regular file of ours: whatever was under that name before (an earlier
+    interrupted write, or a link planted there) is removed first, and the file is created with O_EXCL and
+    without following links, so a write never lands in someone else's file."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    os.close(os.open(path, flags, 0o644))
+    return path
+
+
+@contextmanager
+def replacing(path: str | os.PathLike, *, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed over ``path`` (with ``mode`` if given),
+    on failure removed."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    create_exclusive(tmp)
+    try:
+        yield tmp
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str, *, durable: bool = False) -> Path:
+    """Write ``text`` atomically; ``durable`` also flushes it to disk before the rename (a manifest that must
+    survive a power cut names only files that exist)."""
+    with replacing(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data: object, *, durable: bool = False) -> Path:
+    return write_text(path, json.dumps(data, indent=2) + "\n", durable=durable)
+
+
+def replace_folder(complete: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Put the finished folder ``complete`` at ``target``; a folder already there is replaced as a whole (moved
+    aside, then removed), never mixed with the new one."""
+    import shutil
+
+    complete, target = Path(complete), Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(target.name + ".old.partial")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(complete, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -1,0 +1,305 @@
+"""The reference's samplers, written once over an array adapter: SiT's transport code on the Linear path.
+
+Time runs from t = 0 (pure noise) to t = 1 (data): x_t = t * x_data + (1 - t) * noise. The model predicts the
+velocity v(x, t); the score and the SDE drift follow from it:
+
+    s = (t * v - x) / (1 - t)          score
+    w = norm * (1 - t)                 diffusion coefficient (the reference's ``--diffusion-form sigma``)
+    f = v + w * s                      SDE drift
+
+Each sampler is one :class:`Sampler`, registered by (sampler, method): how many velocity evaluations a step
+makes, its time grid, and one step. A sampler takes the model as a callable ``velocity(x, t, step) -> v`` and
+arrays of any adapter (:mod:`.arrays`): numpy in the torch-free runtime, torch in :class:`medexport.Pipeline`,
+the same operations in the same order in both. dopri5 (torchdiffeq) is registered by
+:mod:`medexport.runtime.samplers`, for torch arrays only.
+
+The formulas, the time grids and the order of the floating-point operations follow the reference
+(``transport/transport.py``, ``transport/integrators.py``, ``transport/path.py``), so that a float32 run on the
+same device with the same noise reproduces its numbers. Grid values are float32 numpy scalars, as the
+reference's 0-d float32 grid tensors; other constants are Python floats, which numpy and torch both apply in the
+state's dtype. One difference on purpose: the reference calls the model twice per SDE drift (once for
+the velocity, once more inside the score, with the same inputs); medexport calls it once and uses the result
+for both.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import SamplingError
+from .arrays import Arrays
+from .settings import SamplingSettings
+from .steps import StepInfo
+
+log = logging.getLogger(__name__)
+
+F32 = np.float32
+#: ``velocity(x, t, step) -> v``: x the state, t (B,) filled with the current time; v shaped like x.
+Velocity = Callable[[object, object, StepInfo], object]
+#: ``on_step(step, x_after)``: called after each finished step with the state after it.
+OnStep = Callable[[StepInfo, object], None]
+#: ``noise(shape) -> array``: standard normal float32 noise of the state's shape (numpy, or the adapter's).
+Noise = Callable[[tuple], object]
+
+
+class NonFiniteError(SamplingError):
+    """The sampler state (or a velocity, for dopri5) holds NaN or Inf; ``.step`` and ``.t`` say where."""
+
+    def __init__(self, step: int, t: float, what: str = "the state after the step"):
+        self.step = step
+        self.t = t
+        super().__init__(
+            f"non-finite values (NaN or Inf) in {what} at step {step} (t = {t:.4f}). The model overflowed or "
+            "was given bad inputs: try float32 or bf16 instead of fp16 engines, a smaller guidance scale, or "
+            "check that the engines were built from the right checkpoint."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Linear path (SiT's ICPlan): alpha_t = t, sigma_t = 1 - t.
+
+
+def _expand(t, x):
+    return t.reshape(t.shape[0], *([1] * (x.ndim - 1)))  # (B,) -> (B, 1, ..., 1)
+
+
+def score(v, x, t):
+    """s = (t v - x) / (1 - t), with the variance written as the reference computes it."""
+    t = _expand(t, x)
+    sigma = 1 - t
+    var = sigma**2 + t * sigma  # sigma^2 - (alpha / d_alpha) * d_sigma * sigma with d_alpha = 1, d_sigma = -1
+    return (t * v - x) / var
+
+
+def diffusion(x, t, norm: float):
+    return norm * (1 - _expand(t, x))  # the "sigma" form: norm * sigma_t
+
+
+class Run:
+    """One sampling run: calls the velocity, checks what it returns, draws noise, reports steps."""
+
+    def __init__(self, xp: Arrays, velocity: Velocity, settings: SamplingSettings, *, noise: Noise | None = None,
+                 on_step: OnStep | None = None):
+        self.xp, self.velocity, self.on_step = xp, velocity, on_step
+        self.settings = settings.resolved()
+        self.num_steps = self.settings.num_model_steps
+        self._noise = noise
+
+    def info(self, index: int, t: float) -> StepInfo:
+        return StepInfo(index=index, num_steps=self.num_steps, t=float(t), progress=index / self.num_steps)
+
+    def time(self, value, x):
+        """(B,) filled with the float32 ``value``, in the state's dtype and place."""
+        return self.xp.full(x.shape[0], F32(value), like=x)
+
+    def noise(self, x):
+        """z ~ N(0, I) of the state's shape, drawn in float32 and then moved to the state (as the reference's
+        th.randn(x.size()).to(x)), so the same noise source gives the same samples on any device."""
+        if self._noise is None:
+            raise SamplingError("the SDE sampler needs a noise source")
+        z = self._noise(tuple(x.shape))
+        return self.xp.from_numpy(z, like=x) if isinstance(z, np.ndarray) else z
+
+    def v(self, x, t, info: StepInfo):
+        v = self.velocity(x, t, info)
+        if not self.xp.is_array(v) or tuple(v.shape) != tuple(x.shape):
+            got = tuple(v.shape) if hasattr(v, "shape") else type(v).__name__
+            raise SamplingError(
+                f"the velocity returned {got} for a state of shape {tuple(x.shape)} at step {info.index}: it "
+                "must return an array shaped like its input (for learn_sigma models, the first C channels)"
+            )
+        return v
+
+    def drift(self, x, t, info: StepInfo):
+        """The SDE drift f = v + w * s, from one velocity evaluation."""
+        v = self.v(x, t, info)
+        return v + diffusion(x, t, self.settings.diffusion_norm) * score(v, x, t)
+
+    def done(self, info: StepInfo, x) -> None:
+        if not self.xp.all_finite(x):
+            raise NonFiniteError(info.index, info.t)
+        if self.on_step is not None:
+            self.on_step(info, x)
+
+
+class Sampler(abc.ABC):
+    """One integrator of one sampler: its evaluations per step, its time grid and one step.
+
+    :meth:`integrate` runs the whole trajectory; a fixed-step sampler only writes :meth:`step` (and the SDE its
+    last step). ``arrays``: the adapters it can run on (None: every one).
+    """
+
+    sampler: str = ""
+    method: str = ""
+    evaluations_per_step: int | None = 1
+    arrays: tuple[str, ...] | None = None
+
+    def grid(self, settings: SamplingSettings) -> np.ndarray:
+        return settings.time_grid()
+
+    def step_infos(self, settings: SamplingSettings) -> list[StepInfo]:
+        """Every step a run makes, with the StepInfo each of its evaluations sees, without running anything:
+        what costs and schedules are computed from. Empty for a sampler that chooses its steps (dopri5)."""
+        s = settings.resolved()
+        n = s.num_model_steps
+        grid = self.grid(s)
+        infos = [StepInfo(i, n, float(grid[i]), i / n) for i in range(len(grid) - 1)]
+        if s.has_last_step:
+            infos.append(StepInfo(s.resolved_steps - 1, n, 1 - s.resolved_last_step_size,
+                                  (s.resolved_steps - 1) / n))
+        return infos
+
+    @abc.abstractmethod
+    def step(self, run: Run, x, grid: np.ndarray, i: int):
+        """The state after step ``i`` from ``x``."""
+
+    def integrate(self, run: Run, x):
+        grid = self.grid(run.settings)
+        for i in range(len(grid) - 1):
+            x = self.step(run, x, grid, i)
+            run.done(run.info(i, grid[i]), x)
+        return x
+
+
+class OdeEuler(Sampler):
+    sampler, method = "ode", "euler"
+
+    def step(self, run: Run, x, grid, i):
+        t0 = grid[i]
+        dt = grid[i + 1] - t0  # float32, per step as torchdiffeq's fixed-grid solvers
+        k1 = run.v(x, run.time(t0, x), run.info(i, t0))
+        return x + dt * k1
+
+
+class OdeHeun(Sampler):
+    """torchdiffeq's heun2 tableau: k2 at (t0 + dt, x + dt k1), weights 1/2, 1/2."""
+
+    sampler, method, evaluations_per_step = "ode", "heun", 2
+
+    def step(self, run: Run, x, grid, i):
+        t0 = grid[i]
+        dt = grid[i + 1] - t0
+        info = run.info(i, t0)
+        k1 = run.v(x, run.time(t0, x), info)
+        k2 = run.v(x + dt * k1, run.time(t0 + dt, x), info)
+        return x + dt * (k1 * 0.5 + k2 * 0.5)
+
+
+class _Sde(Sampler):
+    """The SDE family: steps - 1 stochastic steps with a constant dt, then the reference's last step."""
+
+    sampler = "sde"
+
+    def integrate(self, run: Run, x):
+        s = run.settings
+        grid = self.grid(s)
+        for i in range(len(grid) - 1):
+            x = self.step(run, x, grid, i)
+            run.done(run.info(i, grid[i]), x)
+        if not s.has_last_step:
+            return x
+        t1 = 1 - s.last_step_size
+        info = run.info(s.resolved_steps - 1, t1)
+        t = run.time(t1, x)
+        size = s.last_step_size  # a Python float: applied in the state's dtype, as the reference
+        if s.last_step == "mean":
+            x = x + run.drift(x, t, info) * size
+        elif s.last_step == "euler":
+            x = x + run.v(x, t, info) * size
+        else:  # tweedie: x / alpha + sigma^2 / alpha * score, alpha and sigma read off the first sample's time
+            alpha, sigma = t[0], 1 - t[0]
+            x = x / alpha + (sigma**2) / alpha * score(run.v(x, t, info), x, t)
+        run.done(info, x)
+        return x
+
+
+class SdeEuler(_Sde):
+    """Euler-Maruyama."""
+
+    method = "euler"
+
+    def step(self, run: Run, x, grid, i):
+        dt = grid[1] - grid[0]
+        info = run.info(i, grid[i])
+        t = run.time(grid[i], x)
+        dw = run.noise(x) * run.xp.scalar_sqrt(dt)
+        mean_x = x + run.drift(x, t, info) * dt
+        return mean_x + run.xp.sqrt(2 * diffusion(x, t, run.settings.diffusion_norm)) * dw
+
+
+class SdeHeun(_Sde):
+    method, evaluations_per_step = "heun", 2
+
+    def step(self, run: Run, x, grid, i):
+        dt = grid[1] - grid[0]
+        info = run.info(i, grid[i])
+        t = run.time(grid[i], x)
+        dw = run.noise(x) * run.xp.scalar_sqrt(dt)
+        xhat = x + run.xp.sqrt(2 * diffusion(x, t, run.settings.diffusion_norm)) * dw
+        k1 = run.drift(xhat, t, info)
+        xp_ = xhat + dt * k1
+        k2 = run.drift(xp_, t + dt, info)
+        return xhat + F32(0.5) * dt * (k1 + k2)
+
+
+_REGISTRY: dict[tuple[str, str], Sampler] = {}
+
+
+def register(sampler: Sampler) -> Sampler:
+    """Make ``sampler`` the one that runs its (sampler, method)."""
+    _REGISTRY[sampler.sampler, sampler.method] = sampler
+    return sampler
+
+
+for _cls in (OdeEuler, OdeHeun, SdeEuler, SdeHeun):
+    register(_cls())
+
+
+def get(settings: SamplingSettings, xp: Arrays | None = None) -> Sampler:
+    """The sampler ``settings`` name; SamplingError when it is not available (to this adapter)."""
+    s = settings.resolved()
+    key = (s.sampler, s.method)
+    found = _REGISTRY.get(key)
+    if found is None and key == ("ode", "dopri5"):
+        raise SamplingError("the ode sampler's dopri5 method needs torch and torchdiffeq (pip install "
+                            "\"medexport[ode]\") and the PyTorch runtime (medexport.Pipeline); the torch-free runtime "
+                            "runs the fixed-step samplers: choose --method euler or heun")
+    if found is None:
+        raise SamplingError(f"no sampler is registered for {s.sampler} {s.method}")
+    if xp is not None and found.arrays is not None and xp.name not in found.arrays:
+        raise SamplingError(f"the {s.sampler} sampler's {s.method} method runs on {', '.join(found.arrays)} arrays "
+                            f"(medexport.Pipeline), not {xp.name} (the torch-free runtime): choose --method euler or "
+                            f"heun here")
+    return found
+
+
+def sample(xp: Arrays, velocity: Velocity, x0, settings: SamplingSettings | None = None, *,
+           noise: Noise | None = None, on_step: OnStep | None = None):
+    """Integrate from the noise ``x0`` at t = 0 to data at t = 1; returns the final state, shaped like x0.
+
+    Args:
+        xp: the array adapter of ``x0``.
+        velocity: ``velocity(x, t, step) -> v``; the caller wraps the model, guidance and the mediator
+            schedule into it. t is (B,) filled with the current time, a float32 value in x's dtype.
+        x0: the initial noise, (B, ...) floating point; B includes a CFG doubling if the caller does one.
+        settings: how to sample; None means the reference's defaults (SDE Euler-Maruyama, 250 steps).
+        noise: ``noise(shape)`` draws the SDE's z ~ N(0, I) of the state's full shape, float32 (numpy arrays
+            are moved to x0's device and dtype). The ODE draws nothing.
+        on_step: ``on_step(step, x_after)``, called after each finished step, the SDE's last step included
+            (not for the identity last step "none"); this is where an adaptive schedule observes the state
+            and picks the model for the next step.
+
+    Raises:
+        SamplingError: a bad input; :class:`NonFiniteError` (``.step``, ``.t``) when a step produced NaN or Inf.
+    """
+    settings = settings if settings is not None else SamplingSettings()
+    if not xp.is_array(x0) or not xp.is_float(x0) or x0.ndim < 1:
+        raise SamplingError("x0 must be a floating-point array with a batch dimension first")
+    sampler = get(settings, xp)
+    run = Run(xp, velocity, settings, noise=noise, on_step=on_step)
+    log.debug("sampling %s with %s", tuple(x0.shape), run.settings)
+    return sampler.integrate(run, x0)

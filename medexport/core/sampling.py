@@ -1,0 +1,225 @@
+"""One sampling run over ``{mediator count: forward}``: guidance, the schedule, noise, the trace. Written once.
+
+:class:`medexport.Pipeline` (torch arrays, runners of any backend), :class:`medexport.lite.LitePipeline` (numpy,
+ONNX Runtime sessions) and the Triton sampler model (numpy, calls to the per-count models) all sample through
+:func:`run_request`; they differ only in their array adapter and in how a forward reaches the engine. So one
+request gives one set of images in each.
+
+A forward is ``forward(x, t, y) -> v`` for any batch (x (B, C, S, S) float32, t (B,) float32, y (B,) int64, as
+the adapter's arrays). With guidance the state is doubled here ([x; x], labels [y; null]) as the reference does.
+Hooks see every engine call before it runs (``hook(Evaluation)``): what calibration records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import SamplingError
+from .arrays import Arrays
+from .request import INITIAL, SDE_COND, SDE_UNCOND, RowNoise, SampleRequest
+from .samplers import Run, get as get_sampler
+from .schedule import FixedSchedule, Schedule
+from .schedule_text import parse_schedule
+from .settings import SamplingSettings
+from .steps import StepInfo
+
+Forward = Callable[[object, object, object], object]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the sampling loop needs to know of a model: its state (channels, size) and its classes (the null
+    class ``num_classes`` is the unconditional label)."""
+
+    channels: int
+    size: int
+    num_classes: int
+
+    @classmethod
+    def of(cls, config) -> ModelShape:
+        """From a model config (a :class:`~medexport.model.ModelConfig` or its JSON dict)."""
+        get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
+        return cls(int(get("in_channels")), int(get("input_size")), int(get("num_classes")))
+
+
+@dataclass(frozen=True)
+class TraceEntry:
+    """One model evaluation: which step, at which t, on which engine, how long (ms, device-timed on GPU)."""
+
+    step: int
+    t: float
+    mediators: int
+    backend: str
+    ms: float
+    batch: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One engine call as a hook sees it, before it runs: the inputs the engine of ``mediators`` receives
+    (guidance doubling included), at ``step``."""
+
+    mediators: int
+    x: object
+    t: object
+    y: object
+    step: StepInfo
+
+
+Hook = Callable[[Evaluation], None]
+
+
+@dataclass
+class SampleResult:
+    """Final latents (B, C, S, S) of the conditional half (the adapter's arrays; :class:`medexport.Pipeline`
+    returns a CPU float32 tensor), the trace of every model evaluation, the wall time and the settings that
+    ran (every field resolved, plus seed, labels and backend)."""
+
+    latents: object
+    trace: list[TraceEntry]
+    seconds: float
+    settings: dict = field(default_factory=dict)
+
+    def steps_per_count(self) -> dict[int, int]:
+        """Distinct denoising steps served by each mediator count."""
+        steps: dict[int, set] = {}
+        for e in self.trace:
+            steps.setdefault(e.mediators, set()).add(e.step)
+        return {n: len(s) for n, s in sorted(steps.items())}
+
+    def engine_ms(self) -> float:
+        return sum(e.ms for e in self.trace)
+
+    def trace_dicts(self) -> list[dict]:
+        return [{"step": e.step, "t": e.t, "mediators": e.mediators, "backend": e.backend, "ms": e.ms,
+                 "batch": e.batch} for e in self.trace]
+
+
+def guide(out, cfg_scale: float, channels: int | None, cat) -> object:
+    """Classifier-free guidance of a [cond; uncond] output (2B, C, S, S), as the reference combines it.
+
+    The first ``channels`` channels (3 in the reference, kept "for exact reproducibility"; None: all) become
+    uncond + s * (cond - uncond), in both halves; the other channels keep the model's output. ``cat(parts,
+    axis)`` joins arrays (``numpy.concatenate``, ``torch.cat``).
+    """
+    k = out.shape[1] if channels is None else channels
+    eps, rest = out[:, :k], out[:, k:]
+    half = len(eps) // 2
+    cond, uncond = eps[:half], eps[half:]
+    half_eps = uncond + cfg_scale * (cond - uncond)
+    return cat([cat([half_eps, half_eps], 0), rest], 1)
+
+
+def resolve_schedule(schedule: Schedule | str | None, counts: Sequence[int]) -> Schedule:
+    """The schedule object for a run over ``counts``: None is the largest count alone; checked against them."""
+    if schedule is None:
+        sched: Schedule = FixedSchedule.static(max(counts))
+    elif isinstance(schedule, str):
+        sched = parse_schedule(schedule)
+    else:
+        sched = schedule
+    sched.validate_against(counts)
+    return sched
+
+
+def check_labels(labels: Sequence[int], num_classes: int) -> None:
+    bad = [int(v) for v in labels if not 0 <= v < num_classes]
+    if bad:
+        raise SamplingError(f"labels {bad[:10]} are outside 0..{num_classes - 1} (the model has {num_classes} "
+                            f"classes; the null class {num_classes} is added by guidance)")
+
+
+def run_request(request: SampleRequest, *, forwards: Mapping[int, Forward], xp: Arrays, shape: ModelShape,
+                defaults: SamplingSettings | None = None, schedule: Schedule | None = None, noise=None,
+                hooks: Sequence[Hook] = (), backends: Mapping[int, str] | None = None) -> SampleResult:
+    """Run one request.
+
+    Args:
+        forwards: one forward per mediator count.
+        xp: the array adapter the forwards take and return.
+        shape: the model's state and classes.
+        defaults: the settings used where the request gives none (a bundle's recommendation).
+        schedule: a schedule object, replacing the request's text schedule.
+        noise: the initial state (B, C, S, S), any array the adapter takes; drawn from the request's seeds when
+            omitted.
+        hooks: called with each :class:`Evaluation` before the engine runs it.
+        backends: the name each count's engine reports in the trace.
+    """
+    if not isinstance(request, SampleRequest):
+        raise SamplingError(f"expected a SampleRequest, got {type(request).__name__}")
+    counts = sorted(forwards)
+    settings = request.settings.over(defaults).resolved()  # the one merge of a run
+    sampler = get_sampler(settings, xp)
+    sched = resolve_schedule(schedule if schedule is not None else settings.schedule, counts)
+    if sched.adaptive and settings.num_model_steps is None:
+        raise SamplingError("an adaptive schedule needs a fixed-step sampler (not dopri5): use --method euler/heun "
+                            "or a fixed schedule")
+    check_labels(request.labels, shape.num_classes)
+    cfg_scale, guided = settings.cfg_scale, settings.guided
+    channels = None if settings.cfg_channels == "all" else min(3, shape.channels)  # 3 on a 1-channel model: all
+    B = len(request.labels)
+    state = (shape.channels, shape.size, shape.size)
+    seeds = request.row_seeds()
+    if noise is None:
+        x0 = xp.from_numpy(RowNoise.for_request(seeds, INITIAL, B)((B, *state)))
+    else:
+        if tuple(noise.shape) != (B, *state):
+            raise SamplingError(f"noise must be {(B, *state)} for {B} labels, got {tuple(noise.shape)}")
+        x0 = noise
+    x0 = xp.from_numpy(xp.to_numpy(x0).astype("float32"))
+    sde_noise = RowNoise.for_request(seeds, SDE_COND, B)
+    y = xp.labels(request.labels)
+    if guided:  # the reference: z = [z; z], y = [y; null]
+        x0 = xp.cat([x0, x0])
+        y = xp.cat([y, xp.labels([shape.num_classes] * B)])
+        sde_noise = sde_noise + RowNoise.for_request(seeds, SDE_UNCOND, B)
+    names = backends or {}
+    trace: list[TraceEntry] = []
+    per_sample = sched.per_sample
+    sched.reset(x0[:B] if per_sample else x0, xp)
+    timer, finite = xp.timer(), xp.finite_check(request.check_finite)
+
+    def evaluate(n: int, x, t, y_):
+        if guided:  # forward_with_cfg: the conditional half, duplicated
+            half = x[: len(x) // 2]
+            x = xp.cat([half, half])
+        step = current[0]
+        for hook in hooks:
+            hook(Evaluation(n, x, t, y_, step))
+        backend = names.get(n, xp.name)
+        start = timer.start()
+        out = forwards[n](x, t, y_)
+        trace.append(TraceEntry(step.index, float(step.t), n, backend, timer.stop(start, len(trace)), len(x)))
+        finite.check(out, backend, n, step)
+        return guide(out, cfg_scale, channels, xp.cat) if guided else out
+
+    current: list[StepInfo] = [StepInfo(0, None, 0.0, 0.0)]
+
+    def velocity(x, t, step: StepInfo):
+        current[0] = step
+        chosen = sched.models_for(step) if per_sample else [sched.model_for(step)] * B
+        if len(set(chosen)) == 1:
+            return evaluate(chosen[0], x, t, y)
+        out = xp.empty_like(x)
+        for n in sorted(set(chosen)):
+            rows = [i for i, k in enumerate(chosen) if k == n]
+            rows = rows + [r + B for r in rows] if guided else rows
+            xp.put(out, rows, evaluate(n, xp.take(x, rows), xp.take(t, rows), xp.take(y, rows)))
+        return out
+
+    def on_step(step: StepInfo, x) -> None:
+        sched.observe(step, x[:B] if per_sample else x)
+
+    start = time.perf_counter()
+    x = sampler.integrate(Run(xp, velocity, settings, noise=sde_noise, on_step=on_step), x0)
+    finite.flush()
+    for i, ms in timer.flush().items():
+        e = trace[i]
+        trace[i] = TraceEntry(e.step, e.t, e.mediators, e.backend, ms, e.batch)
+    seconds = time.perf_counter() - start
+    ran = {**settings.to_dict(), "schedule": str(sched), "seed": request.seed, "labels": list(request.labels),
+           "backend": ",".join(sorted(set(names.values()))) if names else xp.name}
+    return SampleResult(x[:B], trace, seconds, ran)
+
