@@ -8,15 +8,18 @@ import click
 from rich.markup import escape
 
 from .main import cli, console, short_help
+from .options import DeferredChoice
 
 
 @cli.command("export-triton", short_help=short_help("export-triton"))
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Model repository folder (new or empty, or an earlier export with --force).")
-@click.option("--variant", type=click.Choice(["python", "onnx", "tensorrt"]), default="python", show_default=True,
-              help="Per-count models: python (ONNX Runtime in the python backend: any tritonserver), onnx "
-                   "(onnxruntime_onnx platform), tensorrt (tensorrt_plan; the bundle's TensorRT plans).")
+@click.option("--variant", type=DeferredChoice("..serve.triton", "variant_names"), default="python",
+              show_default=True,
+              help="How the per-count models are served, as each backend offers: python (ONNX Runtime in the python "
+                   "backend: any tritonserver), onnx (onnxruntime_onnx platform), tensorrt (tensorrt_plan; the "
+                   "bundle's TensorRT plans).")
 @click.option("--instances", default=1, show_default=True, type=click.IntRange(min=1),
               help="Instances of each per-count model.")
 @click.option("--sampler-instances", default=4, show_default=True, type=click.IntRange(min=1),

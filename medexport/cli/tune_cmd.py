@@ -83,14 +83,12 @@ def _print(result, bundle, pipe) -> None:
                          overflow="fold", min_width=22 if col == "schedule" else None)
     front = {c.schedule for c in result.frontier()}
     for c in result.candidates:
-        fits = (c.measured_ms if result.budget.kind == "ms" else
-                c.gflops / result.largest_static_gflops if result.budget.kind == "fraction" else c.gflops)
         mark = "[bold green]chosen[/]" if c is result.best else ("frontier" if c.schedule in front else "")
         table.add_row(c.schedule, c.kind, f"{c.gflops:.4f}", f"{c.gflops / result.largest_static_gflops:.1%}",
                       f"{c.predicted_ms:.2f}" if c.predicted_ms is not None else "-", f"{c.measured_ms:.2f}",
                       *((f"{100 * c.accuracy:.1f}%", f"{c.fd:.2f}") if judge else ()),
                       f"{c.trajectory:.4f}" if c.trajectory is not None else "-",
-                      "yes" if fits <= result.budget.value * (1 + 1e-9) else "no", mark)
+                      "yes" if result.budget.fits(c.cost) else "no", mark)
     console.print(table)
     b = result.best
     quality = (f"judge accuracy {100 * b.accuracy:.1f}%, FD {b.fd:.2f}" if judge

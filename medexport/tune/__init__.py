@@ -21,14 +21,17 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..model import forward_flops
-from ..core.settings import SamplingSettings
-from ..runtime.samplers import SamplingSettings, StepInfo, sample
+from ..core.arrays import NUMPY
+from ..core.samplers import sample
 from ..core.schedule import AdaptiveSchedule, FixedSchedule
 from ..core.schedule_text import parse_schedule
+from ..core.settings import SamplingSettings
+from ..core.steps import StepInfo
+from ..errors import ConfigError
+from ..model import forward_flops
 
 METRICS = ("judge", "trajectory")
 #: Adaptive ratio pairs judged besides the fixed schedules (a diagonal of the reference's sweep).
@@ -40,12 +43,22 @@ class TuneError(ConfigError):
 
 
 @dataclass(frozen=True)
+class Cost:
+    """What one image costs under a schedule: GFLOPs (exact for fixed schedules) and ms where known."""
+
+    gflops: float
+    ms: float | None = None
+
+
+@dataclass(frozen=True)
 class Budget:
     """At most ``value`` of ``kind``: "gflops" per image, "ms" per image (measured here), or "fraction" of the
-    largest static schedule's GFLOPs."""
+    largest static schedule's GFLOPs. Every candidate is priced here (:meth:`price`, :meth:`fits`)."""
 
     kind: str
     value: float
+    #: GFLOPs per image of the largest static schedule: what a "fraction" budget is a fraction of.
+    largest_gflops: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("gflops", "ms", "fraction"):
@@ -56,6 +69,27 @@ class Budget:
     def describe(self) -> str:
         return {"gflops": f"{self.value:g} GFLOPs / image", "ms": f"{self.value:g} ms / image",
                 "fraction": f"{100 * self.value:g}% of the largest static schedule's GFLOPs"}[self.kind]
+
+    @property
+    def unit(self) -> str:
+        return {"gflops": " GFLOPs / image", "ms": " ms / image", "fraction": ""}[self.kind]
+
+    def against(self, largest_gflops: float) -> Budget:
+        return Budget(self.kind, self.value, largest_gflops)
+
+    def price(self, cost: Cost) -> float | None:
+        """The cost in this budget's unit (None: an ms budget and a cost not timed yet)."""
+        if self.kind == "ms":
+            return cost.ms
+        if self.kind == "fraction":
+            if self.largest_gflops is None:
+                raise TuneError("a fraction budget is priced against the largest static schedule: call against()")
+            return cost.gflops / self.largest_gflops
+        return cost.gflops
+
+    def fits(self, cost: Cost) -> bool:
+        price = self.price(cost)
+        return price is not None and price <= self.value * (1 + 1e-9)
 
 
 @dataclass
@@ -70,6 +104,10 @@ class Candidate:
     fd: float | None = None
     trajectory: float | None = None  # RMS distance from the largest static schedule's samples
     steps_per_count: dict = field(default_factory=dict)
+
+    @property
+    def cost(self) -> Cost:
+        return Cost(self.gflops, self.measured_ms)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -132,9 +170,9 @@ def evaluation_steps(settings: SamplingSettings) -> list[StepInfo]:
 
     def velocity(x, t, step):
         seen.append(step)
-        return torch.zeros_like(x)
+        return np.zeros_like(x)
 
-    sample(velocity, torch.zeros(1, 1), settings, generator=torch.Generator().manual_seed(0))
+    sample(NUMPY, velocity, np.zeros((1, 1), np.float32), settings, noise=lambda shape: np.zeros(shape, np.float32))
     return seen
 
 
@@ -177,6 +215,9 @@ class CostModel:
             n = schedule.model_for(step)
             out[n] = out.get(n, 0) + 1
         return out
+
+    def cost(self, schedule: FixedSchedule) -> Cost:
+        return Cost(self.gflops_per_image(schedule), self.ms_per_image(schedule))
 
     def gflops_per_image(self, schedule: FixedSchedule) -> float:
         return self.factor * sum(k * self.gflops[n] for n, k in self.evaluations(schedule).items())
@@ -269,8 +310,8 @@ def tune(pipe, sampling: SamplingSettings, budget: Budget, *, metric: str = "tra
     if len(counts) < 2:
         raise TuneError(f"the bundle has one mediator count ({counts[0]}): there is no schedule to tune. Build "
                         f"several counts (e.g. --mediators 16,32,64) to trade quality for cost")
-    settings = SamplingSettings(sampler=sampling.sampler, method=sampling.method, steps=sampling.steps)
-    cost = CostModel(pipe, settings, sampling.cfg_scale)
+    settings = SamplingSettings(sampler=sampling.sampler, method=sampling.method, steps=sampling.steps).resolved()
+    cost = CostModel(pipe, settings, sampling.resolved_cfg_scale)
     judge = Judge(pipe, sampling, metric=metric, images=images, seed=seed, batch=batch)
     E = cost.num_steps
     largest = counts[-1]
@@ -302,16 +343,10 @@ def tune(pipe, sampling: SamplingSettings, budget: Budget, *, metric: str = "tra
     for n in [largest, *counts[:-1]]:
         evaluate(str(n), "static")
 
-    def price(c_or_sched) -> float:
-        if budget.kind == "ms":
-            return c_or_sched.measured_ms if isinstance(c_or_sched, Candidate) else cost.ms_per_image(c_or_sched)
-        g = c_or_sched.gflops if isinstance(c_or_sched, Candidate) else cost.gflops_per_image(c_or_sched)
-        return g / largest_gflops if budget.kind == "fraction" else g
-
-    limit = budget.value
-    floor = min(price(evaluated[str(n)]) for n in counts)
-    if floor > limit * (1 + 1e-9):
-        unit = {"gflops": " GFLOPs / image", "ms": " ms / image", "fraction": ""}[budget.kind]
+    budget = budget.against(largest_gflops)
+    floor = min(budget.price(evaluated[str(n)].cost) for n in counts)
+    if floor > budget.value * (1 + 1e-9):
+        unit = budget.unit
         cheapest_text = (f"{floor:.1%} of the largest static schedule's GFLOPs" if budget.kind == "fraction"
                          else f"{floor:.4g}{unit} ({cheapest / largest_gflops:.1%} of the largest's GFLOPs)")
         raise TuneError(f"the budget ({budget.describe()}) is below the cheapest schedule: the static "
@@ -321,7 +356,7 @@ def tune(pipe, sampling: SamplingSettings, budget: Budget, *, metric: str = "tra
 
     # Fixed schedules on the budget's edge: k steps to the smallest count, the most the largest can take.
     def fits(alloc: list[int]) -> bool:
-        return price(parse_schedule(allocation_schedule(counts, alloc, E))) <= limit * (1 + 1e-9)
+        return budget.fits(cost.cost(parse_schedule(allocation_schedule(counts, alloc, E))))
 
     candidates = edge_allocations(len(counts), E, fits)
     coarse = candidates[:: max(1, len(candidates) // 5)] if len(candidates) > 6 else candidates
@@ -334,7 +369,7 @@ def tune(pipe, sampling: SamplingSettings, budget: Budget, *, metric: str = "tra
         for ratios in ADAPTIVE_RATIOS:
             evaluate(str(AdaptiveSchedule(counts, ratios[: len(counts) - 1])), "adaptive")
 
-    fits = [c for c in evaluated.values() if price(c) <= limit * (1 + 1e-9)]
+    fits = [c for c in evaluated.values() if budget.fits(c.cost)]
     if not fits:
         raise TuneError(f"no schedule judged fits {budget.describe()}")
     best = max(fits, key=lambda c: (quality_key(c, metric), -c.gflops))
@@ -375,5 +410,5 @@ def check_budget_args(gflops: float | None, ms: float | None, fraction: float | 
     return Budget(kind, float(value))
 
 
-__all__ = ["ADAPTIVE_RATIOS", "METRICS", "Budget", "Candidate", "CostModel", "TuneError", "TuneResult",
+__all__ = ["ADAPTIVE_RATIOS", "METRICS", "Budget", "Candidate", "Cost", "CostModel", "TuneError", "TuneResult",
            "allocation_schedule", "check_budget_args", "edge_allocations", "evaluation_steps", "quality_key", "tune"]
