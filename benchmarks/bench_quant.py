@@ -32,7 +32,7 @@ from medexport import Pipeline  # noqa: E402
 from medexport.core.batch import BatchRange  # noqa: E402
 from medexport.backend.onnxrt import session_from_onnx  # noqa: E402
 from medexport.bundle import Bundle, BuildSettings, ModelSource, build_bundle  # noqa: E402
-from medexport.quant.calibration import record  # noqa: E402
+from medexport.calibrate import record  # noqa: E402
 from medexport.runtime.report import cpu_flags  # noqa: E402
 
 PRECISIONS = ("int8", "int8-static")

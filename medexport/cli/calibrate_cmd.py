@@ -34,7 +34,8 @@ def calibrate(bundle, schedule, mode, num, seed, max_rows, sampler, method, step
 
     Build calibrated engines from the result with `medexport build --precision int8-static --calibration DIR`.
     """
-    from ..quant.calibration import DEFAULT_ROOT, record
+    from ..calibrate import record
+    from ..quant.calibration import DEFAULT_ROOT
 
     out = output or DEFAULT_ROOT / (Path(bundle).resolve().name + ("-trajectory" if mode == "trajectory" else ""))
     t0 = time.perf_counter()

@@ -9,7 +9,6 @@ architecture is read off the state dict; pickles are loaded with ``weights_only=
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from medexport import Pipeline
 from medexport.errors import BundleError, SamplingError, ScheduleError

@@ -12,7 +12,8 @@ import pytest
 from medexport.core.batch import BatchRange
 from medexport.bundle import Bundle, BuildSettings, ModelSource, build_bundle, verify_bundle
 from medexport.errors import BackendUnavailableError, CalibrationError, ConfigError, ScheduleError
-from medexport.quant.calibration import MANIFEST, CalibrationSet, record
+from medexport.calibrate import record
+from medexport.quant.calibration import MANIFEST, CalibrationSet
 from tests.conftest import COUNTS
 
 SAMPLING = {"sampler": "ode", "method": "euler", "steps": 9, "cfg_scale": 2.0}

@@ -9,7 +9,7 @@ from medexport import Pipeline
 from medexport.cli import cli
 from medexport.judge import JudgeError
 from medexport.core.settings import SamplingSettings
-from medexport.runtime.samplers import SamplingSettings, StepInfo
+from medexport.core.steps import StepInfo
 from medexport.core.schedule_text import parse_schedule
 from medexport.tune import (Budget, TuneError, allocation_schedule, check_budget_args, edge_allocations,
                             evaluation_steps, tune)
