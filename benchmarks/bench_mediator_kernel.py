@@ -5,7 +5,7 @@ count n and batch B, times
 
 * ``reference``: the op's plain-PyTorch implementation (matmul, softmax, matmul, twice; scores in memory),
 * ``sdpa x2``: two ``F.scaled_dot_product_attention`` calls with the position biases as float masks,
-* ``triton``: the fused kernel (``medexport.kernels.triton_mediator_attention``, default launch),
+* ``triton``: the fused kernel (``medexport.ops.kernels.triton_mediator_attention``, default launch),
 * ``split-N``: the same kernels' split-N form (stage 1 over chunks of keys, merged, stage 2 per query tile),
 * ``full attn``: plain self-attention over the same N tokens through SDPA (what mediators replace),
 
@@ -73,7 +73,7 @@ def operands(B: int, N: int, n: int, dtype: torch.dtype) -> tuple:
 
 def bench_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench, peak: float) -> str | None:
     """One table row, or None (after saying why on stderr) when a method disagrees with the reference."""
-    from medexport.kernels import triton_mediator_attention
+    from medexport.ops.kernels import triton_mediator_attention
     from medexport.ops import mediator_attention_reference
 
     ins = operands(B, N, n, dtype)
@@ -112,7 +112,7 @@ def bench_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench, peak: 
 
 def sweep_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench) -> str:
     """One row of the launch sweep: the default launch against the fastest (block_n, splits) that is correct."""
-    from medexport.kernels import triton_mediator as tm
+    from medexport.ops.kernels import triton_mediator as tm
     from medexport.ops import mediator_attention_reference
 
     ins = operands(B, N, n, dtype)

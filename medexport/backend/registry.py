@@ -128,12 +128,14 @@ class EngineBackend(abc.ABC):
 
     Class attributes: ``name`` (the CLI's and the manifest's), ``preference`` (lower is tried first by "auto";
     None: never chosen by "auto"), ``builds_engine`` (False for a backend that runs the PyTorch models and keeps
-    nothing in the bundle), ``options`` (its build options), ``triton`` (how Triton serves it).
+    nothing in the bundle), ``is_reference`` (the one backend engines are compared with), ``options`` (its build
+    options), ``triton`` (how Triton serves it).
     """
 
     name: str = ""
     preference: int | None = None
     builds_engine: bool = True
+    is_reference: bool = False
     options: tuple[BackendOption, ...] = ()
     triton: tuple[TritonVariant, ...] = ()
 
@@ -252,6 +254,15 @@ def triton_variants() -> dict[str, tuple[EngineBackend, TritonVariant]]:
     return {v.name: (b, v) for b in sorted(_all().values(), key=lambda b: b.name) for v in b.triton}
 
 
+def reference() -> EngineBackend:
+    """The backend that runs the PyTorch models the engines were built from (what engines are checked and
+    timed against)."""
+    found = [b for b in _all().values() if b.is_reference]
+    if len(found) != 1:
+        raise BackendUnavailableError(f"expected one reference backend, found {[b.name for b in found]}")
+    return found[0]
+
+
 def get(name: str) -> EngineBackend:
     """The backend called ``name``; BackendUnavailableError naming the choices for an unknown one."""
     found = _all().get(name)
@@ -290,5 +301,5 @@ def resolve(requested: str, precision: str | None = None) -> tuple[EngineBackend
 
 
 __all__ = ["BackendOption", "BuildInputs", "EngineBackend", "RunnerInputs", "TritonVariant", "build_choices",
-           "discover", "engine_names", "get", "names", "options", "preference", "register", "resolve",
+           "discover", "engine_names", "get", "names", "options", "preference", "reference", "register", "resolve",
            "sample_choices", "triton_variants", "unregister"]

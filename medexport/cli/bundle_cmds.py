@@ -56,6 +56,20 @@ def _default_name(model_name: str | None, image_size: int, checkpoints: list[tup
     return DEFAULT_OUTPUT_ROOT / f"{model_name.replace('/', '-')}-{image_size}-random"
 
 
+def backend_options(command):
+    """The build options each backend declares (``EngineBackend.options``), one click option each."""
+    for _, option in reversed(registry.options()):
+        if option.kind == "flag":
+            decl = click.option(f"--{option.flag}/--no-{option.flag}", option.name, default=option.default,
+                                show_default=True, help=option.help)
+        else:
+            lo, hi = option.choices or (None, None)
+            decl = click.option(f"--{option.flag}", option.name, default=option.default, show_default=True,
+                                type=click.IntRange(lo, hi), help=option.help)
+        command = decl(command)
+    return command
+
+
 @cli.command(short_help=short_help("build"))
 @click.option("--checkpoint", "checkpoints", multiple=True, metavar="N=PATH",
               help="Checkpoint of the N-mediator model (repeat per count).")
@@ -69,7 +83,7 @@ def _default_name(model_name: str | None, image_size: int, checkpoints: list[tup
                                                 f"{DEFAULT_MEDIATORS} with --model].")
 @click.option("--init-seed", "seed", default=0, show_default=True, help="Seed of the random weights (--model).")
 @click.option("--seed", "seed_alias", type=int, default=None, hidden=True)
-@click.option("--backend", type=click.Choice(registry.BUILD_CHOICES), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(registry.build_choices()), default="auto", show_default=True,
               help="auto: the fastest that builds here (TensorRT with a CUDA GPU, else ONNX Runtime).")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
               help="fp32/fp16/bf16: the exported dtype. int8: dynamic int8, the fastest on a CPU. int8-static, fp8: "
@@ -80,14 +94,13 @@ def _default_name(model_name: str | None, image_size: int, checkpoints: list[tup
 @click.option("--batch", default=None, metavar="MIN:OPT:MAX",
               help=f"Batch sizes the engines accept, counting the CFG doubling [default: {DEFAULT_BATCH}; "
                    f"{DEMO_BATCH} for the demo].")
-@click.option("--plugin/--no-plugin", default=True, show_default=True,
-              help="Use the TensorRT mediator-attention plugin where registered (else the function body).")
+@backend_options
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help=f"Bundle folder [default: engines/{DEMO_NAME}, engines/<model>-<size>-random or "
                    f"engines/<checkpoint>-<content hash>].")
 @click.option("--force", is_flag=True, help="Redo every export and engine, even those up to date.")
 def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_alias, backend, precision, calibration,
-          onnx_only, batch, plugin, output, force) -> None:
+          onnx_only, batch, output, force, **backend_settings) -> None:
     """Export each mediator count to ONNX and build engines into a bundle.
 
     With no model arguments it builds the demo model that ships with medexport (Fashion-MNIST, 4, 8 and 16
@@ -116,7 +129,7 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_al
     else:
         counts = parse_int_list(mediators or DEFAULT_MEDIATORS, "--mediators")
         sources = [ModelSource(n, model_name=model_name, image_size=image_size, seed=seed) for n in counts]
-    settings = BuildSettings(backend=backend, precision=precision, batch=batch_range, backend_options={"plugin": plugin},
+    settings = BuildSettings(backend=backend, precision=precision, batch=batch_range, backend_options=backend_settings,
                              calibration=calibration, onnx_only=onnx_only)
     out = output or default_output(model_name, image_size, [] if demo else ckpts, precision)
     report = build_bundle(sources, out, settings, force=force)
@@ -135,7 +148,7 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_al
 
 @cli.command(short_help=short_help("verify"))
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--backend", "backends", type=click.Choice(registry.PREFERENCE), multiple=True,
+@click.option("--backend", "backends", type=click.Choice(registry.engine_names()), multiple=True,
               help="Only engines of this backend (repeatable) [default: all].")
 @click.option("--input-seed", "seed", default=0, show_default=True, help="Seed of the random test inputs.")
 @click.option("--seed", "seed_alias", type=int, default=None, hidden=True)

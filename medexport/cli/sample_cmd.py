@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..backend import registry
 from ..errors import SamplingError
 from ..runtime.benchmark import run_benchmarks, run_summary, summary
 from ..core.request import SampleRequest
@@ -100,9 +101,10 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
                                         f"one model")
                 others[_label(other_pipe, other, against)] = other_pipe
             factories.update({label: (lambda p=p: p) for label, p in others.items()})
-            if reference and pipe.backend != "torch":  # on the device the engines turned out to run on
-                factories["torch"] = lambda: Pipeline.from_bundle(bundle, backend="torch", device=str(pipe.device),
-                                                                  threads=threads)
+            ref = registry.reference().name
+            if reference and pipe.backend != ref:  # on the device the engines turned out to run on
+                factories[ref] = lambda: Pipeline.from_bundle(bundle, backend=ref, device=str(pipe.device),
+                                                              threads=threads)
             total = (max(1, warmup) + runs) * len(factories)
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           console=err_console) as progress:
@@ -112,15 +114,15 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
                                                              **{label: in_use.get(p.device.type)
                                                                 for label, p in others.items()}},
                                                   progress=lambda: progress.advance(task))
-            ref_stats = stats.get("torch") if pipe.backend != "torch" else None
+            ref_stats = stats.get(ref) if pipe.backend != ref else None
             summaries = [summary(pipelines[label], stats[label], ref_stats) | {"label": label}
                          for label in (main, *others)]
             if ref_stats is not None:
-                summaries.append(summary(pipelines["torch"], ref_stats, None) | {"label": "torch"})
+                summaries.append(summary(pipelines[ref], ref_stats, None) | {"label": ref})
             result = stats[main].last
             ref_result = ref_stats.last if ref_stats else None
             results = {name: s.last for name, s in stats.items()}
-            _print_benchmark(stats, summaries, main)
+            _print_benchmark(stats, summaries, main, ref)
         written = []
         extra = {}
         if pipe.data is not None:  # pixel space: the samples are images
@@ -200,7 +202,7 @@ def _label(pipe: Pipeline, bundle: Path, against: tuple) -> str:
     return f"{pipe.backend} {pipe.precision} ({Path(bundle).name})"
 
 
-def _print_benchmark(stats: dict, summaries: list[dict], main: str) -> None:
+def _print_benchmark(stats: dict, summaries: list[dict], main: str, ref: str) -> None:
     counts = sorted({e.mediators for s in stats.values() for e in s.last.trace})
     steps = stats[main].last.steps_per_count()
     table = Table(title="mean step latency (ms) per mediator count")
@@ -208,13 +210,13 @@ def _print_benchmark(stats: dict, summaries: list[dict], main: str) -> None:
     table.add_column("steps served", justify="right")
     for name in stats:
         table.add_column(name, justify="right")
-    if "torch" in stats and main != "torch":
+    if ref in stats and main != ref:
         table.add_column("speed-up", justify="right")
     per = {name: s.step_ms_per_count() for name, s in stats.items()}
     for n in counts:
         row = [str(n), str(steps.get(n, 0))] + [f"{per[name].get(n, float('nan')):.2f}" for name in stats]
-        if "torch" in stats and main != "torch":
-            row.append(f"{per['torch'][n] / per[main][n]:.2f}x")
+        if ref in stats and main != ref:
+            row.append(f"{per[ref][n] / per[main][n]:.2f}x")
         table.add_row(*row)
     console.print(table)
     table = Table(title="per batch (median of the timed runs)")
@@ -227,7 +229,7 @@ def _print_benchmark(stats: dict, summaries: list[dict], main: str) -> None:
             ("peak memory of backend (MiB)", lambda s: f"{s['peak_memory_bytes'] / 2**20:.0f}"),
             ("GFLOPs / image", lambda s: f"{s['gflops_per_image']:.1f}"),
             ("runtime overhead", lambda s: f"{100 * s['runtime_overhead_fraction']:.2f}%"),
-            ("speed-up vs torch", lambda s: f"{s['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in s
+            (f"speed-up vs {ref}", lambda s: f"{s['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in s
              else "reference")]
     for label, fmt in rows:
         table.add_row(label, *[fmt(s) for s in summaries])

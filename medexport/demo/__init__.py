@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from ..assets import AssetError, record_sums, verified_file
+from ..core.assets import AssetError, record_sums, verified_file
 from ..core.files import replacing, write_json
 
 NAME = "fashion-mnist-demo"

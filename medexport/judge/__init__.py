@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..assets import record_sums, verified_file
+from ..core.assets import record_sums, verified_file
 from ..core.files import replacing
 from ..errors import MedexportError
 from ..runtime.images import from_uint8

@@ -279,6 +279,10 @@ class MediatorDiT(nn.Module):
         caller's model is never changed in place."""
         p = next(self.parameters())
         device = p.device if device is None else torch.device(device)
+        if device.type == "cuda":  # the op's Triton kernel, where triton imports
+            from ..ops.kernels import register_cuda_kernel
+
+            register_cuda_kernel()
         if p.dtype == dtype and p.device == device:
             return self
         import copy

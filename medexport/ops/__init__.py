@@ -1,8 +1,8 @@
-"""PyTorch custom ops of medexport (registered on import, with the Triton kernel on CUDA where available)."""
+"""PyTorch custom ops of medexport: ``medexport::mediator_attention`` (defined on import, as any op is) and, under
+``kernels/``, its Triton kernel, registered as the op's CUDA implementation when asked
+(:func:`medexport.ops.kernels.register_cuda_kernel`), never as a side effect of an import."""
 
 from .mediator_attention import (ONNX_DOMAIN, ONNX_OP_TYPE, PLUGIN_NAMESPACE, mediator_attention,
                                  mediator_attention_reference)
-
-from .. import kernels  # noqa: E402,F401  (registers the Triton kernel as the op's CUDA implementation)
 
 __all__ = ["ONNX_DOMAIN", "ONNX_OP_TYPE", "PLUGIN_NAMESPACE", "mediator_attention", "mediator_attention_reference"]

@@ -58,22 +58,25 @@ def run_benchmarks(factories: dict[str, Callable[[], Pipeline]], request: Sample
     """Create each pipeline and warm it up (measuring its memory: peak during warm-up minus what was in use
     before it was created, from ``baselines`` for pipelines the caller created already), then time ``runs``
     runs of each on the same inputs, alternating between pipelines so that machine noise hits all alike."""
+    from ..backend import registry
+
     pipelines, stats = {}, {}
     for name, factory in factories.items():
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        base = (baselines or {}).get(name)
-        base = current_memory(device) if base is None else base
+        # what is in use before the pipeline exists, on every device it may turn out to run on
+        before = {"cpu": current_memory(torch.device("cpu"))}
+        if torch.cuda.is_available():
+            before["cuda"] = current_memory(torch.device("cuda"))  # 0 while CUDA is not started: starts nothing
         p = pipelines[name] = factory()
+        base = (baselines or {}).get(name)
+        base = before.get(p.device.type, 0) if base is None else base
         reset_peak_memory(p.device)
         for _ in range(max(1, warmup)):
             p.run(request)
             if progress is not None:
                 progress()
         stats[name] = BackendStats(p.backend, peak_memory_bytes=max(0, peak_memory(p.device) - base))
-        if p.backend != "torch":  # e.g. TensorRT's shared activation buffer, outside torch's allocator
-            from ..backend import registry
-
-            stats[name].peak_memory_bytes += registry.get(p.backend).memory_outside_torch(list(p.runners.values()))
+        # e.g. TensorRT's shared activation buffer, outside torch's allocator (0 for the others)
+        stats[name].peak_memory_bytes += registry.get(p.backend).memory_outside_torch(list(p.runners.values()))
     for _ in range(runs):
         for name, p in pipelines.items():
             stats[name].results.append(p.run(request))

@@ -5,7 +5,7 @@ Every test here skips with a reason on a machine without CUDA (CI has none); on 
 
     python -m pytest -q tests/gpu
 
-The CPU suite checks the same kernel under the Triton interpreter (tests/kernels), where bfloat16 dots are
+The CPU suite checks the same kernel under the Triton interpreter (tests/ops), where bfloat16 dots are
 emulated in float32; here the dots run on tensor cores.
 """
 
@@ -48,7 +48,7 @@ def _truth(q, k, v, m, bias_mk, bias_qm, scale):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-H{}-N{}-n{}-d{}".format(*s))
 def test_compiled_kernel_matches_reference(shape, dtype, form):
     pytest.importorskip("triton", reason="triton is not installed (pip install 'medexport[triton]')")
-    from medexport.kernels import triton_mediator_attention
+    from medexport.ops.kernels import triton_mediator_attention
 
     ins = _operands(*shape, dtype)
     out = triton_mediator_attention(*ins, **({"chunks": 0} if form == "split-n" else {}))
@@ -61,7 +61,7 @@ def test_compiled_kernel_matches_reference(shape, dtype, form):
 def test_compiled_kernel_takes_strided_qkv_views():
     """q, k, v as the model makes them: views of one qkv projection, last dimension contiguous."""
     pytest.importorskip("triton", reason="triton is not installed (pip install 'medexport[triton]')")
-    from medexport.kernels import triton_mediator_attention
+    from medexport.ops.kernels import triton_mediator_attention
 
     B, H, N, n, d = 2, 4, 196, 16, 72
     g = torch.Generator(device="cuda").manual_seed(1)
@@ -76,8 +76,8 @@ def test_compiled_kernel_takes_strided_qkv_views():
 
 def test_op_runs_the_triton_kernel_on_cuda():
     pytest.importorskip("triton", reason="triton is not installed (pip install 'medexport[triton]')")
-    from medexport import kernels
-    from medexport.kernels import triton_mediator_attention
+    from medexport.ops import kernels
+    from medexport.ops.kernels import triton_mediator_attention
 
     assert kernels.registered_cuda_kernel() == "triton"
     ins = _operands(2, 4, 256, 16, 64, torch.bfloat16)

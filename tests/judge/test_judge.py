@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from medexport.assets import AssetError
+from medexport.core.assets import AssetError
 from medexport.data import DEFAULT_DIR
 from medexport.judge import JUDGE_FILE, WEIGHTS_DIR, JudgeError, frechet_distance, load_judge, real_floor, score
 

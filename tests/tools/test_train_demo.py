@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import medexport
-from medexport.assets import AssetError
+from medexport.core.assets import AssetError
 from medexport.model import read_checkpoint
 
 from ..data.fake_idx import write_fake

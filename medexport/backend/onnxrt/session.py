@@ -7,18 +7,22 @@ models open their sessions here, with the same options.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from ...errors import BackendUnavailableError
 
 
 def _gpu_present() -> bool:
-    """Whether a CUDA GPU is visible: onnxruntime-gpu lists its CUDA provider on machines without one."""
-    try:
-        import torch
-    except ImportError:
-        return True  # no torch to ask: trust the provider list
-    return torch.cuda.is_available()
+    """Whether a CUDA GPU is visible: onnxruntime-gpu lists its CUDA provider on machines without one. Asks
+    torch where it is loaded already (it honours CUDA_VISIBLE_DEVICES), else the NVIDIA driver's device list."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.cuda.is_available()
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
 
 
 def available_providers() -> list[str]:

@@ -12,6 +12,7 @@ from ..registry import BuildInputs, EngineBackend, RunnerInputs
 class PyTorchBackend(EngineBackend):
     name = "torch"
     builds_engine = False  # nothing is kept in the bundle: the reference runs the source models
+    is_reference = True
 
     def status(self) -> tuple[bool, str]:
         try:

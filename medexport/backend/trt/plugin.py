@@ -2,7 +2,7 @@
 
 The plugin is a TensorRT "quickly deployable" Python plugin (``tensorrt.plugin``) with an AOT implementation
 (TensorRT >= 10.9): at engine build time :func:`register_plugin`'s ``aot_impl`` compiles
-:func:`medexport.kernels.triton_mediator.mediator_attention_kernel` to PTX with ``triton.compile`` and hands
+:func:`medexport.ops.kernels.triton_mediator.mediator_attention_kernel` to PTX with ``triton.compile`` and hands
 TensorRT the PTX and its launch parameters. TensorRT embeds the PTX in the engine, so the engine runs on the
 plain TensorRT runtime (trtexec, C++) with no Python and no registration at run time.
 
@@ -107,7 +107,7 @@ def plugin_available() -> tuple[bool, str]:
 @lru_cache(maxsize=None)
 def _compile(dtype: torch.dtype, num_mediators: int, head_dim: int, scale: float):
     """The kernel compiled for the current GPU; cached, as TensorRT asks once per tactic and type combination."""
-    from ...kernels import triton_mediator
+    from ...ops.kernels import triton_mediator
 
     compiled = triton_mediator.compile_kernel(dtype, num_mediators, head_dim, scale, block_n=BLOCK_N)
     md = compiled.metadata
@@ -179,7 +179,7 @@ def register_plugin() -> None:
         bias_mk: trtp.TensorDesc, bias_qm: trtp.TensorDesc, scale: float, outputs: Tuple[trtp.TensorDesc],
         tactic: int,
     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]:
-        from ...kernels import triton_mediator
+        from ...ops.kernels import triton_mediator
 
         if q.dtype not in torch_dtypes:
             raise BackendUnavailableError(f"{PLUGIN_ID}: no kernel for {q.dtype}")

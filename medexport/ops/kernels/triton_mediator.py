@@ -22,7 +22,7 @@ Padding: n is padded to a power of two >= 16 (``BLOCK_MED``) and d to a power of
 d = 72 -> 128), both masked; a ragged last key/query tile is masked too. 16 is the smallest extent ``tl.dot``
 accepts.
 
-This module imports triton at import time; import it through :mod:`medexport.kernels`, which guards that.
+This module imports triton at import time; import it through :mod:`medexport.ops.kernels`, which guards that.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..ops.mediator_attention import check_shapes
+from ..mediator_attention import check_shapes
 
 #: The largest mediator count the kernel takes: stage 2 keeps all mediators in one tile (and V_m in registers).
 MAX_MEDIATORS = 128

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .core.files import write_text
-from .errors import MedexportError
-from .core.files import file_sha256
+from .files import file_sha256, write_text
+from ..errors import MedexportError
 
 SUMS = "SHA256SUMS"
 

@@ -1,13 +1,13 @@
 """Device kernels for medexport's custom ops.
 
 * :func:`triton_mediator_attention` runs the fused Triton mediator-attention kernel directly
-  (``medexport/kernels/triton_mediator.py``).
+  (``medexport/ops/kernels/triton_mediator.py``).
 * :func:`register_cuda_kernel` makes that kernel the CUDA implementation of
-  ``torch.ops.medexport.mediator_attention``; importing this package does it when a CUDA device is present and
-  triton imports.
+  ``torch.ops.medexport.mediator_attention``. Nothing does it as a side effect of an import: the PyTorch runner
+  and :meth:`MediatorDiT.cast` call it when a model is put on a CUDA device.
 
-Triton is optional: importing this package never imports it unless a CUDA device is present, and the functions
-that need it raise :class:`~medexport.errors.BackendUnavailableError` when it is missing.
+Triton is optional: importing this package never imports it, and the functions that need it raise
+:class:`~medexport.errors.BackendUnavailableError` when it is missing.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 import torch
 from torch import Tensor
 
-from ..errors import BackendUnavailableError
+from ...errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def triton_mediator_attention(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_m
     Same arguments and result as ``torch.ops.medexport.mediator_attention``: q, k, v (B, H, N, d), m (B, H, n, d),
     bias_mk (H, n, N), bias_qm (H, N, n) -> o (B, H, N, d). CUDA tensors, or CPU tensors under the Triton
     interpreter (``TRITON_INTERPRET=1`` set before triton is imported). ``launch`` takes the keyword overrides of
-    :func:`medexport.kernels.triton_mediator.triton_mediator_attention` (``block_n``, ``splits``).
+    :func:`medexport.ops.kernels.triton_mediator.triton_mediator_attention` (``block_n``, ``splits``).
     Raises ValueError for bad shapes, n > 128 or unsupported dtypes; BackendUnavailableError without triton.
     """
     return _kernel_module().triton_mediator_attention(q, k, v, m, bias_mk, bias_qm, scale, **launch)
@@ -66,7 +66,7 @@ def _cuda_triton_impl(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tenso
     The op is defined for any n <= N and any floating dtype; the kernel takes n <= 128 and fp32/fp16/bf16 with
     q, k, v, m of one dtype, so the rest (float64, mixed dtypes, many mediators) keeps the reference's result.
     """
-    from ..ops import mediator_attention_reference
+    from ..mediator_attention import mediator_attention_reference
 
     mod = _kernel_module()
     n = m.shape[2] if m.dim() == 4 else 0
@@ -79,7 +79,7 @@ def _cuda_triton_impl(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tenso
 
 def _cuda_reference_impl(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor,
                          scale: float) -> Tensor:
-    from ..ops import mediator_attention_reference
+    from ..mediator_attention import mediator_attention_reference
 
     return mediator_attention_reference(q, k, v, m, bias_mk, bias_qm, scale)
 
@@ -93,7 +93,7 @@ def register_cuda_kernel() -> str:
     global _cuda_kernel
     if _cuda_kernel is not None:
         return _cuda_kernel
-    from ..ops import mediator_attention  # the CustomOpDef, not the module of the same name
+    from ..mediator_attention import mediator_attention  # the CustomOpDef
 
     ok, why = triton_available()
     if ok:
@@ -109,8 +109,3 @@ def register_cuda_kernel() -> str:
 def registered_cuda_kernel() -> str | None:
     """Which CUDA implementation :func:`register_cuda_kernel` installed, or None if it has not run."""
     return _cuda_kernel
-
-
-# Only with a GPU: importing triton costs time and is pointless on a CPU-only machine.
-if torch.cuda.is_available() and triton_available()[0]:
-    register_cuda_kernel()

@@ -11,7 +11,7 @@ runs and work while the in-process tests (opcheck) run. Modes:
 * ``compile`` (no interpreter): the kernel compiled ahead of time to PTX for sm_90, as the TensorRT plugin does
   (no GPU is needed to compile), checking the launch contract the plugin relies on; CPU tensors refused outside
   the interpreter; register_cuda_kernel's choice and idempotency.
-* ``no-triton`` (triton made unimportable): ``medexport.kernels`` imports, says why it cannot run, and
+* ``no-triton`` (triton made unimportable): ``medexport.ops.kernels`` imports, says why it cannot run, and
   register_cuda_kernel falls back to the reference.
 
 bfloat16: in the interpreter ``tl.dot`` on bfloat16 operands gives wrong results (a known limitation), so for
@@ -96,7 +96,7 @@ def _rel_err(out, truth):
 
 
 def _worker_interpret():
-    from medexport import kernels
+    from medexport.ops import kernels
     from medexport.ops import mediator_attention_reference
 
     results = {"cases": {}, "bad_inputs": {}}
@@ -135,8 +135,8 @@ def _worker_compile():
 
     from triton.backends.compiler import GPUTarget
 
-    from medexport import kernels
-    from medexport.kernels import triton_mediator
+    from medexport.ops import kernels
+    from medexport.ops.kernels import triton_mediator
     from medexport.ops import mediator_attention_reference
 
     results = {"ptx": {}}
@@ -178,7 +178,7 @@ def _compile_split(fn, dtype: str, n: int, d: int, target) -> str:
     """The entry name of ``fn`` compiled ahead of time for ``target`` (pointers of ``dtype``, float32 partials)."""
     import triton
 
-    from medexport.kernels import triton_mediator
+    from medexport.ops.kernels import triton_mediator
 
     elem = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype]
     cfg = triton_mediator.block_sizes(n, d, None, 64)
@@ -201,7 +201,7 @@ def _compile_split(fn, dtype: str, n: int, d: int, target) -> str:
 
 def _worker_no_triton():
     sys.modules["triton"] = None  # any `import triton` now raises ImportError
-    from medexport import kernels
+    from medexport.ops import kernels
     from medexport.errors import BackendUnavailableError
 
     results = {"available": kernels.triton_available()}
