@@ -205,10 +205,10 @@ def test_benchmark_runs_the_reference_where_the_engines_run(tiny_bundle, tmp_pat
     timed there too, and the engines' memory is counted from the CPU's figure, not the GPU's."""
     import torch
 
-    from medexport.backend.onnxrt import runner as ort_runner
+    from medexport.backend.onnxrt import session as ort_session
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine (this build of torch has none)
-    monkeypatch.setattr(ort_runner, "available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(ort_session, "available_providers", lambda: ["CPUExecutionProvider"])
     out = tmp_path / "bench"
     r = run("sample", tiny_bundle, "--num", "2", "--sampler", "ode", "--method", "euler", "--steps", "3",
             "--benchmark", "--warmup", "1", "--runs", "1", "-o", out)

@@ -240,8 +240,9 @@ def build_choices() -> tuple[str, ...]:
 
 
 def sample_choices() -> tuple[str, ...]:
-    """``sample --backend``'s choices: "auto", every engine backend and those that run the PyTorch models."""
-    return ("auto", *names())
+    """``sample --backend``'s choices: "auto", the reference, then every other backend."""
+    ref = reference().name
+    return ("auto", ref, *(n for n in names() if n != ref))
 
 
 def options() -> list[tuple[EngineBackend, BackendOption]]:

@@ -1,6 +1,7 @@
 """Mediator DiT/SiT: DiT's backbone with mediator attention in every block.
 
-Written from ``shared/spec/mediator-dit.md``; parameter names match the reference code so its checkpoints load
+Written from the paper and its reference code (the mediator SiT of "Efficient Diffusion Transformer with Step-wise
+Dynamic Attention Mediators"); parameter names match the reference code so its checkpoints load
 unchanged. Sections: embedders, mediator attention, block, final layer, model.
 """
 

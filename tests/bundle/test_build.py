@@ -66,7 +66,7 @@ def test_changed_checkpoint_rebuilds_only_its_count(tiny_bundle, tiny_checkpoint
     report = build_bundle(sources(ckpts), bundle, SETTINGS, show_progress=False)
     assert {r.mediators: r.exported for r in report.counts} == {16: False, 32: True, 64: False}
     m = Bundle(bundle)
-    assert m.entry(32)["source"]["sha256"] == file_sha256(ckpts[32])
+    assert m.entry(32).source.sha256 == file_sha256(ckpts[32])
     # a file whose name exists but whose content changed is rebuilt too
     (bundle / "mediators-16.fp32.onnx").write_bytes(b"garbage")
     report = build_bundle(sources(ckpts), bundle, SETTINGS, show_progress=False)

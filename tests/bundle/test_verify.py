@@ -47,7 +47,7 @@ def test_fp16_bundle_builds_and_verifies_within_its_tolerance(tiny_checkpoints, 
     build_bundle([ModelSource(32, checkpoint=tiny_checkpoints[32])], out,
                  BuildSettings(backend="onnxruntime", precision="fp16", batch=BatchRange(1, 2, 4)), show_progress=False)
     bundle = Bundle(out)
-    assert bundle.entry(32)["onnx"]["file"] == "mediators-32.fp16.onnx"
+    assert bundle.entry(32).onnx.file == "mediators-32.fp16.onnx"
     (r,) = verify_bundle(bundle)
     assert r.precision == "fp16" and r.tolerance == 2e-2
     assert r.passed and 1e-6 < r.max_rel < 2e-2  # really half precision, and within tolerance

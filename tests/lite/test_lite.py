@@ -76,7 +76,7 @@ def test_what_it_does_not_run_is_refused(tiny_bundle, tmp_path):
         pipe.sample([1], sampler="ode", method="dopri5")
     for bad in (dict(cfg_scale=float("nan")), dict(cfg_channels=0), dict(steps=10**12)):  # one validation, shared
         with pytest.raises(SamplingError):
-            pipe.sample([1], sampler="ode", method="euler", steps=5, **{"steps": 5, **bad})
+            pipe.sample([1], **{"sampler": "ode", "method": "euler", "steps": 5, **bad})
     assert pipe.sample([1], seed=-5, sampler="ode", method="euler", steps=3).latents.shape == (1, 4, 16, 16)
     with pytest.raises(ScheduleError, match="128"):
         pipe.sample([1], sampler="ode", method="euler", steps=5, schedule="16:0.5,128")

@@ -170,7 +170,7 @@ def test_fp8_is_refused_for_onnx_runtime_and_exported_as_qdq_for_tensorrt(tiny_c
                  show_progress=False)
     b = Bundle(out)
     for n in (16, 32):
-        assert b.entry(n)["engines"] == {}
+        assert b.entry(n).engines == {}
         path = out / b.onnx(n).file
         onnx.checker.check_model(str(path), full_check=True)
         proto = onnx.load(str(path))

@@ -32,7 +32,7 @@ def noise(seed=0, dtype=torch.float64):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Reference loops, written from /spec/sampling.md in float64 (scalar times, no shared code with the package).
+# Reference loops, written from the formulas of SiT's transport code in float64 (scalar times, no shared code with the package).
 
 
 def ref_sde(v, x, *, steps, method="euler", last_step="mean", size=0.04, norm=1.0, seed=0):

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from medexport import Pipeline
+from medexport import Pipeline, SampleRequest
+from medexport.lite import LitePipeline
 from medexport.serve.triton import MARKER, TritonExportError, count_config, export_triton
 
 HERE = Path(__file__).resolve().parent
@@ -94,6 +95,12 @@ def test_the_repository_is_served_for_real(triton_venv, repo, tiny_bundle, tmp_p
     in_process = time.perf_counter() - t0
     np.save(tmp_path / "noise.npy", noise.numpy())
     np.save(tmp_path / "want.npy", want.numpy())
+    request = SampleRequest([0, 1, 2], seed=5, sampler="ode", method="euler", steps=6)
+    seeded = Pipeline.from_bundle(tiny_bundle, backend="onnxruntime", threads=1).run(request).latents.numpy()
+    lite = LitePipeline.from_bundle(tiny_bundle, threads=1).run(request).latents
+    np.testing.assert_array_equal(lite, seeded)  # one sampling core: the same request, the same images
+    np.save(tmp_path / "seeded.npy", seeded)
+    np.save(tmp_path / "seeds.npy", np.asarray(request.row_seeds(), np.int64))
     proc, port = _server(triton_venv, repo, tmp_path)
     try:
         out = subprocess.run([str(triton_venv[0]), str(HERE / "triton_client.py"), str(port), str(tmp_path)],
@@ -103,8 +110,9 @@ def test_the_repository_is_served_for_real(triton_venv, repo, tiny_bundle, tmp_p
         proc.wait(timeout=60)
     assert out.returncode == 0, out.stderr[-3000:] + (tmp_path / "server.log").read_text()[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["rel_diff"] < 1e-5  # the latents Pipeline makes in-process
-    assert "labels must be in 0..9" in r["bad_label"] and "128" in r["bad_schedule"]
+    assert r["rel_diff"] < 1e-5  # the latents Pipeline makes in-process from the same noise
+    assert r["seeded_equal"] and r["image_seed_equal"]  # and from the same seeds: bit for bit, as LitePipeline
+    assert "outside 0..9" in r["bad_label"] and "128" in r["bad_schedule"]
     assert r["concurrent_shapes"] == [[2, 4, 16, 16]] * 4  # still serving after the bad requests
     print("triton:", json.dumps(r | {"pipeline_in_process_seconds": in_process}))  # the numbers the closing note quotes (pytest -s)
 
@@ -142,3 +150,34 @@ def test_the_export_never_takes_a_users_folder(tiny_bundle, repo, tmp_path):
     assert json.loads((again / MARKER).read_text())["variant"] == "python"
     with pytest.raises(Exception, match="tensorrt engines"):
         export_triton(tiny_bundle, tmp_path / "trt", variant="tensorrt")
+
+
+def test_a_backend_registered_from_a_test_module_is_served(triton_venv, tiny_checkpoints, tmp_path):
+    """The test backend of tests/backend (one object, its own module, its own Triton variant) is served with no
+    edit to medexport: same images as Pipeline over its engines."""
+    from medexport.backend import registry
+    from tests.backend.test_registry import CopyBackend, build_copy_bundle
+
+    backend = registry.register(CopyBackend())
+    try:
+        bundle = build_copy_bundle(tiny_checkpoints, tmp_path / "copy-bundle")
+        repo = export_triton(bundle, tmp_path / "copy-repo", variant="copy-python")
+        request = SampleRequest([0, 1, 2], seed=5, sampler="ode", method="euler", steps=6)
+        want = Pipeline.from_bundle(bundle, backend="copy").run(request).latents.numpy()
+    finally:
+        registry.unregister(backend.name)
+    assert (repo / "medexport_m16" / "1" / "model.onnx").is_file()
+    np.save(tmp_path / "noise.npy", np.zeros((3, 4, 16, 16), np.float32))
+    np.save(tmp_path / "want.npy", np.ones((3, 4, 16, 16), np.float32))
+    np.save(tmp_path / "seeded.npy", want)
+    np.save(tmp_path / "seeds.npy", np.asarray(request.row_seeds(), np.int64))
+    proc, port = _server(triton_venv, repo, tmp_path)
+    try:
+        out = subprocess.run([str(triton_venv[0]), str(HERE / "triton_client.py"), str(port), str(tmp_path)],
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:] + (tmp_path / "server.log").read_text()[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["seeded_equal"] and r["image_seed_equal"]

@@ -14,10 +14,16 @@ client = http.InferenceServerClient(f"127.0.0.1:{port}", concurrency=8)
 out = {}
 
 
-def inputs(labels, noise=None, schedule=None):
-    """The request: labels (and noise, schedule), ODE Euler with 6 steps (deterministic, so comparable)."""
+def inputs(labels, noise=None, schedule=None, seed=None, image_seeds=None):
+    """The request: labels (and noise, schedule, seeds), ODE Euler with 6 steps (deterministic, so comparable)."""
     ins = [http.InferInput("labels", [len(labels)], "INT64")]
     ins[0].set_data_from_numpy(np.asarray(labels, np.int64))
+    if seed is not None:
+        ins.append(http.InferInput("seed", [1], "INT64"))
+        ins[-1].set_data_from_numpy(np.array([seed], np.int64))
+    if image_seeds is not None:
+        ins.append(http.InferInput("image_seeds", [len(image_seeds)], "INT64"))
+        ins[-1].set_data_from_numpy(np.asarray(image_seeds, np.int64))
     for name, value in (("sampler", "ode"), ("method", "euler")):
         ins.append(http.InferInput(name, [1], "BYTES"))
         ins[-1].set_data_from_numpy(np.array([value.encode()], dtype=object))
@@ -38,6 +44,11 @@ got = client.infer("medexport_sampler", inputs([0, 1, 2], noise)).as_numpy("samp
 out["one_request_seconds"] = time.perf_counter() - t0
 want = np.load(work / "want.npy")
 out["rel_diff"] = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+# The same request as Pipeline.run and LitePipeline.run got: the seed alone, then one image by its own seed.
+seeded = client.infer("medexport_sampler", inputs([0, 1, 2], seed=5)).as_numpy("samples")
+out["seeded_equal"] = bool(np.array_equal(seeded, np.load(work / "seeded.npy")))
+one = client.infer("medexport_sampler", inputs([2], image_seeds=[int(np.load(work / "seeds.npy")[2])])).as_numpy("samples")
+out["image_seed_equal"] = bool(np.array_equal(one, seeded[2:]))
 for name, args in (("bad_label", ([0, 99],)), ("bad_schedule", ([0], None, "16:0.5,128"))):
     try:
         client.infer("medexport_sampler", inputs(*args))
