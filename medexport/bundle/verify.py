@@ -101,7 +101,8 @@ def _calibration_inputs(bundle: Bundle, n: int, batch: BatchRange | None, seed: 
     unchanged; None otherwise (random inputs are used, and the log says so)."""
     from ..core.files import file_sha256
 
-    cal = (bundle.onnx(n).record.get("quantization") or {}).get("calibration")
+    q = bundle.onnx(n).quantization
+    cal = q.calibration if q is not None else None
     if not cal:
         return None
     path = Path(cal["path"]) / cal["file"]

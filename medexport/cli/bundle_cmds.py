@@ -207,13 +207,13 @@ def inspect(bundle: Path) -> None:
         src_text = (f"random {src.model} (seed {src.seed})" if src.kind == "random"
                     else f"{src.path} ({src.weights} weights)")
         details.append(f"{n} mediators: from {src_text}")
-        quant = b.onnx(n).record.get("quantization")
+        quant = b.onnx(n).quantization
         if quant:
-            cal = quant.get("calibration")
-            details.append(f"  quantisation: {b.onnx(n).precision} = {quant['mode']} {quant['dtype']}, "
-                           f"{quant['quantized_layers']} quantised linear layers, "
-                           f"{'per-channel' if quant.get('per_channel_weights') else 'per-tensor'} weights; "
-                           + (f"calibrated on {cal['path']} ({cal['mode']} mode, schedule {cal['schedule']}, "
+            cal = quant.calibration
+            details.append(f"  quantisation: {b.onnx(n).precision} = {quant.mode} {quant.dtype}, "
+                           f"{quant.quantized_layers} quantised linear layers, "
+                           f"{'per-channel' if quant.per_channel_weights else 'per-tensor'} weights; "
+                           + (f"calibrated on {cal['path']} ({cal.get('mode')} mode, schedule {cal.get('schedule')}, "
                               f"{cal['rows']} rows)" if cal else "no calibration (dynamic)"))
         if not e.engines:
             onnx_art = b.onnx(n)

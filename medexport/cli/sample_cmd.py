@@ -18,7 +18,7 @@ from ..core.request import SampleRequest
 from ..runtime.memory import current_memory
 from ..runtime.report import environment, plot_trace, write_report
 from ..runtime.images import labelled_grid, save_images
-from ..runtime.pipeline import Pipeline, latents_to_file
+from ..runtime.pipeline import Pipeline, check_device, latents_to_file
 from .outputs import output_folder, remove_stale
 from .main import cli, console, err_console, short_help
 from .options import SCHEDULE_HELP, sampling_options
@@ -67,12 +67,14 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
     out_dir = out_dir or out_alias or Path("out")  # --out: the earlier spelling
     if threads:
         torch.set_num_threads(threads)
+    check_device(device)  # a device that does not exist is refused before anything is measured or opened
     in_use = _memory_in_use(device)  # before any pipeline exists: each one's memory is measured from this
     pipe = Pipeline.from_bundle(bundle, backend=backend, device=device, threads=threads)
     label_list = _labels(labels, num, per_class, seed, pipe)
-    chosen = pipe.defaults.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
-                                    cfg_channels=cfg_channels, schedule=schedule)
-    request = SampleRequest(label_list, seed=seed, last_step=last_step, **chosen.chosen())
+    # the user's choices only: the run puts them on the bundle's recommendation (the one merge of a run)
+    request = SampleRequest(label_list, seed=seed, sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
+                            cfg_channels=cfg_channels, schedule=schedule, last_step=last_step)
+    chosen = request.settings.over(pipe.defaults)  # what will run, for the line printed below
     if vae is not None and pipe.data is not None:
         raise SamplingError("--vae decodes sd-vae latents, but this bundle's model generates pixels: drop --vae")
     if vae is not None:

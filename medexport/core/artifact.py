@@ -31,6 +31,39 @@ def plain_name(name: object) -> bool:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """How a quantised graph was made (its ONNX entry's ``quantization`` record).
+
+    Attributes:
+        mode: "dynamic" or "static-qdq"; dtype: "int8" or "float8e4m3fn".
+        quantized_layers: how many linear layers were quantised; per_channel_weights: per-channel weight scales.
+        calibration: for calibrated forms, what the data was: its folder ``path``, ``file``, ``sha256``, ``rows``,
+            ``mode``, ``schedule`` (None for dynamic int8).
+    """
+
+    mode: str
+    dtype: str
+    quantized_layers: int
+    per_channel_weights: bool = False
+    calibration: dict | None = None
+
+    @classmethod
+    def from_dict(cls, d: object) -> Quantization:
+        if not isinstance(d, dict):
+            raise ArtifactError("'quantization' is not an object")
+        mode, dtype, layers = d.get("mode"), d.get("dtype"), d.get("quantized_layers")
+        if not (isinstance(mode, str) and isinstance(dtype, str) and isinstance(layers, int)
+                and not isinstance(layers, bool)):
+            raise ArtifactError("'quantization' needs 'mode', 'dtype' (text) and 'quantized_layers' (an integer)")
+        cal = d.get("calibration")
+        if cal is not None and not (isinstance(cal, dict) and all(isinstance(cal.get(k), str)
+                                                                   for k in ("path", "file", "sha256"))
+                                    and isinstance(cal.get("rows"), int)):
+            raise ArtifactError("'quantization.calibration' needs 'path', 'file', 'sha256' (text) and 'rows'")
+        return cls(mode, dtype, layers, bool(d.get("per_channel_weights", False)), cal)
+
+
+@dataclass(frozen=True)
 class Artifact:
     files: tuple[str, ...]  # main file first (the ONNX graph, then its external data; or the engine plan)
     hashes: tuple[str, ...]  # sha256 of each file, in the same order
@@ -46,6 +79,12 @@ class Artifact:
     @property
     def sha256(self) -> str:
         return self.hashes[0]
+
+    @property
+    def quantization(self) -> Quantization | None:
+        """The quantisation record of a quantised graph (checked when the manifest was read), else None."""
+        q = self.record.get("quantization")
+        return None if q is None else Quantization.from_dict(q)
 
     # -- JSON -------------------------------------------------------------------------------------------------
     @classmethod
@@ -77,6 +116,8 @@ class Artifact:
         key = d.get("key")
         if key is not None and not isinstance(key, str):
             raise ArtifactError("'key' must be a string")
+        if d.get("quantization") is not None:
+            Quantization.from_dict(d["quantization"])
         return cls(tuple(files), tuple(hashes), precision, batch, key,
                    {k: v for k, v in d.items() if k not in _TYPED})
 

@@ -132,7 +132,7 @@ def test_config_files_parse_with_tritons_model_config(triton_venv, repo, tmp_pat
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split("\n")
     assert any("onnxruntime_onnx" in x for x in lines) and any("tensorrt_plan" in x for x in lines)
-    assert any(x.startswith("medexport_sampler python 0 8 False") for x in lines)
+    assert any(x.startswith("medexport_sampler python 0 10 False") for x in lines)
     assert sum("True" in x for x in lines) == len(files) - 1  # every per-count model batches dynamically
 
 
