@@ -9,6 +9,7 @@ whole-trajectory calibration does. The set's format, and how a build checks it: 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.files import file_sha256, replace_folder, replacing, write_json
+from ..core.files import check_output_folder, file_sha256, partial_folder, replace_folder, replacing, write_json
 from ..core.sampling import Evaluation
 from ..errors import CalibrationError
 from ..quant.calibration import FORMAT, FORMAT_VERSION, MANIFEST, MODES, CalibrationSet
@@ -68,9 +69,7 @@ def record(bundle_path: str | os.PathLike, out: str | os.PathLike, *, schedule: 
         result = pipe.sample(labels, seed=seed, schedule=schedule,
                              **{k: v for k, v in (sampling or {}).items() if v is not None})
 
-    tmp = Path(str(out) + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = partial_folder(out, CalibrationError)
     rng = np.random.default_rng(seed)
     entries = {}
     try:
@@ -105,12 +104,14 @@ def record(bundle_path: str | os.PathLike, out: str | os.PathLike, *, schedule: 
 
 
 def _check_output(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise CalibrationError(f"{out} is a file, not a calibration folder: choose another --output")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / MANIFEST).is_file():
-            raise CalibrationError(f"{out} exists and is not a calibration set: choose another --output (nothing "
-                                   f"was written)")
-        if not force:
-            raise CalibrationError(f"{out} already holds a calibration set: add --force to replace it (engines "
-                                   f"built from it will be rebuilt when their data changes)")
+    check_output_folder(out, marker=MANIFEST, force=force, kind="a calibration set", error=CalibrationError,
+                        written=_written)
+
+
+def _written(out: Path) -> set[str]:
+    """The files an earlier calibration wrote into ``out``: those its manifest names."""
+    try:
+        counts = json.loads((out / MANIFEST).read_text()).get("counts", {})
+        return {e["file"] for e in counts.values() if isinstance(e, dict) and isinstance(e.get("file"), str)}
+    except (OSError, ValueError, AttributeError):
+        return set()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -85,6 +85,47 @@ def write_text(path: str | os.PathLike, text: str, *, durable: bool = False) -> 
 
 def write_json(path: str | os.PathLike, data: object, *, durable: bool = False) -> Path:
     return write_text(path, json.dumps(data, indent=2) + "\n", durable=durable)
+
+
+def check_output_folder(out: Path, *, marker: str, force: bool, kind: str, error: type,
+                        written: Callable[[Path], set[str]]) -> None:
+    """Refuse an output folder that is not ours to write: a file; a non-empty folder without ``marker`` (someone
+    else's); an earlier output of ours without ``force``; or one to which files were added that the earlier
+    output did not write (``written(out)``: the names it wrote), which ``force`` would delete. ``error``: the
+    exception type to raise; ``kind``: what the output is, for the messages ("a calibration set")."""
+    if out.is_symlink():
+        raise error(f"{out} is a symbolic link: choose a real folder for --output (nothing was written)")
+    if out.exists() and not out.is_dir():
+        raise error(f"{out} is a file, not a folder: choose another --output")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not (out / marker).is_file():
+        raise error(f"{out} is not empty and not {kind}: choose an empty or new --output (nothing was written or "
+                    f"deleted)")
+    if not force:
+        raise error(f"{out} holds {kind} already: add --force to replace it")
+    foreign = sorted(set(os.listdir(out)) - written(out) - {marker})
+    if foreign:
+        raise error(f"{out} holds files medexport did not write there ({', '.join(foreign[:5])}"
+                    f"{', ...' if len(foreign) > 5 else ''}); --force replaces only what medexport wrote: move them "
+                    f"out, or choose another --output (nothing was written or deleted)")
+
+
+def partial_folder(out: Path, error: type) -> Path:
+    """A new, empty ``<out>.partial`` folder to build an output in: one left by an interrupted run is removed
+    first; a link planted under that name is refused, never followed."""
+    import shutil
+
+    tmp = Path(str(out) + ".partial")
+    if tmp.is_symlink():
+        raise error(f"{tmp} is a symbolic link (not made by medexport): remove it, or choose another --output")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+    except FileExistsError:
+        raise error(f"{tmp} appeared while it was being prepared (another run writing the same output?): try "
+                    f"again") from None
+    return tmp
 
 
 def replace_folder(complete: str | os.PathLike, target: str | os.PathLike) -> Path:

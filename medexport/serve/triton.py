@@ -18,13 +18,14 @@ is never written into, and an earlier export is replaced only with ``force``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 from ..backend import registry
 from ..backend.registry import TritonVariant
-from ..core.files import replace_folder, write_json, write_text
+from ..core.files import check_output_folder, partial_folder, replace_folder, write_json, write_text
 from ..errors import BackendUnavailableError, MedexportError
 
 MARKER = "medexport-triton.json"
@@ -117,9 +118,7 @@ def export_triton(bundle_path: str | os.PathLike, out: str | os.PathLike, *, var
                                           f"--backend {backend}, or choose another --variant")
     cfg = bundle.config(bundle.counts[0])
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
-    tmp = Path(str(out) + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = partial_folder(out, TritonExportError)
     try:
         models = {}
         for n in bundle.counts:
@@ -170,14 +169,16 @@ def _variant(name: str) -> tuple:
 
 
 def _check_output(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise TritonExportError(f"{out} is a file, not a folder: choose another --output")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise TritonExportError(f"{out} is not empty and not a medexport Triton repository: choose an empty or "
-                                    f"new --output (nothing was written or deleted)")
-        if not force:
-            raise TritonExportError(f"{out} holds an earlier export: add --force to replace it")
+    check_output_folder(out, marker=MARKER, force=force, kind="a medexport Triton repository",
+                        error=TritonExportError, written=_written)
+
+
+def _written(out: Path) -> set[str]:
+    """What an earlier export wrote into ``out``: its models (the marker names them) and its README."""
+    try:
+        return {*json.loads((out / MARKER).read_text()).get("models", []), "README.md"}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return set()
 
 
 def _readme(bundle, variant: str, counts: list[int], shape: tuple[int, int, int]) -> str:

@@ -207,6 +207,11 @@ def test_the_cli_calibrates_and_builds(tiny_bundle, tiny_checkpoints, tmp_path):
     assert "medexport build --precision int8-static --calibration" in r.output
     r = CliRunner().invoke(cli, ["calibrate", str(tiny_bundle), "--num", "2", "-o", str(cal)])
     assert r.exit_code == 1 and "add --force" in r.output
+    (cal / "NOTES.md").write_text("mine")  # the user's file in the set: --force must not delete it
+    r = CliRunner().invoke(cli, ["calibrate", str(tiny_bundle), "--num", "2", "--force", "-o", str(cal)])
+    assert r.exit_code == 1 and "did not write there (NOTES.md)" in r.output
+    assert (cal / "NOTES.md").read_text() == "mine"
+    (cal / "NOTES.md").unlink()
     args = ["build", "--precision", "int8-static", "--batch", "1:2:8", "--calibration", str(cal), "-o",
             str(tmp_path / "b")] + [a for n, p in tiny_checkpoints.items() for a in ("--checkpoint", f"{n}={p}")]
     r = CliRunner().invoke(cli, args)

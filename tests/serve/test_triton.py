@@ -148,6 +148,17 @@ def test_the_export_never_takes_a_users_folder(tiny_bundle, repo, tmp_path):
         export_triton(tiny_bundle, again)
     export_triton(tiny_bundle, again, force=True)
     assert json.loads((again / MARKER).read_text())["variant"] == "python"
+    (again / "my_classifier").mkdir()  # a model the user added to the exported repository
+    (again / "my_classifier" / "config.pbtxt").write_text("mine")
+    with pytest.raises(TritonExportError, match="did not write there \\(my_classifier\\)"):
+        export_triton(tiny_bundle, again, force=True)
+    assert (again / "my_classifier" / "config.pbtxt").read_text() == "mine"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    (tmp_path / "new.partial").symlink_to(victim)  # a link planted under the temporary name
+    with pytest.raises(TritonExportError, match="symbolic link"):
+        export_triton(tiny_bundle, tmp_path / "new")
+    assert victim.read_text() == "keep" and not (tmp_path / "new").exists()
     with pytest.raises(Exception, match="tensorrt engines"):
         export_triton(tiny_bundle, tmp_path / "trt", variant="tensorrt")
 

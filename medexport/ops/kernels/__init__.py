@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from torch import Tensor
 
 from ...errors import BackendUnavailableError
