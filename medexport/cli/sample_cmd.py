@@ -85,13 +85,16 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
         env = environment(pipe.device)
         console.print(f"sampling: {escape(chosen.describe())}", highlight=False)
         if not benchmark:
+            with console.status(f"opening the {len(pipe.counts)} engines on {pipe.backend}"):
+                warm = pipe.warmup(request)  # every engine before the first step: no switch pays for a session
             with console.status(f"sampling {len(label_list)} images on {pipe.backend}"):
                 result = pipe.run(request)
             results = {pipe.backend: result}
-            summaries = [run_summary(pipe, result)]
+            summaries = [run_summary(pipe, result) | {"warmup_seconds": round(sum(warm.values()), 3)}]
             ref_result = None
-            console.print(f"{len(label_list)} images in {result.seconds:.2f} s on {pipe.backend}; steps per mediator "
-                          f"count: {result.steps_per_count()}")
+            console.print(f"{len(label_list)} images in {result.seconds:.2f} s on {pipe.backend} (engines opened and "
+                          f"warmed before, in {sum(warm.values()):.2f} s); steps per mediator count: "
+                          f"{result.steps_per_count()}")
         else:
             main = _label(pipe, bundle, against)
             factories = {main: lambda: pipe}

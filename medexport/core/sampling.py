@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..errors import SamplingError
 from .arrays import Arrays
 from .request import INITIAL, SDE_COND, SDE_UNCOND, RowNoise, SampleRequest
@@ -129,6 +131,26 @@ def check_labels(labels: Sequence[int], num_classes: int) -> None:
     if bad:
         raise SamplingError(f"labels {bad[:10]} are outside 0..{num_classes - 1} (the model has {num_classes} "
                             f"classes; the null class {num_classes} is added by guidance)")
+
+
+def warmup(forwards: Mapping[int, Forward], *, xp: Arrays, shape: ModelShape, batches: Sequence[int]) -> dict:
+    """Open and run every engine once at each batch size in ``batches`` (guidance doubling included), so that
+    no step of a run, the first after a switch included, pays for a session's creation or first allocation.
+    Returns {count: seconds}."""
+    seconds = {}
+    for n, forward in sorted(forwards.items()):
+        start = time.perf_counter()
+        for b in sorted(set(batches)):
+            x = xp.from_numpy(np.zeros((b, shape.channels, shape.size, shape.size), np.float32))
+            forward(x, xp.full(b, 0.5, like=x), xp.labels([0] * b))
+        seconds[n] = time.perf_counter() - start
+    return seconds
+
+
+def warmup_batches(request: SampleRequest, defaults: SamplingSettings | None) -> list[int]:
+    """The batch sizes a request's engine calls have: its images, doubled with guidance."""
+    guided = request.settings.over(defaults).resolved().guided
+    return [len(request.labels) * (2 if guided else 1)]
 
 
 def run_request(request: SampleRequest, *, forwards: Mapping[int, Forward], xp: Arrays, shape: ModelShape,

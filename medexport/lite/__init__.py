@@ -26,7 +26,7 @@ from ..core.batch import BatchRange, run_in_range
 from ..core.files import bytes_sha256
 from ..core.manifest import read_complete
 from ..core.request import SampleRequest
-from ..core.sampling import Hook, ModelShape, SampleResult, run_request
+from ..core.sampling import Hook, ModelShape, SampleResult, run_request, warmup, warmup_batches
 from ..core.schedule import Schedule
 from ..core.settings import SamplingSettings
 from ..errors import BackendUnavailableError, BundleError
@@ -101,6 +101,11 @@ class LitePipeline:
         return run_request(request, forwards=self.forwards, xp=NUMPY, shape=self.shape, defaults=self.defaults,
                            schedule=schedule, noise=noise, hooks=self.hooks,
                            backends=dict.fromkeys(self.forwards, self.backend))
+
+    def warmup(self, request: SampleRequest | None = None, *, batches: list[int] | None = None) -> dict[int, float]:
+        """Run every engine once before sampling, as :meth:`medexport.Pipeline.warmup`."""
+        sizes = batches or (warmup_batches(request, self.defaults) if request is not None else [1])
+        return warmup(self.forwards, xp=NUMPY, shape=self.shape, batches=sizes)
 
     def sample(self, labels, *, noise: np.ndarray | None = None, seed: int | None = None,
                schedule: Schedule | str | None = None, image_seeds=None, check_finite: bool = True,

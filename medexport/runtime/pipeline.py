@@ -22,7 +22,7 @@ from torch import Tensor
 from ..backend import Runner, TorchRunner
 from ..core.files import replacing
 from ..core.request import SampleRequest, image_seed
-from ..core.sampling import Hook, ModelShape, SampleResult, TraceEntry, run_request
+from ..core.sampling import Hook, ModelShape, SampleResult, TraceEntry, run_request, warmup, warmup_batches
 from ..core.schedule import Schedule
 from ..core.settings import SamplingSettings
 from ..errors import ConfigError
@@ -142,6 +142,16 @@ class Pipeline:
                              backends={n: r.backend for n, r in self.runners.items()})
         result.latents = result.latents.float().cpu()
         return result
+
+    def warmup(self, request: SampleRequest | None = None, *, batches: list[int] | None = None) -> dict[int, float]:
+        """Open and run every engine once before sampling (at the batch sizes ``request`` will use, or
+        ``batches``; default 1), so that the steps after a switch are as fast as the others. Returns
+        {count: seconds}; a later run reports its sampling time without it."""
+        sizes = batches or (warmup_batches(request, self.defaults) if request is not None else [1])
+        seconds = warmup(self.runners, xp=self.arrays, shape=ModelShape.of(self.config), batches=sizes)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return seconds
 
     @contextlib.contextmanager
     def hooked(self, hook: Hook) -> Iterator[Pipeline]:

@@ -202,3 +202,21 @@ def test_bad_requests_say_what_is_wrong(data, message):
 
     with pytest.raises(SamplingError, match=message):
         SampleRequest.from_dict(data)
+
+
+def test_warmup_opens_every_engine_before_the_first_step(tiny_bundle):
+    """After warmup() no engine is opened during a run: every count's session exists, and a run's first call to
+    each count (the one after a switch) finds it, at the batch size the request uses."""
+    from medexport.core.request import SampleRequest
+
+    pipe = Pipeline.from_bundle(tiny_bundle, backend="onnxruntime", threads=1)
+    assert all(r.session is None for r in pipe.runners.values())  # opened on first use, as before
+    request = SampleRequest([1, 2, 3], seed=0, sampler="ode", method="euler", steps=5, cfg_scale=2.0,
+                            schedule="16:0.3,32:0.6,64")
+    seconds = pipe.warmup(request)
+    assert sorted(seconds) == pipe.counts and all(s > 0 for s in seconds.values())
+    sessions = {n: r.session for n, r in pipe.runners.items()}
+    assert all(s is not None for s in sessions.values())
+    result = pipe.run(request)
+    assert {n: r.session for n, r in pipe.runners.items()} == sessions  # none was opened again
+    assert {e.batch for e in result.trace} == {6}  # the size warmed: 3 images, doubled by guidance
