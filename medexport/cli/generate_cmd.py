@@ -63,8 +63,9 @@ def generate_cmd(bundle, num, out, schedule, seed, batch, label_mode, png, vae, 
         return  # not rank 0
     for r in report["ranks"]:
         console.print(f"rank {r['rank']}: {r['images']} images in {r['seconds']:.1f} s "
-                      f"({r['images_per_second']:.2f} images/s), {r['blocks_skipped']} blocks already done",
-                      highlight=False)
+                      f"({r['images_per_second']:.2f} images/s), {r['blocks_skipped']} blocks already done"
+                      + (f", {r['blocks_replaced']} shards sampled again (they did not match the run's record)"
+                         if r.get("blocks_replaced") else ""), highlight=False, soft_wrap=True)
     console.print(escape(f"wrote {out / report['npz']} ({report['images']} images, {report['dtype']} "
                          f"{tuple(report['shape'])}) and {out / 'report.json'}; {chosen.describe()}"),
                   highlight=False, soft_wrap=True)

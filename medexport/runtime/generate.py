@@ -4,8 +4,11 @@ Image ``i`` of a run takes its label and all of its noise (initial and SDE) from
 are sampled in fixed blocks of ``batch`` consecutive indices; rank ``r`` of ``W`` takes blocks ``r, r + W, ...``.
 So the result is the same, bit for bit, whatever the number of ranks, and a block's images do not depend on
 which rank ran it. Each finished block is written atomically as a shard (``shards/block-000123.npz``); a re-run
-with the same settings skips finished blocks, so a killed rank costs only its unfinished ones. When every block
-is there, rank 0 gathers them into the file the ADM FID evaluator reads (``samples_NxHxWxC.npz``, uint8 NHWC
+with the same settings skips finished blocks, so a killed rank costs only its unfinished ones. The run's record
+(``generate.json``) vouches for each finished shard by its sha256: a re-run samples again any shard that does not
+match (edited, or copied in from another run), and the gather merges vouched shards only. Rank 0 holds an
+exclusive lock on the run folder (``generate.lock``) for the whole run, so a second run into the same folder is
+refused while the first one is writing. When every block is there, rank 0 gathers them into the file the ADM FID evaluator reads (``samples_NxHxWxC.npz``, uint8 NHWC
 ``arr_0``; the labels as ``labels``) and writes ``report.json``. A latent model without ``--vae`` gets its
 latents instead (float32 NCHW ``arr_0``), which need decoding before any FID.
 
@@ -15,9 +18,13 @@ were all given the same settings, and meet at a barrier before the gather.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import io
 import json
 import logging
 import os
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.files import replacing, write_json
+from ..core.files import bytes_sha256, file_sha256, replacing, write_json
 from ..errors import MedexportError, SamplingError
 from ..core.request import SampleRequest, image_seed
 
@@ -33,6 +40,8 @@ log = logging.getLogger(__name__)
 
 RUN = "generate.json"
 SHARDS = "shards"
+LOCK = "generate.lock"  # held by rank 0 for the whole run: one run per folder at a time
+RECORD_LOCK = "record.lock"  # in shards/: held by a rank while it adds a finished shard to the record
 LABEL_STREAM = 3  # image_seed stream of the labels (0-2: the image's noise)
 
 
@@ -77,6 +86,7 @@ class RankReport:
     rank: int
     blocks_done: int = 0
     blocks_skipped: int = 0
+    blocks_replaced: int = 0  # shards there that the record did not vouch for (edited, another run's): redone
     images: int = 0
     seconds: float = 0.0
 
@@ -133,54 +143,142 @@ class Dist:
 
 
 def _manifest_sha(bundle: Path) -> str:
-    from ..core.files import file_sha256
-
     return file_sha256(Path(bundle) / "manifest.json")
 
 
-def _open_run(out: Path, spec: GenerateSpec, key: str, dist: Dist) -> None:
-    """Claim ``out`` for this run, or resume it; GenerateError for another run's folder or a user's folder.
+def _lock(path: Path, *, wait: bool) -> int | None:
+    """An exclusive ``flock`` on ``path`` (created if need be, never through a link): the open descriptor, which
+    holds the lock until it is closed, or None when another process holds it and ``wait`` is False."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise GenerateError(f"{path} is a symbolic link (not made by medexport): remove it, or choose another "
+                                f"--output") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise GenerateError(f"{path} is not a regular file (not made by medexport): remove it, or choose "
+                                f"another --output")
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def _read_record(out: Path) -> dict | None:
+    """The run's record in ``out`` (None where there is none); GenerateError for a file that is not one."""
+    run_file = out / RUN
+    if not run_file.is_file():
+        return None
+    try:
+        record = json.loads(run_file.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        record = e
+    if (not isinstance(record, dict) or record.get("kind") != "medexport-generate"
+            or not isinstance(record.get("key"), str) or not isinstance(record.get("spec", {}), dict)
+            or not isinstance(record.get("shards", {}), dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in record.get("shards", {}).items())):
+        what = f"cannot be read ({record})" if isinstance(record, Exception) else "is not a `medexport generate` record"
+        raise GenerateError(f"{run_file} {what}: it was edited or is not medexport's. Choose another --output, or, "
+                            f"if {out} is a run of yours to start over, remove the folder (nothing was written)")
+    return record
+
+
+def _open_run(out: Path, spec: GenerateSpec, key: str, dist: Dist) -> int | None:
+    """Claim ``out`` for this run, or resume it; GenerateError for another run's folder or a user's folder, or
+    while another run holds the folder. Rank 0 returns the descriptor of the run's lock (held until closed).
 
     Rank 0 decides and every rank learns its verdict, so that no rank waits for one that has given up."""
-    error = _claim(out, spec, key) if dist.rank == 0 else None
+    lock, error = None, None
+    if dist.rank == 0:
+        try:
+            lock = _claim(out, spec, key)
+        except GenerateError as e:
+            error = str(e)
     verdict = dist.gather(error)[0]
     if verdict is not None:
+        _unlock(lock)
         raise GenerateError(verdict)
+    return lock
 
 
-def _claim(out: Path, spec: GenerateSpec, key: str) -> str | None:
-    """Rank 0's part of :func:`_open_run`: None when ``out`` is ours (and now marked), else why not."""
-    run_file = out / RUN
+def _claim(out: Path, spec: GenerateSpec, key: str) -> int:
+    """Rank 0's part of :func:`_open_run`: the run's lock once ``out`` is ours (and now marked); GenerateError
+    saying why not otherwise."""
     if out.exists() and not out.is_dir():
-        return f"{out} is a file, not a folder: choose another --output"
-    if run_file.is_file():
-        try:
-            old = json.loads(run_file.read_text())
-        except ValueError:
-            old = {}
-        if old.get("key") != key:
-            diff = sorted(k for k in set(old.get("spec", {})) | set(asdict(spec))
-                          if old.get("spec", {}).get(k) != asdict(spec).get(k))
-            return (f"{out} holds the shards of another run (settings differ: {', '.join(diff) or 'the bundle changed'}"
-                    f"): resume it with its settings, or choose another --output")
-    elif out.is_dir() and any(p.name != SHARDS for p in out.iterdir()):
-        return (f"{out} exists and is not a `medexport generate` folder: choose an empty or new --output "
-                f"(nothing was written)")
-    (out / SHARDS).mkdir(parents=True, exist_ok=True)
-    write_json(run_file, {"kind": "medexport-generate", "key": key, "spec": asdict(spec)}, durable=True)
-    return None
+        raise GenerateError(f"{out} is a file, not a folder: choose another --output")
+    if not (out / RUN).is_file() and out.is_dir() and any(p.name not in (SHARDS, LOCK) for p in out.iterdir()):
+        raise GenerateError(f"{out} exists and is not a `medexport generate` folder: choose an empty or new --output "
+                            f"(nothing was written)")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out / LOCK, wait=False)
+    if lock is None:
+        raise GenerateError(f"another `medexport generate` run is writing into {out} (it holds {out / LOCK}): wait "
+                            f"for it to finish (then run this command again to check and resume it), or choose "
+                            f"another --output")
+    try:
+        old = _read_record(out)  # read under the lock: no other run changes it now
+        if old is not None and old.get("key") != key:
+            spec_old = old.get("spec", {})
+            diff = sorted(k for k in set(spec_old) | set(asdict(spec)) if spec_old.get(k) != asdict(spec).get(k))
+            raise GenerateError(f"{out} holds the shards of another run (settings differ: "
+                                f"{', '.join(diff) or 'the bundle changed'}): resume it with its settings, or choose "
+                                f"another --output")
+        (out / SHARDS).mkdir(parents=True, exist_ok=True)
+        if old is None:
+            write_json(out / RUN, {"kind": "medexport-generate", "key": key, "spec": asdict(spec), "shards": {}},
+                       durable=True)
+    except BaseException:
+        _unlock(lock)
+        raise
+    return lock
+
+
+def _vouch(out: Path, key: str, name: str, sha: str) -> None:
+    """Add a finished shard's sha256 to the run's record (ranks take turns through the record's lock)."""
+    lock = _lock(out / SHARDS / RECORD_LOCK, wait=True)
+    try:
+        record = _read_record(out)
+        if record is None or record.get("key") != key:
+            raise GenerateError(f"{out / RUN} changed while this run was writing (removed, or another run's): "
+                                f"choose another --output")
+        record.setdefault("shards", {})[name] = sha
+        write_json(out / RUN, record)
+    finally:
+        _unlock(lock)
 
 
 def _shard(out: Path, block: int) -> Path:
     return out / SHARDS / f"block-{block:06d}.npz"
 
 
-def _shard_ok(path: Path, indices: range) -> bool:
-    try:
-        with np.load(path) as z:
-            return list(z["index"]) == list(indices)
-    except (OSError, ValueError, KeyError):
-        return False
+def _vouched(path: Path, sha: str | None) -> bool:
+    """Whether ``path`` is the shard the run's record vouches for (``sha``: its recorded sha256)."""
+    return sha is not None and path.is_file() and not path.is_symlink() and file_sha256(path) == sha
+
+
+def _load_vouched(path: Path, sha: str | None, indices: range) -> dict[str, np.ndarray]:
+    """A shard's arrays, read once and checked against its recorded sha256 and its block's indices (a shard
+    changed after the check would otherwise slip into the gather); SamplingError when it does not match."""
+    data = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+    if data is None or sha is None or bytes_sha256(data) != sha:
+        raise SamplingError(f"{path} changed while the run was gathered (it no longer matches the run's record): "
+                            f"run the same command again to sample it anew")
+    with np.load(io.BytesIO(data)) as z:
+        arrays = {k: z[k] for k in ("samples", "labels", "index")}
+    if list(arrays["index"]) != list(indices) or len(arrays["labels"]) != len(indices):
+        raise SamplingError(f"{path} does not hold the images of its block: run the same command again")
+    return arrays
 
 
 def generate(bundle: str | os.PathLike, out: str | os.PathLike, spec: GenerateSpec, *, device: str | None = None,
@@ -191,6 +289,7 @@ def generate(bundle: str | os.PathLike, out: str | os.PathLike, spec: GenerateSp
 
     out = Path(out)
     dist = Dist(device)
+    lock = None
     try:
         key = spec.key(_manifest_sha(bundle))
         keys = dist.gather(key)
@@ -201,7 +300,8 @@ def generate(bundle: str | os.PathLike, out: str | os.PathLike, spec: GenerateSp
         pipe = Pipeline.from_bundle(bundle, backend=spec.backend, device=dist.device, threads=threads)
         if pipe.data is None and vae is None:
             log.info("a latent model without --vae: the shards and the .npz hold latents, not images")
-        _open_run(out, spec, key, dist)
+        lock = _open_run(out, spec, key, dist)
+        shards = (_read_record(out) or {}).get("shards", {})
         vae_model = None
         if vae is not None:
             from .vae import load_vae
@@ -214,9 +314,12 @@ def generate(bundle: str | os.PathLike, out: str | os.PathLike, spec: GenerateSp
         for block in range(dist.rank, spec.blocks, dist.world):
             idx = spec.indices(block)
             path = _shard(out, block)
-            if _shard_ok(path, idx):
+            if _vouched(path, shards.get(path.name)):
                 report.blocks_skipped += 1
                 continue
+            if path.exists() or path.is_symlink():
+                log.warning("%s does not match the run's record (edited, or another run's): sampling it again", path)
+                report.blocks_replaced += 1
             labels = [label_for(spec.seed, i, classes, spec.labels) for i in idx]
             request = SampleRequest(labels, image_seeds=[image_seed(spec.seed, i) for i in idx],
                                     schedule=spec.sampling.get("schedule"), **sampling)
@@ -228,8 +331,11 @@ def generate(bundle: str | os.PathLike, out: str | os.PathLike, spec: GenerateSp
             data = to_uint8(x) if (pipe.data is not None or vae_model is not None) else x.numpy()
             if data.ndim == 3:  # grey (B, H, W) -> NHWC with one channel
                 data = data[..., None]
+            buffer = io.BytesIO()
+            np.savez(buffer, samples=data, labels=np.asarray(labels, np.int64), index=np.asarray(list(idx)))
             with replacing(path) as tmp, open(tmp, "wb") as f:
-                np.savez(f, samples=data, labels=np.asarray(labels, np.int64), index=np.asarray(list(idx)))
+                f.write(buffer.getvalue())
+            _vouch(out, key, path.name, bytes_sha256(buffer.getvalue()))
             if png and data.dtype == np.uint8:
                 save_images(x, out / "images" / f"block-{block:06d}")
             report.blocks_done += 1
@@ -243,21 +349,25 @@ def generate(bundle: str | os.PathLike, out: str | os.PathLike, spec: GenerateSp
             return None
         return _gather(out, spec, reports, pipe, dist.world)
     finally:
+        _unlock(lock)
         dist.close()
 
 
 def _gather(out: Path, spec: GenerateSpec, reports: list[dict], pipe, world: int) -> dict:
-    """Rank 0: every shard into one ADM-style .npz (when all are there) and the report."""
-    missing = [b for b in range(spec.blocks) if not _shard_ok(_shard(out, b), spec.indices(b))]
+    """Rank 0: every shard that the run's record vouches for into one ADM-style .npz (when all are there) and the
+    report."""
+    shards = (_read_record(out) or {}).get("shards", {})
+    missing = [b for b in range(spec.blocks) if not _vouched(_shard(out, b), shards.get(_shard(out, b).name))]
     if missing:
-        raise SamplingError(f"{len(missing)} blocks are missing ({missing[:5]}...): run the same command again to "
-                            f"finish them")
-    with np.load(_shard(out, 0)) as z:  # every block has the first one's image shape and dtype
-        item_shape, dtype = z["samples"].shape[1:], z["samples"].dtype
+        raise SamplingError(f"{len(missing)} blocks are missing or do not match the run's record "
+                            f"({', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}): run the same "
+                            f"command again to finish them")
+    first = _load_vouched(_shard(out, 0), shards.get(_shard(out, 0).name), spec.indices(0))
+    item_shape, dtype = first["samples"].shape[1:], first["samples"].dtype  # every block has the first one's
     shape = (spec.num, *item_shape)
     name = f"samples_{'x'.join(map(str, shape))}.npz"
     with replacing(out / name) as tmp:
-        _write_npz(tmp, spec, out, shape, dtype)
+        _write_npz(tmp, spec, out, shape, dtype, shards)
     total = sum(r["seconds"] for r in reports)
     report = {"kind": "medexport-generate", "spec": asdict(spec), "world_size": world, "npz": name,
               "images": spec.num, "dtype": str(dtype), "shape": list(shape), "backend": pipe.backend,
@@ -268,7 +378,7 @@ def _gather(out: Path, spec: GenerateSpec, reports: list[dict], pipe, world: int
     return report
 
 
-def _write_npz(path: Path, spec: GenerateSpec, out: Path, shape: tuple, dtype) -> None:
+def _write_npz(path: Path, spec: GenerateSpec, out: Path, shape: tuple, dtype, shards: dict[str, str]) -> None:
     """The .npz (``arr_0``: every block's samples in order; ``labels``), streamed block by block into the zip, so
     a 50,000-image set never has to fit in memory twice (or at all)."""
     import zipfile
@@ -279,8 +389,12 @@ def _write_npz(path: Path, spec: GenerateSpec, out: Path, shape: tuple, dtype) -
             np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
                                                      "fortran_order": False, "shape": shape})
             for b in range(spec.blocks):
-                with np.load(_shard(out, b)) as z:
-                    f.write(np.ascontiguousarray(z["samples"], dtype=dtype).tobytes())
-                    labels.append(z["labels"])
+                path = _shard(out, b)
+                z = _load_vouched(path, shards.get(path.name), spec.indices(b))
+                if z["samples"].shape[1:] != shape[1:]:
+                    raise SamplingError(f"{path} holds images of shape {z['samples'].shape[1:]}, the first block "
+                                        f"{shape[1:]}: run the same command again")
+                f.write(np.ascontiguousarray(z["samples"], dtype=dtype).tobytes())
+                labels.append(z["labels"])
         with zf.open("labels.npy", "w", force_zip64=True) as f:
             np.lib.format.write_array(f, np.concatenate(labels), allow_pickle=False)

@@ -130,3 +130,111 @@ def test_every_rank_stops_when_the_folder_is_another_runs(tiny_bundle, tmp_path)
     results = _ranks(tiny_bundle, out, [["--seed", "5"], ["--seed", "5"]], timeout=120)
     assert [rc for rc, _ in results] == [1, 1]
     assert all("holds the shards of another run" in text for _, text in results)
+
+
+def _rewrite_shard(path, **changes):
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(changes)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def test_the_record_vouches_for_each_shard_and_a_resume_redoes_the_others(tiny_bundle, tmp_path):
+    """A shard edited after it was written, or copied in from a run with another seed, is sampled again."""
+    out, other = tmp_path / "run", tmp_path / "other"
+    assert run("generate", tiny_bundle, "-o", out, *ARGS).exit_code == 0
+    assert run("generate", tiny_bundle, "-o", other, *ARGS, "--seed", "7").exit_code == 0
+    record = json.loads((out / "generate.json").read_text())
+    shards = sorted((out / "shards").glob("block-*.npz"))
+    assert sorted(record["shards"]) == [p.name for p in shards]
+    from medexport.core.files import file_sha256
+
+    assert all(record["shards"][p.name] == file_sha256(p) for p in shards)
+    arr, labels = npz(out)
+
+    edited = out / "shards" / "block-000001.npz"
+    with np.load(edited) as z:
+        _rewrite_shard(edited, samples=z["samples"] + 1)  # values changed, index and labels kept
+    (out / "shards" / "block-000002.npz").write_bytes((other / "shards" / "block-000002.npz").read_bytes())
+    r = run("generate", tiny_bundle, "-o", out, *ARGS)
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())["ranks"][0]
+    assert (report["blocks_done"], report["blocks_skipped"], report["blocks_replaced"]) == (2, 2, 2)
+    assert "2 shards sampled again (they did not match the run's record)" in r.output
+    again, again_labels = npz(out)
+    assert np.array_equal(again, arr) and np.array_equal(again_labels, labels)
+
+
+def test_the_gather_merges_only_vouched_shards(tiny_bundle, tmp_path):
+    from medexport.errors import SamplingError
+    from medexport.runtime.generate import GenerateSpec, _gather
+
+    out = tmp_path / "run"
+    assert run("generate", tiny_bundle, "-o", out, *ARGS).exit_code == 0
+    spec = GenerateSpec(**json.loads((out / "generate.json").read_text())["spec"])
+    shard = out / "shards" / "block-000003.npz"
+    with np.load(shard) as z:
+        _rewrite_shard(shard, samples=z["samples"] * 0)  # changed after its rank vouched for it, before the gather
+    with pytest.raises(SamplingError, match=r"1 blocks are missing or do not match the run's record \(3\): run the "
+                                            r"same command again"):
+        _gather(out, spec, [], None, 1)
+    record = json.loads((out / "generate.json").read_text())
+    del record["shards"]["block-000000.npz"]  # a shard the record does not vouch for
+    (out / "generate.json").write_text(json.dumps(record))
+    shard.unlink()
+    with pytest.raises(SamplingError, match=r"\(0, 3\)"):
+        _gather(out, spec, [], None, 1)
+
+
+@pytest.mark.parametrize("text", ["[]", "{not json", '{"kind": "medexport-generate", "key": 1}',
+                                  '{"kind": "medexport-generate", "key": "k", "shards": []}'])
+def test_a_record_that_is_not_one_is_a_clear_error(tiny_bundle, tmp_path, text):
+    out = tmp_path / "run"
+    (out / "shards").mkdir(parents=True)
+    (out / "generate.json").write_text(text)
+    r = run("generate", tiny_bundle, "-o", out, *ARGS)
+    assert r.exit_code == 1, r.output
+    assert "generate.json" in r.output and "Choose another --output" in r.output and "Traceback" not in r.output
+    assert (out / "generate.json").read_text() == text  # nothing written
+    assert not list((out / "shards").iterdir())
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_holds_it(tiny_bundle, tmp_path):
+    import fcntl
+
+    out = tmp_path / "run"
+    assert run("generate", tiny_bundle, "-o", out, *ARGS).exit_code == 0
+    before = {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
+    with open(out / "generate.lock", "a") as held:  # a run in progress holds the folder's lock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        r = run("generate", tiny_bundle, "-o", out, *ARGS)
+        assert r.exit_code == 1 and "another `medexport generate` run is writing into" in r.output, r.output
+        assert "wait for it to finish" in r.output and "Traceback" not in r.output
+        r = run("generate", tiny_bundle, "-o", tmp_path / "new", *ARGS)  # a new folder is not affected
+        assert r.exit_code == 0, r.output
+    assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == before
+    r = run("generate", tiny_bundle, "-o", out, *ARGS)  # the lock is free again: resumes (nothing to do)
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "report.json").read_text())["ranks"][0]["blocks_skipped"] == 4
+    (out / "generate.lock").unlink()
+    (out / "generate.lock").symlink_to(tmp_path / "elsewhere")
+    r = run("generate", tiny_bundle, "-o", out, *ARGS)
+    assert r.exit_code == 1 and "generate.lock is a symbolic link" in r.output, r.output
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_two_runs_into_one_folder_at_once(tiny_bundle, tmp_path):
+    """Started together: one finishes the run, the other says that the folder is taken (or, started after the
+    first one finished, resumes it with nothing to do); nothing crashes and no block is sampled twice."""
+    out = tmp_path / "run"
+    procs = [subprocess.Popen([sys.executable, str(REPO / "cli.py"), "generate", str(tiny_bundle), "-o", str(out),
+                               *ARGS], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=240), p.stdout.read()) for p in procs]
+    assert all(rc in (0, 1) for rc, _ in results), results
+    assert all("Traceback" not in text for _, text in results), results
+    refused = [text for rc, text in results if rc == 1]
+    assert all("another `medexport generate` run is writing into" in text for text in refused), results
+    assert sum("0 blocks already done" in text for rc, text in results if rc == 0) == 1, results
+    arr, _ = npz(out)
+    assert arr.shape[0] == 10
