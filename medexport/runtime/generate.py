@@ -8,9 +8,10 @@ with the same settings skips finished blocks, so a killed rank costs only its un
 (``generate.json``) vouches for each finished shard by its sha256: a re-run samples again any shard that does not
 match (edited, or copied in from another run), and the gather merges vouched shards only. Rank 0 holds an
 exclusive lock on the run folder (``generate.lock``) for the whole run, so a second run into the same folder is
-refused while the first one is writing. When every block is there, rank 0 gathers them into the file the ADM FID evaluator reads (``samples_NxHxWxC.npz``, uint8 NHWC
-``arr_0``; the labels as ``labels``) and writes ``report.json``. A latent model without ``--vae`` gets its
-latents instead (float32 NCHW ``arr_0``), which need decoding before any FID.
+refused while the first one is writing. When every block is there, rank 0 gathers them into the file the ADM
+FID evaluator reads (``samples_NxHxWxC.npz``, uint8 NHWC ``arr_0``; the labels as ``labels``) and writes
+``report.json``. A latent model without ``--vae`` gets its latents instead (float32 NCHW ``arr_0``), which need
+decoding before any FID.
 
 Under torchrun (``WORLD_SIZE`` > 1) the ranks join a process group (gloo on CPU, nccl on CUDA), check that they
 were all given the same settings, and meet at a barrier before the gather.
