@@ -416,14 +416,28 @@ def _versions() -> dict:
             "onnxruntime": ort.__version__}
 
 
-def record_sampling(out: str | Path, changes: dict) -> dict:
+def manifest_state(out: str | Path) -> str:
+    """A hash of what the bundle's manifest says, but for the time of its last write: it changes when a rebuild
+    switches any engine, or when the recorded settings change, not when a rebuild finds everything up to date."""
+    manifest = read_manifest(Path(out))
+    return content_key({k: v for k, v in manifest.items() if k != "updated"})
+
+
+def record_sampling(out: str | Path, changes: dict, *, expect_state: str | None = None) -> dict:
     """Change the bundle's recorded sampling settings (``medexport tune --record``), under the build lock and
-    with an atomic manifest write; the changed settings are validated against the bundle's counts first."""
+    with an atomic manifest write; the changed settings are validated against the bundle's counts first.
+
+    ``expect_state``: the :func:`manifest_state` of the bundle that the changes were judged on; BundleError,
+    and nothing recorded, when the bundle is no longer in that state (rebuilt, or its settings changed)."""
     from ..core.settings import SamplingSettings
     from ..core.schedule_text import parse_schedule
 
     out = Path(out)
     with _exclusive(out):
+        if expect_state is not None and manifest_state(out) != expect_state:
+            raise BundleError(f"{out} changed while it was being judged (rebuilt, or its recorded settings "
+                              f"changed): nothing was recorded, since the choice was made on engines or settings "
+                              f"that are no longer the bundle's. Run the command again on the bundle as it is now")
         manifest = read_manifest(out)
         sampling = SamplingSettings.from_dict({**(manifest.get("sampling") or {}), **changes})
         if sampling.schedule:

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..core.files import write_json
+from ..errors import MedexportError
 from ..runtime.pipeline import Pipeline
 from .main import cli, console, err_console, short_help
 from .options import sampling_options
@@ -45,6 +46,14 @@ def tune_cmd(bundle, budget_gflops, budget_ms, budget_fraction, metric, images, 
         import torch
 
         torch.set_num_threads(options["threads"])
+    judged = None
+    if record:  # what is judged: a rebuild meanwhile must not receive a choice made on other engines
+        from ..bundle.build import manifest_state
+
+        try:
+            judged = manifest_state(bundle)
+        except MedexportError:
+            judged = ""  # matches no state: opening the bundle, below, says what is wrong with it
     pipe = Pipeline.from_bundle(bundle, backend=options["backend"], device=options["device"],
                                 threads=options["threads"])
     if metric is None:
@@ -69,7 +78,7 @@ def tune_cmd(bundle, budget_gflops, budget_ms, budget_fraction, metric, images, 
     if record:
         from ..bundle.build import record_sampling
 
-        record_sampling(bundle, {"schedule": result.best.schedule})
+        record_sampling(bundle, {"schedule": result.best.schedule}, expect_state=judged)
         console.print(escape(f"recorded {result.best.schedule} as {bundle}'s default schedule"), highlight=False)
 
 

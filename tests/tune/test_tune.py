@@ -109,3 +109,39 @@ def test_a_latency_budget_uses_the_step_times_measured_here(tiny_bundle):
     assert fixed and all(c.predicted_ms is not None and c.predicted_ms > 0 for c in fixed)
     with pytest.raises(TuneError, match="below the cheapest schedule.*ms / image"):
         tune(pipe, SAMPLING, Budget("ms", 1e-6), metric="trajectory", images=2, batch=2)
+
+
+def test_record_refuses_a_bundle_rebuilt_while_it_was_judged(tiny_bundle, tiny_checkpoints, tmp_path, monkeypatch):
+    """tune judged the old engines: its choice is not recorded as the default of the rebuilt bundle."""
+    import medexport
+    import medexport.tune
+    from medexport.core.batch import BatchRange
+    from medexport.bundle import BuildSettings, ModelSource, build_bundle
+    from tests.conftest import tiny_model
+
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    other16 = medexport.save_checkpoint(tiny_model(16, seed=99), tmp_path / "other-m16.pt", form="trainer")
+    real_tune = medexport.tune.tune
+
+    def tune_during_a_rebuild(*args, **kwargs):
+        result = real_tune(*args, **kwargs)
+        sources = [ModelSource(16, checkpoint=other16), *(ModelSource(n, checkpoint=tiny_checkpoints[n])
+                                                         for n in (32, 64))]
+        build_bundle(sources, bundle, BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)),
+                     show_progress=False)  # another process rebuilds the bundle meanwhile
+        return result
+
+    monkeypatch.setattr(medexport.tune, "tune", tune_during_a_rebuild)
+    before = json.loads((bundle / "manifest.json").read_text())["sampling"]
+    args = ["tune", str(bundle), "--budget-fraction", "0.93", "--images", "2", "--batch", "2", "--sampler", "ode",
+            "--method", "euler", "--steps", "5", "--no-adaptive", "--report", str(tmp_path / "tune.json"), "--record"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1, r.output
+    assert "changed while it was being judged" in r.output and "nothing was recorded" in r.output
+    assert "Run the command again on the bundle as it is now" in r.output and "Traceback" not in r.output
+    assert json.loads((bundle / "manifest.json").read_text())["sampling"] == before
+
+    monkeypatch.setattr(medexport.tune, "tune", real_tune)  # untouched while judged: recorded
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert Pipeline.from_bundle(bundle).defaults.schedule == json.loads((tmp_path / "tune.json").read_text())["schedule"]
