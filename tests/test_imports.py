@@ -32,3 +32,13 @@ def test_import_medexport_is_light_and_lazy():
     import medexport
 
     assert medexport.Pipeline.__name__ == "Pipeline"
+
+
+def test_build_help_and_the_torch_free_runtime_load_no_torch():
+    mods = loaded_after("from click.testing import CliRunner\nfrom medexport.cli import cli\n"
+                        "r = CliRunner().invoke(cli, ['build', '--help'])\nassert r.exit_code == 0, r.output\n"
+                        "assert '--plugin' in r.output and '--trt-optimization-level' in r.output")
+    assert "torch" not in mods and "medexport.bundle.manifest" not in mods
+    mods = loaded_after("import medexport.lite, medexport.core.sampling, medexport.core.manifest\n"
+                        "from medexport.backend import registry\nregistry.discover()")
+    assert not {"torch", "onnx", "onnxscript", "polygraphy", "matplotlib"} & mods

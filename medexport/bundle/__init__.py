@@ -1,6 +1,7 @@
 """Engine bundles: build (export + engines + manifest), open, verify.
 
-Opening a bundle and making runners (what sampling needs) import neither the exporter nor Polygraphy;
+Every name loads on first use: the build settings import no torch (``build --help`` stays fast), opening a
+bundle and making runners (what sampling needs) import neither the exporter nor Polygraphy, and
 ``build_bundle`` and ``verify_bundle`` load them when first used.
 """
 
@@ -8,11 +9,10 @@ from __future__ import annotations
 
 import importlib
 
-from .manifest import MANIFEST, Bundle, open_bundle
-from .runners import engine_runner, runnable_here, sampling_backend
-from .settings import BuildSettings, ModelSource
-
-_LAZY = {"BuildReport": "build", "build_bundle": "build", "resolve_backend": "build",
+_LAZY = {"MANIFEST": "manifest", "Bundle": "manifest", "open_bundle": "manifest",
+         "engine_runner": "runners", "runnable_here": "runners", "sampling_backend": "runners",
+         "BuildSettings": "settings", "ModelSource": "settings",
+         "BuildReport": "build", "build_bundle": "build", "resolve_backend": "build",
          "VerifyResult": "verify", "verify_bundle": "verify"}
 
 

@@ -15,8 +15,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch  # first: a missing build extra is reported by its main package
 import onnx
-import torch
 
 from ..version import __version__
 from ..backend import registry

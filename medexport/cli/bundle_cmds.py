@@ -13,11 +13,11 @@ from rich.table import Table
 from ..backend import registry
 from ..core.batch import BatchRange
 from ..core.precision import precision
-from ..bundle import Bundle, BuildSettings, ModelSource, build_bundle, runnable_here, verify_bundle
+from ..bundle.settings import BuildSettings, ModelSource
 from ..bundle.settings import DEFAULT_BATCH, DEFAULT_OUTPUT_ROOT, DEMO_BATCH, PRECISION_CHOICES
 from ..core.config import DEFAULT_IMAGE_SIZE
 from ..errors import BundleError, ConfigError
-from ..model import MODEL_NAMES
+from ..core.config import MODEL_NAMES
 from .main import cli, console, parse_int_list, short_help
 from ..demo import NAME as DEMO_NAME
 
@@ -132,6 +132,8 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_al
     settings = BuildSettings(backend=backend, precision=precision, batch=batch_range, backend_options=backend_settings,
                              calibration=calibration, onnx_only=onnx_only)
     out = output or default_output(model_name, image_size, [] if demo else ckpts, precision)
+    from ..bundle.build import build_bundle
+
     report = build_bundle(sources, out, settings, force=force)
     table = Table(title=f"bundle {report.path} ({report.backend or 'ONNX only'}, {precision})")
     for col in ("mediators", "onnx", "engine", "seconds"):
@@ -155,6 +157,8 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_al
 def verify(bundle: Path, backends: tuple[str, ...], seed: int, seed_alias: int | None) -> None:
     """Run every engine against the PyTorch model it was built from; exit 1 on any failure."""
     seed = seed if seed_alias is None else seed_alias  # --seed: the earlier spelling
+    from ..bundle import Bundle, verify_bundle
+
     b = Bundle(bundle)
     results = verify_bundle(b, backends=list(backends) or None, seed=seed)
     table = Table(title=f"verify {bundle}")
@@ -184,6 +188,8 @@ def verify(bundle: Path, backends: tuple[str, ...], seed: int, seed_alias: int |
 @click.argument("bundle", type=click.Path(path_type=Path))
 def inspect(bundle: Path) -> None:
     """What a bundle holds: counts, backends, precisions, shapes, sizes, versions, runnable here or not."""
+    from ..bundle import Bundle, runnable_here
+
     b = Bundle(bundle)
     m = b.manifest
     cfg = m["model"]
