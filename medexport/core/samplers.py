@@ -127,11 +127,8 @@ class Run:
 
 
 class Sampler(abc.ABC):
-    """One integrator of one sampler: its evaluations per step, its time grid and one step.
-
-    :meth:`integrate` runs the whole trajectory; a fixed-step sampler only writes :meth:`step` (and the SDE its
-    last step). ``arrays``: the adapters it can run on (None: every one).
-    """
+    """One integrator of one sampler, registered by (sampler, method): its evaluations per step and how it
+    integrates a whole trajectory. ``arrays``: the adapters it can run on (None: every one)."""
 
     sampler: str = ""
     method: str = ""
@@ -141,17 +138,13 @@ class Sampler(abc.ABC):
     def grid(self, settings: SamplingSettings) -> np.ndarray:
         return settings.time_grid()
 
-    def step_infos(self, settings: SamplingSettings) -> list[StepInfo]:
-        """Every step a run makes, with the StepInfo each of its evaluations sees, without running anything:
-        what costs and schedules are computed from. Empty for a sampler that chooses its steps (dopri5)."""
-        s = settings.resolved()
-        n = s.num_model_steps
-        grid = self.grid(s)
-        infos = [StepInfo(i, n, float(grid[i]), i / n) for i in range(len(grid) - 1)]
-        if s.has_last_step:
-            infos.append(StepInfo(s.resolved_steps - 1, n, 1 - s.resolved_last_step_size,
-                                  (s.resolved_steps - 1) / n))
-        return infos
+    @abc.abstractmethod
+    def integrate(self, run: Run, x):
+        """The final state from ``x``, reporting each finished step through ``run.done``."""
+
+
+class FixedStepSampler(Sampler):
+    """A sampler on the settings' time grid: it writes one :meth:`step` (and the SDE its last step)."""
 
     @abc.abstractmethod
     def step(self, run: Run, x, grid: np.ndarray, i: int):
@@ -165,7 +158,7 @@ class Sampler(abc.ABC):
         return x
 
 
-class OdeEuler(Sampler):
+class OdeEuler(FixedStepSampler):
     sampler, method = "ode", "euler"
 
     def step(self, run: Run, x, grid, i):
@@ -175,7 +168,7 @@ class OdeEuler(Sampler):
         return x + dt * k1
 
 
-class OdeHeun(Sampler):
+class OdeHeun(FixedStepSampler):
     """torchdiffeq's heun2 tableau: k2 at (t0 + dt, x + dt k1), weights 1/2, 1/2."""
 
     sampler, method, evaluations_per_step = "ode", "heun", 2
@@ -189,7 +182,7 @@ class OdeHeun(Sampler):
         return x + dt * (k1 * 0.5 + k2 * 0.5)
 
 
-class _Sde(Sampler):
+class _Sde(FixedStepSampler):
     """The SDE family: steps - 1 stochastic steps with a constant dt, then the reference's last step."""
 
     sampler = "sde"

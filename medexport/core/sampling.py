@@ -203,11 +203,10 @@ def run_request(request: SampleRequest, *, forwards: Mapping[int, Forward], xp: 
     sched.reset(x0[:B] if per_sample else x0, xp)
     timer, finite = xp.timer(), xp.finite_check(request.check_finite)
 
-    def evaluate(n: int, x, t, y_):
+    def evaluate(n: int, x, t, y_, step: StepInfo):
         if guided:  # forward_with_cfg: the conditional half, duplicated
             half = x[: len(x) // 2]
             x = xp.cat([half, half])
-        step = current[0]
         for hook in hooks:
             hook(Evaluation(n, x, t, y_, step))
         backend = names.get(n, xp.name)
@@ -217,18 +216,15 @@ def run_request(request: SampleRequest, *, forwards: Mapping[int, Forward], xp: 
         finite.check(out, backend, n, step)
         return guide(out, cfg_scale, channels, xp.cat) if guided else out
 
-    current: list[StepInfo] = [StepInfo(0, None, 0.0, 0.0)]
-
     def velocity(x, t, step: StepInfo):
-        current[0] = step
         chosen = sched.models_for(step) if per_sample else [sched.model_for(step)] * B
         if len(set(chosen)) == 1:
-            return evaluate(chosen[0], x, t, y)
+            return evaluate(chosen[0], x, t, y, step)
         out = xp.empty_like(x)
         for n in sorted(set(chosen)):
             rows = [i for i, k in enumerate(chosen) if k == n]
             rows = rows + [r + B for r in rows] if guided else rows
-            xp.put(out, rows, evaluate(n, xp.take(x, rows), xp.take(t, rows), xp.take(y, rows)))
+            xp.put(out, rows, evaluate(n, xp.take(x, rows), xp.take(t, rows), xp.take(y, rows), step))
         return out
 
     def on_step(step: StepInfo, x) -> None:

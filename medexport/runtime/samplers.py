@@ -25,15 +25,10 @@ __all__ = ["Dopri5", "NonFiniteError", "OnStep", "Velocity", "sample"]
 
 
 class Dopri5(Sampler):
-    """The ODE's adaptive dopri5 (torchdiffeq, the reference's default), atol / rtol from the settings."""
+    """The ODE's adaptive dopri5 (torchdiffeq, the reference's default), atol / rtol from the settings; it chooses
+    its own steps, so it lists none in advance."""
 
     sampler, method, evaluations_per_step, arrays = "ode", "dopri5", None, ("torch",)
-
-    def step_infos(self, settings: SamplingSettings) -> list[StepInfo]:
-        return []  # dopri5 chooses its own steps
-
-    def step(self, run: Run, x, grid, i):
-        raise NotImplementedError("dopri5 integrates the whole trajectory at once")
 
     def integrate(self, run: Run, x: Tensor) -> Tensor:
         try:
