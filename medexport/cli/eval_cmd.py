@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..core.files import write_json
+from ..judge.evaluate import MAX_PER_CLASS
 from ..runtime.pipeline import Pipeline
 from .main import cli, console, err_console, short_help
 from .options import SCHEDULE_HELP, sampling_options
@@ -19,14 +20,16 @@ from .options import SCHEDULE_HELP, sampling_options
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--schedule", "schedules", multiple=True,
               help=SCHEDULE_HELP + " Repeat to compare schedules on the same noise and labels.")
-@click.option("--per-class", default=50, show_default=True, type=int, help="Images generated per class.")
+@click.option("--per-class", default=50, show_default=True, type=int,
+              help=f"Images generated per class (at most {MAX_PER_CLASS}).")
 @click.option("--seed", default=0, show_default=True, help="Batch b is sampled with seed + b (same for every schedule).")
 @click.option("--batch", default=100, show_default=True, type=click.IntRange(min=1), help="Images per sampling call.")
 @sampling_options
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/eval.json"),
               show_default=True, help="JSON report.")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Fashion-MNIST folder for the real-vs-real floor [default: /usr/share/datasets/fashion-mnist].")
+              help="Fashion-MNIST folder for the real-vs-real floor (the published files; one that cannot be read is an "
+                   "error) [default: /usr/share/datasets/fashion-mnist, skipped where it is not installed].")
 def eval_cmd(bundles, schedules, per_class, seed, batch, sampler, method, steps, last_step, cfg_scale, cfg_channels,
              backend, device, threads, report, data) -> None:
     """Generate --per-class images of each class under each schedule and score them with the shipped judge.
@@ -48,6 +51,8 @@ def eval_cmd(bundles, schedules, per_class, seed, batch, sampler, method, steps,
         check_applies(pipe)
         pipes.append(pipe)
     judge = load_judge()
+    # The real-vs-real floor first: a --data folder that cannot be read is an error before any sampling
+    floor = floor_for(10 * per_class, data)
     base = pipes[0].defaults.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
                                       cfg_channels=cfg_channels)
     plans = [base.override(schedule=s) for s in schedules] or [base]
@@ -62,7 +67,6 @@ def eval_cmd(bundles, schedules, per_class, seed, batch, sampler, method, steps,
                 rows.append((Path(bundle).name, precision,
                              evaluate(pipe, plan, per_class=per_class, seed=seed, batch=batch,
                                       on_batch=lambda k, task=task: progress.advance(task, k))))
-    floor = floor_for(10 * per_class, data)
     several = len(bundles) > 1
     title = ", ".join(map(str, bundles))
     table = Table(title=f"{title}: {10 * per_class} images per schedule, {base.describe(schedule=False)}, "

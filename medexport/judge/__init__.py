@@ -27,6 +27,7 @@ from .classifier import FEATURE_DIM, FashionJudge
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 JUDGE_FILE = "fashion_judge.safetensors"
 JUDGE_NAME = "fashion-mnist-cnn"
+REAL_PER_CLASS = 6000  # training images of each class in Fashion-MNIST: the real-vs-real floor draws from them
 
 
 class JudgeError(MedexportError):
@@ -129,12 +130,16 @@ def score(images: torch.Tensor | np.ndarray, labels, judge: Judge | None = None)
 
 def real_floor(num: int, seed: int = 0, data_dir=None, judge: Judge | None = None) -> JudgeScore:
     """The judge's score of ``num`` real training images (balanced over classes) against the test statistics:
-    the best a generator can expect at that sample count."""
+    the best a generator can expect at that sample count. The files must be the published Fashion-MNIST
+    (known sha256): labels that belong to other images would make a floor without meaning."""
     from ..data import load_fashion_mnist
 
-    images, labels = load_fashion_mnist("train", data_dir)
-    rng = np.random.default_rng(seed)
     per_class = max(1, num // 10)
+    if per_class > REAL_PER_CLASS:
+        raise JudgeError(f"the real-vs-real floor of {num} images needs {per_class} training images per class; "
+                         f"Fashion-MNIST has {REAL_PER_CLASS}: judge at most {10 * REAL_PER_CLASS} images")
+    images, labels = load_fashion_mnist("train", data_dir, genuine=True)
+    rng = np.random.default_rng(seed)
     idx = np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)])
     return score(images[idx], labels[idx], judge)
 

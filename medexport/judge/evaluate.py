@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from ..core.settings import SamplingSettings
-from . import JUDGE_NAME, JudgeError, JudgeScore, load_judge, real_floor, score
+from . import JUDGE_NAME, REAL_PER_CLASS, JudgeError, JudgeScore, load_judge, real_floor, score
 
 DATASET = "fashion-mnist"
 
@@ -50,9 +50,18 @@ class EvalResult:
         return d
 
 
+#: The most images per class an evaluation makes: its real-vs-real floor draws as many real training images of
+#: each class, and Fashion-MNIST has 6,000 (larger sets: `medexport generate`, and an FID tool).
+MAX_PER_CLASS = REAL_PER_CLASS
+
+
 def check_per_class(per_class: int) -> None:
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
         raise JudgeError(f"--per-class {per_class!r}: give at least 1 image per class (50 or more for a stable FD)")
+    if per_class > MAX_PER_CLASS:
+        raise JudgeError(f"--per-class {per_class}: at most {MAX_PER_CLASS} images per class (the real-vs-real floor "
+                         f"compares them with as many real training images, and Fashion-MNIST has {REAL_PER_CLASS} "
+                         f"per class); for a larger set use `medexport generate` and an FID tool")
 
 
 def evaluate(pipe, sampling: SamplingSettings, *, per_class: int, seed: int = 0, batch: int = 100,
@@ -74,13 +83,18 @@ def evaluate(pipe, sampling: SamplingSettings, *, per_class: int, seed: int = 0,
 
 
 def floor_for(images: int, data_dir=None) -> JudgeScore | None:
-    """The real-vs-real score at ``images`` images, or None where the data set is not installed."""
-    from ..errors import DataError
+    """The real-vs-real score at ``images`` images, or None where no folder was named (``data_dir``,
+    ``$MEDEXPORT_FASHION_MNIST``) and the default one is absent (the data set is not installed). A folder that is
+    named or installed but cannot be read, or files that are not Fashion-MNIST's, are a DataError."""
+    import os
+    from pathlib import Path
 
-    try:
-        return real_floor(images, data_dir=data_dir)
-    except DataError:
+    from ..data import DEFAULT_DIR
+
+    if data_dir is None and not os.environ.get("MEDEXPORT_FASHION_MNIST") and not Path(DEFAULT_DIR).exists():
         return None
+    return real_floor(images, data_dir=data_dir)
 
 
-__all__ = ["DATASET", "EvalResult", "JUDGE_NAME", "check_applies", "check_per_class", "evaluate", "floor_for"]
+__all__ = ["DATASET", "EvalResult", "JUDGE_NAME", "MAX_PER_CLASS", "check_applies", "check_per_class", "evaluate",
+           "floor_for"]

@@ -73,3 +73,29 @@ def test_partial_split_and_unknown_split(tmp_path):
         load_fashion_mnist("train", folder)
     with pytest.raises(DataError, match="unknown Fashion-MNIST split"):
         load_fashion_mnist("validation", folder)
+
+
+def test_a_header_that_promises_more_than_the_file_holds(tmp_path, fake):
+    import shutil
+
+    folder = shutil.copytree(fake, tmp_path / "huge")
+    header = (0x00000803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (2**31, 2**31, 4))
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header))  # 2^64 pixels: the product wraps
+    with pytest.raises(DataError, match=r"holds 0 bytes of data where its header announces 2147483648 x 2147483648 "
+                                        r"x 4 = 18446744073709551616: the file is truncated or corrupt"):
+        load_fashion_mnist("train", folder)
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + bytes(28 * 28)))
+    with pytest.raises(DataError, match="header announces"):
+        load_fashion_mnist("train", folder)
+
+
+def test_genuine_files_only_where_asked(fake):
+    load_fashion_mnist("test", fake)  # any files of the format: your own data
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz' is not the published Fashion-MNIST file"):
+        load_fashion_mnist("test", fake, genuine=True)
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
+def test_the_installed_files_are_the_published_ones():
+    x, y = load_fashion_mnist("test", genuine=True)
+    assert len(x) == len(y) == 10_000
