@@ -184,13 +184,13 @@ def run_request(request: SampleRequest, *, forwards: Mapping[int, Forward], xp: 
     B = len(request.labels)
     state = (shape.channels, shape.size, shape.size)
     seeds = request.row_seeds()
-    if noise is None:
+    if noise is None:  # float32 from each image's own generator, on the host, then moved (as the reference)
         x0 = xp.from_numpy(RowNoise.for_request(seeds, INITIAL, B)((B, *state)))
     else:
-        if tuple(noise.shape) != (B, *state):
-            raise SamplingError(f"noise must be {(B, *state)} for {B} labels, got {tuple(noise.shape)}")
-        x0 = noise
-    x0 = xp.from_numpy(xp.to_numpy(x0).astype("float32"))
+        if tuple(getattr(noise, "shape", ())) != (B, *state):
+            raise SamplingError(f"noise must be {(B, *state)} for {B} labels, got "
+                                f"{tuple(getattr(noise, 'shape', ())) or type(noise).__name__}")
+        x0 = xp.from_numpy(np.asarray(xp.to_numpy(noise), dtype=np.float32))
     sde_noise = RowNoise.for_request(seeds, SDE_COND, B)
     y = xp.labels(request.labels)
     if guided:  # the reference: z = [z; z], y = [y; null]
