@@ -232,6 +232,7 @@ def _print_benchmark(stats: dict, summaries: list[dict], main: str, ref: str) ->
             ("latency per batch (s)", lambda s: f"{s['batch_seconds']:.3f}"),
             ("images / s", lambda s: f"{s['images_per_second']:.3f}"),
             ("peak memory of backend (MiB)", lambda s: f"{s['peak_memory_bytes'] / 2**20:.0f}"),
+            ("engines opened, warmed (s)", lambda s: f"{s['warmup_seconds']:.2f}"),
             ("GFLOPs / image", lambda s: f"{s['gflops_per_image']:.1f}"),
             ("runtime overhead", lambda s: f"{100 * s['runtime_overhead_fraction']:.2f}%"),
             (f"speed-up vs {ref}", lambda s: f"{s['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in s

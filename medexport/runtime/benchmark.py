@@ -21,6 +21,7 @@ class BackendStats:
     backend: str
     results: list[SampleResult] = field(default_factory=list)
     peak_memory_bytes: int | None = None  # what the pipeline added: weights, sessions, activations
+    warmup_seconds: float | None = None  # opening and first-running every engine (Pipeline.warmup), apart
 
     @property
     def last(self) -> SampleResult:
@@ -70,11 +71,13 @@ def run_benchmarks(factories: dict[str, Callable[[], Pipeline]], request: Sample
         base = (baselines or {}).get(name)
         base = before.get(p.device.type, 0) if base is None else base
         reset_peak_memory(p.device)
+        opened = p.warmup(request)  # every engine before the first step: no timed step pays for a session
         for _ in range(max(1, warmup)):
             p.run(request)
             if progress is not None:
                 progress()
-        stats[name] = BackendStats(p.backend, peak_memory_bytes=max(0, peak_memory(p.device) - base))
+        stats[name] = BackendStats(p.backend, peak_memory_bytes=max(0, peak_memory(p.device) - base),
+                                   warmup_seconds=sum(opened.values()))
         # e.g. TensorRT's shared activation buffer, outside torch's allocator (0 for the others)
         stats[name].peak_memory_bytes += registry.get(p.backend).memory_outside_torch(list(p.runners.values()))
     for _ in range(runs):
@@ -102,6 +105,7 @@ def summary(pipeline: Pipeline, stats: BackendStats, reference: BackendStats | N
         "batch_seconds": round(stats.batch_seconds(), 4),
         "images_per_second": round(stats.images_per_second(), 4),
         "peak_memory_bytes": stats.peak_memory_bytes,
+        "warmup_seconds": round(stats.warmup_seconds, 3) if stats.warmup_seconds is not None else None,
         "runtime_overhead_fraction": round(stats.overhead_fraction(), 5),
         "runs": len(stats.results),
     }
