@@ -94,6 +94,20 @@ class SampleResult:
     def engine_ms(self) -> float:
         return sum(e.ms for e in self.trace)
 
+    def step_ms(self) -> dict[int, tuple[int, float]]:
+        """Each denoising step's mediator count and engine time (all its evaluations summed), in step order."""
+        steps: dict[int, tuple[int, float]] = {}
+        for e in self.trace:
+            n, ms = steps.get(e.step, (e.mediators, 0.0))
+            steps[e.step] = (e.mediators, ms + e.ms)
+        return dict(sorted(steps.items()))
+
+    def switch_steps(self) -> list[int]:
+        """The steps whose count differs from the step before's: the first step after each switch."""
+        steps = self.step_ms()
+        order = list(steps)
+        return [s for prev, s in zip(order, order[1:]) if steps[s][0] != steps[prev][0]]
+
     def trace_dicts(self) -> list[dict]:
         return [{"step": e.step, "t": e.t, "mediators": e.mediators, "backend": e.backend, "ms": e.ms,
                  "batch": e.batch} for e in self.trace]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -62,17 +63,22 @@ def plot_trace(path: Path, results: dict[str, SampleResult]) -> Path:
     colours = {n: plt.cm.viridis(i / max(1, len(counts) - 1)) for i, n in enumerate(counts)}
     fig, axes = plt.subplots(len(results), 1, figsize=(10, 2.8 * len(results)), sharex=True, squeeze=False)
     for ax, (backend, r) in zip(axes[:, 0], results.items()):
-        steps: dict[int, tuple[int, float]] = {}
-        for e in r.trace:
-            n, ms = steps.get(e.step, (e.mediators, 0.0))
-            steps[e.step] = (e.mediators, ms + e.ms)
+        steps = r.step_ms()
+        median = statistics.median(ms for _, ms in steps.values())
+        switches = r.switch_steps()
+        ax.axhline(median, color="0.5", linewidth=0.8, linestyle=":", zorder=1, label=f"median {median:.1f} ms")
+        for s in switches:  # the step after a switch: as fast as the others once every engine is warmed
+            ax.axvline(s - 0.5, color="0.7", linewidth=0.8, linestyle="--", zorder=1)
         for n in counts:
             xs = [s for s, (m, _) in sorted(steps.items()) if m == n]
             ys = [steps[s][1] for s in xs]
             if xs:
                 ax.scatter(xs, ys, s=14, color=colours[n], label=f"{n} mediators", zorder=3)
         ax.set_ylabel("step latency (ms)")
-        ax.set_title(f"{backend}: {len(r.latents)} images, {r.seconds:.2f} s")
+        after = [steps[s][1] for s in switches]
+        ax.set_title(f"{backend}: {len(r.latents)} images, {r.seconds:.2f} s"
+                     + (f"; steps after a switch {', '.join(f'{ms:.0f}' for ms in after)} ms, median step "
+                        f"{median:.0f} ms" if after else ""), fontsize=10)
         ax.set_ylim(bottom=0, top=1.15 * max(ms for _, ms in steps.values()))
         ax.set_xlim(-0.5, max(steps) + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
