@@ -330,7 +330,8 @@ def _calibration_data(settings: BuildSettings, configs: dict) -> dict:
     from ..quant.calibration import CalibrationSet
 
     calib = CalibrationSet(settings.calibration)
-    return {n: calib.data_for(n, source_hash) for n, (_, source_hash, _) in configs.items()}
+    return {n: calib.data_for(n, source_hash, (cfg.in_channels, cfg.input_size, cfg.input_size))
+            for n, (cfg, source_hash, _) in configs.items()}
 
 
 def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str, old: dict,

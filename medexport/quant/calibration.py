@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,46 @@ MODES = ("schedule", "trajectory")
 DEFAULT_ROOT = Path("calibration")
 
 
+#: The arrays of a count's file: (name, dtype kind, dimensions); x is (R, C, S, S), t and y are (R,).
+ARRAYS = (("x", np.float32, 4), ("t", np.float32, 1), ("y", np.int64, 1))
+
+
+def read_arrays(path: Path, again: str) -> dict[str, np.ndarray]:
+    """x, t and y of a count's file, checked for what a quantiser can feed an engine: float32 x (R, C, S, S),
+    float32 t (R,), int64 y (R,), as many rows each, at least one. CalibrationError naming the file and
+    ``again`` (the command that records it again) otherwise; a file holding pickled objects is refused, never
+    unpickled."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [name for name, _, _ in ARRAYS if name not in z.files]
+            if missing:
+                raise CalibrationError(f"{path} lacks the arrays {', '.join(missing)} (it holds "
+                                       f"{', '.join(z.files) or 'none'}): not a calibration file of medexport; "
+                                       f"record it again: {again}")
+            arrays = {name: z[name] for name, _, _ in ARRAYS}
+    except CalibrationError:
+        raise
+    except ValueError as e:
+        why = ("it holds Python objects, which are never unpickled" if "allow_pickle" in str(e)
+               else f"it cannot be read: {e}")
+        raise CalibrationError(f"{path} is not a calibration file of medexport ({why}): record it again: "
+                               f"{again}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise CalibrationError(f"{path} cannot be read ({e}): record it again: {again}") from None
+    for name, dtype, dims in ARRAYS:
+        a = arrays[name]
+        if a.dtype != dtype or a.ndim != dims:
+            want = "(R, C, S, S)" if dims == 4 else "(R,)"
+            raise CalibrationError(f"{path}: '{name}' is {a.dtype} of shape {a.shape}, where a calibration file "
+                                   f"holds {np.dtype(dtype)} {want}: record it again: {again}")
+    rows = {name: len(a) for name, a in arrays.items()}
+    x = arrays["x"]
+    if len(set(rows.values())) > 1 or not rows["x"] or x.shape[2] != x.shape[3] or 0 in x.shape:
+        raise CalibrationError(f"{path} holds rows that do not fit together (x {x.shape}, t {arrays['t'].shape}, "
+                               f"y {arrays['y'].shape}): record it again: {again}")
+    return arrays
+
+
 @dataclass(frozen=True)
 class CountData:
     """The recorded inputs of one count's engine, as the quantiser reads them."""
@@ -44,10 +85,10 @@ class CountData:
     sha256: str
     rows: int
     info: dict  # the set's description (CalibrationSet.describe)
+    again: str = "medexport calibrate"  # the command that records the set again, for messages
 
     def arrays(self) -> dict[str, np.ndarray]:
-        with np.load(self.path) as z:
-            return {k: z[k] for k in ("x", "t", "y")}
+        return read_arrays(self.path, self.again)
 
     def batches(self, batch: int = 64) -> Iterator[dict[str, np.ndarray]]:
         """The rows as engine feeds of at most ``batch`` rows."""
@@ -82,6 +123,12 @@ class CalibrationSet:
                 and isinstance(v.get("sha256"), str) and isinstance(v.get("source"), str) for k, v in counts.items()):
             raise CalibrationError(f"{mpath}: 'counts' must map each mediator count to its file, sha256 and "
                                    f"source: record the set again with `medexport calibrate`")
+        for k, v in counts.items():
+            rows = v.get("rows")
+            if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+                raise CalibrationError(f"{mpath}: the rows of {k} mediators must be a whole number of at least 1, "
+                                       f"got {rows!r} (the file was edited): record the set again with "
+                                       f"`medexport calibrate`")
 
     @property
     def counts(self) -> list[int]:
@@ -100,9 +147,10 @@ class CalibrationSet:
         return {"path": str(self.path), "mode": m.get("mode"), "schedule": m.get("schedule"),
                 "images": m.get("images"), "seed": m.get("seed"), "bundle": m.get("bundle")}
 
-    def data_for(self, n: int, source: str) -> CountData:
-        """Count ``n``'s data, after checking it was recorded from the weights ``source`` identifies and that
-        its file is intact; CalibrationError saying which `calibrate` command fixes it otherwise."""
+    def data_for(self, n: int, source: str, row_shape: tuple[int, ...] | None = None) -> CountData:
+        """Count ``n``'s data, after checking it was recorded from the weights ``source`` identifies, that its
+        file is intact and holds rows an engine takes (``row_shape``: the model's (C, S, S), where known);
+        CalibrationError saying which `calibrate` command fixes it otherwise."""
         entry = self.manifest["counts"].get(str(n))
         if entry is None:
             raise CalibrationError(f"the calibration set {self.path} has no data for {n} mediators (it has "
@@ -120,4 +168,14 @@ class CalibrationSet:
         if file_sha256(path) != entry["sha256"]:
             raise CalibrationError(f"{path} does not match the hash in {MANIFEST} (edited or truncated): record "
                                    f"it again: {self.recalibrate}")
-        return CountData(n, path, entry["sha256"], int(entry.get("rows", 0)), self.describe())
+        arrays = read_arrays(path, self.recalibrate)  # what the quantiser will feed: checked before any build
+        rows = len(arrays["t"])
+        if row_shape is not None and arrays["x"].shape[1:] != tuple(row_shape):
+            raise CalibrationError(f"{path} holds rows of shape {'x'.join(map(str, arrays['x'].shape[1:]))} where "
+                                   f"the {n}-mediator model takes {'x'.join(map(str, row_shape))}: the data was "
+                                   f"recorded for another model; record it from a bundle of this one: "
+                                   f"{self.recalibrate}")
+        if entry.get("rows", rows) != rows:
+            raise CalibrationError(f"{path} holds {rows} rows where {MANIFEST} records {entry['rows']}: record it "
+                                   f"again: {self.recalibrate}")
+        return CountData(n, path, entry["sha256"], rows, self.describe(), self.recalibrate)

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from ..core.files import replacing
-from ..errors import ConfigError
+from ..errors import CalibrationError, ConfigError
 from . import quantization
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def quantize_graph(src: list[Path], dst: Path, precision: str, calibration=None)
     if q.calibrated and calibration is None:
         raise ConfigError(f"{precision} needs calibration data")
     external = len(src) > 1  # graphs over 2 GB keep their weights in a .data file; so must the result
-    nodes = token_layer_nodes(onnx.load(str(src[0]), load_external_data=False).graph)
+    graph = onnx.load(str(src[0]), load_external_data=False).graph
+    nodes = token_layer_nodes(graph)
     if not nodes:
         raise ConfigError(f"{src[0].name} has no linear layers named like {', '.join(TOKEN_LAYERS)}: is it a "
                           f"medexport export?")
@@ -82,6 +83,7 @@ def quantize_graph(src: list[Path], dst: Path, precision: str, calibration=None)
             # int8: min/max ranges; fp8 (no zero point, a wide dynamic range): ORT's distribution method
             method = CalibrationMethod.MinMax if q.quant_dtype == "int8" else CalibrationMethod.Distribution
             per_channel = q.quant_dtype == "int8"
+            check_calibration(graph, calibration, src[0].name)
             quantize_static(src[0], tmp, _Reader(calibration.batches()), quant_format=QuantFormat.QDQ,
                             activation_type=qtype, weight_type=qtype, per_channel=per_channel,
                             op_types_to_quantize=OP_TYPES, nodes_to_quantize=nodes, calibrate_method=method,
@@ -101,6 +103,28 @@ def quantize_graph(src: list[Path], dst: Path, precision: str, calibration=None)
                                              "per_channel_weights": per_channel, "layers": list(TOKEN_LAYERS),
                                              "quantized_layers": quantized,
                                              "tool": "onnxruntime.quantization"}}
+
+
+def check_calibration(graph, calibration, name: str) -> None:
+    """CalibrationError unless every row of ``calibration`` (a CountData) fits the graph's inputs: the same
+    arrays, dtypes and per-row shapes (the batch dimension aside). Rows of another model would otherwise reach
+    ONNX Runtime, whose error says nothing of where they came from."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    arrays = calibration.arrays()
+    for inp in graph.input:
+        a = arrays.get(inp.name)
+        t = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        want = "x".join("B" if i == 0 else str(d) if d is not None else "?" for i, d in enumerate(dims))
+        fits = (a is not None and a.ndim == len(dims) and a.dtype == tensor_dtype_to_np_dtype(t.elem_type)
+                and all(d is None or d == k for d, k in zip(dims[1:], a.shape[1:])))
+        if not fits:
+            got = "nothing" if a is None else f"{a.dtype} {'x'.join(map(str, a.shape))}"
+            raise CalibrationError(f"{calibration.path}: its '{inp.name}' rows ({got}) do not fit the input "
+                                   f"'{inp.name}' of {name} ({tensor_dtype_to_np_dtype(t.elem_type)} {want}): the "
+                                   f"data was recorded for another model; record it from a bundle of this one: "
+                                   f"{calibration.again}")
 
 
 def _quantized_layers(graph) -> int:

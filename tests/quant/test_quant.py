@@ -220,3 +220,90 @@ def test_the_cli_calibrates_and_builds(tiny_bundle, tiny_checkpoints, tmp_path):
     assert r.exit_code == 0 and "calibrated on" in r.output and "static-qdq int8" in r.output
     r = CliRunner().invoke(cli, ["build", "--precision", "int8-static", "-o", str(tmp_path / "c")])
     assert r.exit_code != 0 and "medexport calibrate" in r.output
+
+
+def _tampered(calibration, folder, count=16, rows=None, drop=(), **arrays):
+    """A copy of the set whose ``m<count>.npz`` holds ``arrays`` (the others kept but ``drop``), its hash updated
+    to match."""
+    from medexport.core.files import file_sha256
+
+    shutil.copytree(calibration.path, folder)
+    name = f"m{count}.npz"
+    with np.load(folder / name) as z:
+        data = {k: z[k] for k in z.files if k not in drop}
+    data.update(arrays)
+    np.savez(folder / name, **data)
+    m = json.loads((folder / MANIFEST).read_text())
+    m["counts"][str(count)]["sha256"] = file_sha256(folder / name)
+    if rows is not None:
+        m["counts"][str(count)]["rows"] = rows
+    (folder / MANIFEST).write_text(json.dumps(m))
+    return folder
+
+
+def _build_static(tiny_checkpoints, cal, out, counts=(16,)):
+    return build_bundle(sources(tiny_checkpoints, counts), out,
+                        BuildSettings(backend="onnxruntime", precision="int8-static", batch=BATCH, calibration=cal),
+                        show_progress=False)
+
+
+def test_rows_of_another_shape_are_refused_before_anything_is_built(tiny_checkpoints, calibration, tmp_path):
+    with np.load(calibration.path / "m16.npz") as z:
+        x = z["x"]
+    cal = _tampered(calibration, tmp_path / "cal", x=np.ascontiguousarray(x[:, :, :8, :8]))  # hash updated to match
+    with pytest.raises(CalibrationError, match=r"m16.npz holds rows of shape 4x8x8 where the 16-mediator model "
+                                               r"takes 4x16x16: the data was recorded for another model; record it "
+                                               r"from a bundle of this one: medexport calibrate"):
+        _build_static(tiny_checkpoints, cal, tmp_path / "b", counts=COUNTS)
+    assert not (tmp_path / "b").exists()  # refused before anything was written
+
+    from click.testing import CliRunner
+
+    from medexport.cli import cli
+
+    args = ["build", "--precision", "int8-static", "--batch", "1:2:16", "--calibration", str(cal), "-o",
+            str(tmp_path / "c"), "--checkpoint", f"16={tiny_checkpoints[16]}"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1 and "holds rows of shape 4x8x8" in r.output and "Traceback" not in r.output
+
+
+def test_the_quantiser_checks_rows_against_the_graph(tiny_bundle, calibration, tmp_path):
+    """Data that reaches the quantiser without the build's checks is still refused in our words."""
+    from medexport.core.files import file_sha256
+    from medexport.quant.calibration import CountData
+    from medexport.quant.quantize import quantize_graph
+
+    (graph,) = tiny_bundle.glob("mediators-16.fp32.onnx")
+    cal = _tampered(calibration, tmp_path / "cal", x=np.zeros((3, 4, 8, 8), np.float32),
+                    t=np.zeros(3, np.float32), y=np.zeros(3, np.int64), step=np.zeros(3, np.int32))
+    data = CountData(16, cal / "m16.npz", file_sha256(cal / "m16.npz"), 3, {}, "medexport calibrate BUNDLE")
+    with pytest.raises(CalibrationError, match=r"m16.npz: its 'x' rows \(float32 3x4x8x8\) do not fit the input 'x' "
+                                               r"of mediators-16.fp32.onnx \(float32 Bx4x16x16\).*medexport "
+                                               r"calibrate BUNDLE"):
+        quantize_graph([graph], tmp_path / "q.onnx", "int8-static", data)
+    assert not (tmp_path / "q.onnx").exists() and not list(tmp_path.glob("q.onnx*"))
+
+
+@pytest.mark.parametrize("case", ["objects", "dtype", "rows", "missing", "many"])
+def test_a_damaged_calibration_file_or_manifest_is_a_clear_error(tiny_checkpoints, calibration, tmp_path, case):
+    with np.load(calibration.path / "m16.npz") as z:
+        x = z["x"]
+    folder = tmp_path / "cal"
+    if case == "objects":
+        cal = _tampered(calibration, folder, x=np.array([{"rows": 1}, None], dtype=object))
+        expected = r"m16.npz is not a calibration file of medexport \(it holds Python objects, which are never "
+    elif case == "dtype":
+        cal = _tampered(calibration, folder, x=x.astype(np.float64))
+        expected = r"m16.npz: 'x' is float64 of shape .* where a calibration file holds float32 \(R, C, S, S\)"
+    elif case == "rows":
+        cal = _tampered(calibration, folder, x=x[:-1])
+        expected = r"m16.npz holds rows that do not fit together"
+    elif case == "missing":
+        cal = _tampered(calibration, folder, drop=("t", "y", "step"))
+        expected = r"m16.npz lacks the arrays t, y \(it holds x\)"
+    else:
+        cal = _tampered(calibration, folder, rows="many")
+        expected = r"calibration.json: the rows of 16 mediators must be a whole number of at least 1, got 'many'"
+    with pytest.raises(CalibrationError, match=expected + ".*medexport calibrate"):
+        _build_static(tiny_checkpoints, cal, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
