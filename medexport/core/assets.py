@@ -23,11 +23,20 @@ def read_sums(folder: Path) -> dict[str, str]:
     sums = Path(folder) / SUMS
     if not sums.is_file():
         return {}
+    try:
+        text = sums.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise AssetError(f"{sums} cannot be read ({e}): reinstall medexport") from None
     out = {}
-    for line in sums.read_text().splitlines():
-        if line.strip():
-            digest, name = line.split(maxsplit=1)
-            out[name.lstrip("*")] = digest
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        digest = parts[0].lower()
+        if len(parts) != 2 or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise AssetError(f"{sums}, line {number}: {line.strip()[:80]!r} is not '<sha256>  <file name>' (64 hex "
+                             f"digits, then the name): the file is damaged; reinstall medexport")
+        out[parts[1].lstrip("*")] = digest
     return out
 
 

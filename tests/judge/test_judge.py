@@ -70,3 +70,21 @@ def test_real_images_score_well():
     assert floor.images == 500 and floor.accuracy > 0.85 and floor.fd < 5
     # more images, smaller FD: the estimate's bias shrinks with the count
     assert real_floor(2000).fd < floor.fd
+
+
+@pytest.mark.parametrize("line", ["damaged", "0123abcd  ", "zz" * 32 + "  demo.json"])
+def test_a_malformed_line_of_the_shipped_sums_names_the_file_and_line(tmp_path, line):
+    """A SHA256SUMS with a line that is not '<sha256>  <name>' is an AssetError naming the file and line."""
+    from medexport.core.assets import SUMS, verified_file
+    from medexport.demo import WEIGHTS_DIR as DEMO_WEIGHTS
+
+    for source in (WEIGHTS_DIR, DEMO_WEIGHTS):
+        folder = shutil.copytree(source, tmp_path / source.parent.name)
+        lines = (folder / SUMS).read_text().splitlines()
+        (folder / SUMS).write_text("\n".join([lines[0], line, *lines[1:]]) + "\n")
+        name = lines[0].split()[1]
+        with pytest.raises(AssetError, match=rf"{SUMS}, line 2: .* is not '<sha256>  <file name>'.*reinstall "
+                                             rf"medexport"):
+            verified_file(folder, name, "file")
+    with pytest.raises(AssetError, match=f"{SUMS}, line 2"):
+        load_judge(tmp_path / "judge")
