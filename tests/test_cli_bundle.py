@@ -1,6 +1,7 @@
 """``medexport build / verify / inspect`` through click's runner, with every bad input."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -54,6 +55,9 @@ def test_verify_exits_nonzero_on_failure(tiny_bundle, tmp_path):
     (["--batch", "4:2:1", "--checkpoint", "16={c16}"], 2, "min <= opt <= max"),
     (["--batch", "a:b", "--checkpoint", "16={c16}"], 2, "MIN:OPT:MAX"),
     (["--model", "SiT-Q/2"], 1, "unknown model"),
+    (["--model", "SiT-S/8", "--seed", "99999999999999999999999"], 2, "not in the range 0<=x<=9223372036854775807"),
+    (["--model", "SiT-S/8", "--init-seed", str(2**63)], 2, "not in the range 0<=x<=9223372036854775807"),
+    (["--model", "SiT-S/8", "--init-seed", "-1"], 2, "not in the range 0<=x<=9223372036854775807"),
 ])
 def test_build_bad_input(tiny_checkpoints, tmp_path, args, code, message):
     args = [a.format(c16=tiny_checkpoints[16], c32=tiny_checkpoints[32]) for a in args]
@@ -168,3 +172,19 @@ def test_other_os_errors_keep_their_traceback(tiny_checkpoints, tmp_path, monkey
     assert os_error_message(OSError(errno.ENOSPC, "No space left on device")).startswith(
         "no space left on the device holding the output")
     assert os_error_message(FileNotFoundError(errno.ENOENT, "No such file", "x")) is None
+
+
+def test_paths_print_as_text_not_markup(tiny_checkpoints, tmp_path, monkeypatch):
+    """A bundle folder whose path holds "[/]" (rich's closing tag) or "[bold]" prints as it is, in build's summary,
+    verify's table and inspect's lines."""
+    monkeypatch.chdir(tmp_path)  # a short relative path: the tables do not wrap it
+    out = Path("odd[/]name") / "[bold]bundle"
+    r = CliRunner().invoke(cli, ["build", "--checkpoint", f"16={tiny_checkpoints[16]}", "--backend", "onnxruntime",
+                                 "--batch", "1:2:4", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output and "[/]" in r.output and "[bold]bundle" in r.output.replace("\n", "")
+    for command in ("inspect", "verify"):
+        r = CliRunner().invoke(cli, [command, str(out)])
+        assert r.exit_code == 0, r.output
+        assert "odd[/]name" in r.output.replace("\n", "") and "[bold]bundle" in r.output.replace("\n", ""), r.output
+    assert "tiny-m16.pt" in CliRunner().invoke(cli, ["inspect", str(out)]).output

@@ -49,3 +49,12 @@ def test_info_bad_files(tmp_path):
     (tmp_path / "junk.pt").write_text("junk")
     r = run("info", str(tmp_path / "junk.pt"))
     assert r.exit_code == 1 and "neither" in r.output
+
+
+def test_info_prints_a_path_as_text_not_markup(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "odd[").mkdir()
+    medexport.save_checkpoint(tiny_model(16), tmp_path / "odd[" / "]m16.pt", form="trainer")
+    r = CliRunner().invoke(cli, ["info", "odd[/]m16.pt"])
+    assert r.exit_code == 0, r.output
+    assert "odd[/]m16.pt" in r.output and "16 (4 x 4 grid)" in r.output

@@ -220,3 +220,14 @@ def test_benchmark_runs_the_reference_where_the_engines_run(tiny_bundle, tmp_pat
 
     # counted from the GPU's figure (nothing allocated), it would be the whole process's resident memory
     assert main["peak_memory_bytes"] < current_memory(torch.device("cpu")) / 2
+
+
+def test_benchmark_columns_print_bundle_names_as_text_not_markup(tiny_bundle, tmp_path):
+    import shutil
+
+    other = shutil.copytree(tiny_bundle, tmp_path / "[bold]tiny")  # the --against bundle's name is a column
+    r = run("sample", tiny_bundle, "--num", "1", "--sampler", "ode", "--method", "euler", "--steps", "3",
+            "--schedule", "16", "--benchmark", "--warmup", "1", "--runs", "1", "--against", other,
+            "--out", tmp_path / "bench")
+    assert r.exit_code == 0, r.output
+    assert "onnxruntime fp32 ([bold]tiny)" in r.output

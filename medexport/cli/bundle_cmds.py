@@ -23,6 +23,8 @@ from ..demo import NAME as DEMO_NAME
 
 log = logging.getLogger("medexport")
 DEFAULT_MEDIATORS = "16,32,64"
+#: A seed torch.manual_seed takes (a 64-bit integer), from 0.
+SEED = click.IntRange(0, 2**63 - 1)
 
 
 def _parse_checkpoints(values: tuple[str, ...]) -> list[tuple[int, Path]]:
@@ -81,8 +83,9 @@ def backend_options(command):
 @click.option("--image-size", default=DEFAULT_IMAGE_SIZE, show_default=True, help="Image side (random weights).")
 @click.option("--mediators", default=None, help=f"Counts to build [default: those of --checkpoint, the demo's, or "
                                                 f"{DEFAULT_MEDIATORS} with --model].")
-@click.option("--init-seed", "seed", default=0, show_default=True, help="Seed of the random weights (--model).")
-@click.option("--seed", "seed_alias", type=int, default=None, hidden=True)
+@click.option("--init-seed", "seed", default=0, show_default=True, type=SEED,
+              help="Seed of the random weights (--model).")
+@click.option("--seed", "seed_alias", type=SEED, default=None, hidden=True)
 @click.option("--backend", type=click.Choice(registry.build_choices()), default="auto", show_default=True,
               help="auto: the fastest that builds here (TensorRT with a CUDA GPU, else ONNX Runtime).")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
@@ -135,7 +138,7 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_al
     from ..bundle.build import build_bundle
 
     report = build_bundle(sources, out, settings, force=force)
-    table = Table(title=f"bundle {report.path} ({report.backend or 'ONNX only'}, {precision})")
+    table = Table(title=escape(f"bundle {report.path} ({report.backend or 'ONNX only'}, {precision})"))
     for col in ("mediators", "onnx", "engine", "seconds"):
         table.add_column(col, justify="right" if col != "engine" else "left")
     for r in report.counts:
@@ -143,7 +146,7 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_al
                       ", ".join([f"{b} built" for b in r.engines_built] + [f"{b} up to date" for b in r.engines_kept]),
                       f"{r.seconds:.1f}")
     console.print(table)
-    console.print(f"backend: {report.backend_reason}")
+    console.print(escape(f"backend: {report.backend_reason}"), highlight=False, soft_wrap=True)
     if report.random_weights:
         console.print("[yellow]warning: random weights — for benchmarking only; outputs are noise.[/]")
 
@@ -152,8 +155,9 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_al
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--backend", "backends", type=click.Choice(registry.engine_names()), multiple=True,
               help="Only engines of this backend (repeatable) [default: all].")
-@click.option("--input-seed", "seed", default=0, show_default=True, help="Seed of the random test inputs.")
-@click.option("--seed", "seed_alias", type=int, default=None, hidden=True)
+@click.option("--input-seed", "seed", default=0, show_default=True, type=SEED,
+              help="Seed of the random test inputs.")
+@click.option("--seed", "seed_alias", type=SEED, default=None, hidden=True)
 def verify(bundle: Path, backends: tuple[str, ...], seed: int, seed_alias: int | None) -> None:
     """Run every engine against the PyTorch model it was built from; exit 1 on any failure."""
     seed = seed if seed_alias is None else seed_alias  # --seed: the earlier spelling
@@ -161,7 +165,7 @@ def verify(bundle: Path, backends: tuple[str, ...], seed: int, seed_alias: int |
 
     b = Bundle(bundle)
     results = verify_bundle(b, backends=list(backends) or None, seed=seed)
-    table = Table(title=f"verify {bundle}")
+    table = Table(title=escape(f"verify {bundle}"))
     for col in ("mediators", "backend", "precision", "cases", "max abs err", "max rel err", "tolerance", "result"):
         table.add_column(col, justify="right")
     for r in results:
@@ -176,7 +180,8 @@ def verify(bundle: Path, backends: tuple[str, ...], seed: int, seed_alias: int |
                      if any(p in ("int8-static", "fp8") for p in precisions) else ""), highlight=False, soft_wrap=True)
     for r in results:
         if r.error:
-            console.print(f"[red]{r.backend} {r.mediators}:[/] {r.error}", soft_wrap=True)
+            console.print(f"[red]{escape(r.backend)} {r.mediators}:[/] {escape(r.error)}", highlight=False,
+                          soft_wrap=True)
     if b.missing:
         console.print(f"[yellow]incomplete bundle: {', '.join(map(str, b.missing))} mediators were requested but "
                       f"not built; run the build again[/]", soft_wrap=True)
@@ -193,16 +198,18 @@ def inspect(bundle: Path) -> None:
     b = Bundle(bundle)
     m = b.manifest
     cfg = m["model"]
-    console.print(f"[bold]{bundle}[/]  format {m['format_version']}, medexport {m['medexport_version']}, "
-                  f"updated {m['updated']}")
-    console.print(f"model: depth {cfg['depth']}, width {cfg['hidden_size']}, heads {cfg['num_heads']}, patch "
-                  f"{cfg['patch_size']}, latent {cfg['in_channels']}x{cfg['input_size']}x{cfg['input_size']}, "
-                  f"{cfg['num_classes']} classes; build: {m['build']}")
+    # Paths and the manifest's texts are printed as text, not markup: a folder named "[/]" prints as it is
+    console.print(f"[bold]{escape(str(bundle))}[/]" + escape(f"  format {m['format_version']}, medexport "
+                                                            f"{m['medexport_version']}, updated {m['updated']}"),
+                  soft_wrap=True)
+    console.print(escape(f"model: depth {cfg['depth']}, width {cfg['hidden_size']}, heads {cfg['num_heads']}, patch "
+                         f"{cfg['patch_size']}, latent {cfg['in_channels']}x{cfg['input_size']}x{cfg['input_size']}, "
+                         f"{cfg['num_classes']} classes; build: {m['build']}"), soft_wrap=True)
     data = b.data
-    console.print("generates: " + (f"{data.get('dataset')} images in pixel space ({cfg['in_channels']}x"
-                                   f"{cfg['input_size']}x{cfg['input_size']})" if data else "sd-vae latents (decode "
-                                   "with `sample --vae`)"), highlight=False)
-    console.print(f"recommended sampling: {b.sampling.describe()}", highlight=False)
+    console.print(escape("generates: " + (f"{data.get('dataset')} images in pixel space ({cfg['in_channels']}x"
+                                          f"{cfg['input_size']}x{cfg['input_size']})" if data else "sd-vae latents "
+                                          "(decode with `sample --vae`)")), highlight=False)
+    console.print(escape(f"recommended sampling: {b.sampling.describe()}"), highlight=False)
     table = Table()
     for col in ("mediators", "grid", "backend", "precision", "batch", "MB", "runs here"):
         table.add_column(col)
@@ -242,6 +249,6 @@ def inspect(bundle: Path) -> None:
                           "[green]yes[/]" if ok else f"[red]no[/]: {escape(why)}")
     console.print(table)
     for line in details:
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(escape(line), highlight=False, soft_wrap=True)
     if b.missing:
         console.print(f"[yellow]incomplete: {', '.join(map(str, b.missing))} mediators requested but not built[/]")

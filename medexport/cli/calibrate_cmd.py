@@ -44,7 +44,7 @@ def calibrate(bundle, schedule, mode, num, seed, max_rows, sampler, method, step
     calib = record(bundle, out, schedule=schedule, num=num, seed=seed, mode=mode, max_rows=max_rows,
                    threads=threads, force=force, sampling=sampling)
     m = calib.manifest
-    table = Table(title=f"calibration {out} ({mode}, {m['schedule']}, {num} images)")
+    table = Table(title=escape(f"calibration {out} ({mode}, {m['schedule']}, {num} images)"))
     for col in ("mediators", "rows kept", "evaluations", "steps"):
         table.add_column(col, justify="right" if col != "steps" else "left")
     for n in calib.counts:

@@ -62,22 +62,22 @@ def eval_cmd(bundles, schedules, per_class, seed, batch, sampler, method, steps,
         for bundle, pipe in zip(bundles, pipes):
             precision = next(iter(pipe.runners.values())).precision
             for plan in plans:
-                label = f"{Path(bundle).name}: {plan.schedule or max(pipe.counts)}"
+                label = escape(f"{Path(bundle).name}: {plan.schedule or max(pipe.counts)}")  # markup
                 task = progress.add_task(label, total=10 * per_class)
                 rows.append((Path(bundle).name, precision,
                              evaluate(pipe, plan, per_class=per_class, seed=seed, batch=batch,
                                       on_batch=lambda k, task=task: progress.advance(task, k))))
     several = len(bundles) > 1
     title = ", ".join(map(str, bundles))
-    table = Table(title=f"{title}: {10 * per_class} images per schedule, {base.describe(schedule=False)}, "
-                        f"{pipes[0].backend}")
+    table = Table(title=escape(f"{title}: {10 * per_class} images per schedule, {base.describe(schedule=False)}, "
+                               f"{pipes[0].backend}"))
     columns = (("bundle", "precision") if several else ()) + (
         "schedule", "accuracy", "confidence", "FD", "GFLOPs / image", "ms / image", "steps per count")
     for col in columns:
         table.add_column(col, justify="left" if col in ("bundle", "precision", "schedule", "steps per count")
                          else "right")
     for name, precision, r in rows:
-        table.add_row(*((name, precision) if several else ()), r.schedule, f"{100 * r.accuracy:.1f}%",
+        table.add_row(*((escape(name), precision) if several else ()), r.schedule, f"{100 * r.accuracy:.1f}%",
                       f"{r.confidence:.3f}", f"{r.fd:.2f}", f"{r.gflops_per_image:.3f}", f"{r.ms_per_image:.2f}",
                       ", ".join(f"{n}: {k}" for n, k in r.steps_per_count.items()))
     if floor is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from ..model import DEFAULT_IMAGE_SIZE, MODEL_NAMES, config_from_name, flops_table, read_checkpoint
@@ -45,7 +46,7 @@ def info(checkpoint: str, weights: str) -> None:
     """The architecture, size and format of a mediator DiT/SiT checkpoint."""
     _, ck = read_checkpoint(checkpoint, weights=weights)
     c = ck.config
-    table = Table(title=checkpoint, show_header=False)
+    table = Table(title=escape(checkpoint), show_header=False)
     table.add_column(style="bold")
     table.add_column()
     fmt = {"trainer": "trainer dict (model/ema/opt/args)", "state_dict": "bare state dict (torch.save)",

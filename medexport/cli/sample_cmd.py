@@ -113,7 +113,7 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
             total = (max(1, warmup) + runs) * len(factories)
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           console=err_console) as progress:
-                task = progress.add_task(f"benchmark {' vs '.join(factories)}", total=total)
+                task = progress.add_task(escape(f"benchmark {' vs '.join(factories)}"), total=total)
                 pipelines, stats = run_benchmarks(factories, request, warmup=warmup, runs=runs,
                                                   baselines={main: in_use.get(pipe.device.type),
                                                              **{label: in_use.get(p.device.type)
@@ -214,7 +214,7 @@ def _print_benchmark(stats: dict, summaries: list[dict], main: str, ref: str) ->
     table.add_column("mediators", justify="right")
     table.add_column("steps served", justify="right")
     for name in stats:
-        table.add_column(name, justify="right")
+        table.add_column(escape(name), justify="right")  # a bundle's name is text, not markup
     if ref in stats and main != ref:
         table.add_column("speed-up", justify="right")
     per = {name: s.step_ms_per_count() for name, s in stats.items()}
@@ -227,7 +227,7 @@ def _print_benchmark(stats: dict, summaries: list[dict], main: str, ref: str) ->
     table = Table(title="per batch (median of the timed runs)")
     table.add_column("")
     for s in summaries:
-        table.add_column(s.get("label", s["backend"]), justify="right")
+        table.add_column(escape(s.get("label", s["backend"])), justify="right")
     rows = [("images", lambda s: str(s["images"])),
             ("latency per batch (s)", lambda s: f"{s['batch_seconds']:.3f}"),
             ("images / s", lambda s: f"{s['images_per_second']:.3f}"),

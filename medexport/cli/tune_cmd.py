@@ -84,8 +84,8 @@ def tune_cmd(bundle, budget_gflops, budget_ms, budget_fraction, metric, images, 
 
 def _print(result, bundle, pipe) -> None:
     judge = result.metric == "judge"
-    table = Table(title=f"{bundle}: {result.budget.describe()}, {result.images} images per schedule, "
-                        f"{result.settings['evaluations']} evaluations, {pipe.backend}")
+    table = Table(title=escape(f"{bundle}: {result.budget.describe()}, {result.images} images per schedule, "
+                               f"{result.settings['evaluations']} evaluations, {pipe.backend}"))
     for col in ("schedule", "kind", "GFLOPs / image", "of largest", "ms / image (pred.)", "ms / image",
                 *(("accuracy", "FD") if judge else ()), "trajectory", "fits", ""):
         table.add_column(col, justify="left" if col in ("schedule", "kind", "") else "right",

@@ -98,3 +98,11 @@ def test_the_installed_data_still_gives_the_floor(demo_bundle, tmp_path):
     r = run("eval", demo_bundle, *QUICK, "--data", REAL, "--report", report)
     assert r.exit_code == 0, r.output
     assert json.loads(report.read_text())["real_floor"]["images"] == 10
+
+
+def test_bundle_names_print_as_text_not_markup(demo_bundle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(demo_bundle, tmp_path / "odd[" / "]demo")
+    r = run("eval", "odd[/]demo", demo_bundle, *QUICK, "--report", "eval.json")
+    assert r.exit_code == 0, r.output
+    assert "odd[/]demo" in r.output and "]demo" in r.output and "Traceback" not in r.output

@@ -307,3 +307,15 @@ def test_a_damaged_calibration_file_or_manifest_is_a_clear_error(tiny_checkpoint
     with pytest.raises(CalibrationError, match=expected + ".*medexport calibrate"):
         _build_static(tiny_checkpoints, cal, tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_calibrate_prints_its_output_path_as_text_not_markup(tiny_bundle, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from medexport.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["calibrate", str(tiny_bundle), "--num", "1", "--steps", "3", "--sampler", "ode",
+                                 "--method", "euler", "-o", "odd[/]cal"])
+    assert r.exit_code == 0, r.output
+    assert "calibration odd[/]cal" in r.output and "Traceback" not in r.output

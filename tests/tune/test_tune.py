@@ -145,3 +145,14 @@ def test_record_refuses_a_bundle_rebuilt_while_it_was_judged(tiny_bundle, tiny_c
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert Pipeline.from_bundle(bundle).defaults.schedule == json.loads((tmp_path / "tune.json").read_text())["schedule"]
+
+
+def test_the_bundle_path_prints_as_text_not_markup(tiny_bundle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "odd[").mkdir()
+    copy_bundle(tiny_bundle, tmp_path / "odd[" / "]b")
+    r = CliRunner().invoke(cli, ["tune", "odd[/]b", "--budget-fraction", "0.93", "--images", "2", "--batch", "2",
+                                 "--sampler", "ode", "--method", "euler", "--steps", "5", "--no-adaptive",
+                                 "--report", "tune.json"])
+    assert r.exit_code == 0, r.output
+    assert "odd[/]b:" in r.output and "Traceback" not in r.output
