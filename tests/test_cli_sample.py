@@ -83,6 +83,11 @@ def test_sample_benchmark_against_another_precision(tiny_bundle, tiny_checkpoint
     (["--steps", "1"], "steps"),
     (["--cfg-scale", "0.5"], "below 1"),
     (["--backend", "tensorrt"], "tensorrt"),
+    (["--labels", "-1"], "outside 0..9"),  # not the null class, whatever the engine would do with it
+    (["--num", "10000000"], "use `medexport generate`"),  # refused before memory is taken
+    (["--per-class", "1000000000"], "use `medexport generate`"),
+    (["--last-step", "tweedie"], "applies to the SDE sampler only"),
+    (["--device", "garbage"], "unknown device 'garbage'"),
 ])
 def test_sample_bad_input(tiny_bundle, tmp_path, args, message):
     r = run("sample", tiny_bundle, "--sampler", "ode", "--method", "euler", "--steps", "4", *args,

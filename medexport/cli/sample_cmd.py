@@ -14,7 +14,7 @@ from rich.table import Table
 from ..backend import registry
 from ..errors import SamplingError
 from ..runtime.benchmark import run_benchmarks, run_summary, summary
-from ..core.request import SampleRequest
+from ..core.request import MAX_IMAGES, SampleRequest
 from ..runtime.memory import current_memory
 from ..runtime.report import environment, plot_trace, write_report
 from ..runtime.images import labelled_grid, save_images
@@ -191,6 +191,11 @@ def _labels(labels: str | None, num: int, per_class: int | None, seed: int, pipe
                 raise click.BadParameter(f"{token!r} is not a class label: give numbers 0..{classes - 1}{known}",
                                          param_hint="--labels")
         return out
+    total = classes * per_class if per_class is not None else num
+    if total > MAX_IMAGES:  # refused before any memory is taken
+        raise SamplingError(f"{total} images is more than one sample run makes (at most {MAX_IMAGES}, all held in "
+                            f"memory at once): for large sets use `medexport generate`, which samples block by "
+                            f"block into shards and resumes")
     if per_class is not None:
         if per_class < 1:
             raise SamplingError(f"--per-class {per_class}: give at least 1 image per class")

@@ -191,7 +191,11 @@ class SamplingSettings:
 
     def resolved(self) -> SamplingSettings:
         """Every field set: what is not chosen takes the reference's default (the schedule stays None: "the
-        largest count", which only the runtime knows)."""
+        largest count", which only the runtime knows). A last step other than the default with the ODE is
+        refused: the last step is the SDE's."""
+        if self.sampler == "ode" and self.last_step not in (None, "mean"):
+            raise SamplingError(f"--last-step {self.last_step} applies to the SDE sampler only (the ODE integrates to "
+                                f"t = 1): drop it, or use --sampler sde")
         d = {**REFERENCE, **{k: v for k, v in asdict(self).items() if v is not None}}
         d.setdefault("method", DEFAULT_METHOD[d["sampler"]])
         d.setdefault("steps", DEFAULT_STEPS[d["sampler"]])
