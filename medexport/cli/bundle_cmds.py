@@ -199,8 +199,9 @@ def inspect(bundle: Path) -> None:
     m = b.manifest
     cfg = m["model"]
     # Paths and the manifest's texts are printed as text, not markup: a folder named "[/]" prints as it is
-    console.print(f"[bold]{escape(str(bundle))}[/]" + escape(f"  format {m['format_version']}, medexport "
-                                                            f"{m['medexport_version']}, updated {m['updated']}"),
+    console.print(f"[bold]{escape(str(bundle))}[/]" + escape(f"  format {b.info.format_version}, medexport "
+                                                            f"{b.info.medexport_version or 'unknown'}, updated "
+                                                            f"{b.info.updated or 'unknown'}"),
                   soft_wrap=True)
     console.print(escape(f"model: depth {cfg['depth']}, width {cfg['hidden_size']}, heads {cfg['num_heads']}, patch "
                          f"{cfg['patch_size']}, latent {cfg['in_channels']}x{cfg['input_size']}x{cfg['input_size']}, "

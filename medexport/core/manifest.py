@@ -219,6 +219,10 @@ class Manifest:
         for key in ("created", "updated", "medexport_version"):
             if not isinstance(data.get(key, ""), str):
                 raise _Bad(f"{key!r} must be text")
+        try:  # the shared architecture: a model config but for the mediator count
+            ModelConfig.from_dict({**data["model"], "mediators": 1})
+        except (ConfigError, TypeError) as e:
+            raise _Bad(f"'model': {e}") from None
         requested = data["requested"]
         if not all(_is_int(n) and n > 0 for n in requested):
             raise _Bad(f"'requested' must list mediator counts (positive integers), got {requested[:5]!r}")
