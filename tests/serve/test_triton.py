@@ -86,6 +86,19 @@ def _server(venv, repo: Path, work: Path):
     pytest.fail("tritonserver did not become ready:\n" + (work / "server.log").read_text()[-3000:])
 
 
+def _serve_and_ask(venv, repo: Path, work: Path) -> dict:
+    """Serve ``repo`` and run triton_client.py against it (its inputs and expected arrays are in ``work``)."""
+    proc, port = _server(venv, repo, work)
+    try:
+        out = subprocess.run([str(venv[0]), str(HERE / "triton_client.py"), str(port), str(work)],
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:] + (work / "server.log").read_text()[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def test_the_repository_is_served_for_real(triton_venv, repo, tiny_bundle, tmp_path):
     noise = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     pipe = Pipeline.from_bundle(tiny_bundle, backend="onnxruntime")
@@ -101,15 +114,7 @@ def test_the_repository_is_served_for_real(triton_venv, repo, tiny_bundle, tmp_p
     np.testing.assert_array_equal(lite, seeded)  # one sampling core: the same request, the same images
     np.save(tmp_path / "seeded.npy", seeded)
     np.save(tmp_path / "seeds.npy", np.asarray(request.row_seeds(), np.int64))
-    proc, port = _server(triton_venv, repo, tmp_path)
-    try:
-        out = subprocess.run([str(triton_venv[0]), str(HERE / "triton_client.py"), str(port), str(tmp_path)],
-                             capture_output=True, text=True, timeout=300)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    assert out.returncode == 0, out.stderr[-3000:] + (tmp_path / "server.log").read_text()[-3000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = _serve_and_ask(triton_venv, repo, tmp_path)
     assert r["rel_diff"] < 1e-5  # the latents Pipeline makes in-process from the same noise
     assert r["seeded_equal"] and r["image_seed_equal"]  # and from the same seeds: bit for bit, as LitePipeline
     assert "outside 0..9" in r["bad_label"] and "128" in r["bad_schedule"]
@@ -182,13 +187,5 @@ def test_a_backend_registered_from_a_test_module_is_served(triton_venv, tiny_che
     np.save(tmp_path / "want.npy", np.ones((3, 4, 16, 16), np.float32))
     np.save(tmp_path / "seeded.npy", want)
     np.save(tmp_path / "seeds.npy", np.asarray(request.row_seeds(), np.int64))
-    proc, port = _server(triton_venv, repo, tmp_path)
-    try:
-        out = subprocess.run([str(triton_venv[0]), str(HERE / "triton_client.py"), str(port), str(tmp_path)],
-                             capture_output=True, text=True, timeout=300)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    assert out.returncode == 0, out.stderr[-3000:] + (tmp_path / "server.log").read_text()[-3000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = _serve_and_ask(triton_venv, repo, tmp_path)
     assert r["seeded_equal"] and r["image_seed_equal"]
