@@ -73,7 +73,7 @@ class Arrays:
     def is_float(self, a) -> bool:
         return a.dtype.kind == "f"
 
-    def labels(self, values: Sequence[int], like=None):
+    def labels(self, values: Sequence[int]):
         return np.asarray(values, dtype=np.int64)
 
     def full(self, n: int, value: float, like):

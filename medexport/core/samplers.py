@@ -189,10 +189,7 @@ class _Sde(FixedStepSampler):
 
     def integrate(self, run: Run, x):
         s = run.settings
-        grid = self.grid(s)
-        for i in range(len(grid) - 1):
-            x = self.step(run, x, grid, i)
-            run.done(run.info(i, grid[i]), x)
+        x = super().integrate(run, x)  # the stochastic steps
         if not s.has_last_step:
             return x
         t1 = 1 - s.last_step_size

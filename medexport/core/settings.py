@@ -196,19 +196,17 @@ class SamplingSettings:
         if self.sampler == "ode" and self.last_step not in (None, "mean"):
             raise SamplingError(f"--last-step {self.last_step} applies to the SDE sampler only (the ODE integrates to "
                                 f"t = 1): drop it, or use --sampler sde")
+        if all(v is not None for k, v in asdict(self).items() if k != "schedule"):
+            return self  # resolved already (a run resolves once; the sampler and its Run see the same object)
         d = {**REFERENCE, **{k: v for k, v in asdict(self).items() if v is not None}}
         d.setdefault("method", DEFAULT_METHOD[d["sampler"]])
         d.setdefault("steps", DEFAULT_STEPS[d["sampler"]])
         return SamplingSettings(**d)
 
-    def chosen(self) -> dict:
-        """The fields that are set, as keyword arguments."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
     # -- what a run is --------------------------------------------------------------------------------------
     @property
     def resolved_sampler(self) -> str:
-        return self.sampler or "sde"
+        return self.sampler or REFERENCE["sampler"]
 
     @property
     def resolved_method(self) -> str:
@@ -222,7 +220,7 @@ class SamplingSettings:
 
     @property
     def resolved_last_step(self) -> str:
-        return self.last_step or "mean"
+        return self.last_step or REFERENCE["last_step"]
 
     @property
     def resolved_last_step_size(self) -> float:
@@ -230,7 +228,7 @@ class SamplingSettings:
 
     @property
     def resolved_cfg_scale(self) -> float:
-        return self.cfg_scale if self.cfg_scale is not None else 1.0
+        return self.cfg_scale if self.cfg_scale is not None else REFERENCE["cfg_scale"]
 
     @property
     def guided(self) -> bool:
@@ -281,8 +279,8 @@ class SamplingSettings:
 
     def recommendation(self) -> dict:
         """The manifest's ``sampling`` record of these settings."""
-        r = self.over(SamplingSettings(sampler="sde", cfg_scale=1.0, cfg_channels="3"))
-        return r.to_dict(RECOMMENDED)
+        reference = SamplingSettings(**{k: REFERENCE[k] for k in RECOMMENDED if k in REFERENCE})
+        return self.over(reference).to_dict(RECOMMENDED)
 
     @classmethod
     def from_dict(cls, d: object, *, what: str = "sampling settings") -> SamplingSettings:

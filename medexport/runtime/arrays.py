@@ -38,7 +38,7 @@ class TorchArrays(Arrays):
     def is_float(self, a) -> bool:
         return a.is_floating_point()
 
-    def labels(self, values: Sequence[int], like=None):
+    def labels(self, values: Sequence[int]):
         return torch.tensor(list(values), dtype=torch.int64, device=self.device)
 
     def full(self, n: int, value: float, like):

@@ -271,10 +271,11 @@ class Judge:
         self.reference: torch.Tensor | None = None
 
     def warm_up(self) -> None:
-        """Load every engine and run it once, so that no schedule's time includes a session's start."""
-        for n in self.pipe.counts:
-            self.pipe.sample(self.labels[:1], seed=self.seed, **self.sampling.override(schedule=str(n))
-                             .chosen())
+        """Open and run every engine at the batch the runs use, so that no schedule's time includes a
+        session's start."""
+        from ..core.request import SampleRequest
+
+        self.pipe.warmup(SampleRequest(self.labels[:self.batch], settings=self.sampling))
 
     def run(self, schedule: str) -> tuple[torch.Tensor, float, float, dict]:
         """(final samples, ms per image, measured GFLOPs per image, steps per count)."""
