@@ -23,13 +23,12 @@ import numpy as np
 
 from ..core.arrays import NUMPY
 from ..core.batch import BatchRange, run_in_range
-from ..core.files import bytes_sha256
 from ..core.manifest import read_complete
 from ..core.request import SampleRequest
 from ..core.sampling import Hook, ModelShape, SampleResult, run_request, warmup, warmup_batches
 from ..core.schedule import Schedule
 from ..core.settings import SamplingSettings
-from ..errors import BackendUnavailableError, BundleError
+from ..errors import BundleError
 
 __all__ = ["LitePipeline", "SampleRequest", "SampleResult", "SamplingSettings", "chunked"]
 
@@ -65,7 +64,7 @@ class LitePipeline:
     def from_bundle(cls, path: str | os.PathLike, *, threads: int | None = None,
                     providers: list[str] | None = None) -> LitePipeline:
         """ONNX Runtime sessions for every count of a bundle, after checking every engine file's hash."""
-        from ..backend.onnxrt.session import session_from_onnx
+        from ..backend.onnxrt.session import engine_session
 
         manifest = read_complete(path)
         forwards = {}
@@ -75,18 +74,9 @@ class LitePipeline:
                 raise BundleError(f"bundle {path} has no {ENGINE} engine for {n} mediators: the torch-free runtime "
                                   f"runs ONNX Runtime engines (build with --backend {ENGINE})")
             main = engine.check(Path(path))
-            data = None
-            if len(engine.files) == 1:  # the session is made from the very bytes that were hashed
-                data = main.read_bytes()
-                if bytes_sha256(data) != engine.sha256:
-                    raise BundleError(f"{main} changed while the bundle was opened: rebuild it with `medexport "
-                                      f"build ... --force`")
-            session = session_from_onnx(main, providers=providers or ["CPUExecutionProvider"], threads=threads,
-                                        model_bytes=data)
-            names = [i.name for i in session.get_inputs()]
-            if names != ["x", "t", "y"]:
-                raise BackendUnavailableError(f"{main.name} has inputs {names}, expected x, t, y: is it a medexport "
-                                              f"export?")
+            single = len(engine.files) == 1  # a session made from one file can check the very bytes it uses
+            session = engine_session(main, sha256=engine.sha256 if single else None,
+                                     providers=providers or ["CPUExecutionProvider"], threads=threads)
             forwards[n] = chunked(lambda x, t, y, s=session: s.run(None, {"x": x, "t": t, "y": y})[0], engine.batch)
         first = manifest.counts[manifest.count_list[0]].config
         return cls(forwards, ModelShape.of(first), manifest.sampling, manifest.data)

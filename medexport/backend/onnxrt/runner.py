@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -12,9 +11,8 @@ import torch
 from torch import Tensor
 
 from ...core.batch import BatchRange
-from ...errors import BackendUnavailableError, BundleError
 from ..base import Runner
-from .session import default_providers, session_from_onnx
+from .session import default_providers, engine_session
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +35,8 @@ class OnnxrtRunner(Runner):
 
     def activate(self) -> None:
         if self.session is None:
-            model_bytes = None
-            if self.sha256 is not None:
-                try:
-                    model_bytes = self.path.read_bytes()
-                except OSError as e:
-                    raise BundleError(f"the engine file {self.path} cannot be read ({e.strerror}): was the bundle "
-                                      f"moved or deleted? Rebuild it with `medexport build`") from None
-                if hashlib.sha256(model_bytes).hexdigest() != self.sha256:
-                    raise BundleError(f"{self.path} changed after its bundle was opened (it no longer matches the "
-                                      f"manifest's hash): rebuild it with `medexport build ... --force`")
-            elif not self.path.is_file():
-                raise BundleError(f"the engine file {self.path} does not exist: was the bundle moved or deleted?")
-            self.session = session_from_onnx(self.path, providers=self.providers, threads=self.threads,
-                                             model_bytes=model_bytes)
-            names = [i.name for i in self.session.get_inputs()]
-            if names != ["x", "t", "y"]:
-                raise BackendUnavailableError(f"{self.path.name} has inputs {names}, expected x, t, y: "
-                                              f"is it a medexport export?")
+            self.session = engine_session(self.path, sha256=self.sha256, providers=self.providers,
+                                          threads=self.threads)
         super().activate()
 
     def deactivate(self) -> None:

@@ -10,7 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from ...errors import BackendUnavailableError
+from ...core.files import bytes_sha256
+from ...errors import BackendUnavailableError, BundleError
 
 
 def _gpu_present() -> bool:
@@ -68,3 +69,27 @@ def session_from_onnx(path: str | os.PathLike, *, providers: list[str] | None = 
             hint = (" ONNX Runtime's CPU provider has no bfloat16 kernels for this graph: build with "
                     "--precision fp32 or fp16 for ONNX Runtime on CPU, or use TensorRT / onnxruntime-gpu for bf16.")
         raise BackendUnavailableError(f"ONNX Runtime cannot run {Path(path).name} with {providers}: {msg}.{hint}") from None
+
+
+def engine_session(path: str | os.PathLike, *, sha256: str | None = None, providers: list[str] | None = None,
+                   threads: int | None = None):
+    """The session of an engine file: with ``sha256``, made from the very bytes that were hashed, so a file
+    swapped after its bundle was opened never runs; its inputs must be medexport's x, t, y."""
+    path = Path(path)
+    model_bytes = None
+    if sha256 is not None:
+        try:
+            model_bytes = path.read_bytes()
+        except OSError as e:
+            raise BundleError(f"the engine file {path} cannot be read ({e.strerror}): was the bundle moved or "
+                              f"deleted? Rebuild it with `medexport build`") from None
+        if bytes_sha256(model_bytes) != sha256:
+            raise BundleError(f"{path} changed after its bundle was opened (it no longer matches the manifest's "
+                              f"hash): rebuild it with `medexport build ... --force`")
+    elif not path.is_file():
+        raise BundleError(f"the engine file {path} does not exist: was the bundle moved or deleted?")
+    session = session_from_onnx(path, providers=providers, threads=threads, model_bytes=model_bytes)
+    names = [i.name for i in session.get_inputs()]
+    if names != ["x", "t", "y"]:
+        raise BackendUnavailableError(f"{path.name} has inputs {names}, expected x, t, y: is it a medexport export?")
+    return session
