@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.batch import BatchRange
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,6 @@ class BackendOption:
     choices: tuple[int, int] | None = None
 
     def check(self, value: object) -> object:
-        from ..errors import ConfigError
-
         if self.kind == "flag":
             if not isinstance(value, bool):
                 raise ConfigError(f"--{self.flag} is a switch (true or false), got {value!r}")
