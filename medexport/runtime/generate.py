@@ -312,19 +312,17 @@ def generate(bundle: str | os.PathLike, out: str | os.PathLike, spec: GenerateSp
         classes = pipe.config.num_classes
         sampling = {k: v for k, v in spec.sampling.items() if k != "schedule"}
         report = RankReport(dist.rank)
-        todo = [b for b in range(dist.rank, spec.blocks, dist.world)
-                if not _vouched(_shard(out, b), shards.get(_shard(out, b).name))]
+        mine = range(dist.rank, spec.blocks, dist.world)
+        todo = [b for b in mine if not _vouched(_shard(out, b), shards.get(_shard(out, b).name))]
+        report.blocks_skipped = len(mine) - len(todo)
         if todo:  # every engine opened at the block size before the first block: no switch pays for a session
             first = spec.indices(todo[0])
             warm = pipe.warmup(SampleRequest([0] * len(first), **sampling))
             report.warmup_seconds = round(sum(warm.values()), 3)
         t0 = time.perf_counter()
-        for block in range(dist.rank, spec.blocks, dist.world):
+        for block in todo:
             idx = spec.indices(block)
             path = _shard(out, block)
-            if _vouched(path, shards.get(path.name)):
-                report.blocks_skipped += 1
-                continue
             if path.exists() or path.is_symlink():
                 log.warning("%s does not match the run's record (edited, or another run's): sampling it again", path)
                 report.blocks_replaced += 1
