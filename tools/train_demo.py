@@ -14,6 +14,7 @@ like any user's. A run resumes from ``last.pt`` and refuses to go on with other 
 is drawn from a generator seeded with (seed, i), so a resumed run sees the same data as an unbroken one.
 
     python tools/train_demo.py --mediators 16 --steps 6000 --run runs/fashion/m16
+    python tools/train_demo.py --mediators 48 --patch-size 2 --autocast bf16 --steps 4000 --run runs/fashion-p2/m48
     python tools/train_demo.py --ship runs/fashion/m4 runs/fashion/m8 runs/fashion/m16   # into the package
 """
 
@@ -43,7 +44,9 @@ log = logging.getLogger("train_demo")
 
 # Settings that define the model and the training run: a resumed run must match them.
 FIXED = ("mediators", "depth", "hidden_size", "num_heads", "patch_size", "image_size", "lr", "batch_size",
-         "ema_decay", "label_dropout", "seed", "weight_decay")
+         "ema_decay", "label_dropout", "seed", "weight_decay", "autocast")
+# What a checkpoint written before a setting existed was trained with.
+FIXED_DEFAULTS = {"autocast": "fp32"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--autocast", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: the forward and backward under torch.autocast (weights, optimiser and EMA stay "
+                        "float32); 1.6x the images/s on a CPU with AVX-512 bf16 (default fp32)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a shared 2-core CPU, 1 thread ran 3-10x faster than 2)")
     p.add_argument("--data", type=Path, default=None, help="folder with the four Fashion-MNIST idx files")
@@ -120,7 +126,8 @@ def resume(run: Path, args, model, ema, opt) -> int:
     with torch.serialization.safe_globals([argparse.Namespace]):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     saved = vars(ckpt["args"])
-    diff = {k: (saved.get(k), getattr(args, k)) for k in FIXED if saved.get(k) != getattr(args, k)}
+    saved = {k: saved.get(k, FIXED_DEFAULTS.get(k)) for k in FIXED}
+    diff = {k: (saved[k], getattr(args, k)) for k in FIXED if saved[k] != getattr(args, k)}
     if diff:
         raise MedexportError(
             f"{path} was trained with other settings: " + ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
@@ -181,7 +188,9 @@ def train(args: argparse.Namespace) -> Path:
         task = progress.add_task("train", total=args.steps, completed=step, loss=math.nan, ips=0.0)
         while step < args.steps:
             xt, t, y, target = training_batch(data, labels, step, args)
-            loss = F.mse_loss(model(xt, t, y), target)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
+                out = model(xt, t, y)
+            loss = F.mse_loss(out.float(), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -25,6 +25,8 @@ from ..errors import BundleError, CheckpointError, ConfigError
 from ..export import ExportSpec, export_onnx
 from ..model import (CheckpointInfo, MediatorDiT, ModelConfig, config_from_name, create_model, load_checkpoint,
                      read_checkpoint)
+from ..model.checkpoint import check_attention
+from ..core.config import FULL, count_stem
 from ..core.files import file_sha256
 from .manifest import FORMAT, MANIFEST, new_manifest, now, read_manifest, write_json_atomic
 from ..quant import SOURCE_PRECISION, quantization
@@ -71,7 +73,23 @@ def _source_config(src: ModelSource) -> tuple[ModelConfig, str, CheckpointInfo |
         cfg = config_from_name(src.model_name, mediators=src.mediators, image_size=src.image_size)
         return cfg, source_key(src.describe()), None
     _, info = read_checkpoint(src.checkpoint, weights=src.weights)
+    check_attention(info, "full" if src.mediators == FULL else "mediator", src.mediators)
+    if src.expect_image_size is not None:
+        _check_resolution(info, src.expect_image_size)
     return info.config, file_sha256(src.checkpoint), info
+
+
+def _check_resolution(info: CheckpointInfo, image_size: int) -> None:
+    """Refuse an image size the checkpoint was not trained for: its position embedding fixes the token grid."""
+    cfg = info.config
+    trained = cfg.input_size if info.data else cfg.image_size  # pixel-space demo models have no VAE
+    if trained != image_size:
+        grid = f"{cfg.grid_size}x{cfg.grid_size} tokens" + ("" if info.data else f", {cfg.input_size}x"
+                                                             f"{cfg.input_size} latents")
+        raise ConfigError(f"{info.path} was trained at {trained}x{trained} ({grid}), not {image_size}x{image_size}: "
+                          f"its position embedding fixes the resolution. Drop --image-size, or give a checkpoint "
+                          f"fine-tuned to {image_size} (the reference fine-tunes with train_256to512.py and "
+                          f"train_512to1024.py)")
 
 
 def source_records(configs: dict[int, tuple]) -> tuple[dict | None, dict | None]:
@@ -94,6 +112,12 @@ def check_sources(sources: list[ModelSource]) -> dict[int, tuple[ModelConfig, st
     if not sources:
         raise ConfigError("nothing to build: give --checkpoint N=PATH or --mediators with --model")
     seen = [s.mediators for s in sources]
+    if FULL in seen and len(seen) > 1:
+        raise ConfigError(f"a full-attention (vanilla) model and mediator counts "
+                          f"({', '.join(str(n) for n in seen if n != FULL)}) cannot share a bundle: a schedule "
+                          f"switches between mediator counts of one model. Build the vanilla twin into a bundle of "
+                          f"its own (--attention full, without --mediators) and compare them with "
+                          f"`medexport bench BUNDLE --against VANILLA_BUNDLE`")
     dup = sorted({n for n in seen if seen.count(n) > 1})
     if dup:
         raise ConfigError(f"mediator count {', '.join(map(str, dup))} given more than once: one checkpoint per count")
@@ -170,7 +194,7 @@ def _check_output(out: Path) -> None:
         # first thing a build writes) is ours to write into.
         contents = [p.name for p in out.iterdir()]
         if contents and (LOCK not in contents or any(n != LOCK and not n.endswith(".partial")
-                                                     and not n.startswith("mediators-") for n in contents)):
+                                                     and not n.startswith(("mediators-", "full-attention")) for n in contents)):
             raise BundleError(f"{out} exists and is not an engine bundle: choose another --output (nothing was "
                               f"written)")
     elif out.is_dir():
@@ -345,7 +369,7 @@ def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str
     onnx_art = Artifact.from_dict(old["onnx"]) if old.get("onnx") else None
     if force or onnx_art is None or not onnx_art.up_to_date(out, export_key):
         model = _load_model(src)
-        name = _free_name(f"mediators-{n}.{precision}", ".onnx", live)
+        name = _free_name(f"{count_stem(n)}.{precision}", ".onnx", live)
         if q is None:
             result = export_onnx(model, out / name, precision=precision, spec=spec)
             files, record = result.files, {}
@@ -363,7 +387,7 @@ def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str
         engine_key = content_key(*engine_backend.key_parts(onnx_art.sha256, settings, options))
         kept = Artifact.from_dict(engines[backend]) if backend in engines else None
         if force or kept is None or not kept.up_to_date(out, engine_key):
-            stem = f"mediators-{n}.{precision}"
+            stem = f"{count_stem(n)}.{precision}"
             files, record = engine_backend.build(BuildInputs(
                 mediators=n, onnx_files=[out / f for f in onnx_art.files], model=functools.cache(lambda: _load_model(src)),
                 new_file=lambda suffix: out / _free_name(stem, suffix, live), settings=settings, options=options,
@@ -394,9 +418,9 @@ def _export_quantized(model: MediatorDiT, out: Path, name: str, n: int, precisio
 
     from ..quant.quantize import quantize_graph
 
-    scratch = Path(tempfile.mkdtemp(prefix=f"mediators-{n}.", suffix=".partial", dir=out))
+    scratch = Path(tempfile.mkdtemp(prefix=f"{count_stem(n)}.", suffix=".partial", dir=out))
     try:
-        result = export_onnx(model, scratch / f"mediators-{n}.{SOURCE_PRECISION}.onnx", precision=SOURCE_PRECISION,
+        result = export_onnx(model, scratch / f"{count_stem(n)}.{SOURCE_PRECISION}.onnx", precision=SOURCE_PRECISION,
                              spec=spec)
         t0 = time.perf_counter()
         record = quantize_graph(result.files, out / name, precision, calibration)

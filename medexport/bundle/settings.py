@@ -10,7 +10,7 @@ from pathlib import Path
 from ..core.batch import BatchRange
 from ..backend import registry
 from ..errors import ConfigError
-from ..core.config import DEFAULT_IMAGE_SIZE
+from ..core.config import DEFAULT_IMAGE_SIZE, FULL
 from ..quant import ALL_PRECISIONS, quantization
 
 PRECISION_CHOICES = ALL_PRECISIONS
@@ -87,7 +87,9 @@ class BuildSettings:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where one mediator count's weights come from: a checkpoint, or a seeded random model of a named config."""
+    """Where one mediator count's weights come from: a checkpoint, or a seeded random model of a named config.
+    ``mediators`` 0 (``core.config.FULL``) is the full-attention model of a vanilla twin. ``expect_image_size``:
+    the image side the user asked for with a checkpoint, which must be the one it was trained at."""
 
     mediators: int
     checkpoint: Path | None = None
@@ -95,6 +97,7 @@ class ModelSource:
     model_name: str | None = None
     image_size: int = DEFAULT_IMAGE_SIZE
     seed: int = 0
+    expect_image_size: int | None = None
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.model_name is None):
@@ -106,8 +109,9 @@ class ModelSource:
 
     def describe(self, sha256: str | None = None) -> dict:
         if self.is_random:
-            return {"kind": "random", "model": self.model_name, "image_size": self.image_size, "seed": self.seed,
-                    "init": "random"}
+            d = {"kind": "random", "model": self.model_name, "image_size": self.image_size, "seed": self.seed,
+                 "init": "random"}
+            return d | ({"attention": "full"} if self.mediators == FULL else {})
         return {"kind": "checkpoint", "path": str(Path(self.checkpoint).resolve()), "weights": self.weights,
                 "sha256": sha256}
 

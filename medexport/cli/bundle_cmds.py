@@ -15,7 +15,7 @@ from ..core.batch import BatchRange
 from ..core.precision import precision
 from ..bundle.settings import BuildSettings, ModelSource
 from ..bundle.settings import DEFAULT_BATCH, DEFAULT_OUTPUT_ROOT, DEMO_BATCH, PRECISION_CHOICES
-from ..core.config import DEFAULT_IMAGE_SIZE
+from ..core.config import DEFAULT_IMAGE_SIZE, FULL, count_name
 from ..errors import BundleError, ConfigError
 from ..core.config import MODEL_NAMES
 from .main import cli, console, parse_int_list, short_help
@@ -27,20 +27,42 @@ DEFAULT_MEDIATORS = "16,32,64"
 SEED = click.IntRange(0, 2**63 - 1)
 
 
-def _parse_checkpoints(values: tuple[str, ...]) -> list[tuple[int, Path]]:
+def _parse_checkpoints(values: tuple[str, ...], attention: str = "mediator") -> list[tuple[int, Path]]:
+    """(count, path) per --checkpoint: COUNT=PATH for mediator models, PATH alone for the one full-attention
+    model of --attention full."""
+    if attention == "full":
+        if len(values) > 1:
+            raise click.BadParameter(f"--attention full builds one full-attention model; {len(values)} checkpoints "
+                                     f"were given", param_hint="--checkpoint")
+        out = []
+        for v in values:
+            m = re.fullmatch(r"\s*(\d+)\s*=\s*(.+)", v)
+            if m and not Path(v).exists():
+                raise click.BadParameter(f"{v!r}: a full-attention model has no mediator count; give the path alone "
+                                         f"(--checkpoint {m.group(2)})", param_hint="--checkpoint")
+            out.append((FULL, Path(v)))
+        return out
     out = []
     for v in values:
         m = re.fullmatch(r"\s*(\d+)\s*=\s*(.+)", v)
         if not m:
-            raise click.BadParameter(f"{v!r} is not COUNT=PATH (e.g. 16=models/sit-m16.pt)", param_hint="--checkpoint")
+            raise click.BadParameter(f"{v!r} is not COUNT=PATH (e.g. 16=models/sit-m16.pt); a vanilla DiT/SiT "
+                                     f"checkpoint is built with --attention full --checkpoint PATH",
+                                     param_hint="--checkpoint")
+        if int(m.group(1)) == FULL:
+            raise click.BadParameter(f"{v!r}: 0 is not a mediator count; a full-attention model is built with "
+                                     f"--attention full --checkpoint {m.group(2)}", param_hint="--checkpoint")
         out.append((int(m.group(1)), Path(m.group(2))))
     return out
 
 
 def default_output(model_name: str | None, image_size: int, checkpoints: list[tuple[int, Path]],
-                   precision: str = "fp32") -> Path:
-    """engines/<name>, with ``-<precision>`` for any precision but fp32 (one bundle per precision)."""
+                   precision: str = "fp32", attention: str = "mediator") -> Path:
+    """engines/<name>, with ``-full`` for a vanilla twin and ``-<precision>`` for any precision but fp32 (one
+    bundle per precision)."""
     base = _default_name(model_name, image_size, checkpoints)
+    if attention == "full" and not checkpoints:
+        base = base.with_name(f"{base.name}-full")
     return base if precision == "fp32" else base.with_name(f"{base.name}-{precision}")
 
 
@@ -74,7 +96,11 @@ def backend_options(command):
 
 @cli.command(short_help=short_help("build"))
 @click.option("--checkpoint", "checkpoints", multiple=True, metavar="N=PATH",
-              help="Checkpoint of the N-mediator model (repeat per count).")
+              help="Checkpoint of the N-mediator model (repeat per count); with --attention full, the PATH of a "
+                   "vanilla DiT/SiT checkpoint.")
+@click.option("--attention", type=click.Choice(["mediator", "full"]), default="mediator", show_default=True,
+              help="full: the vanilla twin, full self-attention DiT/SiT of the same size (random weights with "
+                   "--model, or a public DiT/SiT checkpoint), to compare against with `medexport bench`.")
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
               help="Which weights of trainer checkpoints to take.")
 @click.option("--model", "model_name", default=None, metavar="NAME",
@@ -102,16 +128,26 @@ def backend_options(command):
               help=f"Bundle folder [default: engines/{DEMO_NAME}, engines/<model>-<size>-random or "
                    f"engines/<checkpoint>-<content hash>].")
 @click.option("--force", is_flag=True, help="Redo every export and engine, even those up to date.")
-def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_alias, backend, precision, calibration,
-          onnx_only, batch, output, force, **backend_settings) -> None:
+def build(checkpoints, attention, weights, model_name, image_size, mediators, seed, seed_alias, backend, precision,
+          calibration, onnx_only, batch, output, force, **backend_settings) -> None:
     """Export each mediator count to ONNX and build engines into a bundle.
 
     With no model arguments it builds the demo model that ships with medexport (Fashion-MNIST, 4, 8 and 16
     mediators) into engines/fashion-mnist-demo.
     """
     seed = seed if seed_alias is None else seed_alias  # --seed: the earlier spelling
-    ckpts = _parse_checkpoints(checkpoints)
+    ckpts = _parse_checkpoints(checkpoints, attention)
     demo = not ckpts and model_name is None
+    full = attention == "full"
+    ctx = click.get_current_context()
+    size_given = ctx.get_parameter_source("image_size") is not click.core.ParameterSource.DEFAULT
+    if full and mediators is not None:
+        raise ConfigError(f"--attention full builds the vanilla model, which has no mediators: drop --mediators "
+                          f"{mediators} (a mediator bundle and its vanilla twin are two bundles; `medexport bench "
+                          f"BUNDLE --against VANILLA` compares them)")
+    if full and demo:
+        raise ConfigError("the shipped demo holds mediator models only; --attention full needs --model NAME (random "
+                          "weights, for benchmarking) or --checkpoint PATH (a vanilla DiT/SiT checkpoint)")
     try:
         batch_range = BatchRange.parse(batch) if batch else DEMO_BATCH if demo else DEFAULT_BATCH
     except ValueError as e:
@@ -128,13 +164,17 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_al
         if mediators is not None and sorted(parse_int_list(mediators, "--mediators")) != sorted(counts):
             raise ConfigError(f"--mediators {mediators} does not match the counts of --checkpoint "
                               f"({', '.join(map(str, counts))}): drop --mediators or give one checkpoint per count")
-        sources = [ModelSource(n, checkpoint=p, weights=weights) for n, p in ckpts]
+        sources = [ModelSource(n, checkpoint=p, weights=weights, expect_image_size=image_size if size_given else None)
+                   for n, p in ckpts]
     else:
-        counts = parse_int_list(mediators or DEFAULT_MEDIATORS, "--mediators")
+        counts = [FULL] if full else parse_int_list(mediators or DEFAULT_MEDIATORS, "--mediators")
+        if not full and FULL in counts:
+            raise click.BadParameter(f"0 is not a mediator count; the vanilla model (full attention) is built "
+                                     f"into a bundle of its own with --attention full", param_hint="--mediators")
         sources = [ModelSource(n, model_name=model_name, image_size=image_size, seed=seed) for n in counts]
     settings = BuildSettings(backend=backend, precision=precision, batch=batch_range, backend_options=backend_settings,
                              calibration=calibration, onnx_only=onnx_only)
-    out = output or default_output(model_name, image_size, [] if demo else ckpts, precision)
+    out = output or default_output(model_name, image_size, [] if demo else ckpts, precision, attention)
     from ..bundle.build import build_bundle
 
     report = build_bundle(sources, out, settings, force=force)
@@ -142,7 +182,7 @@ def build(checkpoints, weights, model_name, image_size, mediators, seed, seed_al
     for col in ("mediators", "onnx", "engine", "seconds"):
         table.add_column(col, justify="right" if col != "engine" else "left")
     for r in report.counts:
-        table.add_row(str(r.mediators), "exported" if r.exported else "up to date",
+        table.add_row(count_name(r.mediators), "exported" if r.exported else "up to date",
                       ", ".join([f"{b} built" for b in r.engines_built] + [f"{b} up to date" for b in r.engines_kept]),
                       f"{r.seconds:.1f}")
     console.print(table)
@@ -170,7 +210,7 @@ def verify(bundle: Path, backends: tuple[str, ...], seed: int, seed_alias: int |
         table.add_column(col, justify="right")
     for r in results:
         verdict = "[green]PASS[/]" if r.passed else "[red]FAIL[/]"
-        table.add_row(str(r.mediators), r.backend, r.precision, str(r.cases), f"{r.max_abs:.3g}", f"{r.max_rel:.3g}",
+        table.add_row(count_name(r.mediators), r.backend, r.precision, str(r.cases), f"{r.max_abs:.3g}", f"{r.max_rel:.3g}",
                       f"{r.tolerance:g}", verdict)
     console.print(table)
     precisions = sorted({r.precision for r in results})
@@ -187,6 +227,10 @@ def verify(bundle: Path, backends: tuple[str, ...], seed: int, seed_alias: int |
                       f"not built; run the build again[/]", soft_wrap=True)
     if not results or not all(r.passed for r in results):
         raise SystemExit(1)
+
+
+def _grid(cfg) -> str:
+    return "-" if cfg.is_full else "x".join(map(str, cfg.mediator_grid))
 
 
 @cli.command(short_help=short_help("inspect"))
@@ -218,9 +262,8 @@ def inspect(bundle: Path) -> None:
     for n in b.counts:
         e = b.entry(n)
         src = e.source
-        src_text = (f"random {src.model} (seed {src.seed})" if src.kind == "random"
-                    else f"{src.path} ({src.weights} weights)")
-        details.append(f"{n} mediators: from {src_text}")
+        src_text = src.describe() if src.kind == "random" else f"{src.path} ({src.weights} weights)"
+        details.append(f"{'full attention' if n == FULL else f'{n} mediators'}: from {src_text}")
         quant = b.onnx(n).quantization
         if quant:
             cal = quant.calibration
@@ -232,7 +275,7 @@ def inspect(bundle: Path) -> None:
         if not e.engines:
             onnx_art = b.onnx(n)
             details.append(f"  no engine: ONNX only ({', '.join(onnx_art.files)}), built with --onnx-only")
-            table.add_row(str(n), "x".join(map(str, e.config.mediator_grid)), "onnx only", onnx_art.precision,
+            table.add_row(count_name(n), _grid(e.config), "onnx only", onnx_art.precision,
                           "-", f"{onnx_art.bytes(b.path) / 1e6:.1f}", "[yellow]no engine[/]")
         for backend in b.backends(n):
             eng = b.engine(n, backend)
@@ -245,7 +288,7 @@ def inspect(bundle: Path) -> None:
             record = eng.record
             versions = ", ".join(f"{k} {v}" for k, v in {**record.get("versions", {}), **record.get("hardware", {})}.items())
             details.append(f"  {backend}: {', '.join(eng.files)} ({versions})")
-            table.add_row(str(n), "x".join(map(str, e.config.mediator_grid)), backend, eng.precision,
+            table.add_row(count_name(n), _grid(e.config), backend, eng.precision,
                           str(eng.batch or "-"), f"{eng.bytes(b.path) / 1e6:.1f}",
                           "[green]yes[/]" if ok else f"[red]no[/]: {escape(why)}")
     console.print(table)

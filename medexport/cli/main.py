@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate_cmd", "Many images (an FID set), sharded across torchrun ranks."),
     "eval": ("eval_cmd", "Judge a Fashion-MNIST bundle per schedule: accuracy, FD, cost."),
     "export-triton": ("serve_cmds", "A Triton Inference Server model repository from a bundle."),
+    "bench": ("bench_cmd", "A bundle against its vanilla twin: ms, images/s, FLOPs, memory."),
     "tune": ("tune_cmd", "The best mediator schedule within a GFLOPs or latency budget."),
     "flops": ("model_cmds", "GFLOPs per forward against full attention."),
     "info": ("model_cmds", "Architecture and format of a checkpoint."),

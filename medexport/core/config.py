@@ -23,6 +23,20 @@ MODEL_NAMES: tuple[str, ...] = tuple(
 VAE_DOWNSAMPLE = 8  # sd-vae latents are 1/8 of the image side, 4 channels
 #: The image side of named configs when none is given (the paper's ImageNet 256x256).
 DEFAULT_IMAGE_SIZE = 256
+#: The attention of a model: the paper's mediator attention, or the full self-attention of vanilla DiT/SiT (the
+#: baseline a mediator model is measured against; its "count" is 0, FULL).
+ATTENTIONS = ("mediator", "full")
+FULL = 0
+
+
+def count_name(n: int) -> str:
+    """How people read a bundle's count: "16", or "full" for the full-attention model of a vanilla twin."""
+    return "full" if n == FULL else str(n)
+
+
+def count_stem(n: int) -> str:
+    """The stem of a count's files in a bundle: ``mediators-16``, or ``full-attention``."""
+    return "full-attention" if n == FULL else f"mediators-{n}"
 
 
 def mediator_grid(n: int) -> tuple[int, int]:
@@ -48,11 +62,14 @@ class ModelConfig:
         num_heads: attention heads H (D must divide by H).
         patch_size: patch side p of the patch embedding.
         input_size: latent side S (image side / 8 for sd-vae latents).
-        mediators: mediator count n, 1 <= n <= N, whose grid (see :func:`mediator_grid`) fits the token grid.
+        mediators: mediator count n, 1 <= n <= N, whose grid (see :func:`mediator_grid`) fits the token grid;
+            0 (:data:`FULL`) with ``attention="full"``.
         in_channels: latent channels C_in.
         num_classes: class labels; label ``num_classes`` is the null class used for guidance.
         learn_sigma: the network outputs 2*C_in channels and the forward returns the first C_in.
         mlp_ratio: MLP hidden width / D.
+        attention: "mediator", or "full": the vanilla DiT/SiT (timm's self-attention, no mediators, no
+            depth-wise conv), whose checkpoints are the public DiT/SiT ones.
     """
 
     depth: int
@@ -65,8 +82,11 @@ class ModelConfig:
     num_classes: int = 1000
     learn_sigma: bool = True
     mlp_ratio: float = 4.0
+    attention: str = "mediator"
 
     def __post_init__(self) -> None:
+        if self.attention not in ATTENTIONS:
+            raise ConfigError(f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
         for name in ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels",
                      "num_classes"):
             value = getattr(self, name)
@@ -82,6 +102,11 @@ class ModelConfig:
                 f"use an image size that is a multiple of {VAE_DOWNSAMPLE * self.patch_size}"
             )
         n, N, G = self.mediators, self.num_tokens, self.grid_size
+        if self.attention == "full":
+            if n != FULL:
+                raise ConfigError(f"a full-attention model has no mediators (count {FULL}), got {n!r}: a "
+                                  f"vanilla DiT/SiT is built with --attention full and no --mediators")
+            return
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ConfigError(f"mediator count must be a positive integer, got {n!r}")
         if n > N:
@@ -108,8 +133,12 @@ class ModelConfig:
         return self.grid_size**2
 
     @property
+    def is_full(self) -> bool:
+        return self.attention == "full"
+
+    @property
     def mediator_grid(self) -> tuple[int, int]:
-        return mediator_grid(self.mediators)
+        return (0, 0) if self.is_full else mediator_grid(self.mediators)
 
     @property
     def out_channels(self) -> int:
@@ -120,11 +149,15 @@ class ModelConfig:
         return self.input_size * VAE_DOWNSAMPLE
 
     def with_mediators(self, n: int) -> ModelConfig:
-        return replace(self, mediators=n)
+        """This architecture with ``n`` mediators (``FULL``: its full-attention twin)."""
+        return replace(self, mediators=n, attention="full" if n == FULL else "mediator")
 
     def to_dict(self) -> dict:
-        """JSON-ready description, including the derived grid values (for manifests and reports)."""
+        """JSON-ready description, including the derived grid values (for manifests and reports). ``attention``
+        is written only for full attention: a manifest without it describes a mediator model, as before."""
         d = asdict(self)
+        if not self.is_full:
+            d.pop("attention")
         d.update(head_dim=self.head_dim, grid_size=self.grid_size, num_tokens=self.num_tokens,
                  mediator_grid=list(self.mediator_grid), out_channels=self.out_channels)
         return d
@@ -140,7 +173,8 @@ class ModelConfig:
 
 def config_from_name(name: str, *, mediators: int, image_size: int = DEFAULT_IMAGE_SIZE, num_classes: int = 1000,
                      learn_sigma: bool = True, **overrides) -> ModelConfig:
-    """The config of a named model ("SiT-XL/2", "DiT-S/4", ...) at an image size.
+    """The config of a named model ("SiT-XL/2", "DiT-S/4", ...) at an image size; ``mediators=FULL`` (0) gives
+    the vanilla model (full attention).
 
     ``overrides`` replace any :class:`ModelConfig` field (depth, hidden_size, ...) for custom sizes.
     """
@@ -163,6 +197,6 @@ def config_from_name(name: str, *, mediators: int, image_size: int = DEFAULT_IMA
         raise ConfigError(f"unknown model config fields {sorted(unknown)}")
     fields = dict(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch_size,
                   input_size=image_size // VAE_DOWNSAMPLE, mediators=mediators, num_classes=num_classes,
-                  learn_sigma=learn_sigma)
+                  learn_sigma=learn_sigma, attention="full" if mediators == FULL else "mediator")
     fields.update(overrides)
     return ModelConfig(**fields)

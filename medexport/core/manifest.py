@@ -42,7 +42,7 @@ from pathlib import Path
 from ..errors import BundleError, ConfigError, SamplingError, ScheduleError
 from ..version import __version__
 from .artifact import Artifact, ArtifactError
-from .config import ModelConfig
+from .config import ATTENTIONS, FULL, ModelConfig, count_name
 from .settings import SamplingSettings
 
 MANIFEST = "manifest.json"
@@ -76,6 +76,7 @@ class Source:
     image_size: int | None = None
     seed: int | None = None
     init: str = "random"
+    attention: str = "mediator"
 
     @classmethod
     def from_dict(cls, d: object) -> Source:
@@ -91,20 +92,25 @@ class Source:
             model, size, seed, init = d.get("model"), d.get("image_size"), d.get("seed"), d.get("init", "random")
             if not (isinstance(model, str) and _is_int(size) and size > 0 and _is_int(seed) and isinstance(init, str)):
                 raise _Bad("a random source needs 'model' (text), 'image_size' (> 0) and 'seed' (integers)")
-            return cls("random", model=model, image_size=size, seed=seed, init=init)
+            attention = d.get("attention", "mediator")
+            if attention not in ATTENTIONS:
+                raise _Bad(f"'attention' must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+            return cls("random", model=model, image_size=size, seed=seed, init=init, attention=attention)
         raise _Bad(f"'kind' must be one of {', '.join(SOURCE_KINDS)}, got {kind!r}")
 
     def to_dict(self) -> dict:
         if self.kind == "checkpoint":
             return {"kind": "checkpoint", "path": self.path, "weights": self.weights, "sha256": self.sha256}
-        return {"kind": "random", "model": self.model, "image_size": self.image_size, "seed": self.seed,
-                "init": self.init}
+        d = {"kind": "random", "model": self.model, "image_size": self.image_size, "seed": self.seed,
+             "init": self.init}
+        return d | ({"attention": self.attention} if self.attention != "mediator" else {})
 
     def describe(self) -> str:
         """For people: the checkpoint's file name, or "random SiT-S/2 (seed 0)"."""
         if self.kind == "checkpoint":
             return Path(self.path).name
-        return f"random {self.model} (seed {self.seed})"
+        full = ", full attention" if self.attention == "full" else ""
+        return f"random {self.model}{full} (seed {self.seed})"
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,11 @@ class Manifest:
         return sorted(self.counts)
 
     @property
+    def is_full(self) -> bool:
+        """A vanilla twin: one full-attention model (count ``FULL``), the baseline of mediator bundles."""
+        return self.model.get("attention") == "full"
+
+    @property
     def missing(self) -> list[int]:
         """Counts the build was asked for that are not complete (an interrupted build)."""
         return sorted(set(self.requested) - set(self.counts))
@@ -185,8 +196,11 @@ class Manifest:
         try:
             return self.counts[int(n)]
         except (KeyError, ValueError, TypeError):
+            if self.is_full:
+                raise BundleError(f"{where} is a vanilla twin: it holds one full-attention model, not {n} "
+                                  f"mediators") from None
             raise BundleError(f"{where} has no engines for {n} mediators; it has "
-                              f"{', '.join(map(str, self.count_list)) or 'none'}") from None
+                              f"{', '.join(map(count_name, self.count_list)) or 'none'}") from None
 
     @classmethod
     def new(cls, model_config: dict, build: dict, requested: list[int], data: dict | None = None,
@@ -219,12 +233,15 @@ class Manifest:
         for key in ("created", "updated", "medexport_version"):
             if not isinstance(data.get(key, ""), str):
                 raise _Bad(f"{key!r} must be text")
+        full = data["model"].get("attention") == "full"
         try:  # the shared architecture: a model config but for the mediator count
-            ModelConfig.from_dict({**data["model"], "mediators": 1})
+            ModelConfig.from_dict({**data["model"], "mediators": FULL if full else 1})
         except (ConfigError, TypeError) as e:
             raise _Bad(f"'model': {e}") from None
         requested = data["requested"]
-        if not all(_is_int(n) and n > 0 for n in requested):
+        if full and requested != [FULL]:
+            raise _Bad(f"a full-attention bundle requests its one model, [{FULL}], got {requested[:5]!r}")
+        if not full and not all(_is_int(n) and n > 0 for n in requested):
             raise _Bad(f"'requested' must list mediator counts (positive integers), got {requested[:5]!r}")
         info = data.get("data")
         if info is not None and not (isinstance(info, dict) and info.get("space") == "pixel"):
@@ -241,8 +258,9 @@ class Manifest:
             raise _Bad(f"'sampling': {e}") from None
         counts = {}
         for key, entry in data["counts"].items():
-            if not (isinstance(key, str) and key.isdigit() and int(key) > 0):
-                raise _Bad(f"counts key {key!r} is not a mediator count")
+            if not (isinstance(key, str) and key.isdigit() and (int(key) == FULL if full else int(key) > 0)):
+                raise _Bad(f"counts key {key!r} is not " + (f"{FULL!r} (the full-attention model)" if full else
+                                                            "a mediator count"))
             try:
                 counts[int(key)] = CountEntry.from_dict(int(key), entry, data["model"])
             except _Bad as e:

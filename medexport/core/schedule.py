@@ -80,8 +80,14 @@ class Schedule(abc.ABC):
 
 
 def _check_counts(counts: tuple, hint: str = "") -> None:
-    """Mediator counts of a schedule: positive integers, each once."""
+    """Mediator counts of a schedule: positive integers, each once; or 0 alone, the one full-attention model of a
+    vanilla twin (which never mixes with mediator counts: they are other models)."""
     for i, c in enumerate(counts):
+        if c == 0 and not isinstance(c, bool) and len(counts) == 1:
+            continue
+        if c == 0 and not isinstance(c, bool):
+            raise ScheduleError("0 is the full-attention model of a vanilla twin, which is another model than the "
+                                "mediator counts: it cannot share a schedule with them", item=i, part="count")
         if not isinstance(c, int) or isinstance(c, bool) or c < 1:
             raise ScheduleError(f"mediator counts must be positive integers, got {c!r}", item=i, part="count")
         if c in counts[:i]:

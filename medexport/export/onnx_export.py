@@ -134,16 +134,19 @@ def export_onnx(model: MediatorDiT, path: str | os.PathLike, *, precision: str =
                 custom_translation_table={torch.ops.medexport.mediator_attention.default:
                                           translate_mediator_attention})
         except Exception as e:  # the exporter raises many types; keep the cause visible
-            raise ExportError(f"torch.onnx.export failed for {model.config.mediators} mediators: {e}") from e
-    _attach_function_body(program, opset)
+            what = "the full-attention model" if model.config.is_full else f"{model.config.mediators} mediators"
+            raise ExportError(f"torch.onnx.export failed for {what}: {e}") from e
+    if not model.config.is_full:  # a vanilla model's attention is plain ONNX ops
+        _attach_function_body(program, opset)
     model_proto_size = sum(v.const_value.nbytes for v in program.model.graph.initializers.values()
                            if v.const_value is not None)
     external = model_proto_size >= EXTERNAL_DATA_THRESHOLD - (64 << 20)
     files = _save_atomically(program, path, external)
-    proto = check_onnx(path, expected_mediator_nodes=model.config.depth)
+    proto = check_onnx(path, expected_mediator_nodes=0 if model.config.is_full else model.config.depth)
     counts = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in proto.graph.node)
     seconds = time.perf_counter() - t0
-    log.info("exported %d mediators (%s) to %s in %.1f s", model.config.mediators, precision, path.name, seconds)
+    log.info("exported %s (%s) to %s in %.1f s", "full attention" if model.config.is_full else
+             f"{model.config.mediators} mediators", precision, path.name, seconds)
     return ExportResult(path, files, mediator_node_count(proto), dict(counts), seconds)
 
 

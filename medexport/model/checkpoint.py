@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..core.files import file_key as _file_key, file_sha256  # noqa: F401  (file_sha256: re-exported)
 from ..errors import CheckpointError, ConfigError, NotAMediatorModelError
-from ..core.config import ModelConfig
+from ..core.config import FULL, SIZES, ModelConfig
 from .mediator_dit import MediatorDiT, pooling_matrix
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,9 @@ def _pick_state_dict(raw: object, kind: str, weights: str, path: Path) -> tuple[
         state = raw[weights]
         if not isinstance(state, dict):
             raise CheckpointError(f"{str(path)!r}: the {weights!r} entry is not a state dict")
-        extras = {"train_steps": raw.get("train_steps"), "data": _data_from_args(raw.get("args"))}
+        args = raw.get("args")
+        extras = {"train_steps": raw.get("train_steps"), "data": _data_from_args(args),
+                  "model_name": getattr(args, "model", None) if isinstance(args, argparse.Namespace) else None}
         return state, "trainer", weights, extras
     return raw, "state_dict", "state_dict", {}
 
@@ -212,18 +214,36 @@ def _shape(state: dict[str, Tensor], key: str) -> tuple[int, ...]:
     return tuple(value.shape)
 
 
-def infer_config(state: dict[str, Tensor]) -> ModelConfig:
-    """The :class:`ModelConfig` a (prefix-free) state dict describes."""
+def _full_attention_heads(depth: int, width: int, model_name: str | None) -> int:
+    """The heads of a vanilla DiT/SiT, which its state dict does not show: from the trainer's ``args.model``
+    ("SiT-XL/2"), else from the named size with this depth and width."""
+    if model_name:
+        size = re.fullmatch(r"(?:DiT|SiT)-(\w+)/\d+", model_name)
+        if size and size.group(1) in SIZES:
+            return SIZES[size.group(1)][2]
+    for d, w, heads in SIZES.values():
+        if (d, w) == (depth, width):
+            return heads
+    names = ", ".join(f"{k} ({d} blocks, width {w})" for k, (d, w, _) in SIZES.items())
+    raise CheckpointError(f"this full-attention DiT/SiT has {depth} blocks of width {width}, which is none of the "
+                          f"named sizes ({names}), and its file does not name its model: its number of heads "
+                          f"cannot be read off the weights")
+
+
+def infer_config(state: dict[str, Tensor], model_name: str | None = None) -> ModelConfig:
+    """The :class:`ModelConfig` a (prefix-free) state dict describes: a mediator model, or a vanilla
+    (full-attention) DiT/SiT when the blocks have no mediator parameters. ``model_name``: the trainer's
+    ``args.model``, which tells a vanilla model's heads."""
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
     if not blocks:
         raise CheckpointError("the state dict has no 'blocks.N.' keys: it is not a DiT/SiT checkpoint")
     depth = max(blocks) + 1
-    if "blocks.0.attn.an_bias" not in state:
-        missing = [f"blocks.0.attn.{k}" for k in MEDIATOR_KEYS if f"blocks.0.attn.{k}" not in state]
-        raise NotAMediatorModelError(
-            "this is a plain DiT/SiT checkpoint without mediator attention: missing " + ", ".join(missing)
-            + ". medexport needs a model trained with attention mediators (one checkpoint per mediator count)."
-        )
+    present = [k for k in MEDIATOR_KEYS if f"blocks.0.attn.{k}" in state]
+    if present and len(present) < len(MEDIATOR_KEYS):
+        missing = [f"blocks.0.attn.{k}" for k in MEDIATOR_KEYS if k not in present]
+        raise CheckpointError("the blocks hold some of the mediator-attention parameters but not "
+                              + ", ".join(missing) + ": the file is neither a mediator model nor a vanilla DiT/SiT")
+    full = not present
     D, c_in, p, p2 = _shape(state, "x_embedder.proj.weight")
     if p != p2:
         raise CheckpointError(f"x_embedder.proj.weight has a non-square patch {p}x{p2}")
@@ -231,7 +251,7 @@ def infer_config(state: dict[str, Tensor]) -> ModelConfig:
     G = math.isqrt(N)
     if G * G != N or D_pos != D:
         raise CheckpointError(f"pos_embed {(1, N, D_pos)} does not fit a square token grid of width {D}")
-    H, n, *_ = _shape(state, "blocks.0.attn.an_bias")
+    H, n, *_ = (_full_attention_heads(depth, D, model_name), FULL) if full else _shape(state, "blocks.0.attn.an_bias")
     out_features, _ = _shape(state, "final_layer.linear.weight")
     c_out, rem = divmod(out_features, p * p)
     if rem or c_out not in (c_in, 2 * c_in):
@@ -242,7 +262,7 @@ def infer_config(state: dict[str, Tensor]) -> ModelConfig:
     try:
         return ModelConfig(depth=depth, hidden_size=D, num_heads=H, patch_size=p, input_size=G * p, mediators=n,
                            in_channels=c_in, num_classes=rows - 1, learn_sigma=c_out == 2 * c_in,
-                           mlp_ratio=hidden_mlp / D)
+                           mlp_ratio=hidden_mlp / D, attention="full" if full else "mediator")
     except ConfigError as e:
         raise CheckpointError(f"the checkpoint's shapes do not fit together: {e}") from None
 
@@ -293,22 +313,43 @@ def read_checkpoint(path: str | os.PathLike, *, weights: str = "ema") -> tuple[d
     raw, kind = _read_raw(path)
     state, fmt, taken, extras = _pick_state_dict(raw, kind, weights, path)
     state = _strip_prefixes(state)
-    config = infer_config(state)
+    name = extras.get("model_name")
+    config = infer_config(state, name if isinstance(name, str) else None)
     n_params = sum(v.numel() for k, v in state.items() if isinstance(v, Tensor) and k != "pos_embed")
     steps = extras.get("train_steps")
     return state, CheckpointInfo(str(path), fmt, taken, config, n_params, steps if isinstance(steps, int) else None,
                                  extras.get("data"), extras.get("sampling"))
 
 
-def load_checkpoint(path: str | os.PathLike, *, weights: str = "ema", device: str | torch.device = "cpu") -> MediatorDiT:
-    """A mediator DiT/SiT in eval mode with the weights of ``path``; the architecture is read off the file.
+def check_attention(info: CheckpointInfo, attention: str | None, mediators: int | None = None) -> None:
+    """Refuse a vanilla checkpoint where a mediator model is wanted (NotAMediatorModelError) and the reverse,
+    saying how to build each. ``attention`` None takes whatever the file holds."""
+    cfg = info.config
+    if attention == "mediator" and cfg.is_full:
+        want = f"a {mediators}-mediator model" if mediators else "a mediator model"
+        raise NotAMediatorModelError(
+            f"{info.path} is a plain (full-attention) DiT/SiT checkpoint, not {want}: its blocks have no "
+            f"mediator-attention parameters ({', '.join(MEDIATOR_KEYS[:3])}, ...). Build it as the vanilla baseline "
+            f"with `medexport build --attention full --checkpoint {info.path}`; mediator counts need models trained "
+            f"with attention mediators (one checkpoint per count)")
+    if attention == "full" and not cfg.is_full:
+        raise CheckpointError(f"{info.path} holds a {cfg.mediators}-mediator model, not a full-attention DiT/SiT: "
+                              f"drop --attention full and give it as --checkpoint {cfg.mediators}={info.path}")
+
+
+def load_checkpoint(path: str | os.PathLike, *, weights: str = "ema", device: str | torch.device = "cpu",
+                    attention: str | None = None) -> MediatorDiT:
+    """A mediator DiT/SiT (or a vanilla one) in eval mode with the weights of ``path``; the architecture is read
+    off the file.
 
     Args:
         path: a trainer checkpoint, a bare state dict (torch.save) or a safetensors file.
         weights: "ema" (what the reference samples with) or "model", for trainer checkpoints.
         device: where to put the model.
+        attention: "mediator" or "full" to refuse a file of the other kind; None (default) loads either.
     """
     state, info = read_checkpoint(path, weights=weights)
+    check_attention(info, attention)
     with torch.device("meta"):
         model = MediatorDiT(info.config)
     _check_keys(model, state)
@@ -316,7 +357,7 @@ def load_checkpoint(path: str | os.PathLike, *, weights: str = "ema", device: st
     model = model.to_empty(device="cpu")
     model.load_state_dict(state, strict=True)
     # Non-persistent buffers are not in the state dict: rebuild them for the real model.
-    for block in model.blocks:
+    for block in model.blocks if not info.config.is_full else ():
         block.attn.pool = pooling_matrix(info.config.grid_size, *info.config.mediator_grid)
         block.attn._bias_key = None
     model = model.to(device).eval()

@@ -5,12 +5,14 @@ from __future__ import annotations
 from ..core.config import ModelConfig
 
 
-def forward_flops(cfg: ModelConfig, *, attention: str = "mediator") -> int:
-    """Multiply-adds of one forward of one sample; ``attention`` is "mediator" or "full" (vanilla DiT/SiT).
+def forward_flops(cfg: ModelConfig, *, attention: str | None = None) -> int:
+    """Multiply-adds of one forward of one sample; ``attention`` is "mediator" or "full" (vanilla DiT/SiT);
+    default: the config's own.
 
     Per block: 12*N*D^2 (qkv, proj, mlp) + 6*D^2 (adaLN) + attention, full 2*N^2*D or mediator 4*n*N*D + 9*N*D
     (the 3x3 depth-wise conv). Outside the blocks: patch embedding, final layer, adaLN and timestep MLPs.
     """
+    attention = attention or cfg.attention
     if attention not in ("mediator", "full"):
         raise ValueError(f"attention must be 'mediator' or 'full', got {attention!r}")
     N, D, n, p = cfg.num_tokens, cfg.hidden_size, cfg.mediators, cfg.patch_size

@@ -180,6 +180,29 @@ class MediatorAttention(nn.Module):
         return self.proj(o)  # (B, N, D)
 
 
+class FullAttention(nn.Module):
+    """The vanilla DiT/SiT self-attention (timm's ``Attention`` with a qkv bias): the baseline a mediator
+    model is measured against. Parameter names are timm's, so the public DiT and SiT checkpoints load."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.qkv = TokenLinear(dim, dim * 3, bias=True)
+        self.proj = TokenLinear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        o = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, d), scale d^-0.5 as timm's
+        return self.proj(o.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
+
+
+def make_attention(cfg: ModelConfig) -> nn.Module:
+    if cfg.is_full:
+        return FullAttention(cfg.hidden_size, cfg.num_heads)
+    return MediatorAttention(cfg.hidden_size, cfg.num_heads, cfg.grid_size, cfg.mediators, cfg.mediator_grid)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Block and final layer (adaLN-Zero)
 # ---------------------------------------------------------------------------------------------------------
@@ -203,7 +226,7 @@ class MediatorBlock(nn.Module):
         super().__init__()
         D = cfg.hidden_size
         self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
-        self.attn = MediatorAttention(D, cfg.num_heads, cfg.grid_size, cfg.mediators, cfg.mediator_grid)
+        self.attn = make_attention(cfg)
         self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(D, int(D * cfg.mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
@@ -230,7 +253,9 @@ class FinalLayer(nn.Module):
 # Model
 # ---------------------------------------------------------------------------------------------------------
 class MediatorDiT(nn.Module):
-    """DiT/SiT with mediator attention. ``model(x, t, y)`` predicts (B, C_in, S, S) as the reference does."""
+    """DiT/SiT with mediator attention. ``model(x, t, y)`` predicts (B, C_in, S, S) as the reference does.
+
+    With ``config.attention == "full"`` it is the vanilla DiT/SiT of the same size (its baseline)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -293,7 +318,8 @@ class MediatorDiT(nn.Module):
     def refresh_constants(self) -> None:
         """Recompute the per-block position-bias constants now (they are otherwise refreshed lazily)."""
         for block in self.blocks:
-            block.attn.refresh_constants(force=True)
+            if isinstance(block.attn, MediatorAttention):
+                block.attn.refresh_constants(force=True)
 
     def unpatchify(self, x: Tensor) -> Tensor:
         c, p, G = self.config.out_channels, self.config.patch_size, self.config.grid_size

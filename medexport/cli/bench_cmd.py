@@ -1,0 +1,139 @@
+"""``medexport bench``: a mediator bundle against its vanilla twin (full attention, same backend and precision)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..bench import plot_bench, run_bench
+from ..core.files import write_json
+from ..core.manifest import Manifest
+from ..core.request import SampleRequest
+from ..errors import BundleError
+from ..runtime.pipeline import check_device
+from ..runtime.report import environment
+from .bundle_cmds import default_output
+from .main import cli, console, err_console, short_help
+from .options import SCHEDULE_HELP, sampling_options
+from .outputs import output_folder, remove_stale
+
+BENCH_OUTPUTS = {"report.json", "bench.png"}
+
+
+def find_twin(bundle: Path) -> Path:
+    """The vanilla twin ``medexport build --attention full`` writes for ``bundle``'s model by default, or
+    ``BUNDLE-full`` beside it; BundleError saying how to build one when neither exists."""
+    manifest = Manifest.read(bundle)
+    if manifest.is_full:
+        raise BundleError(f"{bundle} is itself a vanilla (full-attention) bundle: bench a mediator bundle against "
+                          f"it with --against {bundle}")
+    source = manifest.counts[manifest.count_list[0]].source if manifest.counts else None
+    precision = manifest.build.get("precision", "fp32")
+    candidates = [Path(f"{bundle}-full")]
+    if source is not None and source.kind == "random":
+        candidates.insert(0, default_output(source.model, source.image_size, [], precision, "full"))
+    for path in candidates:
+        if (path / "manifest.json").is_file():
+            return path
+    if source is not None and source.kind == "random":
+        how = (f"`medexport build --model {source.model} --image-size {source.image_size} --attention full"
+               + (f" --precision {precision}" if precision != "fp32" else "") + "`")
+    else:
+        how = ("`medexport build --attention full --checkpoint VANILLA.pt` (the public DiT or SiT checkpoint of the "
+               "same size and resolution" + (f", --precision {precision}" if precision != "fp32" else "") + ")")
+    raise BundleError(f"{bundle} has no vanilla twin to be measured against (looked for "
+                      f"{', '.join(map(str, candidates))}): build one with {how}, or pass --against VANILLA_BUNDLE")
+
+
+@cli.command("bench", short_help=short_help("bench"))
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--against", "vanilla", type=click.Path(path_type=Path), default=None,
+              help="The vanilla twin (built with --attention full) [default: the one `build --attention full` "
+                   "writes for this model, or BUNDLE-full].")
+@click.option("--num", default=4, show_default=True, type=click.IntRange(1, 4096),
+              help="Images per end-to-end run (random labels).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
+@click.option("--forward-batch", type=click.IntRange(min=1), default=None,
+              help="Engine batch of the per-forward rows [default: --num, doubled under guidance].")
+@click.option("--rounds", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Timed rounds of per-forward calls (one call of every engine per round).")
+@click.option("--runs", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Timed end-to-end runs of each, alternating.")
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Untimed end-to-end runs of each before timing (engines are opened and warmed before, apart).")
+@sampling_options
+@click.option("--schedule", default=None, help=SCHEDULE_HELP)
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for report.json and bench.png [default: out/bench].")
+def bench_cmd(bundle, vanilla, num, seed, forward_batch, rounds, runs, warmup, schedule, out_dir, sampler, method,
+              steps, last_step, cfg_scale, cfg_channels, backend, device, threads) -> None:
+    """Measure a mediator bundle against its vanilla twin: ms per forward of every count beside the full-attention
+    engine, images/s of the schedule end to end, the FLOPs-predicted and the measured speed-up, peak memory.
+
+    Everything is timed in one process, alternating between the engines. Settings not given come from the
+    bundle's recommended sampling settings (a random-weights bundle recommends the reference's 250 SDE steps:
+    --steps makes a quicker run).
+    """
+    out_dir = out_dir or Path("out/bench")
+    if threads:
+        torch.set_num_threads(threads)
+    check_device(device)
+    vanilla = vanilla or find_twin(bundle)
+    labels = torch.randint(0, Manifest.read(bundle).model["num_classes"], (num,),
+                           generator=torch.Generator().manual_seed(seed)).tolist()
+    request = SampleRequest(labels, seed=seed, sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
+                            cfg_channels=cfg_channels, schedule=schedule, last_step=last_step)
+    with output_folder(out_dir, "bench", BENCH_OUTPUTS):
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err_console, transient=True) as progress:
+            task = progress.add_task(escape(f"bench {bundle} vs {vanilla}"), total=runs + 1 + rounds)
+            report = run_bench(bundle, vanilla, request, backend=backend, device=device, threads=threads,
+                               batch=forward_batch, rounds=rounds, runs=runs, warmup=warmup,
+                               progress=lambda: progress.advance(task))
+        report["environment"] = environment(torch.device(report["device"]))
+        report["trace"] = []  # the per-evaluation traces are `medexport sample`'s; this report holds the timings
+        print_bench(report)
+        written = [write_json(out_dir / "report.json", report), plot_bench(out_dir / "bench.png", report)]
+        remove_stale(out_dir, BENCH_OUTPUTS, {p.name for p in written})
+        console.print(escape("wrote " + ", ".join(map(str, written))), highlight=False, soft_wrap=True)
+
+
+def print_bench(report: dict) -> None:
+    env = report.get("environment", {})
+    title = (f"{report['backend']} {report['precision']}, {report['tokens']} tokens, "
+             f"{report['threads'] or 'all'} threads, forward batch {report['forward_batch']} "
+             f"(median of {report['rounds']} rounds)")
+    table = Table(title=escape(f"per forward: {title}"))
+    for col in ("mediators", "GFLOPs", "ms", "FLOPs predict", "measured"):
+        table.add_column(col, justify="right")
+    for r in report["forward"]:
+        vanilla = r["mediators"] == "full"
+        table.add_row(r["mediators"] + (" (vanilla)" if vanilla else ""), f"{r['gflops']:.3f}", f"{r['ms']:.2f}",
+                      "-" if vanilla else f"{r['predicted_ratio']:.2f}x",
+                      "-" if vanilla else f"{r['measured_ratio']:.2f}x")
+    console.print(table)
+    e = report["end_to_end"]
+    s = report["settings"]
+    table = Table(title=escape(f"end to end: {e['images']} images, {s['sampler']} {s['method']} {s['steps']} steps, "
+                               f"cfg {s['cfg_scale']:g}, schedule {e['schedule'] or 'largest count'} "
+                               f"(median of {report['runs']} runs)"))
+    table.add_column("")
+    table.add_column("medexport", justify="right")
+    table.add_column("vanilla", justify="right")
+    rows = [("images / s", lambda r: f"{r['images_per_second']:.3f}"),
+            ("seconds per run", lambda r: f"{r['batch_seconds']:.3f}"),
+            ("GFLOPs / image", lambda r: f"{r['gflops_per_image']:.1f}"),
+            ("peak memory, all engines resident (MiB)", lambda r: f"{(r['peak_memory_bytes'] or 0) / 2**20:.0f}"),
+            ("engines opened and warmed (s)", lambda r: f"{r['warmup_seconds']:.2f}")]
+    for label, fmt in rows:
+        table.add_row(label, fmt(e["medexport"]), fmt(e["vanilla"]))
+    console.print(table)
+    console.print(f"speed-up over the vanilla engine: measured {e['measured_ratio']:.2f}x, FLOPs predict "
+                  f"{e['predicted_ratio']:.2f}x ({100 * e['measured_ratio'] / e['predicted_ratio']:.0f}% of it); "
+                  f"CPU {escape(env.get('cpu_flags', '?'))}", highlight=False, soft_wrap=True)
+
