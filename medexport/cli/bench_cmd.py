@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..bench import plot_bench, run_bench
+from ..bench import check_twin, plot_bench, run_bench
 from ..core.files import write_json
 from ..core.manifest import Manifest
 from ..core.request import SampleRequest
@@ -84,7 +84,9 @@ def bench_cmd(bundle, vanilla, num, seed, forward_batch, rounds, runs, warmup, s
         torch.set_num_threads(threads)
     check_device(device)
     vanilla = vanilla or find_twin(bundle)
-    labels = torch.randint(0, Manifest.read(bundle).model["num_classes"], (num,),
+    manifest = Manifest.read(bundle)
+    check_twin(bundle, manifest, vanilla, Manifest.read(vanilla))  # before the output folder is made
+    labels = torch.randint(0, manifest.model["num_classes"], (num,),
                            generator=torch.Generator().manual_seed(seed)).tolist()
     request = SampleRequest(labels, seed=seed, sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
                             cfg_channels=cfg_channels, schedule=schedule, last_step=last_step)

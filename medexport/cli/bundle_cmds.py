@@ -169,8 +169,8 @@ def build(checkpoints, attention, weights, model_name, image_size, mediators, se
     else:
         counts = [FULL] if full else parse_int_list(mediators or DEFAULT_MEDIATORS, "--mediators")
         if not full and FULL in counts:
-            raise click.BadParameter(f"0 is not a mediator count; the vanilla model (full attention) is built "
-                                     f"into a bundle of its own with --attention full", param_hint="--mediators")
+            raise click.BadParameter("0 is not a mediator count; the vanilla model (full attention) is built "
+                                     "into a bundle of its own with --attention full", param_hint="--mediators")
         sources = [ModelSource(n, model_name=model_name, image_size=image_size, seed=seed) for n in counts]
     settings = BuildSettings(backend=backend, precision=precision, batch=batch_range, backend_options=backend_settings,
                              calibration=calibration, onnx_only=onnx_only)

@@ -186,9 +186,11 @@ def _pick_state_dict(raw: object, kind: str, weights: str, path: Path) -> tuple[
     if kind == "safetensors":
         meta = raw.metadata
         train = _json_meta(meta, "medexport_train", path) or {}
+        config = _json_meta(meta, "medexport_config", path) or {}
         return dict(raw), "safetensors", "state_dict", {"data": _json_meta(meta, "medexport_data", path),
                                                          "sampling": _json_meta(meta, "medexport_sampling", path),
-                                                         "train_steps": train.get("train_steps")}
+                                                         "train_steps": train.get("train_steps"),
+                                                         "num_heads": config.get("num_heads")}
     if "model" in raw or "ema" in raw:
         if weights not in raw:
             other = "model" if weights == "ema" else "ema"
@@ -214,26 +216,33 @@ def _shape(state: dict[str, Tensor], key: str) -> tuple[int, ...]:
     return tuple(value.shape)
 
 
-def _full_attention_heads(depth: int, width: int, model_name: str | None) -> int:
-    """The heads of a vanilla DiT/SiT, which its state dict does not show: from the trainer's ``args.model``
-    ("SiT-XL/2"), else from the named size with this depth and width."""
+def _full_attention_heads(depth: int, width: int, model_name: str | None, num_heads: object = None) -> int:
+    """The heads of a vanilla DiT/SiT, which its state dict does not show: from the file's own record (medexport's
+    safetensors), the trainer's ``args.model`` ("SiT-XL/2"), else the named size with this depth and width."""
+    if isinstance(num_heads, int) and not isinstance(num_heads, bool) and num_heads > 0:
+        return num_heads
     if model_name:
         size = re.fullmatch(r"(?:DiT|SiT)-(\w+)/\d+", model_name)
         if size and size.group(1) in SIZES:
-            return SIZES[size.group(1)][2]
+            d, w, heads = SIZES[size.group(1)]
+            if (d, w) != (depth, width):
+                raise CheckpointError(f"the file says it holds {model_name} ({d} blocks of width {w}), but its weights "
+                                      f"are {depth} blocks of width {width}: the checkpoint is damaged or mislabelled")
+            return heads
     for d, w, heads in SIZES.values():
         if (d, w) == (depth, width):
             return heads
     names = ", ".join(f"{k} ({d} blocks, width {w})" for k, (d, w, _) in SIZES.items())
-    raise CheckpointError(f"this full-attention DiT/SiT has {depth} blocks of width {width}, which is none of the "
+    raise CheckpointError(f"this is a plain (full-attention) DiT/SiT, without mediator attention, of {depth} blocks "
+                          f"of width {width}, which is none of the "
                           f"named sizes ({names}), and its file does not name its model: its number of heads "
                           f"cannot be read off the weights")
 
 
-def infer_config(state: dict[str, Tensor], model_name: str | None = None) -> ModelConfig:
+def infer_config(state: dict[str, Tensor], model_name: str | None = None, num_heads: int | None = None) -> ModelConfig:
     """The :class:`ModelConfig` a (prefix-free) state dict describes: a mediator model, or a vanilla
     (full-attention) DiT/SiT when the blocks have no mediator parameters. ``model_name``: the trainer's
-    ``args.model``, which tells a vanilla model's heads."""
+    ``args.model``, and ``num_heads``, a file's record of them: what tells a vanilla model's heads."""
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
     if not blocks:
         raise CheckpointError("the state dict has no 'blocks.N.' keys: it is not a DiT/SiT checkpoint")
@@ -251,7 +260,7 @@ def infer_config(state: dict[str, Tensor], model_name: str | None = None) -> Mod
     G = math.isqrt(N)
     if G * G != N or D_pos != D:
         raise CheckpointError(f"pos_embed {(1, N, D_pos)} does not fit a square token grid of width {D}")
-    H, n, *_ = (_full_attention_heads(depth, D, model_name), FULL) if full else _shape(state, "blocks.0.attn.an_bias")
+    H, n, *_ = (_full_attention_heads(depth, D, model_name, num_heads), FULL) if full else _shape(state, "blocks.0.attn.an_bias")
     out_features, _ = _shape(state, "final_layer.linear.weight")
     c_out, rem = divmod(out_features, p * p)
     if rem or c_out not in (c_in, 2 * c_in):
@@ -314,7 +323,7 @@ def read_checkpoint(path: str | os.PathLike, *, weights: str = "ema") -> tuple[d
     state, fmt, taken, extras = _pick_state_dict(raw, kind, weights, path)
     state = _strip_prefixes(state)
     name = extras.get("model_name")
-    config = infer_config(state, name if isinstance(name, str) else None)
+    config = infer_config(state, name if isinstance(name, str) else None, extras.get("num_heads"))
     n_params = sum(v.numel() for k, v in state.items() if isinstance(v, Tensor) and k != "pos_embed")
     steps = extras.get("train_steps")
     return state, CheckpointInfo(str(path), fmt, taken, config, n_params, steps if isinstance(steps, int) else None,

@@ -54,11 +54,16 @@ def test_learn_sigma_off_and_custom_sizes(tmp_path):
 
 
 def test_plain_dit_checkpoint_is_refused(tmp_path):
+    """A plain DiT/SiT where a mediator model is wanted; of no named size, its heads cannot even be read."""
     state = tiny_model().state_dict()
     plain = {k: v for k, v in state.items() if not any(s in k for s in ("_bias", "dwc"))}
     torch.save(plain, tmp_path / "dit.pt")
-    with pytest.raises(NotAMediatorModelError, match="plain DiT/SiT.*an_bias"):
+    with pytest.raises(CheckpointError, match="plain .full-attention. DiT/SiT, without mediator attention"):
         medexport.load_checkpoint(tmp_path / "dit.pt")
+    dit = medexport.create_model("DiT-S/2", mediators=0, image_size=32)
+    torch.save(dit.state_dict(), tmp_path / "dit-s.pt")
+    with pytest.raises(NotAMediatorModelError, match="plain .full-attention. DiT/SiT checkpoint, not a mediator"):
+        medexport.load_checkpoint(tmp_path / "dit-s.pt", attention="mediator")
 
 
 def test_missing_and_unexpected_keys(tmp_path):
