@@ -11,7 +11,7 @@ from rich.table import Table
 from ..core.files import write_json
 from ..errors import MedexportError
 from ..runtime.pipeline import Pipeline
-from .main import cli, console, err_console, short_help
+from .main import cli, console, err_console, parse_int_list, short_help
 from .options import sampling_options
 
 
@@ -32,15 +32,34 @@ from .options import sampling_options
               help="Also judge a few adaptive ratio pairs (cost measured, not predicted).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/tune.json"),
               show_default=True, help="JSON report (the plot goes beside it, .png).")
-@click.option("--record", is_flag=True, help="Record the chosen schedule in the bundle as its default.")
+@click.option("--record", is_flag=True, help="Record the chosen schedule (and steps, when searched) in the bundle as "
+                                             "its default.")
+@click.option("--search-steps", default=None, metavar="LIST",
+              help="Without --steps the number of steps is searched with the schedule: these step counts, e.g. "
+                   "8,12,16,20 [default: 40% to 100% of the recommended steps].")
+@click.option("--search-methods", default=None, metavar="LIST",
+              help="Methods of the step search, e.g. euler,heun [default: the recommended one, plus heun beside "
+                   "euler].")
 @sampling_options
 def tune_cmd(bundle, budget_gflops, budget_ms, budget_fraction, metric, images, seed, batch, adaptive, report, record,
-             **options) -> None:
+             search_steps, search_methods, **options) -> None:
     """Find the best mediator schedule within a budget: fixed switch points (few mediators first) on the budget's
-    edge and adaptive ratios, judged on the same noise and labels; prints the choice and the frontier."""
-    from ..tune import check_budget_args, tune
+    edge and adaptive ratios, judged on the same noise and labels; prints the choice and the frontier.
+
+    A diffusion budget is mostly a step budget: unless --steps is given, the number of steps (and the method) is
+    searched together with the schedule, and --budget-fraction is a share of the recommended settings' cost.
+    With --steps N only the schedule is searched, and the fraction is of the largest static schedule's cost."""
+    from ..tune import check_budget_args, step_grid, tune
 
     budget = check_budget_args(budget_gflops, budget_ms, budget_fraction)
+    if options["steps"] is not None and (search_steps or search_methods):
+        raise MedexportError(f"--steps {options['steps']} fixes the steps, and --search-"
+                             f"{'steps' if search_steps else 'methods'} asks to search them: give one of the two")
+    if options["method"] is not None and search_methods:
+        raise MedexportError(f"--method {options['method']} and --search-methods {search_methods} both choose the "
+                             f"method: give one of the two")
+    steps_list = parse_int_list(search_steps, "--search-steps") if search_steps else None
+    methods_list = [m.strip() for m in search_methods.split(",") if m.strip()] if search_methods else None
     sampler = {k: options[k] for k in ("sampler", "method", "steps", "cfg_scale", "cfg_channels")}
     if options["threads"]:
         import torch
@@ -66,10 +85,13 @@ def tune_cmd(bundle, budget_gflops, budget_ms, budget_fraction, metric, images, 
         except JudgeError:  # the judge knows only Fashion-MNIST: the proxy for any other model
             metric = "trajectory"
     sampling = pipe.defaults.override(**sampler)
+    search = None
+    if options["steps"] is None:  # the steps are free: searched with the schedule
+        search = step_grid(sampling, steps_list, [options["method"]] if options["method"] else methods_list)
     with err_console.status("tuning") as status:
         result = tune(pipe, sampling, budget, metric=metric, images=images, seed=seed, batch=batch,
-                      adaptive=adaptive, on_candidate=lambda c: status.update(
-                          f"tuning: judged {escape(c.schedule)} ({c.gflops:.3f} GFLOPs)"))
+                      adaptive=adaptive, search=search, on_candidate=lambda c: status.update(
+                          f"tuning: judged {escape(c.describe())} ({c.gflops:.3f} GFLOPs)"))
     _print(result, bundle, pipe)
     report.parent.mkdir(parents=True, exist_ok=True)
     write_json(report, {"bundle": str(bundle), "backend": pipe.backend, **result.to_dict()})
@@ -78,22 +100,30 @@ def tune_cmd(bundle, budget_gflops, budget_ms, budget_fraction, metric, images, 
     if record:
         from ..bundle.build import record_sampling
 
-        record_sampling(bundle, {"schedule": result.best.schedule}, expect_state=judged)
-        console.print(escape(f"recorded {result.best.schedule} as {bundle}'s default schedule"), highlight=False)
+        b = result.best
+        changes = {"schedule": b.schedule} | ({"steps": b.steps, "method": b.method} if b.steps is not None else {})
+        record_sampling(bundle, changes, expect_state=judged)
+        console.print(escape(f"recorded {b.describe()} as {bundle}'s default "
+                             + ("schedule, method and steps" if b.steps is not None else "schedule")),
+                      highlight=False)
 
 
 def _print(result, bundle, pipe) -> None:
     judge = result.metric == "judge"
     table = Table(title=escape(f"{bundle}: {result.budget.describe()}, {result.images} images per schedule, "
-                               f"{result.settings['evaluations']} evaluations, {pipe.backend}"))
-    for col in ("schedule", "kind", "GFLOPs / image", "of largest", "ms / image (pred.)", "ms / image",
+                               + (f"steps searched ({', '.join(f'{m} {k}' for m, k in result.steps_searched)})"
+                                  if result.steps_searched else f"{result.settings['evaluations']} evaluations")
+                               + f", {pipe.backend}"))
+    searched = result.steps_searched is not None
+    for col in ("schedule", *(("method", "steps") if searched else ()), "kind", "GFLOPs / image", "of reference", "ms / image (pred.)", "ms / image",
                 *(("accuracy", "FD") if judge else ()), "trajectory", "fits", ""):
         table.add_column(col, justify="left" if col in ("schedule", "kind", "") else "right",
                          overflow="fold", min_width=22 if col == "schedule" else None)
     front = {c.schedule for c in result.frontier()}
     for c in result.candidates:
         mark = "[bold green]chosen[/]" if c is result.best else ("frontier" if c.schedule in front else "")
-        table.add_row(c.schedule, c.kind, f"{c.gflops:.4f}", f"{c.gflops / result.largest_static_gflops:.1%}",
+        table.add_row(c.schedule, *((c.method, str(c.steps)) if searched else ()), c.kind, f"{c.gflops:.4f}",
+                      f"{c.gflops / result.reference_gflops:.1%}",
                       f"{c.predicted_ms:.2f}" if c.predicted_ms is not None else "-", f"{c.measured_ms:.2f}",
                       *((f"{100 * c.accuracy:.1f}%", f"{c.fd:.2f}") if judge else ()),
                       f"{c.trajectory:.4f}" if c.trajectory is not None else "-",
@@ -102,7 +132,7 @@ def _print(result, bundle, pipe) -> None:
     b = result.best
     quality = (f"judge accuracy {100 * b.accuracy:.1f}%, FD {b.fd:.2f}" if judge
                else f"trajectory distance {b.trajectory:.4f}")
-    console.print(f"[bold]best:[/] {escape(b.schedule)}  ({b.gflops:.4f} GFLOPs / image predicted, "
+    console.print(f"[bold]best:[/] {escape(b.describe())}  ({b.gflops:.4f} GFLOPs / image predicted, "
                   f"{b.measured_gflops:.4f} measured; {b.measured_ms:.2f} ms / image here; {quality})",
                   highlight=False, soft_wrap=True)
     if result.rank_agreement is not None:
@@ -134,7 +164,7 @@ def _plot(result, path: Path) -> Path:
     ax.scatter([b.gflops], [value(b)], s=160, facecolors="none", edgecolors="tab:red", linewidths=2, label="chosen",
                zorder=4)
     if result.budget.kind in ("gflops", "fraction"):
-        limit = result.budget.value * (result.largest_static_gflops if result.budget.kind == "fraction" else 1)
+        limit = result.budget.value * (result.reference_gflops if result.budget.kind == "fraction" else 1)
         ax.axvline(limit, color="tab:red", linestyle="--", alpha=0.6, label="budget")
     ax.set_xlabel("GFLOPs per image")
     ax.set_ylabel("judge accuracy (%)" if judge else "distance from the largest count's samples (lower is better)")

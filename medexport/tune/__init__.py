@@ -52,13 +52,15 @@ class Cost:
 
 @dataclass(frozen=True)
 class Budget:
-    """At most ``value`` of ``kind``: "gflops" per image, "ms" per image (measured here), or "fraction" of the
-    largest static schedule's GFLOPs. Every candidate is priced here (:meth:`price`, :meth:`fits`)."""
+    """At most ``value`` of ``kind``: "gflops" per image, "ms" per image (measured here), or "fraction" of a
+    reference's GFLOPs: the largest static schedule at the given steps, or, when the steps are searched too, the
+    recommended settings. Every candidate is priced here (:meth:`price`, :meth:`fits`)."""
 
     kind: str
     value: float
-    #: GFLOPs per image of the largest static schedule: what a "fraction" budget is a fraction of.
+    #: GFLOPs per image of the reference: what a "fraction" budget is a fraction of.
     largest_gflops: float | None = None
+    reference: str = "the largest static schedule's GFLOPs"
 
     def __post_init__(self) -> None:
         if self.kind not in ("gflops", "ms", "fraction"):
@@ -68,14 +70,14 @@ class Budget:
 
     def describe(self) -> str:
         return {"gflops": f"{self.value:g} GFLOPs / image", "ms": f"{self.value:g} ms / image",
-                "fraction": f"{100 * self.value:g}% of the largest static schedule's GFLOPs"}[self.kind]
+                "fraction": f"{100 * self.value:g}% of {self.reference}"}[self.kind]
 
     @property
     def unit(self) -> str:
         return {"gflops": " GFLOPs / image", "ms": " ms / image", "fraction": ""}[self.kind]
 
-    def against(self, largest_gflops: float) -> Budget:
-        return Budget(self.kind, self.value, largest_gflops)
+    def against(self, largest_gflops: float, reference: str | None = None) -> Budget:
+        return Budget(self.kind, self.value, largest_gflops, reference or self.reference)
 
     def price(self, cost: Cost) -> float | None:
         """The cost in this budget's unit (None: an ms budget and a cost not timed yet)."""
@@ -83,7 +85,7 @@ class Budget:
             return cost.ms
         if self.kind == "fraction":
             if self.largest_gflops is None:
-                raise TuneError("a fraction budget is priced against the largest static schedule: call against()")
+                raise TuneError("a fraction budget is priced against a reference's GFLOPs: call against()")
             return cost.gflops / self.largest_gflops
         return cost.gflops
 
@@ -104,6 +106,15 @@ class Candidate:
     fd: float | None = None
     trajectory: float | None = None  # RMS distance from the largest static schedule's samples
     steps_per_count: dict = field(default_factory=dict)
+    steps: int | None = None  # the sampler's steps (grid points, as --steps counts them) and method it ran with
+    method: str | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.method, self.steps, self.schedule)
+
+    def describe(self) -> str:
+        return f"{self.schedule} @ {self.method} {self.steps}" if self.steps is not None else self.schedule
 
     @property
     def cost(self) -> Cost:
@@ -124,8 +135,9 @@ class TuneResult:
     images: int
     seconds: float
     rank_agreement: float | None  # Spearman between the trajectory proxy and the judge, where both were measured
-    largest_static_gflops: float
+    reference_gflops: float  # what a fraction budget is priced against (budget.reference says what)
     settings: dict
+    steps_searched: list | None = None  # [(method, steps), ...] when the steps were searched
 
     def frontier(self) -> list[Candidate]:
         """Candidates no other beats on both cost and quality, cheapest first."""
@@ -136,13 +148,16 @@ class TuneResult:
         return sorted(front, key=lambda c: c.gflops)
 
     def to_dict(self) -> dict:
-        return {"schedule": self.best.schedule, "gflops_per_image": self.best.measured_gflops or self.best.gflops,
+        return {"schedule": self.best.schedule, "steps": self.best.steps, "method": self.best.method,
+                "steps_searched": self.steps_searched,
+                "gflops_per_image": self.best.measured_gflops or self.best.gflops,
                 "quality": _quality_dict(self.best, self.metric), "metric": self.metric,
                 "budget": {"kind": self.budget.kind, "value": self.budget.value, "text": self.budget.describe()},
                 "best": self.best.to_dict(), "frontier": [c.to_dict() for c in self.frontier()],
                 "candidates": [c.to_dict() for c in self.candidates], "images_per_candidate": self.images,
                 "seconds": round(self.seconds, 1), "rank_agreement_trajectory_vs_judge": self.rank_agreement,
-                "largest_static_gflops": self.largest_static_gflops, "settings": self.settings}
+                "reference_gflops": self.reference_gflops, "reference": self.budget.reference,
+                "settings": self.settings}
 
 
 def _quality_dict(c: Candidate, metric: str) -> dict:
@@ -277,12 +292,13 @@ class Judge:
 
         self.pipe.warmup(SampleRequest(self.labels[:self.batch], settings=self.sampling))
 
-    def run(self, schedule: str) -> tuple[torch.Tensor, float, float, dict]:
-        """(final samples, ms per image, measured GFLOPs per image, steps per count)."""
+    def run(self, schedule: str, sampling: SamplingSettings | None = None) -> tuple[torch.Tensor, float, float, dict]:
+        """(final samples, ms per image, measured GFLOPs per image, steps per count) of ``schedule`` under
+        ``sampling`` (default: the tune's settings)."""
         from ..runtime.pipeline import sample_in_batches
 
-        run = sample_in_batches(self.pipe, self.labels, self.sampling.override(schedule=schedule), seed=self.seed,
-                                batch=self.batch)
+        run = sample_in_batches(self.pipe, self.labels, (sampling or self.sampling).override(schedule=schedule),
+                                seed=self.seed, batch=self.batch)
         return (run.latents, 1e3 * run.seconds / len(self.labels), run.flops_per_image / 1e9,
                 run.steps_per_count)
 
@@ -303,80 +319,139 @@ class Judge:
 # The search
 # ---------------------------------------------------------------------------------------------------------
 def tune(pipe, sampling: SamplingSettings, budget: Budget, *, metric: str = "trajectory", images: int = 100,
-         seed: int = 0, batch: int = 100, adaptive: bool = True,
+         seed: int = 0, batch: int = 100, adaptive: bool = True, search: list[tuple[str, int]] | None = None,
          on_candidate: Callable[[Candidate], None] | None = None) -> TuneResult:
-    """The best schedule of ``pipe``'s counts within ``budget`` under ``metric``; see the module docstring."""
+    """The best schedule of ``pipe``'s counts within ``budget`` under ``metric``; see the module docstring.
+
+    ``search``: (method, steps) pairs to search together with the schedule (:func:`step_grid`); a fraction
+    budget is then a fraction of the recommended settings' cost (``sampling`` as given). None: the schedule at
+    ``sampling``'s steps only, a fraction budget of the largest static schedule's cost there.
+    """
     t_start = time.perf_counter()
     counts = sorted(pipe.counts)
     if len(counts) < 2:
         raise TuneError(f"the bundle has one mediator count ({counts[0]}): there is no schedule to tune. Build "
                         f"several counts (e.g. --mediators 16,32,64) to trade quality for cost")
-    settings = SamplingSettings(sampler=sampling.sampler, method=sampling.method, steps=sampling.steps).resolved()
-    cost = CostModel(pipe, settings, sampling.resolved_cfg_scale)
+    cfg_scale = sampling.resolved_cfg_scale
+    base = SamplingSettings(sampler=sampling.sampler, method=sampling.method, steps=sampling.steps).resolved()
+    settings_of = {}  # (method, steps) -> resolved settings of the sampler
+    for method, steps in (search or [(base.method, base.steps)]):
+        settings_of[(method, steps)] = SamplingSettings(sampler=base.sampler, method=method, steps=steps).resolved()
+    models = {k: CostModel(pipe, s, cfg_scale) for k, s in settings_of.items()}  # each checks its sampler
+    # most evaluations first: the trajectory reference is the largest count at the most accurate setting
+    order = sorted(settings_of, key=lambda k: -len(models[k].steps))
     judge = Judge(pipe, sampling, metric=metric, images=images, seed=seed, batch=batch)
-    E = cost.num_steps
     largest = counts[-1]
-    statics = {n: FixedSchedule.static(n) for n in counts}
-    largest_gflops = cost.gflops_per_image(statics[largest])
-    cheapest = min(cost.gflops_per_image(s) for s in statics.values())
-    evaluated: dict[str, Candidate] = {}
+    if search is None:
+        reference = models[order[0]].gflops_per_image(FixedSchedule.static(largest))
+        budget = budget.against(reference)
+    else:  # (a recommended dopri5 has no fixed cost: the first searched method at the recommended steps)
+        if base.num_model_steps is None:
+            base = SamplingSettings(sampler=base.sampler, method=search[0][0], steps=base.steps).resolved()
+        rec = CostModel(pipe, base, cfg_scale)
+        rec_schedule = parse_schedule(sampling.schedule) if sampling.schedule else FixedSchedule.static(largest)
+        if rec_schedule.adaptive:
+            rec_schedule = FixedSchedule.static(largest)
+        reference = rec.gflops_per_image(rec_schedule)
+        budget = budget.against(reference, f"the recommended settings' GFLOPs ({rec_schedule}, {base.method} "
+                                           f"{base.steps} steps)")
+    evaluated: dict[tuple, Candidate] = {}
 
-    def evaluate(text: str, kind: str) -> Candidate:
-        if text in evaluated:
-            return evaluated[text]
+    def evaluate(key: tuple, text: str, kind: str) -> Candidate:
+        method, steps = key
+        if (method, steps, text) in evaluated:
+            return evaluated[(method, steps, text)]
+        cost = models[key]
         sched = parse_schedule(text)
         kind = "static" if isinstance(sched, FixedSchedule) and len(sched.counts) == 1 else kind
-        samples, ms, gflops, steps = judge.run(text)
+        samples, ms, gflops, per_count = judge.run(text, sampling.override(method=method, steps=steps))
         if kind == "static":  # per-image ms of one evaluation of this count, for --budget-ms predictions
             cost.ms_per_eval[int(text)] = ms / max(1, len(cost.steps))
         c = Candidate(text, kind, gflops if sched.adaptive else cost.gflops_per_image(sched),
                       predicted_ms=None if sched.adaptive else cost.ms_per_image(sched), measured_ms=ms,
-                      measured_gflops=gflops, steps_per_count=steps)
+                      measured_gflops=gflops, steps_per_count=per_count,
+                      steps=steps if search is not None else None, method=method if search is not None else None)
         judge.score(c, samples)
-        evaluated[text] = c
+        evaluated[(method, steps, text)] = c
         if on_candidate:
             on_candidate(c)
         return c
 
-    # The largest count's static schedule first (the trajectory reference), then the other static schedules
-    # (which also time each count).
     judge.warm_up()
-    for n in [largest, *counts[:-1]]:
-        evaluate(str(n), "static")
+    cheapest: tuple[float, str] | None = None
+    for key in order:
+        cost, E = models[key], models[key].num_steps
+        # The largest count's static schedule first (the trajectory reference), then the other static schedules
+        # (which also time each count).
+        statics = [evaluate(key, str(n), "static") for n in [largest, *counts[:-1]]]
+        floor = min(budget.price(c.cost) for c in statics)
+        where = f" at {key[0]} {key[1]} steps" if search is not None else ""
+        if cheapest is None or floor < cheapest[0]:
+            cheapest = (floor, f"the static {counts[0]} mediators{where}")
+        if floor > budget.value * (1 + 1e-9):
+            continue  # nothing at these steps fits
 
-    budget = budget.against(largest_gflops)
-    floor = min(budget.price(evaluated[str(n)].cost) for n in counts)
-    if floor > budget.value * (1 + 1e-9):
-        unit = budget.unit
-        cheapest_text = (f"{floor:.1%} of the largest static schedule's GFLOPs" if budget.kind == "fraction"
-                         else f"{floor:.4g}{unit} ({cheapest / largest_gflops:.1%} of the largest's GFLOPs)")
-        raise TuneError(f"the budget ({budget.describe()}) is below the cheapest schedule: the static "
-                        f"{counts[0]} mediators cost {cheapest_text}, so no schedule fits (the counts of this model "
-                        f"differ little in cost). Raise the budget to at least {floor:.4g}"
-                        + ("" if budget.kind == "fraction" else unit))
+        def fits(alloc: list[int], cost=cost, E=E) -> bool:
+            return budget.fits(cost.cost(parse_schedule(allocation_schedule(counts, alloc, E))))
 
-    # Fixed schedules on the budget's edge: k steps to the smallest count, the most the largest can take.
-    def fits(alloc: list[int]) -> bool:
-        return budget.fits(cost.cost(parse_schedule(allocation_schedule(counts, alloc, E))))
-
-    candidates = edge_allocations(len(counts), E, fits)
-    coarse = candidates[:: max(1, len(candidates) // 5)] if len(candidates) > 6 else candidates
-    scored = [(alloc, evaluate(allocation_schedule(counts, alloc, E), "fixed")) for alloc in coarse]
-    if len(candidates) > len(coarse) and scored:  # then the neighbours of the best
-        i = candidates.index(max(scored, key=lambda ac: quality_key(ac[1], metric))[0])
-        for alloc in candidates[max(0, i - 2):i + 3]:
-            evaluate(allocation_schedule(counts, alloc, E), "fixed")
-    if adaptive and len(counts) <= 3:  # the paper's rule switches between 2 or 3 counts
-        for ratios in ADAPTIVE_RATIOS:
-            evaluate(str(AdaptiveSchedule(counts, ratios[: len(counts) - 1])), "adaptive")
+        # Fixed schedules on the budget's edge: k steps to the smallest count, the most the largest can take.
+        candidates = edge_allocations(len(counts), E, fits)
+        coarse = candidates[:: max(1, len(candidates) // 5)] if len(candidates) > 6 else candidates
+        scored = [(alloc, evaluate(key, allocation_schedule(counts, alloc, E), "fixed")) for alloc in coarse]
+        if len(candidates) > len(coarse) and scored:  # then the neighbours of the best
+            i = candidates.index(max(scored, key=lambda ac: quality_key(ac[1], metric))[0])
+            for alloc in candidates[max(0, i - 2):i + 3]:
+                evaluate(key, allocation_schedule(counts, alloc, E), "fixed")
+        # the paper's rule switches between 2 or 3 counts; with a step search, at the recommended steps only
+        if adaptive and len(counts) <= 3 and (search is None or key == (base.method, base.steps)):
+            for ratios in ADAPTIVE_RATIOS:
+                evaluate(key, str(AdaptiveSchedule(counts, ratios[: len(counts) - 1])), "adaptive")
 
     fits = [c for c in evaluated.values() if budget.fits(c.cost)]
     if not fits:
-        raise TuneError(f"no schedule judged fits {budget.describe()}")
+        floor, what = cheapest
+        unit = budget.unit
+        price = (f"{floor:.1%} of {budget.reference}" if budget.kind == "fraction"
+                 else f"{floor:.4g}{unit} ({floor / reference:.1%} of the reference's GFLOPs)"
+                 if budget.kind == "gflops" else f"{floor:.4g}{unit}")
+        combos = "(schedule x steps) combination" if search is not None else "schedule"
+        raise TuneError(f"the budget ({budget.describe()}) is below the cheapest {combos}: {what} cost {price}, "
+                        f"so no schedule fits" + (" (the counts of this model differ little in cost)"
+                                                  if search is None else "")
+                        + f". Raise the budget to at least {floor:.4g}" + ("" if budget.kind == "fraction" else unit)
+                        + (", or search fewer steps (--search-steps)" if search is not None else ""))
     best = max(fits, key=lambda c: (quality_key(c, metric), -c.gflops))
     return TuneResult(budget, metric, best, sorted(evaluated.values(), key=lambda c: c.gflops), len(judge.labels),
-                      time.perf_counter() - t_start, _rank_agreement(list(evaluated.values())), largest_gflops,
-                      {**sampling.to_dict(), "seed": seed, "batch": batch, "evaluations": len(cost.steps)})
+                      time.perf_counter() - t_start, _rank_agreement(list(evaluated.values())), reference,
+                      {**sampling.to_dict(), "seed": seed, "batch": batch,
+                       "evaluations": len(models[(best.method, best.steps)].steps) if search is not None
+                       else len(models[order[0]].steps)},
+                      steps_searched=[list(k) for k in order] if search is not None else None)
+
+
+def step_grid(sampling: SamplingSettings, steps: list[int] | None = None, methods: list[str] | None = None
+              ) -> list[tuple[str, int]]:
+    """The (method, steps) pairs a step search judges: ``steps`` (default: 40% to 100% of the recommended
+    steps, six values) for each of ``methods`` (default: the recommended fixed-step method, plus Heun beside
+    Euler, whose two evaluations per step may buy more than two Euler steps)."""
+    from ..core.settings import MAX_STEPS, METHODS
+
+    base = sampling.resolved()
+    fixed = [m for m in METHODS[base.sampler] if m != "dopri5"]
+    if methods is None:  # dopri5 (the ODE's default) chooses its own steps: then Euler and Heun
+        methods = ([base.method] if base.method in fixed else ["euler"]) + (
+            ["heun"] if base.method in ("euler", "dopri5") and "heun" in fixed else [])
+    bad = [m for m in methods if m not in fixed]
+    if bad:
+        raise TuneError(f"a step search needs fixed-step methods; {', '.join(bad)} is not one of the {base.sampler} "
+                        f"sampler's ({', '.join(fixed)})")
+    if steps is None:
+        steps = sorted({max(3, round(base.steps * f)) for f in (0.4, 0.5, 0.6, 0.7, 0.85, 1.0)})
+    bad_steps = [k for k in steps if not (isinstance(k, int) and 2 <= k <= MAX_STEPS)]
+    if bad_steps or not steps:
+        raise TuneError(f"--search-steps takes step counts in 2..{MAX_STEPS} (grid points, as --steps counts them), "
+                        f"got {bad_steps or 'none'}")
+    return [(m, k) for m in methods for k in sorted(set(steps))]
 
 
 def _rank_agreement(cands: list[Candidate]) -> float | None:
@@ -412,4 +487,5 @@ def check_budget_args(gflops: float | None, ms: float | None, fraction: float | 
 
 
 __all__ = ["ADAPTIVE_RATIOS", "METRICS", "Budget", "Candidate", "Cost", "CostModel", "TuneError", "TuneResult",
-           "allocation_schedule", "check_budget_args", "edge_allocations", "evaluation_steps", "quality_key", "tune"]
+           "allocation_schedule", "check_budget_args", "edge_allocations", "evaluation_steps", "quality_key",
+           "step_grid", "tune"]

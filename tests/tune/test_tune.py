@@ -52,7 +52,7 @@ def test_the_edge_holds_the_costliest_allocations_that_fit():
 def test_tune_finds_a_schedule_within_the_budget(tiny_bundle):
     pipe = Pipeline.from_bundle(tiny_bundle, backend="onnxruntime")
     result = tune(pipe, SAMPLING, Budget("fraction", 0.93), metric="trajectory", images=4, batch=4)
-    assert result.best.gflops <= 0.93 * result.largest_static_gflops + 1e-9
+    assert result.best.gflops <= 0.93 * result.reference_gflops + 1e-9
     assert result.best.measured_gflops == pytest.approx(result.best.gflops, rel=1e-6)  # predicted = measured
     kinds = {c.kind for c in result.candidates}
     assert kinds == {"static", "fixed", "adaptive"}
@@ -156,3 +156,62 @@ def test_the_bundle_path_prints_as_text_not_markup(tiny_bundle, tmp_path, monkey
                                  "--report", "tune.json"])
     assert r.exit_code == 0, r.output
     assert "odd[/]b:" in r.output and "Traceback" not in r.output
+
+
+def test_the_steps_are_searched_with_the_schedule(tiny_bundle):
+    """A step search: every (method, steps) pair judged, the best within a fraction of the recommended cost."""
+    from medexport.tune import CostModel
+
+    pipe = Pipeline.from_bundle(tiny_bundle, backend="onnxruntime")
+    recommended = SAMPLING.override(schedule="16:0.5,64")
+    search = [("euler", 5), ("euler", 9), ("heun", 5)]
+    result = tune(pipe, recommended, Budget("fraction", 0.8), metric="trajectory", images=2, batch=2,
+                  adaptive=False, search=search)
+    rec_cost = CostModel(pipe, recommended.resolved(), 2.0).gflops_per_image(parse_schedule("16:0.5,64"))
+    assert result.reference_gflops == pytest.approx(rec_cost)
+    assert result.best.gflops <= 0.8 * rec_cost * (1 + 1e-9)
+    assert {(c.method, c.steps) for c in result.candidates} == set(search)
+    # the reference is the largest count at the most evaluations (heun 5: 8 evaluations, euler 9: 8; the first)
+    assert [c for c in result.candidates if c.trajectory == 0.0][0].schedule == "64"
+    report = result.to_dict()
+    assert report["steps"] == result.best.steps and report["method"] == result.best.method
+    assert report["steps_searched"] == [list(k) for k in result.steps_searched] and "recommended" in report["reference"]
+    for c in result.candidates:  # each candidate's cost is its own steps' cost
+        evals = len(evaluation_steps(SamplingSettings(sampler="ode", method=c.method, steps=c.steps)))
+        assert sum(c.steps_per_count.values()) <= evals
+    with pytest.raises(TuneError, match=r"below the cheapest \(schedule x steps\) combination: the static 16 "
+                                        r"mediators at euler 5 steps cost .*--search-steps"):
+        tune(pipe, recommended, Budget("fraction", 0.1), metric="trajectory", images=2, batch=2, search=search)
+
+
+def test_the_step_grid():
+    from medexport.tune import step_grid
+
+    ode = SamplingSettings(sampler="ode", method="euler", steps=20)
+    grid = step_grid(ode)
+    assert [k for m, k in grid if m == "euler"] == [8, 10, 12, 14, 17, 20] and {m for m, _ in grid} == {"euler", "heun"}
+    assert step_grid(ode, [4, 6], ["heun"]) == [("heun", 4), ("heun", 6)]
+    with pytest.raises(TuneError, match="fixed-step methods; dopri5"):
+        step_grid(ode, methods=["dopri5"])
+    with pytest.raises(TuneError, match="step counts in 2..100000"):
+        step_grid(ode, [1, 5])
+
+
+def test_the_cli_searches_steps_unless_given(tiny_bundle, tmp_path):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    report = tmp_path / "tune.json"
+    base = ["tune", str(bundle), "--images", "2", "--batch", "2", "--sampler", "ode", "--cfg-scale", "2",
+            "--no-adaptive", "--report", str(report)]
+    r = CliRunner().invoke(cli, [*base, "--budget-fraction", "0.9", "--search-steps", "4,6", "--search-methods",
+                                 "euler", "--record"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(report.read_text())
+    assert data["steps"] in (4, 6) and data["method"] == "euler" and data["steps_searched"] == [["euler", 6], ["euler", 4]]
+    defaults = Pipeline.from_bundle(bundle).defaults
+    assert (defaults.schedule, defaults.steps, defaults.method) == (data["schedule"], data["steps"], "euler")
+    for extra, message in ((["--steps", "5", "--search-steps", "4,6"], "--steps 5 fixes the steps"),
+                           (["--steps", "5", "--search-methods", "heun"], "--steps 5 fixes the steps"),
+                           (["--method", "euler", "--search-methods", "heun"], "both choose the method"),
+                           (["--search-steps", "1,6"], "step counts in 2..")):
+        r = CliRunner().invoke(cli, [*base, "--budget-fraction", "0.9", *extra])
+        assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, (extra, r.output)
