@@ -4,6 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
+
+import medexport.errors
 from click.testing import CliRunner
 
 from medexport.bundle import MANIFEST
@@ -188,3 +190,16 @@ def test_paths_print_as_text_not_markup(tiny_checkpoints, tmp_path, monkeypatch)
         assert r.exit_code == 0, r.output
         assert "odd[/]name" in r.output.replace("\n", "") and "[bold]bundle" in r.output.replace("\n", ""), r.output
     assert "tiny-m16.pt" in CliRunner().invoke(cli, ["inspect", str(out)]).output
+
+
+def test_build_demo_choice(tmp_path):
+    r = run("build", "--demo", "mnist", "-o", tmp_path / "x")
+    assert r.exit_code != 0 and "'mnist' is not" in r.output and "fashion-mnist" in r.output
+    r = run("build", "--demo", "fashion-mnist", "--model", "SiT-S/2", "-o", tmp_path / "x")
+    assert r.exit_code != 0 and "--demo fashion-mnist builds a shipped demo model" in r.output
+    assert not (tmp_path / "x").exists()
+    from medexport.demo import demo_bundle_name, demo_folder, demo_names
+
+    assert demo_names()[0] == "fashion-mnist" and demo_bundle_name() == "fashion-mnist-demo"
+    with pytest.raises(medexport.errors.MedexportError, match="there is no demo 'nope'"):
+        demo_folder("nope")

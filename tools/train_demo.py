@@ -16,6 +16,7 @@ is drawn from a generator seeded with (seed, i), so a resumed run sees the same 
     python tools/train_demo.py --mediators 16 --steps 6000 --run runs/fashion/m16
     python tools/train_demo.py --mediators 48 --patch-size 2 --autocast bf16 --steps 4000 --run runs/fashion-p2/m48
     python tools/train_demo.py --ship runs/fashion/m4 runs/fashion/m8 runs/fashion/m16   # into the package
+    python tools/train_demo.py --ship runs/fashion-p2/m4 runs/fashion-p2/m16 runs/fashion-p2/m48 --demo fashion-mnist-p2
 """
 
 from __future__ import annotations
@@ -79,7 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recommend", default=None, metavar="JSON",
                    help='with --ship: recommended sampling settings, e.g. \'{"sampler": "ode", "method": "euler", '
                         '"steps": 20, "cfg_scale": 2.0, "cfg_channels": "all", "schedule": "4:0.3,8:0.6,16"}\'')
-    p.add_argument("--ship-to", type=Path, default=Path(__file__).resolve().parents[1] / "medexport" / "demo" / "weights")
+    p.add_argument("--demo", default="fashion-mnist",
+                   help="with --ship: which demo the weights are (medexport.demo.DEMOS): its folder in the package "
+                        "and its bundle name, <demo>-demo (default fashion-mnist)")
+    p.add_argument("--ship-dtype", choices=("fp32", "fp16"), default="fp32",
+                   help="with --ship: store the weights in float16 (half the package; they load as float32)")
+    p.add_argument("--ship-to", type=Path, default=None, help="with --ship: another folder than the demo's own")
     args = p.parse_args(argv)
     if args.ship is None and args.run is None:
         p.error("--run is required for training")
@@ -213,15 +219,21 @@ def train(args: argparse.Namespace) -> Path:
     return path
 
 
-def ship(runs: list[Path], dest: Path, recommend: str | None) -> None:
+def ship(runs: list[Path], dest: Path | None, recommend: str | None, demo: str = "fashion-mnist",
+         dtype: str = "fp32") -> None:
     """Write each run's EMA weights as safetensors into the package and record their sha256."""
-    from medexport.demo import write_weights
+    from medexport.demo import DEMOS, write_weights
+
+    if demo not in DEMOS:
+        raise MedexportError(f"--demo {demo!r} is not one of {', '.join(DEMOS)}")
+    dest = dest or Path(__file__).resolve().parents[1] / "medexport" / "demo" / DEMOS[demo]
 
     try:
         sampling = json.loads(recommend) if recommend else None
     except json.JSONDecodeError as e:
         raise MedexportError(f"--recommend is not valid JSON ({e})") from None
-    for path in write_weights([latest_checkpoint(r) or r for r in runs], dest, sampling=sampling):
+    for path in write_weights([latest_checkpoint(r) or r for r in runs], dest, sampling=sampling, name=f"{demo}-demo",
+                              dtype=dtype):
         log.info("wrote %s", path)
 
 
@@ -230,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.ship:
-            ship(args.ship, args.ship_to, args.recommend)
+            ship(args.ship, args.ship_to, args.recommend, args.demo, args.ship_dtype)
         else:
             train(args)
     except MedexportError as e:

@@ -19,7 +19,7 @@ from ..core.config import DEFAULT_IMAGE_SIZE, FULL, count_name
 from ..errors import BundleError, ConfigError
 from ..core.config import MODEL_NAMES
 from .main import cli, console, parse_int_list, short_help
-from ..demo import NAME as DEMO_NAME
+from ..demo import DEFAULT_DEMO, NAME as DEMO_NAME, demo_names
 
 log = logging.getLogger("medexport")
 DEFAULT_MEDIATORS = "16,32,64"
@@ -57,16 +57,17 @@ def _parse_checkpoints(values: tuple[str, ...], attention: str = "mediator") -> 
 
 
 def default_output(model_name: str | None, image_size: int, checkpoints: list[tuple[int, Path]],
-                   precision: str = "fp32", attention: str = "mediator") -> Path:
+                   precision: str = "fp32", attention: str = "mediator", demo: str | None = None) -> Path:
     """engines/<name>, with ``-full`` for a vanilla twin and ``-<precision>`` for any precision but fp32 (one
     bundle per precision)."""
-    base = _default_name(model_name, image_size, checkpoints)
+    base = _default_name(model_name, image_size, checkpoints, demo)
     if attention == "full" and not checkpoints:
         base = base.with_name(f"{base.name}-full")
     return base if precision == "fp32" else base.with_name(f"{base.name}-{precision}")
 
 
-def _default_name(model_name: str | None, image_size: int, checkpoints: list[tuple[int, Path]]) -> Path:
+def _default_name(model_name: str | None, image_size: int, checkpoints: list[tuple[int, Path]],
+                  demo: str | None = None) -> Path:
     if checkpoints:
         # Named by content too: trainers name checkpoints by step (0400000.pt), so two runs share file names.
         from ..bundle.settings import content_key
@@ -76,7 +77,9 @@ def _default_name(model_name: str | None, image_size: int, checkpoints: list[tup
         key = content_key(*sorted((n, file_sha256(p)) for n, p in checkpoints if Path(p).is_file()))[:8]
         return DEFAULT_OUTPUT_ROOT / f"{stem}-{key}"
     if model_name is None:
-        return DEFAULT_OUTPUT_ROOT / DEMO_NAME
+        from ..demo import demo_bundle_name
+
+        return DEFAULT_OUTPUT_ROOT / demo_bundle_name(demo)
     return DEFAULT_OUTPUT_ROOT / f"{model_name.replace('/', '-')}-{image_size}-random"
 
 
@@ -106,6 +109,8 @@ def backend_options(command):
 @click.option("--model", "model_name", default=None, metavar="NAME",
               help=f"Random weights of a named config ({', '.join(n for n in MODEL_NAMES if n.startswith('SiT'))}), "
                    f"for benchmarking. Without --model and --checkpoint: the shipped Fashion-MNIST demo model.")
+@click.option("--demo", "demo_name", type=click.Choice(demo_names()), default=DEFAULT_DEMO, show_default=True,
+              help="Which shipped demo model family to build when neither --model nor --checkpoint is given.")
 @click.option("--image-size", default=DEFAULT_IMAGE_SIZE, show_default=True, help="Image side (random weights).")
 @click.option("--mediators", default=None, help=f"Counts to build [default: those of --checkpoint, the demo's, or "
                                                 f"{DEFAULT_MEDIATORS} with --model].")
@@ -128,7 +133,7 @@ def backend_options(command):
               help=f"Bundle folder [default: engines/{DEMO_NAME}, engines/<model>-<size>-random or "
                    f"engines/<checkpoint>-<content hash>].")
 @click.option("--force", is_flag=True, help="Redo every export and engine, even those up to date.")
-def build(checkpoints, attention, weights, model_name, image_size, mediators, seed, seed_alias, backend, precision,
+def build(checkpoints, attention, weights, model_name, demo_name, image_size, mediators, seed, seed_alias, backend, precision,
           calibration, onnx_only, batch, output, force, **backend_settings) -> None:
     """Export each mediator count to ONNX and build engines into a bundle.
 
@@ -141,6 +146,9 @@ def build(checkpoints, attention, weights, model_name, image_size, mediators, se
     full = attention == "full"
     ctx = click.get_current_context()
     size_given = ctx.get_parameter_source("image_size") is not click.core.ParameterSource.DEFAULT
+    if not demo and ctx.get_parameter_source("demo_name") is not click.core.ParameterSource.DEFAULT:
+        raise ConfigError(f"--demo {demo_name} builds a shipped demo model; --model and --checkpoint build other "
+                          f"weights: give one of them")
     if full and mediators is not None:
         raise ConfigError(f"--attention full builds the vanilla model, which has no mediators: drop --mediators "
                           f"{mediators} (a mediator bundle and its vanilla twin are two bundles; `medexport bench "
@@ -157,8 +165,11 @@ def build(checkpoints, attention, weights, model_name, image_size, mediators, se
     if demo:
         from ..demo import demo_checkpoints, demo_counts
 
-        counts = parse_int_list(mediators, "--mediators") if mediators else demo_counts()
-        ckpts = list(demo_checkpoints(counts).items())
+        from ..demo import demo_folder
+
+        folder = demo_folder(demo_name)
+        counts = parse_int_list(mediators, "--mediators") if mediators else demo_counts(folder)
+        ckpts = list(demo_checkpoints(counts, folder).items())
     if ckpts:
         counts = [n for n, _ in ckpts]
         if mediators is not None and sorted(parse_int_list(mediators, "--mediators")) != sorted(counts):
@@ -174,7 +185,7 @@ def build(checkpoints, attention, weights, model_name, image_size, mediators, se
         sources = [ModelSource(n, model_name=model_name, image_size=image_size, seed=seed) for n in counts]
     settings = BuildSettings(backend=backend, precision=precision, batch=batch_range, backend_options=backend_settings,
                              calibration=calibration, onnx_only=onnx_only)
-    out = output or default_output(model_name, image_size, [] if demo else ckpts, precision, attention)
+    out = output or default_output(model_name, image_size, [] if demo else ckpts, precision, attention, demo_name)
     from ..bundle.build import build_bundle
 
     report = build_bundle(sources, out, settings, force=force)

@@ -109,3 +109,22 @@ def test_ship_writes_checked_safetensors(tool, data, tmp_path):
     paths[4].write_bytes(bytes(blob))
     with pytest.raises(AssetError, match="fashion-sit-m4.safetensors.*damaged or was changed"):
         demo_checkpoints(folder=dest)
+
+
+def test_ship_another_demo_in_fp16(tool, data, tmp_path):
+    """--demo names the bundle; --ship-dtype fp16 halves the file and loads as the float32 weights rounded."""
+    from medexport.demo import demo_card, demo_checkpoints
+
+    train(tool, tmp_path / "m4", data, "--mediators", "4", "--steps", "2")
+    dest16, dest32 = tmp_path / "w16", tmp_path / "w32"
+    for dest, dtype in ((dest16, "fp16"), (dest32, "fp32")):
+        assert tool.main(["--ship", str(tmp_path / "m4"), "--ship-to", str(dest), "--demo", "fashion-mnist-p2",
+                          "--ship-dtype", dtype]) == 0
+    assert demo_card(dest16)["name"] == "fashion-mnist-p2-demo" and demo_card(dest16)["dtype"] == "fp16"
+    p16, p32 = demo_checkpoints(folder=dest16)[4], demo_checkpoints(folder=dest32)[4]
+    assert p16.stat().st_size < 0.6 * p32.stat().st_size
+    m16, m32 = medexport.load_checkpoint(p16), medexport.load_checkpoint(p32)
+    for (k, a), b in zip(m16.state_dict().items(), m32.state_dict().values()):
+        assert a.dtype == torch.float32, k
+        torch.testing.assert_close(a, b.half().float(), rtol=0, atol=0)
+    assert tool.main(["--ship", str(tmp_path / "m4"), "--ship-to", str(dest16), "--demo", "mnist"]) == 1
