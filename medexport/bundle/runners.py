@@ -16,8 +16,8 @@ def engine_runner(bundle: Bundle, n: int, backend: str, *, shared=None, device: 
     builds nothing runs the count's PyTorch model)."""
     engine_backend = registry.get(backend)
     if not engine_backend.builds_engine:
-        onnx = bundle.onnx(n)
-        return engine_backend.runner(RunnerInputs(n, None, "fp32", onnx.batch, {}, device=device, threads=threads,
+        onnx = bundle.onnx(n)  # the bundle's precision: a backend that compiles the model may run it in it
+        return engine_backend.runner(RunnerInputs(n, None, onnx.precision, onnx.batch, {}, device=device, threads=threads,
                                                   shared=shared, model=lambda: bundle.torch_model(n)))
     engine = bundle.engine(n, backend)
     path = engine.check(bundle.path)
