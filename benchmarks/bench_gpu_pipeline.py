@@ -11,6 +11,8 @@ scale 4 (so the networks see 2 x batch), random weights (speed does not depend o
     eager fp32                     the same three models and schedule, float32, no graphs (reference style)
     vanilla SDPA bf16              SiT-XL/2 with full self-attention via scaled_dot_product_attention, bf16
                                    (CUDA graphs too, so the comparison isolates the attention)
+    --compile-sizes                both again through torch.compile (inductor, CUDA graphs: the inductor
+                                   backend's CompiledRunner), after the rest, as compiling XL takes a while
 """
 
 from __future__ import annotations
@@ -21,42 +23,21 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import medexport  # noqa: E402
 from medexport import Pipeline  # noqa: E402
 from medexport.backend import TorchRunner  # noqa: E402
+from medexport.backend.inductor.runner import CompiledRunner  # noqa: E402
 
 SCHEDULE = "16:0.3,32:0.7,64"
 
 
-class FullAttention(nn.Module):
-    """DiT/SiT's self-attention (timm Attention with qkv bias) through SDPA."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def refresh_constants(self, force: bool = False) -> None:  # nothing precomputed: full attention has no biases
-        return None
-
-    def forward(self, x):
-        B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, d)
-        return self.proj(o.transpose(1, 2).reshape(B, N, D))
-
-
 def vanilla_sit(image_size: int) -> medexport.MediatorDiT:
-    model = medexport.create_model("SiT-XL/2", mediators=64, image_size=image_size, init="random", seed=0)
-    for block in model.blocks:
-        block.attn = FullAttention(model.config.hidden_size, model.config.num_heads)
-    return model
+    """The vanilla twin: SiT-XL/2 with full self-attention (``attention="full"``, SDPA), as `build --attention full`
+    builds it."""
+    return medexport.create_model("SiT-XL/2", mediators=0, image_size=image_size, init="random", seed=0)
 
 
 def images_per_second(pipe: Pipeline, labels, noise, schedule, steps: int, runs: int) -> float:
@@ -79,6 +60,7 @@ def main() -> None:
     p.add_argument("--profile", action="store_true",
                    help="also print where one bf16 forward's GPU time goes, mediator model against vanilla")
     p.add_argument("--no-eager", action="store_true", help="skip the (slow) eager fp32 reference column")
+    p.add_argument("--compile-sizes", default="", help="image sizes to time through torch.compile too, e.g. 256,1024")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_gpu_pipeline.py needs a CUDA GPU; none is visible here.")
@@ -87,15 +69,16 @@ def main() -> None:
           f"{args.steps} ODE Euler steps")
     print(f"{'image':>6} {'schedule bf16+graphs':>22} {'vanilla SDPA bf16':>18} {'vs vanilla':>11}   (images/s)")
     ips_fast = {}
-    sizes = [int(v) for v in args.sizes.split(",")]
+    sizes = [int(v) for v in args.sizes.split(",") if v]
     for size in sizes:
         models, labels, noise = setup(size, args.batch)
         c = models[64].config
         fast = Pipeline.from_models(models, device="cuda", precision="bf16", cuda_graph=True)
         ips_fast[size] = images_per_second(fast, labels, noise, SCHEDULE, args.steps, args.runs)
         del fast
-        vanilla = Pipeline({64: TorchRunner(vanilla_sit(size), device="cuda", precision="bf16", cuda_graph=True)}, c)
-        ips_vanilla = images_per_second(vanilla, labels, noise, "64", args.steps, args.runs)
+        vanilla = Pipeline({0: TorchRunner(vanilla_sit(size), device="cuda", precision="bf16", cuda_graph=True)},
+                           c.with_mediators(0))
+        ips_vanilla = images_per_second(vanilla, labels, noise, "0", args.steps, args.runs)
         del vanilla
         print(f"{size:>6} {ips_fast[size]:>22.2f} {ips_vanilla:>18.2f} {ips_fast[size] / ips_vanilla:>10.2f}x",
               flush=True)
@@ -103,6 +86,21 @@ def main() -> None:
             print(f"\nGPU time of one bf16 forward at {size} px, batch {2 * args.batch} (torch.profiler):")
             print(profile_forward(models[64], vanilla_sit(size), 2 * args.batch), flush=True)
         torch.cuda.empty_cache()
+    # torch.compile of every count and of the vanilla model, each against the other compiled the same way
+    for size in [int(v) for v in args.compile_sizes.split(",") if v]:
+        models, labels, noise = setup(size, args.batch)
+        c = models[64].config
+        t0 = time.perf_counter()
+        fast = Pipeline({n: CompiledRunner(m, device="cuda", precision="bf16") for n, m in models.items()}, c)
+        ips_c = images_per_second(fast, labels, noise, SCHEDULE, args.steps, args.runs)
+        del fast
+        vanilla = Pipeline({0: CompiledRunner(vanilla_sit(size), device="cuda", precision="bf16")}, c.with_mediators(0))
+        ips_vc = images_per_second(vanilla, labels, noise, "0", args.steps, args.runs)
+        del vanilla
+        torch.cuda.empty_cache()
+        print(f"{size:>6} compiled (inductor + CUDA graphs): schedule {ips_c:.2f}, vanilla {ips_vc:.2f} images/s, "
+              f"{ips_c / ips_vc:.2f}x; best of graphs/compiled: {max(ips_c, ips_fast.get(size, 0)):.2f} "
+              f"[{time.perf_counter() - t0:.0f} s with compiling]", flush=True)
     # The fp32 reference is by far the slowest: measured after everything else, so a time limit costs only it.
     for size in ([] if args.no_eager else sizes):
         models, labels, noise = setup(size, args.batch)

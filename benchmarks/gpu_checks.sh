@@ -3,8 +3,8 @@
 #
 #     bash benchmarks/gpu_checks.sh [RESULTS_DIR]     # default: gpu-results/
 #
-# Writes env.txt, tests.txt, kernel.md and pipeline.txt into RESULTS_DIR; each step has its own time limit (about
-# 9 minutes in all on an H200, the first call's machine start not counted) and a failing step does not stop the
+# Writes env.txt, tests.txt, kernel.md, pipeline.txt and compile.txt into RESULTS_DIR; each step has its own time limit (about
+# 8.5 minutes in all on an H200, the first call's machine start not counted) and a failing step does not stop the
 # next. Paste kernel.md and pipeline.txt into benchmarks/RESULTS.md.
 set -uo pipefail
 out=${1:-gpu-results}
@@ -17,10 +17,13 @@ py=${PYTHON:-python3}
 } 2>&1 | tee "$out/env.txt"
 
 echo "== tests/gpu"
-timeout "${TESTS_LIMIT:-150}" $py -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$out/tests.txt"
+timeout "${TESTS_LIMIT:-110}" $py -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$out/tests.txt"
 echo "== bench_mediator_kernel.py"
-timeout "${KERNEL_LIMIT:-150}" $py benchmarks/bench_mediator_kernel.py --sweep 2>&1 | tee "$out/kernel.md"
+timeout "${KERNEL_LIMIT:-110}" $py benchmarks/bench_mediator_kernel.py --sweep 2>&1 | tee "$out/kernel.md"
 echo "== bench_gpu_pipeline.py"
 # rows print as they finish and the slow eager fp32 column comes last, so a time limit costs only that column
-timeout "${PIPELINE_LIMIT:-240}" $py benchmarks/bench_gpu_pipeline.py --sizes 256,512 --runs 2 --profile 2>&1 \
+timeout "${PIPELINE_LIMIT:-170}" $py benchmarks/bench_gpu_pipeline.py --sizes 256,512,1024 --runs 2 --no-eager 2>&1 \
     | tee "$out/pipeline.txt"
+echo "== bench_gpu_pipeline.py, torch.compile"
+timeout "${COMPILE_LIMIT:-120}" $py benchmarks/bench_gpu_pipeline.py --sizes "" --compile-sizes 256,1024 --runs 2 \
+    --no-eager 2>&1 | tee "$out/compile.txt"
