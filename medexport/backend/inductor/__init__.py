@@ -10,35 +10,26 @@ inductor``, ``bench --backend inductor``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ...errors import BackendUnavailableError
-from ..registry import BuildInputs, EngineBackend, RunnerInputs
+from ..pytorch import PyTorchBackend
+from ..registry import RunnerInputs
 
 
-class InductorBackend(EngineBackend):
+class InductorBackend(PyTorchBackend):
+    """The PyTorch backend's model source and build rules (nothing built, the count's model run), compiled."""
+
     name = "inductor"
-    builds_engine = False  # compiled from the bundle's models when a runner is made; nothing is kept
+    is_reference = False
 
     def status(self) -> tuple[bool, str]:
-        try:
+        ok, why = super().status()
+        if ok:
             import torch
-        except ImportError:
-            return False, 'torch is not installed (pip install "medexport[build]")'
-        if not hasattr(torch, "compile"):
-            return False, f"torch {torch.__version__} has no torch.compile"
-        return True, f"torch.compile (inductor), PyTorch {torch.__version__}"
 
-    def key_parts(self, onnx_sha256: str, settings, options: dict) -> tuple:
-        return ("inductor", onnx_sha256)
-
-    def build(self, inputs: BuildInputs) -> tuple[list[Path], dict]:
-        raise BackendUnavailableError("the inductor backend builds no engine: it compiles the bundle's models when "
-                                      "it runs them (sample --backend inductor)")
-
-    def runnable(self, record: dict, precision: str) -> tuple[bool, str]:
-        ok, why = self.status()
-        return (True, "yes") if ok else (False, why)
+            if not hasattr(torch, "compile"):
+                return False, f"torch {torch.__version__} has no torch.compile"
+            why = f"torch.compile (inductor), {why}"
+        return ok, why
 
     def runner(self, inputs: RunnerInputs):
         import torch

@@ -22,11 +22,11 @@ class PyTorchBackend(EngineBackend):
         return True, f"PyTorch {torch.__version__} ({'cuda' if torch.cuda.is_available() else 'cpu'})"
 
     def key_parts(self, onnx_sha256: str, settings, options: dict) -> tuple:
-        return ("torch", onnx_sha256)
+        return (self.name, onnx_sha256)
 
     def build(self, inputs: BuildInputs) -> tuple[list[Path], dict]:
-        raise BackendUnavailableError("the PyTorch reference builds no engine: it runs the bundle's models as they "
-                                      "are (sample --backend torch)")
+        raise BackendUnavailableError(f"the {self.name} backend builds no engine: it runs the bundle's models "
+                                      f"(sample --backend {self.name})")
 
     def runnable(self, record: dict, precision: str) -> tuple[bool, str]:
         ok, why = self.status()
