@@ -41,6 +41,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     p.add_argument("--warmup", type=int, default=25, help="warm-up time per measurement, ms (do_bench)")
     p.add_argument("--rep", type=int, default=100, help="measured time per measurement, ms (do_bench)")
+    p.add_argument("--write-table", type=Path, default=None, metavar="JSON",
+                   help="also write the measured ms of every form per shape as the op's form table (e.g. "
+                        "medexport/ops/kernels/forms.json, from which the CUDA op picks the fastest form per shape)")
     p.add_argument("--sweep", action="store_true",
                    help="also time the kernel at every launch (block_n x splits) and compare the best to the default")
     return p.parse_args()
@@ -54,13 +57,6 @@ def copy_bandwidth(do_bench, nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (ms * 1e-3)
 
 
-def sdpa_twice(q, k, v, m, bias_mk, bias_qm, scale):
-    """Mediator attention as two fused-attention calls; the biases ride along as additive float masks."""
-    B = q.shape[0]
-    v_m = F.scaled_dot_product_attention(m, k, v, attn_mask=bias_mk.expand(B, -1, -1, -1), scale=scale)
-    return F.scaled_dot_product_attention(q, m, v_m, attn_mask=bias_qm.expand(B, -1, -1, -1), scale=scale)
-
-
 def operands(B: int, N: int, n: int, dtype: torch.dtype) -> tuple:
     """Seeded random q, k, v, m, both biases (SiT-XL/2 heads) and the scale, on the GPU."""
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -71,17 +67,19 @@ def operands(B: int, N: int, n: int, dtype: torch.dtype) -> tuple:
     return q, k, v, m, bias_mk, bias_qm, HEAD_DIM ** -0.5
 
 
-def bench_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench, peak: float) -> str | None:
-    """One table row, or None (after saying why on stderr) when a method disagrees with the reference."""
-    from medexport.ops.kernels import triton_mediator_attention
+def bench_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench, peak: float) -> tuple[str, dict] | None:
+    """One table row and the ms of each form, or None (after saying why on stderr) when a method disagrees with
+    the reference."""
     from medexport.ops import mediator_attention_reference
+    from medexport.ops.kernels import triton_mediator_attention
+    from medexport.ops.kernels.forms import sdpa_mediator_attention
 
     ins = operands(B, N, n, dtype)
     q, k, v, m, bias_mk, bias_qm, scale = ins
 
     methods = {
         "reference": lambda: mediator_attention_reference(*ins),
-        "sdpa": lambda: sdpa_twice(*ins),
+        "sdpa": lambda: sdpa_mediator_attention(*ins),
         "triton": lambda: triton_mediator_attention(*ins),
         "split": lambda: triton_mediator_attention(*ins, chunks=0),  # the split-N form, default chunks
     }
@@ -104,7 +102,7 @@ def bench_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench, peak: 
     min_bytes = elem * (4 * B * HEADS * N * HEAD_DIM + B * HEADS * n * HEAD_DIM + 2 * HEADS * n * N)
     t = ms["triton"]
     tbs = min_bytes / (t * 1e-3)
-    return (f"| {N} | {n} | {B} | {ms['reference']:.3f} | {ms['sdpa']:.3f} | {t:.3f} | {ms['full']:.3f} "
+    return ms, (f"| {N} | {n} | {B} | {ms['reference']:.3f} | {ms['sdpa']:.3f} | {t:.3f} | {ms['full']:.3f} "
             f"| {tbs / 1e12:.2f} | {100 * tbs / peak:.0f}% | {ms['reference'] / t:.2f} | {ms['sdpa'] / t:.2f} "
             f"| {ms['full'] / t:.2f} | {ms['split']:.3f} | {t / ms['split']:.2f} | {errors['triton']:.1e} "
             f"| {errors['split']:.1e} | {errors['reference']:.1e} |")
@@ -140,6 +138,19 @@ def sweep_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench) -> str
             f"({best[0]}, {best[1]}) | {times[default] / times[best]:.2f} |")
 
 
+def write_table(path: Path, gpu: str, dtype: str, rows: list[dict]) -> None:
+    """The op's form table (medexport.ops.kernels.forms): the measured ms of every form per shape."""
+    import datetime
+
+    import triton
+
+    from medexport.core.files import write_json
+
+    write_json(path, {"gpu": gpu, "dtype": dtype, "rows": rows,
+                      "source": f"bench_mediator_kernel.py on one {gpu}, torch {torch.__version__}, triton "
+                                f"{triton.__version__}, {datetime.date.today()}"})
+
+
 def main() -> int:
     args = parse_args()
     if not torch.cuda.is_available():
@@ -163,13 +174,19 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     wrong = 0
+    table = []
     for N in args.seq:
         for n in args.mediators:
             for B in args.batch:
-                row = bench_one(B, N, n, dtype, args, do_bench, peak)
-                wrong += row is None
-                if row is not None:
+                result = bench_one(B, N, n, dtype, args, do_bench, peak)
+                wrong += result is None
+                if result is not None:
+                    ms, row = result
                     print(row, flush=True)
+                    table.append({"tokens": N, "mediators": n, "batch_heads": B * HEADS, "head_dim": HEAD_DIM,
+                                  "ms": {f: round(ms[f], 5) for f in ("reference", "sdpa", "triton", "split")}})
+                    if args.write_table is not None:  # after every row: a time limit keeps what was measured
+                        write_table(args.write_table, props.name, args.dtype, table)
                 torch.cuda.empty_cache()
     if args.sweep:
         print("\nLaunch sweep: the kernel's time at its default (block_n, splits) and at the fastest correct one.\n")

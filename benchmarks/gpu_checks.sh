@@ -19,7 +19,7 @@ py=${PYTHON:-python3}
 echo "== tests/gpu"
 timeout "${TESTS_LIMIT:-110}" $py -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$out/tests.txt"
 echo "== bench_mediator_kernel.py"
-timeout "${KERNEL_LIMIT:-110}" $py benchmarks/bench_mediator_kernel.py --sweep 2>&1 | tee "$out/kernel.md"
+timeout "${KERNEL_LIMIT:-110}" $py benchmarks/bench_mediator_kernel.py --sweep --write-table "$out/forms.json" 2>&1 | tee "$out/kernel.md"
 echo "== bench_gpu_pipeline.py"
 # rows print as they finish and the slow eager fp32 column comes last, so a time limit costs only that column
 timeout "${PIPELINE_LIMIT:-170}" $py benchmarks/bench_gpu_pipeline.py --sizes 256,512,1024 --runs 2 --no-eager 2>&1 \

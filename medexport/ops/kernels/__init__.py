@@ -60,19 +60,27 @@ def triton_mediator_attention(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_m
 
 def _cuda_triton_impl(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor,
                       scale: float) -> Tensor:
-    """The op's CUDA implementation: the Triton kernel where it applies, the reference elsewhere.
+    """The op's CUDA implementation: per shape, the fastest form measured on this GPU (``forms.choose``: the
+    fused kernel, its split-N form, two SDPA calls or the reference), the fused kernel where nothing was measured.
 
     The op is defined for any n <= N and any floating dtype; the kernel takes n <= 128 and fp32/fp16/bf16 with
     q, k, v, m of one dtype, so the rest (float64, mixed dtypes, many mediators) keeps the reference's result.
     """
     from ..mediator_attention import mediator_attention_reference
+    from .forms import choose, sdpa_mediator_attention
 
     mod = _kernel_module()
     n = m.shape[2] if m.dim() == 4 else 0
     if (1 <= n <= mod.MAX_MEDIATORS and q.dtype in mod.SUPPORTED_DTYPES
             and all(t.dtype == q.dtype for t in (k, v, m))
             and bias_mk.is_floating_point() and bias_qm.is_floating_point()):
-        return mod.triton_mediator_attention(q, k, v, m, bias_mk, bias_qm, scale)
+        form = choose(q, m)
+        if form == "sdpa":
+            return sdpa_mediator_attention(q, k, v, m, bias_mk, bias_qm, scale)
+        if form == "reference":  # (the kernel reads biases of any float dtype; matmuls need q's)
+            return mediator_attention_reference(q, k, v, m, bias_mk.to(q.dtype), bias_qm.to(q.dtype), scale)
+        return mod.triton_mediator_attention(q, k, v, m, bias_mk, bias_qm, scale,
+                                             **({"chunks": 0} if form == "split" else {}))
     return mediator_attention_reference(q, k, v, m, bias_mk, bias_qm, scale)
 
 
