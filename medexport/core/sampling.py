@@ -147,16 +147,24 @@ def check_labels(labels: Sequence[int], num_classes: int) -> None:
                             f"classes; the null class {num_classes} is added by guidance)")
 
 
+#: Calls per engine and batch size in :func:`warmup`. ONNX Runtime plans a session's memory for a shape on its
+#: first run and allocates by that plan on the second: with one warm-up call, the first step after each switch
+#: still took 1.2-1.3x the median step (the demo, 1 and 2 threads); with two, the steps after a switch are within
+#: the run-to-run noise of the others.
+WARMUP_CALLS = 2
+
+
 def warmup(forwards: Mapping[int, Forward], *, xp: Arrays, shape: ModelShape, batches: Sequence[int]) -> dict:
-    """Open and run every engine once at each batch size in ``batches`` (guidance doubling included), so that
-    no step of a run, the first after a switch included, pays for a session's creation or first allocation.
-    Returns {count: seconds}."""
+    """Open and run every engine :data:`WARMUP_CALLS` times at each batch size in ``batches`` (guidance doubling
+    included), so that no step of a run, the first after a switch included, pays for a session's creation, its
+    first allocations or its memory planning. Returns {count: seconds}."""
     seconds = {}
     for n, forward in sorted(forwards.items()):
         start = time.perf_counter()
         for b in sorted(set(batches)):
             x = xp.from_numpy(np.zeros((b, shape.channels, shape.size, shape.size), np.float32))
-            forward(x, xp.full(b, 0.5, like=x), xp.labels([0] * b))
+            for _ in range(WARMUP_CALLS):
+                forward(x, xp.full(b, 0.5, like=x), xp.labels([0] * b))
         seconds[n] = time.perf_counter() - start
     return seconds
 

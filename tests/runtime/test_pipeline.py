@@ -220,3 +220,24 @@ def test_warmup_opens_every_engine_before_the_first_step(tiny_bundle):
     result = pipe.run(request)
     assert {n: r.session for n, r in pipe.runners.items()} == sessions  # none was opened again
     assert {e.batch for e in result.trace} == {6}  # the size warmed: 3 images, doubled by guidance
+
+
+def test_warmup_runs_each_engine_twice_per_batch():
+    """ONNX Runtime plans a shape's memory on the first run and uses the plan from the second: the warm-up makes
+    both, so a run's first call to a count is a steady one."""
+    import numpy as np
+
+    from medexport.core.arrays import NUMPY
+    from medexport.core.sampling import WARMUP_CALLS, ModelShape, warmup
+
+    calls = []
+
+    def forward(n):
+        def f(x, t, y):
+            calls.append((n, x.shape[0]))
+            return np.zeros_like(x)
+        return f
+
+    warmup({4: forward(4), 16: forward(16)}, xp=NUMPY, shape=ModelShape(1, 8, 10), batches=[6, 2, 6])
+    assert WARMUP_CALLS == 2
+    assert sorted(calls) == sorted([(n, b) for n in (4, 16) for b in (2, 6) for _ in range(WARMUP_CALLS)])
