@@ -382,9 +382,16 @@ def tune(pipe, sampling: SamplingSettings, budget: Budget, *, metric: str = "tra
     for key in order:
         cost, E = models[key], models[key].num_steps
         # The largest count's static schedule first (the trajectory reference), then the other static schedules
-        # (which also time each count).
-        statics = [evaluate(key, str(n), "static") for n in [largest, *counts[:-1]]]
-        floor = min(budget.price(c.cost) for c in statics)
+        # (which also time each count). A GFLOPs budget prices them before they run: in a step search, static
+        # schedules that cannot fit are not run (but the reference).
+        first = not evaluated
+        statics = []
+        for n in [largest, *counts[:-1]]:
+            if budget.kind == "ms" or search is None or first or budget.fits(cost.cost(FixedSchedule.static(n))):
+                statics.append(evaluate(key, str(n), "static"))
+            first = False
+        floor = min(budget.price(cost.cost(FixedSchedule.static(n))) if budget.kind != "ms"
+                    else budget.price(evaluated[(*key, str(n))].cost) for n in counts)
         where = f" at {key[0]} {key[1]} steps" if search is not None else ""
         if cheapest is None or floor < cheapest[0]:
             cheapest = (floor, f"the static {counts[0]} mediators{where}")

@@ -170,7 +170,10 @@ def test_the_steps_are_searched_with_the_schedule(tiny_bundle):
     rec_cost = CostModel(pipe, recommended.resolved(), 2.0).gflops_per_image(parse_schedule("16:0.5,64"))
     assert result.reference_gflops == pytest.approx(rec_cost)
     assert result.best.gflops <= 0.8 * rec_cost * (1 + 1e-9)
-    assert {(c.method, c.steps) for c in result.candidates} == set(search)
+    # heun 5 costs what euler 9 does, where nothing fits 80%: priced before running, it is not run at all;
+    # euler 9 runs its largest static schedule only, the trajectory reference
+    assert {(c.method, c.steps) for c in result.candidates} == {("euler", 5), ("euler", 9)}
+    assert [c.schedule for c in result.candidates if c.steps == 9] == ["64"]
     # the reference is the largest count at the most evaluations (heun 5: 8 evaluations, euler 9: 8; the first)
     assert [c for c in result.candidates if c.trajectory == 0.0][0].schedule == "64"
     report = result.to_dict()
