@@ -9,7 +9,8 @@ bundle and its vanilla twin (``medexport build --attention full``) with the same
 measures them with ``medexport bench``'s own code (``medexport.bench.run_bench``): per-forward milliseconds
 alternating round by round, and a short end-to-end run of each. Each row prints as it finishes.
 
-Results go to ``benchmarks/results/vanilla.json`` keyed by machine (CPU model and flags), and the tables of
+Each configuration is measured in a fresh process (so that its peak memory is its own). Results go to
+``benchmarks/results/vanilla.json`` keyed by machine (CPU model and flags), and the tables of
 every machine measured so far to ``benchmarks/VANILLA.md``: a run on another machine adds its tables and keeps
 the earlier ones; a run on the same machine replaces the rows it measured again.
 """
@@ -59,6 +60,16 @@ def bundles(model: str, size: int, n: int, precision: str, root: Path) -> tuple[
 
 
 def measure(model: str, size: int, n: int, precision: str, args) -> dict:
+    """One row, measured in a fresh process: its peak memory is then that of these two pipelines alone (in a
+    process that ran other configurations before, freed memory is reused and the peaks mean little)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(measure_here, (model, size, n, precision, args))
+
+
+def measure_here(model: str, size: int, n: int, precision: str, args) -> dict:
+    torch.set_num_threads(args.threads)
     mine, twin = bundles(model, size, n, precision, args.engines)
     # End to end: 2 ODE Euler evaluations of 1 image with guidance (a forward batch of 2), the steps' cost only.
     request = SampleRequest([1], seed=0, sampler="ode", method="euler", steps=3, cfg_scale=2.0, cfg_channels="all")
@@ -83,7 +94,9 @@ def tables(results: dict) -> str:
              "exporter, backend (ONNX Runtime, CPU) and precision; int8 is dynamic int8 of the MatMul/Gemm weights for",
              "both. ms: median of the per-forward rounds, the two engines called alternately in one process.",
              "`FLOPs predict` = full / mediator multiply-adds per forward; `measured` = vanilla ms / mediator ms;",
-             "`% of predicted` = measured / predicted. `end to end`: a 2-evaluation ODE run of each, alternating.", ""]
+             "`% of predicted` = measured / predicted. `end to end`: a 2-evaluation ODE run of each, alternating.",
+             "Peak MiB: what each pipeline added to the process's peak resident memory with all its engines open",
+             "(one fresh process per row; the vanilla pipeline is opened second, beside the mediator one).", ""]
     for machine, entry in results.items():
         lines += [f"## {machine}", "", f"CPU flags: {entry['cpu_flags']}; {entry['environment']}; measured "
                   f"{entry['date']}.", "",
