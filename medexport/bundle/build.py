@@ -225,6 +225,11 @@ def _open_manifest(out: Path, model: dict, settings: BuildSettings, requested: l
             # until each count is redone, its intact engines stay in the bundle (an interrupted --force loses none)
             fresh["counts"] = {n: e for n, e in old["counts"].items() if int(n) in requested}
         return fresh
+    if old["model"] != model and old["model"].get("attention") != model.get("attention"):
+        kinds = {"full": "a vanilla (full-attention) bundle", None: "a mediator bundle"}
+        raise BundleError(f"{out} holds {kinds.get(old['model'].get('attention'))}, and this build is of "
+                          f"{kinds.get(model.get('attention'))}: a mediator bundle and its vanilla twin are two "
+                          f"bundles. Choose another --output (or --force to replace it)")
     if old["model"] != model:
         raise BundleError(f"{out} holds a bundle of another model ({old['model'].get('depth')} blocks, width "
                           f"{old['model'].get('hidden_size')}, latent {old['model'].get('input_size')}): choose "

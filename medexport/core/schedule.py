@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import ScheduleError
 from .arrays import Arrays, adapter_of
+from .config import FULL
 from .steps import StepInfo
 
 DISTANCES = ("mae", "mse")
@@ -67,6 +68,11 @@ class Schedule(abc.ABC):
         """Raise ScheduleError, naming what is missing, if a count of the schedule has no model in ``available``."""
         have = sorted(set(available))
         missing = [c for c in self.counts if c not in have]
+        if missing and have == [FULL]:
+            raise ScheduleError(
+                f"the schedule {str(self)!r} uses mediator count(s) {', '.join(map(str, missing))}, but this is a "
+                f"vanilla (full-attention) bundle: it runs its one model, with no --schedule. Sample the mediator "
+                f"bundle for a schedule")
         if missing:
             raise ScheduleError(
                 f"the schedule {str(self)!r} uses mediator count(s) {', '.join(map(str, missing))}, which the "

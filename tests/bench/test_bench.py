@@ -139,3 +139,19 @@ def test_bench_bad_pairs(tiny_bundle, twin_bundle, tmp_path):
     assert r.exit_code == 0, r.output
     with pytest.raises(BundleError, match="is not the vanilla twin of .* the models differ in depth 2 vs 12"):
         run_bench(tiny_bundle, small, SampleRequest([1], seed=0))
+
+
+def test_a_twin_never_goes_into_a_mediator_bundle(tiny_bundle, twin_bundle, vanilla_checkpoint, tiny_checkpoints,
+                                                  tmp_path):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    before = (bundle / "manifest.json").read_text()
+    r = run("build", "--attention", "full", "--checkpoint", vanilla_checkpoint, "--backend", "onnxruntime",
+            "--batch", "1:2:4", "-o", bundle)
+    assert r.exit_code != 0 and "holds a mediator bundle, and this build is of a vanilla" in r.output, r.output
+    assert (bundle / "manifest.json").read_text() == before
+    twin = copy_bundle(twin_bundle, tmp_path / "t")
+    r = run("build", "--checkpoint", f"16={tiny_checkpoints[16]}", "--backend", "onnxruntime", "--batch", "1:2:4",
+            "-o", twin)
+    assert r.exit_code != 0 and "holds a vanilla (full-attention) bundle" in r.output, r.output
+    r = run("sample", twin, "--schedule", "16", "--steps", "3", "-o", tmp_path / "s")
+    assert r.exit_code != 0 and "this is a vanilla (full-attention) bundle" in r.output, r.output

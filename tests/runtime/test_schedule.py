@@ -130,7 +130,8 @@ def test_empty_schedule_is_refused(text):
         ((16, 32), (0.5, 0.7), "boundary"),
         ((16, 16), (0.5,), "twice"),
         ((16, 32, 64), (0.7, 0.3), "increase"),
-        ((16, 0), (0.5,), "positive integers"),
+        ((16, 0), (0.5,), "full-attention model of a vanilla twin.*cannot share a schedule"),
+        ((16, -1), (0.5,), "positive integers"),
         ((16, 32), (1.0,), r"\(0, 1\)"),
     ],
 )
