@@ -41,6 +41,10 @@ def test_info_reports_architecture(tmp_path):
     st = medexport.save_checkpoint(tiny_model(16), tmp_path / "m.safetensors", form="safetensors")
     r = run("info", str(st))
     assert r.exit_code == 0 and "safetensors" in r.output and "16 (4 x 4 grid)" in r.output
+    vanilla = medexport.save_checkpoint(tiny_model(0, attention="full"), tmp_path / "v.safetensors",
+                                        form="safetensors")
+    r = run("info", str(vanilla))
+    assert r.exit_code == 0 and "none: full attention" in r.output and "--attention full" in r.output
 
 
 def test_info_bad_files(tmp_path):

@@ -197,10 +197,10 @@ def test_the_shared_options_load_neither_torch_nor_the_benchmark():
 
     for command in ("sample", "eval", "tune", "generate"):
         text = run(command, "--help").output
-        assert "[auto|torch|onnxruntime|tensorrt]" in text and "[3|all]" in text, command
+        assert "[auto|torch|inductor|onnxruntime|tensorrt]" in text and "[3|all]" in text, command
     assert "[3|all]" in run("calibrate", "--help").output
     r = run("sample", "nowhere", "--backend", "cuda")
-    assert r.exit_code == 2 and "'cuda' is not one of 'auto', 'torch', 'onnxruntime', 'tensorrt'" in r.output
+    assert r.exit_code == 2 and "'cuda' is not one of 'auto', 'torch', 'inductor', 'onnxruntime', 'tensorrt'" in r.output
     r = run("sample", "nowhere", "--cfg-channels", "2")
     assert r.exit_code == 2 and "'2' is not one of '3', 'all'" in r.output
 

@@ -43,7 +43,7 @@ def flops(model_name: str, image_size: int, mediators: str) -> None:
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
               help="Which weights of a trainer checkpoint to read.")
 def info(checkpoint: str, weights: str) -> None:
-    """The architecture, size and format of a mediator DiT/SiT checkpoint."""
+    """The architecture, size and format of a mediator (or vanilla) DiT/SiT checkpoint."""
     _, ck = read_checkpoint(checkpoint, weights=weights)
     c = ck.config
     table = Table(title=escape(checkpoint), show_header=False)
@@ -58,7 +58,8 @@ def info(checkpoint: str, weights: str) -> None:
             ("latent", f"{c.in_channels} x {c.input_size} x {c.input_size} (image {c.image_size} px)") if ck.data is None
             else ("image", f"{c.in_channels} x {c.input_size} x {c.input_size} pixels ({ck.data.get('dataset')})"),
             ("tokens", f"{c.grid_size} x {c.grid_size} = {c.num_tokens}"),
-            ("mediators", f"{c.mediators} ({c.mediator_grid[0]} x {c.mediator_grid[1]} grid)"),
+            ("mediators", "none: full attention (a vanilla DiT/SiT; build it with --attention full)" if c.is_full
+             else f"{c.mediators} ({c.mediator_grid[0]} x {c.mediator_grid[1]} grid)"),
             ("classes", f"{c.num_classes} (+ null class)"), ("learn_sigma", str(c.learn_sigma)),
             ("mlp ratio", f"{c.mlp_ratio:g}")]
     if ck.train_steps is not None:

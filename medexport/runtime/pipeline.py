@@ -49,6 +49,11 @@ class Pipeline:
         (a bundle's ``data`` record: pixel space, data set, class names), None for latent models."""
         if not runners:
             raise ConfigError("a pipeline needs at least one runner")
+        if 0 in runners and len(runners) > 1:  # core.config.FULL: another model, never part of a schedule
+            raise ConfigError(f"a full-attention model (count 0) and mediator counts "
+                              f"({', '.join(str(n) for n in sorted(runners) if n)}) cannot share a pipeline: a "
+                              f"schedule switches between mediator counts of one model. Open the vanilla twin as a "
+                              f"pipeline of its own")
         self.defaults = defaults or SamplingSettings()
         #: Called with every engine call's inputs before it runs (:class:`medexport.core.sampling.Evaluation`).
         self.hooks: list[Hook] = []

@@ -155,3 +155,12 @@ def test_a_twin_never_goes_into_a_mediator_bundle(tiny_bundle, twin_bundle, vani
     assert r.exit_code != 0 and "holds a vanilla (full-attention) bundle" in r.output, r.output
     r = run("sample", twin, "--schedule", "16", "--steps", "3", "-o", tmp_path / "s")
     assert r.exit_code != 0 and "this is a vanilla (full-attention) bundle" in r.output, r.output
+
+
+def test_a_pipeline_never_mixes_the_full_model_with_mediator_counts():
+    from medexport.backend.pytorch.runner import TorchRunner
+    from medexport.errors import ConfigError
+
+    runners = {16: TorchRunner(tiny_model(16)), FULL: TorchRunner(tiny_model(FULL, attention="full"))}
+    with pytest.raises(ConfigError, match="cannot share a pipeline"):
+        medexport.Pipeline(runners, TINY)
