@@ -28,8 +28,7 @@ from ..core.manifest import Manifest
 from ..core.request import SampleRequest
 from ..errors import BundleError
 from ..model import forward_flops
-from ..runtime.benchmark import BackendStats
-from ..runtime.memory import current_memory, peak_memory, reset_peak_memory
+from ..runtime.benchmark import open_and_warm
 from ..runtime.pipeline import Pipeline
 
 #: Model fields a mediator bundle and its twin must share (all but the attention and the mediator count).
@@ -104,10 +103,10 @@ def run_bench(bundle: Path, vanilla: Path, request: SampleRequest, *, backend: s
     vanilla_request = SampleRequest.from_dict({**request.to_dict(), "schedule": None})
     # End to end first: each pipeline is created, its engines opened and warmed, and one untimed run made, with
     # its peak memory measured from what was in use before it existed (the other's engines stay resident).
-    mine, ours = _open(lambda: Pipeline.from_bundle(bundle, backend=backend, device=device, threads=threads),
-                       request, warmup)
-    theirs, base = _open(lambda: Pipeline.from_bundle(vanilla, backend=mine.backend, device=str(mine.device),
-                                                      threads=threads), vanilla_request, warmup)
+    mine, ours = open_and_warm(lambda: Pipeline.from_bundle(bundle, backend=backend, device=device,
+                                                            threads=threads), request, warmup=warmup)
+    theirs, base = open_and_warm(lambda: Pipeline.from_bundle(vanilla, backend=mine.backend, device=str(mine.device),
+                                                              threads=threads), vanilla_request, warmup=warmup)
     for _ in range(runs):  # alternating run by run
         ours.results.append(mine.run(request))
         base.results.append(theirs.run(vanilla_request))
@@ -130,7 +129,7 @@ def run_bench(bundle: Path, vanilla: Path, request: SampleRequest, *, backend: s
     ours_flops = mine.flops_per_image(ours.last)
     base_flops = theirs.flops_per_image(base.last)
     end_to_end = {
-        "schedule": ours.last.settings.get("schedule") if isinstance(ours.last.settings, dict) else None,
+        "schedule": ours.last.settings.get("schedule"),
         "images": len(ours.last.latents),
         "steps_per_count": {count_name(k): v for k, v in ours.last.steps_per_count().items()},
         "medexport": _pipeline_row(ours, ours_flops),
@@ -144,21 +143,6 @@ def run_bench(bundle: Path, vanilla: Path, request: SampleRequest, *, backend: s
             "tokens": cfg.num_tokens, "image_size": cfg.image_size if manifest.data is None else cfg.input_size,
             "forward_batch": batch, "rounds": rounds, "runs": runs,
             "settings": chosen.to_dict(), "forward": forward_rows, "end_to_end": end_to_end}
-
-
-def _open(factory, request: SampleRequest, warmup: int) -> tuple[Pipeline, BackendStats]:
-    """A pipeline with every engine opened and warmed, its untimed runs made, and its stats (memory, warm-up)."""
-    before = current_memory(torch.device("cpu"))
-    pipe = factory()
-    if pipe.device.type == "cuda":
-        before = current_memory(pipe.device)
-    reset_peak_memory(pipe.device)
-    opened = pipe.warmup(request)
-    for _ in range(warmup):
-        pipe.run(request)
-    stats = BackendStats(pipe.backend, peak_memory_bytes=max(0, peak_memory(pipe.device) - before),
-                         warmup_seconds=sum(opened.values()))
-    return pipe, stats
 
 
 def _pipeline_row(stats, flops: float) -> dict:

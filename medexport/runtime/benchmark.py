@@ -53,33 +53,42 @@ class BackendStats:
         return statistics.median(fr)
 
 
+def open_and_warm(factory: Callable[[], Pipeline], request: SampleRequest, *, warmup: int = 1,
+                  baseline: int | None = None, progress=None) -> tuple[Pipeline, BackendStats]:
+    """Create a pipeline, open and warm every engine (``Pipeline.warmup``), make ``warmup`` untimed runs, and
+    return it with its stats: the peak memory during all that minus what was in use before it was created
+    (``baseline`` for a pipeline the caller created already), and the warm-up time."""
+    from ..backend import registry
+
+    # what is in use before the pipeline exists, on every device it may turn out to run on
+    before = {"cpu": current_memory(torch.device("cpu"))}
+    if torch.cuda.is_available():
+        before["cuda"] = current_memory(torch.device("cuda"))  # 0 while CUDA is not started: starts nothing
+    p = factory()
+    base = before.get(p.device.type, 0) if baseline is None else baseline
+    reset_peak_memory(p.device)
+    opened = p.warmup(request)  # every engine before the first step: no timed step pays for a session
+    for _ in range(warmup):
+        p.run(request)
+        if progress is not None:
+            progress()
+    stats = BackendStats(p.backend, peak_memory_bytes=max(0, peak_memory(p.device) - base),
+                         warmup_seconds=sum(opened.values()))
+    # e.g. TensorRT's shared activation buffer, outside torch's allocator (0 for the others)
+    stats.peak_memory_bytes += registry.get(p.backend).memory_outside_torch(list(p.runners.values()))
+    return p, stats
+
+
 def run_benchmarks(factories: dict[str, Callable[[], Pipeline]], request: SampleRequest, *, warmup: int = 1,
                    runs: int = 3, baselines: dict[str, int] | None = None,
                    progress=None) -> tuple[dict[str, Pipeline], dict[str, BackendStats]]:
-    """Create each pipeline and warm it up (measuring its memory: peak during warm-up minus what was in use
-    before it was created, from ``baselines`` for pipelines the caller created already), then time ``runs``
-    runs of each on the same inputs, alternating between pipelines so that machine noise hits all alike."""
-    from ..backend import registry
-
+    """Create each pipeline and warm it up (:func:`open_and_warm`; ``baselines``: the memory in use before the
+    pipelines the caller created already), then time ``runs`` runs of each on the same inputs, alternating
+    between pipelines so that machine noise hits all alike."""
     pipelines, stats = {}, {}
     for name, factory in factories.items():
-        # what is in use before the pipeline exists, on every device it may turn out to run on
-        before = {"cpu": current_memory(torch.device("cpu"))}
-        if torch.cuda.is_available():
-            before["cuda"] = current_memory(torch.device("cuda"))  # 0 while CUDA is not started: starts nothing
-        p = pipelines[name] = factory()
-        base = (baselines or {}).get(name)
-        base = before.get(p.device.type, 0) if base is None else base
-        reset_peak_memory(p.device)
-        opened = p.warmup(request)  # every engine before the first step: no timed step pays for a session
-        for _ in range(max(1, warmup)):
-            p.run(request)
-            if progress is not None:
-                progress()
-        stats[name] = BackendStats(p.backend, peak_memory_bytes=max(0, peak_memory(p.device) - base),
-                                   warmup_seconds=sum(opened.values()))
-        # e.g. TensorRT's shared activation buffer, outside torch's allocator (0 for the others)
-        stats[name].peak_memory_bytes += registry.get(p.backend).memory_outside_torch(list(p.runners.values()))
+        pipelines[name], stats[name] = open_and_warm(factory, request, warmup=max(1, warmup),
+                                                     baseline=(baselines or {}).get(name), progress=progress)
     for _ in range(runs):
         for name, p in pipelines.items():
             stats[name].results.append(p.run(request))

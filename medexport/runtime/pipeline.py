@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..backend import Runner, TorchRunner
+from ..core.config import FULL
 from ..core.files import replacing
 from ..core.request import SampleRequest, image_seed
 from ..core.sampling import Hook, ModelShape, SampleResult, TraceEntry, run_request, warmup, warmup_batches
@@ -49,9 +50,10 @@ class Pipeline:
         (a bundle's ``data`` record: pixel space, data set, class names), None for latent models."""
         if not runners:
             raise ConfigError("a pipeline needs at least one runner")
-        if 0 in runners and len(runners) > 1:  # core.config.FULL: another model, never part of a schedule
-            raise ConfigError(f"a full-attention model (count 0) and mediator counts "
-                              f"({', '.join(str(n) for n in sorted(runners) if n)}) cannot share a pipeline: a "
+        if FULL in runners and len(runners) > 1:  # another model, never part of a schedule
+            raise ConfigError(f"a full-attention model (count {FULL}) and mediator counts "
+                              f"({', '.join(str(n) for n in sorted(runners) if n != FULL)}) cannot share a "
+                              f"pipeline: a "
                               f"schedule switches between mediator counts of one model. Open the vanilla twin as a "
                               f"pipeline of its own")
         self.defaults = defaults or SamplingSettings()
