@@ -1,17 +1,23 @@
 #!/usr/bin/env python
 """The paper's trade-off in miniature: judge quality against cost for static, fixed dynamic and adaptive
-mediator schedules of the demo bundle, all on the same noise and labels, in one run.
+mediator schedules of a demo bundle, all on the same noise and labels, in one run.
 
     python benchmarks/bench_demo_tradeoff.py --per-class 50 --threads 1
     python benchmarks/bench_demo_tradeoff.py --bundle engines/fashion-mnist-p2-demo --seeds 0,1,2
+    # one process per seed (two cores), then the runs merged into one table and plot:
+    python benchmarks/bench_demo_tradeoff.py --bundle engines/fashion-mnist-p2-demo --seeds 0 --out /tmp/s0 &
+    python benchmarks/bench_demo_tradeoff.py --bundle engines/fashion-mnist-p2-demo --seeds 1 --out /tmp/s1; wait
+    python benchmarks/bench_demo_tradeoff.py --merge /tmp/s0/*_tradeoff.json /tmp/s1/*_tradeoff.json
 
 The schedules come from the bundle's counts (a, b, c smallest first): each static one, the fixed
 ``a:0.3,b:0.6,c``, ``a:0.5,c``, ``b:0.5,c``, ``a:0.7,c``, ``a:0.5,b`` and four adaptive ratio pairs. With several
-``--seeds`` each is judged once per seed: the table gives the accuracy over all images with its standard error
+seeds each is judged once per seed: the table gives the accuracy over all images with its standard error
 (binomial) and the FD's mean and spread (standard deviation over seeds), so a difference between counts can be
 told from noise. Prints the table (with the full-attention model's cost for scale) and writes
-``benchmarks/results/<bundle>_tradeoff.json`` and ``.png`` (``demo_tradeoff.*`` for the default demo). Build the
-bundle first: ``medexport build`` (``--demo NAME`` for another demo).
+``benchmarks/results/<bundle>_tradeoff.json`` and ``.png`` (``demo_tradeoff.*`` for the default demo); the plot
+draws the error bars and the full-attention cost. ``--merge`` (or ``--replot`` with one file) rebuilds the table
+and plot from earlier runs' JSON without sampling. Build the bundle first: ``medexport build`` (``--demo NAME``
+for another demo).
 """
 
 from __future__ import annotations
@@ -24,22 +30,211 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import medexport  # noqa: E402
-from medexport.judge.evaluate import evaluate, floor_for  # noqa: E402
-from medexport.model import forward_flops  # noqa: E402
-from medexport.runtime.report import cpu_flags  # noqa: E402
+# The reference sweeps r1 in {1.0, 0.9, ...} with r2 below it; a diagonal of that grid.
+ADAPTIVE_RATIOS = [(1.0, 0.9), (0.9, 0.7), (0.7, 0.5), (0.5, 0.3)]
+
 
 def fixed_schedules(counts: list[int]) -> list[str]:
     """Fixed schedules of three counts (smallest first), few mediators early: for 4, 8, 16 the demo's own five."""
     a, b, c = sorted(counts)[:1] + sorted(counts)[1:-1][:1] + sorted(counts)[-1:]
     return [f"{a}:0.3,{b}:0.6,{c}", f"{a}:0.5,{c}", f"{b}:0.5,{c}", f"{a}:0.7,{c}", f"{a}:0.5,{b}"]
-# The reference sweeps r1 in {1.0, 0.9, ...} with r2 below it; a diagonal of that grid.
-ADAPTIVE_RATIOS = [(1.0, 0.9), (0.9, 0.7), (0.7, 0.5), (0.5, 0.3)]
+
+
+def plans(counts: list[int], per_sample: bool) -> list[tuple[str, str]]:
+    suffix = ":per-sample" if per_sample else ""
+    return ([("static", str(n)) for n in counts] + [("fixed", s) for s in fixed_schedules(counts)]
+            + [("adaptive", f"adaptive:{','.join(map(str, counts))}:ratios={r1},{r2}{suffix}")
+               for r1, r2 in ADAPTIVE_RATIOS])
+
+
+def aggregate(row: dict, images_per_seed: int) -> dict:
+    """A row's statistics over its seeds: accuracy over all images with its binomial standard error, the FD's
+    mean and its standard deviation over seeds."""
+    accs, fds = row["accuracy_per_seed"], row["fd_per_seed"]
+    accuracy = statistics.mean(accs)
+    return {**row, "accuracy": accuracy,
+            "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / (images_per_seed * len(accs))),
+            "fd": statistics.mean(fds), "fd_sd": statistics.stdev(fds) if len(fds) > 1 else None,
+            "ms_per_image": statistics.mean(row["ms_per_image_per_seed"])}
+
+
+def measure(args) -> dict:
+    import torch
+
+    import medexport
+    from medexport.judge.evaluate import evaluate, floor_for
+    from medexport.model import forward_flops
+    from medexport.runtime.report import cpu_flags
+
+    torch.set_num_threads(args.threads)
+    seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    pipe = medexport.Pipeline.from_bundle(args.bundle, backend=args.backend, threads=args.threads)
+    base = pipe.defaults
+    counts = pipe.counts
+    images = 10 * args.per_class
+    rows = []
+    start = time.perf_counter()
+    for kind, schedule in plans(counts, args.per_sample):
+        runs = [evaluate(pipe, base.override(schedule=schedule), per_class=args.per_class, seed=seed)
+                for seed in seeds]
+        row = aggregate({"kind": kind, **runs[0].to_dict(), "seeds": seeds,
+                         "accuracy_per_seed": [x.accuracy for x in runs], "fd_per_seed": [x.fd for x in runs],
+                         "ms_per_image_per_seed": [x.ms_per_image for x in runs]}, images)
+        rows.append(row)
+        print(row_line(row), flush=True)
+    floor = floor_for(images)
+    evals = sum(rows[0]["steps_per_count"].values()) if rows[0]["steps_per_count"] else None
+    full = forward_flops(pipe.config, attention="full") / 1e9 * (2 if base.resolved().guided else 1)
+    env = {"bundle": Path(args.bundle).name, "cpu_flags": cpu_flags(), "threads": args.threads,
+           "backend": pipe.backend, "torch": torch.__version__, "sampling": base.describe(),
+           "images_per_seed": images, "images_per_schedule": images * len(seeds), "seeds": seeds,
+           "tokens": pipe.config.num_tokens, "counts": counts,
+           "full_attention_gflops_per_image": round(full * evals, 4) if evals else None,
+           "seconds": round(time.perf_counter() - start, 1)}
+    return {"environment": env, "rows": rows, "real_floor": floor.to_dict() if floor else None}
+
+
+def merge(runs: list[tuple[Path, dict]]) -> dict:
+    """One result from several runs of the same bundle and settings on different seeds."""
+    (first_path, first), rest = runs[0], runs[1:]
+    env = dict(first["environment"])
+    same = ("bundle", "sampling", "tokens", "counts", "images_per_seed", "backend", "threads")
+    for path, run in rest:
+        other = run["environment"]
+        diff = [k for k in same if other.get(k) != env.get(k)]
+        if diff:
+            raise SystemExit(f"error: {path} is another run than {first_path}: "
+                             + ", ".join(f"{k} {other.get(k)!r} there, {env.get(k)!r} here" for k in diff)
+                             + ". Merge only runs of one bundle with the same settings.")
+        if [r["schedule"] for r in run["rows"]] != [r["schedule"] for r in first["rows"]]:
+            raise SystemExit(f"error: {path} judged other schedules than {first_path}")
+        shared = set(other["seeds"]) & set(env["seeds"])
+        if shared:
+            raise SystemExit(f"error: {path} repeats seed(s) {sorted(shared)} of the runs before it: merge runs of "
+                             f"different seeds")
+        env["seeds"] = env["seeds"] + other["seeds"]
+    rows = []
+    for i, row in enumerate(first["rows"]):
+        merged = dict(row)
+        for key in ("seeds", "accuracy_per_seed", "fd_per_seed", "ms_per_image_per_seed"):
+            merged[key] = [v for _, run in runs for v in run["rows"][i][key]]
+        rows.append(aggregate(merged, env["images_per_seed"]))
+    env["images_per_schedule"] = env["images_per_seed"] * len(env["seeds"])
+    env["seconds"] = [run["environment"]["seconds"] for _, run in runs]  # the runs' own wall times
+    return {"environment": env, "rows": rows, "real_floor": first["real_floor"]}
+
+
+def row_line(row: dict) -> str:
+    spread = f" +- {row['fd_sd']:.2f}" if row.get("fd_sd") is not None else ""
+    return (f"{row['kind']:8s} {row['schedule']:55s} acc {100 * row['accuracy']:5.1f}% +- "
+            f"{100 * row['accuracy_se']:.1f}  FD {row['fd']:7.2f}{spread}  {row['gflops_per_image']:.4f} GFLOPs  "
+            f"{row['ms_per_image']:6.2f} ms/img  {row['steps_per_count']}")
+
+
+def summary(out: dict) -> list[str]:
+    """What the run says: the largest against the smallest static count, and the dynamic schedules that match
+    the largest at fewer GFLOPs."""
+    env, rows, floor = out["environment"], out["rows"], out["real_floor"]
+    counts = env["counts"]
+    static = {r["schedule"]: r for r in rows if r["kind"] == "static"}
+    largest, smallest = static[str(max(counts))], static[str(min(counts))]
+    lines = []
+    if floor:
+        lines.append(f"real images ({floor['images']}): acc {100 * floor['accuracy']:.1f}%  FD {floor['fd']:.2f}")
+    lines.append(f"largest static ({largest['schedule']}): acc {100 * largest['accuracy']:.1f}%  FD "
+                 f"{largest['fd']:.2f}  {largest['gflops_per_image']:.4f} GFLOPs; full attention would cost "
+                 f"{env['full_attention_gflops_per_image']}")
+    gap = largest["accuracy"] - smallest["accuracy"]
+    se = math.hypot(largest["accuracy_se"], smallest["accuracy_se"])
+    fd_gap = smallest["fd"] - largest["fd"]
+    fd_se = (math.hypot(smallest["fd_sd"], largest["fd_sd"]) / math.sqrt(len(env["seeds"]))
+             if largest.get("fd_sd") is not None else None)
+    lines.append(f"smallest static ({smallest['schedule']}) against the largest: accuracy {100 * -gap:+.1f} points "
+                 f"({-gap / se if se else float('inf'):+.1f} standard errors), FD {fd_gap:+.2f}"
+                 + (f" ({fd_gap / fd_se:+.1f} standard errors of the mean over {len(env['seeds'])} seeds)"
+                    if fd_se else ""))
+    better = [r for r in rows if r["kind"] != "static" and r["gflops_per_image"] < largest["gflops_per_image"]
+              and r["accuracy"] >= largest["accuracy"] - 0.01 and r["fd"] <= largest["fd"] * 1.05]
+    lines.append("dynamic schedules within 1 point of its accuracy and 5% of its FD at fewer GFLOPs: "
+                 + (", ".join(f"{r['schedule']} ({r['gflops_per_image'] / largest['gflops_per_image']:.1%})"
+                              for r in better) or "none"))
+    return lines
+
+
+def markdown(out: dict) -> str:
+    env, rows = out["environment"], out["rows"]
+    default = env["sampling"].rsplit("schedule ", 1)[-1]
+    lines = ["| kind | schedule | accuracy (+- s.e.) | FD (+- spread over seeds) | GFLOPs / image | ms / image "
+             "| steps per count |", "|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        name = r["schedule"] + (" (the default)" if r["schedule"] == default else "")
+        spread = f" +- {r['fd_sd']:.2f}" if r.get("fd_sd") is not None else ""
+        per = ", ".join(f"{k}: {v}" for k, v in r["steps_per_count"].items())
+        lines.append(f"| {r['kind']} | {name} | {100 * r['accuracy']:.1f}% +- {100 * r['accuracy_se']:.1f} "
+                     f"| {r['fd']:.2f}{spread} | {r['gflops_per_image']:.4f} | {r['ms_per_image']:.1f} | {per} |")
+    if env.get("full_attention_gflops_per_image"):
+        lines.append(f"| full attention | (cost only) | - | - | {env['full_attention_gflops_per_image']:.4f} | - | - |")
+    floor = out["real_floor"]
+    if floor:
+        lines.append(f"| real images | {floor['images']} training images vs the test statistics "
+                     f"| {100 * floor['accuracy']:.1f}% | {floor['fd']:.2f} | - | - | - |")
+    return "\n".join(lines)
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    env, rows, floor = out["environment"], out["rows"], out["real_floor"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    styles = {"static": ("s", "black"), "fixed": ("o", "tab:blue"), "adaptive": ("^", "tab:orange")}
+    full = env.get("full_attention_gflops_per_image")
+    for ax, key, err, label in ((axes[0], "accuracy", "accuracy_se", "judge accuracy (%)"),
+                                (axes[1], "fd", "fd_sd", "FD (judge features; lower is better)")):
+        scale = 100 if key == "accuracy" else 1
+        for kind, (marker, colour) in styles.items():
+            pts = [r for r in rows if r["kind"] == kind]
+            errs = [scale * r[err] if r.get(err) is not None else 0 for r in pts]
+            ax.errorbar([r["gflops_per_image"] for r in pts], [scale * r[key] for r in pts], yerr=errs,
+                        fmt=marker, color=colour, label=kind, ms=6, capsize=3, elinewidth=1)
+            for r in pts:
+                ax.annotate(r["schedule"].replace("adaptive:", "a:").split(":warmup")[0],
+                            (r["gflops_per_image"], scale * r[key]), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+        if floor is not None:
+            ax.axhline(scale * floor[key], ls="--", c="grey", lw=1, label="real images")
+        if full:
+            ax.axvline(full, ls=":", c="tab:red", lw=1.2, label=f"full attention ({full:.2f} GFLOPs)")
+        ax.set_xlabel("GFLOPs per image (guidance included)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    seeds = env["seeds"]
+    bars = (f"bars: accuracy s.e., FD spread over {len(seeds)} seeds" if len(seeds) > 1
+            else "bars: accuracy s.e.")
+    fig.suptitle(f"{env.get('bundle', 'demo')}, {env['tokens']} tokens: quality against cost "
+                 f"({env['images_per_schedule']} images per schedule, {env['sampling'].rsplit(', schedule', 1)[0]}; "
+                 f"{bars})", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".partial")
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write(out: dict, folder: Path, stem: str) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    js, png = folder / f"{stem}_tradeoff.json", folder / f"{stem}_tradeoff.png"
+    tmp = js.with_name(js.name + ".partial")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    tmp.replace(js)
+    plot(out, png)
+    return js, png
 
 
 def main() -> int:
@@ -51,95 +246,30 @@ def main() -> int:
     p.add_argument("--seeds", default="0", help="comma-separated seeds; each schedule is judged once per seed")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--per-sample", action="store_true", help="adaptive decisions per image instead of per batch")
+    p.add_argument("--merge", "--replot", nargs="+", type=Path, metavar="JSON", default=None,
+                   help="instead of sampling: the table and plot of earlier runs' JSON, merged when they are runs "
+                        "of one bundle and settings on different seeds")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-
-    seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
-    pipe = medexport.Pipeline.from_bundle(args.bundle, backend=args.backend, threads=args.threads)
-    base = pipe.defaults
-    counts = pipe.counts
-    adaptive_suffix = ":per-sample" if args.per_sample else ""
-    plans = ([("static", str(n)) for n in counts] + [("fixed", s) for s in fixed_schedules(counts)]
-             + [("adaptive", f"adaptive:{','.join(map(str, counts))}:ratios={r1},{r2}{adaptive_suffix}")
-                for r1, r2 in ADAPTIVE_RATIOS])
-    rows = []
-    start = time.perf_counter()
-    images = 10 * args.per_class
-    for kind, schedule in plans:
-        runs = [evaluate(pipe, base.override(schedule=schedule), per_class=args.per_class, seed=seed)
-                for seed in seeds]
-        r = runs[0]
-        accuracy = statistics.mean(x.accuracy for x in runs)
-        fds = [x.fd for x in runs]
-        row = {"kind": kind, **r.to_dict(), "accuracy": accuracy,
-               "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / (images * len(runs))),
-               "fd": statistics.mean(fds), "fd_sd": statistics.stdev(fds) if len(fds) > 1 else None,
-               "fd_per_seed": fds, "accuracy_per_seed": [x.accuracy for x in runs], "seeds": seeds,
-               "ms_per_image": statistics.mean(x.ms_per_image for x in runs)}
-        rows.append(row)
-        spread = f" +- {row['fd_sd']:.2f}" if row["fd_sd"] is not None else ""
-        print(f"{kind:8s} {r.schedule:55s} acc {100 * accuracy:5.1f}% +- {100 * row['accuracy_se']:.1f}  "
-              f"FD {row['fd']:7.2f}{spread}  {r.gflops_per_image:.4f} GFLOPs  {row['ms_per_image']:6.2f} ms/img  "
-              f"{r.steps_per_count}", flush=True)
-    floor = floor_for(images)
-    evals = sum(rows[0]["steps_per_count"].values()) if rows[0]["steps_per_count"] else None
-    full = forward_flops(pipe.config, attention="full") / 1e9 * (2 if base.resolved().guided else 1)
-    env = {"cpu_flags": cpu_flags(), "threads": args.threads, "backend": pipe.backend,
-           "torch": torch.__version__, "sampling": base.describe(), "images_per_schedule": images,
-           "seeds": seeds, "tokens": pipe.config.num_tokens, "counts": counts,
-           "full_attention_gflops_per_image": round(full * evals, 4) if evals else None,
-           "seconds": round(time.perf_counter() - start, 1)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "demo" if Path(args.bundle).name == "fashion-mnist-demo" else Path(args.bundle).name
-    out = {"environment": env, "rows": rows, "real_floor": floor.to_dict() if floor else None}
-    (args.out / f"{stem}_tradeoff.json").write_text(json.dumps(out, indent=2) + "\n")
-    plot(rows, floor, args.out / f"{stem}_tradeoff.png", env)
-    largest = next(r for r in rows if r["kind"] == "static" and r["schedule"] == str(max(counts)))
-    better = [r for r in rows if r["kind"] != "static" and r["gflops_per_image"] < largest["gflops_per_image"]
-              and r["accuracy"] >= largest["accuracy"] - 0.01 and r["fd"] <= largest["fd"] * 1.05]
-    print(f"\n{env}")
-    if floor:
-        print(f"real images ({floor.images}): acc {100 * floor.accuracy:.1f}%  FD {floor.fd:.2f}")
-    print(f"largest static ({largest['schedule']}): acc {100 * largest['accuracy']:.1f}%  FD {largest['fd']:.2f}  "
-          f"{largest['gflops_per_image']:.4f} GFLOPs; full attention would cost {env['full_attention_gflops_per_image']}")
-    smallest = next(r for r in rows if r["kind"] == "static" and r["schedule"] == str(min(counts)))
-    gap, se = largest["accuracy"] - smallest["accuracy"], math.hypot(largest["accuracy_se"], smallest["accuracy_se"])
-    print(f"smallest static ({smallest['schedule']}) against the largest: accuracy {100 * gap:+.1f} points "
-          f"({gap / se if se else float('inf'):.1f} standard errors), FD {smallest['fd'] - largest['fd']:+.2f}"
-          + (f" (spread over seeds {smallest['fd_sd']:.2f} / {largest['fd_sd']:.2f})" if largest["fd_sd"] else ""))
-    print("dynamic schedules within 1 point of its accuracy and 5% of its FD at fewer GFLOPs: "
-          + (", ".join(r["schedule"] for r in better) or "none"))
-    print(f"wrote {args.out / f'{stem}_tradeoff.json'}, {args.out / f'{stem}_tradeoff.png'}")
+    if args.merge:
+        runs = []
+        for path in args.merge:
+            try:
+                runs.append((path, json.loads(path.read_text())))
+            except (OSError, json.JSONDecodeError) as e:
+                raise SystemExit(f"error: cannot read {path} as a trade-off run's JSON ({e})") from None
+        out = merge(runs)
+        for row in out["rows"]:
+            print(row_line(row))
+    else:
+        out = measure(args)
+    name = out["environment"].get("bundle") or Path(args.bundle).name
+    stem = "demo" if name == "fashion-mnist-demo" else name
+    js, png = write(out, args.out, stem)
+    print("\n" + json.dumps({k: v for k, v in out["environment"].items() if k != "counts"}))
+    print("\n".join(summary(out)))
+    print("\n" + markdown(out))
+    print(f"\nwrote {js}, {png}")
     return 0
-
-
-def plot(rows: list[dict], floor, path: Path, env: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"static": ("s", "black"), "fixed": ("o", "tab:blue"), "adaptive": ("^", "tab:orange")}
-    for ax, key, label in ((axes[0], "accuracy", "judge accuracy"), (axes[1], "fd", "FD (judge features)")):
-        for kind, (marker, colour) in styles.items():
-            pts = [r for r in rows if r["kind"] == kind]
-            ax.scatter([r["gflops_per_image"] for r in pts], [r[key] for r in pts], marker=marker, c=colour,
-                       label=kind, s=40)
-            for r in pts:
-                ax.annotate(r["schedule"].replace("adaptive:", "a:").split(":warmup")[0], (r["gflops_per_image"], r[key]),
-                            fontsize=6, xytext=(3, 3), textcoords="offset points")
-        if floor is not None:
-            ax.axhline(getattr(floor, key), ls="--", c="grey", lw=1, label="real images")
-        ax.set_xlabel("GFLOPs per image (guidance included)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"Fashion-MNIST demo, {env['tokens']} tokens: quality against cost ({env['images_per_schedule']} images per schedule, "
-                 f"{env['sampling'].rsplit(', schedule', 1)[0]})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ accuracy and FD per precision, and schedule-aware against whole-trajectory calib
 
     python benchmarks/bench_quant.py --threads 1                  # the demo and SiT-S/2, SiT-B/2 at 256 and 512
     python benchmarks/bench_quant.py --models demo --per-class 50
+    python benchmarks/bench_quant.py --models demo:fashion-mnist-p2 --per-class 25   # another shipped demo
 
 Every engine is built here through medexport's own build and calibrate (random weights for SiT-S/2 and B/2:
 speed does not depend on them; their calibration runs a short ODE trajectory). Timings alternate between the
@@ -106,23 +107,29 @@ def random_model(name: str, size: int, work: Path, threads: int, repeats: int) -
     return row
 
 
-def demo(work: Path, threads: int, repeats: int, per_class: int) -> tuple[dict, list[dict]]:
-    from medexport.demo import demo_checkpoints
+def demo(work: Path, threads: int, repeats: int, per_class: int, name: str | None = None
+         ) -> tuple[dict, list[dict]]:
+    """A shipped demo (``name``; default: the default demo): forward times at its largest count, then judge
+    quality per precision with its recommended settings, and both calibration modes."""
+    from medexport.demo import DEFAULT_DEMO, demo_checkpoints, demo_folder
     from medexport.judge.evaluate import evaluate
     from medexport.core.settings import SamplingSettings
 
-    sources = [ModelSource(n, checkpoint=p) for n, p in demo_checkpoints().items()]
+    name = name or DEFAULT_DEMO
+    sources = [ModelSource(n, checkpoint=p) for n, p in demo_checkpoints(folder=demo_folder(name)).items()]
     batch = BatchRange(1, 64, 512)
-    bundles = {"fp32": build(sources, work / "demo-fp32", "fp32", batch)}
+    bundles = {"fp32": build(sources, work / f"{name}-fp32", "fp32", batch)}
     cals = {}
     for mode in ("schedule", "trajectory"):
         t0 = time.perf_counter()
-        cals[mode] = (record(bundles["fp32"].path, work / f"demo-cal-{mode}", mode=mode, threads=threads),
+        cals[mode] = (record(bundles["fp32"].path, work / f"{name}-cal-{mode}", mode=mode, threads=threads),
                       time.perf_counter() - t0)
-    bundles["int8"] = build(sources, work / "demo-int8", "int8", batch)
-    bundles["int8-static"] = build(sources, work / "demo-int8s", "int8-static", batch, cals["schedule"][0].path)
-    trajectory = build(sources, work / "demo-int8s-traj", "int8-static", batch, cals["trajectory"][0].path)
-    row = forward_table("demo (Fashion-MNIST, trained)", bundles, 16, 200, threads, repeats)
+    bundles["int8"] = build(sources, work / f"{name}-int8", "int8", batch)
+    bundles["int8-static"] = build(sources, work / f"{name}-int8s", "int8-static", batch, cals["schedule"][0].path)
+    trajectory = build(sources, work / f"{name}-int8s-traj", "int8-static", batch, cals["trajectory"][0].path)
+    tokens = bundles["fp32"].config(max(s.mediators for s in sources)).num_tokens
+    row = forward_table(f"{name} demo ({tokens} tokens, trained)", bundles, max(s.mediators for s in sources), 200,
+                        threads, repeats)
     row["calibration_seconds"] = {m: round(s, 1) for m, (_, s) in cals.items()}
     quality = []
     sampling = SamplingSettings.from_dict(bundles["fp32"].manifest["sampling"])
@@ -130,7 +137,7 @@ def demo(work: Path, threads: int, repeats: int, per_class: int) -> tuple[dict, 
         pipe = Pipeline.from_bundle(b.path, backend="onnxruntime", threads=threads)
         r = evaluate(pipe, sampling, per_class=per_class, seed=0)
         quality.append({"precision": label, "accuracy": r.accuracy, "fd": r.fd, "ms_per_image": r.ms_per_image,
-                        "schedule": r.schedule})
+                        "schedule": r.schedule, "images": r.images})
         print(f"  {label}: accuracy {100 * r.accuracy:.1f}%, FD {r.fd:.2f}, {r.ms_per_image:.2f} ms/image",
               flush=True)
     return row, quality
@@ -148,15 +155,19 @@ def markdown(rows: list[dict], quality: list[dict], threads: int) -> str:
                      f"| {100 * d['int8']:.2f}% | {100 * d['int8-static']:.2f}% "
                      f"| {mb['fp32']:.1f} / {mb['int8']:.1f} / {mb['int8-static']:.1f} |")
     if quality:
-        lines += ["", "| demo, recommended settings | judge accuracy | FD | ms / image |", "|---|---:|---:|---:|"]
+        lines += ["", "| demo, recommended settings | judge accuracy (+- s.e.) | FD | ms / image |", "|---|---:|---:|---:|"]
         for q in quality:
-            lines.append(f"| {q['precision']} | {100 * q['accuracy']:.1f}% | {q['fd']:.2f} | {q['ms_per_image']:.2f} |")
+            se = (q["accuracy"] * (1 - q["accuracy"]) / q["images"]) ** 0.5 if q.get("images") else None
+            lines.append(f"| {q['precision']} | {100 * q['accuracy']:.1f}%" + (f" +- {100 * se:.1f}" if se else "")
+                         + f" | {q['fd']:.2f} | {q['ms_per_image']:.2f} |")
     return "\n".join(lines)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="demo,SiT-S/2@256,SiT-S/2@512,SiT-B/2@256,SiT-B/2@512")
+    p.add_argument("--models", default="demo,SiT-S/2@256,SiT-S/2@512,SiT-B/2@256,SiT-B/2@512",
+                   help="comma-separated: demo (the default demo), demo:NAME (another shipped demo, e.g. "
+                        "demo:fashion-mnist-p2) and NAME@SIZE (random weights)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--per-class", type=int, default=50, help="Demo images per class for the judge.")
@@ -167,8 +178,8 @@ def main() -> int:
         work = Path(tmp)
         for item in args.models.split(","):
             print(f"{item} ...", flush=True)
-            if item == "demo":
-                row, quality = demo(work, args.threads, args.repeats, args.per_class)
+            if item == "demo" or item.startswith("demo:"):
+                row, quality = demo(work, args.threads, args.repeats, args.per_class, item.partition(":")[2] or None)
             else:
                 name, size = item.split("@")
                 row = random_model(name, int(size), work, args.threads, args.repeats)

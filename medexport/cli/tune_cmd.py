@@ -20,7 +20,8 @@ from .options import sampling_options
 @click.option("--budget-gflops", type=float, default=None, help="At most this many GFLOPs per image.")
 @click.option("--budget-ms", type=float, default=None, help="At most this many ms per image, measured here.")
 @click.option("--budget-fraction", type=float, default=None,
-              help="At most this share of the largest static schedule's GFLOPs (0.8 = 80%).")
+              help="At most this share of a reference's GFLOPs (0.8 = 80%): the recommended settings' when the "
+                   "steps are searched, the largest static schedule's with --steps.")
 @click.option("--metric", type=click.Choice(["judge", "trajectory"]), default=None,
               help="judge: the shipped Fashion-MNIST judge (accuracy, then FD); trajectory: distance of the final "
                    "samples from the largest count's, for any model [default: judge where it applies].")

@@ -402,12 +402,15 @@ def tune(pipe, sampling: SamplingSettings, budget: Budget, *, metric: str = "tra
             return budget.fits(cost.cost(parse_schedule(allocation_schedule(counts, alloc, E))))
 
         # Fixed schedules on the budget's edge: k steps to the smallest count, the most the largest can take.
+        # A step search spreads its judging over many step counts, each coarser: 4 edge schedules and the
+        # best one's nearest neighbours, against 6 and two on each side for one step count.
+        most, reach = (4, 1) if search is not None else (6, 2)
         candidates = edge_allocations(len(counts), E, fits)
-        coarse = candidates[:: max(1, len(candidates) // 5)] if len(candidates) > 6 else candidates
+        coarse = (candidates[:: math.ceil(len(candidates) / most)] if len(candidates) > most else candidates)
         scored = [(alloc, evaluate(key, allocation_schedule(counts, alloc, E), "fixed")) for alloc in coarse]
         if len(candidates) > len(coarse) and scored:  # then the neighbours of the best
             i = candidates.index(max(scored, key=lambda ac: quality_key(ac[1], metric))[0])
-            for alloc in candidates[max(0, i - 2):i + 3]:
+            for alloc in candidates[max(0, i - reach):i + reach + 1]:
                 evaluate(key, allocation_schedule(counts, alloc, E), "fixed")
         # the paper's rule switches between 2 or 3 counts; with a step search, at the recommended steps only
         if adaptive and len(counts) <= 3 and (search is None or key == (base.method, base.steps)):
@@ -489,7 +492,10 @@ def check_budget_args(gflops: float | None, ms: float | None, fraction: float | 
         raise TuneError("give exactly one budget: --budget-gflops G, --budget-ms M or --budget-fraction F")
     kind, value = given[0]
     if kind == "fraction" and not 0 < value <= 1:
-        raise TuneError(f"--budget-fraction is a share of the largest static schedule's GFLOPs in (0, 1], got {value}")
+        raise TuneError(f"--budget-fraction is a share in (0, 1] of a reference cost (the recommended settings' "
+                        f"GFLOPs when the steps are searched, the largest static schedule's with --steps), got {value}")
+    if kind != "fraction" and not value > 0:
+        raise TuneError(f"--budget-{kind} must be positive, got {value}")
     return Budget(kind, float(value))
 
 

@@ -73,8 +73,11 @@ def test_bad_budgets_and_bundles(tiny_bundle, tiny_checkpoints, tmp_path):
         tune(pipe, SAMPLING, Budget("fraction", 0.9), metric="judge", images=2, batch=2)
     with pytest.raises(TuneError, match="exactly one budget"):
         check_budget_args(1.0, 2.0, None)
-    with pytest.raises(TuneError, match=r"in \(0, 1\]"):
+    with pytest.raises(TuneError, match=r"in \(0, 1\] of a reference cost \(the recommended settings' GFLOPs when"):
         check_budget_args(None, None, 1.5)
+    for gflops, ms in ((0.0, None), (None, -3.0)):
+        with pytest.raises(TuneError, match="must be positive"):
+            check_budget_args(gflops, ms, None)
     from medexport.core.batch import BatchRange
     from medexport.bundle import BuildSettings, ModelSource, build_bundle
 
@@ -174,6 +177,8 @@ def test_the_steps_are_searched_with_the_schedule(tiny_bundle):
     # euler 9 runs its largest static schedule only, the trajectory reference
     assert {(c.method, c.steps) for c in result.candidates} == {("euler", 5), ("euler", 9)}
     assert [c.schedule for c in result.candidates if c.steps == 9] == ["64"]
+    # a step search is coarser per step count: at most 4 edge schedules and the best one's 2 neighbours
+    assert len([c for c in result.candidates if c.steps == 5 and c.kind == "fixed"]) <= 6
     # the reference is the largest count at the most evaluations (heun 5: 8 evaluations, euler 9: 8; the first)
     assert [c for c in result.candidates if c.trajectory == 0.0][0].schedule == "64"
     report = result.to_dict()

@@ -1,0 +1,71 @@
+"""The benchmark scripts' own arithmetic: the trade-off benchmark's merge of per-seed runs (its statistics, its
+refusals) and its table and plot."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_of(seed: int, accs: dict[str, float], fds: dict[str, float], **env) -> dict:
+    rows = []
+    for schedule in ("4", "48", "4:0.5,48"):
+        rows.append({"kind": "static" if "," not in schedule else "fixed", "schedule": schedule, "images": 100,
+                     "gflops_per_image": {"4": 1.0, "48": 1.2, "4:0.5,48": 1.1}[schedule],
+                     "steps_per_count": {"4": 19} if schedule == "4" else {"48": 19}, "seeds": [seed],
+                     "accuracy_per_seed": [accs[schedule]], "fd_per_seed": [fds[schedule]],
+                     "ms_per_image_per_seed": [10.0 + seed]})
+    environment = {"bundle": "fashion-mnist-p2-demo", "sampling": "ode euler, 20 steps, cfg 3 (all channels), "
+                   "schedule 4:0.5,48", "tokens": 196, "counts": [4, 48], "images_per_seed": 100, "backend": "onnxruntime",
+                   "threads": 1, "seeds": [seed], "seconds": 5.0, "full_attention_gflops_per_image": 1.5, **env}
+    return {"environment": environment, "rows": rows, "real_floor": {"images": 100, "accuracy": 0.9, "fd": 4.0}}
+
+
+def test_tradeoff_runs_of_different_seeds_merge_into_one_table(tmp_path):
+    bench = load("bench_demo_tradeoff")
+    a = run_of(0, {"4": 0.80, "48": 0.90, "4:0.5,48": 0.88}, {"4": 110.0, "48": 100.0, "4:0.5,48": 101.0})
+    b = run_of(1, {"4": 0.84, "48": 0.86, "4:0.5,48": 0.90}, {"4": 114.0, "48": 102.0, "4:0.5,48": 103.0})
+    out = bench.merge([(Path("a.json"), a), (Path("b.json"), b)])
+    assert out["environment"]["seeds"] == [0, 1] and out["environment"]["images_per_schedule"] == 200
+    small, large = out["rows"][0], out["rows"][1]
+    assert small["accuracy"] == pytest.approx(0.82) and small["accuracy_per_seed"] == [0.80, 0.84]
+    assert small["accuracy_se"] == pytest.approx(math.sqrt(0.82 * 0.18 / 200))
+    assert small["fd"] == pytest.approx(112.0) and small["fd_sd"] == pytest.approx(math.sqrt(8.0))
+    assert large["ms_per_image"] == pytest.approx(10.5)
+    lines = bench.summary(out)
+    assert any("smallest static (4) against the largest: accuracy -6.0 points" in line for line in lines)
+    assert any("4:0.5,48 (91.7%)" in line for line in lines)  # within 1 point of 48, fewer GFLOPs
+    table = bench.markdown(out)
+    assert "| fixed | 4:0.5,48 (the default) | 89.0% +- 2.2 | 102.00 +- 1.41 |" in table
+    assert "| full attention | (cost only) |" in table and "| real images |" in table
+    js, png = bench.write(out, tmp_path, "p2")
+    assert json.loads(js.read_text())["rows"][0]["accuracy"] == pytest.approx(0.82)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.partial"))
+
+
+def test_tradeoff_merge_refuses_runs_that_do_not_belong_together(tmp_path):
+    bench = load("bench_demo_tradeoff")
+    accs, fds = {"4": 0.8, "48": 0.9, "4:0.5,48": 0.9}, {"4": 1.0, "48": 1.0, "4:0.5,48": 1.0}
+    with pytest.raises(SystemExit, match="repeats seed"):
+        bench.merge([(Path("a"), run_of(0, accs, fds)), (Path("b"), run_of(0, accs, fds))])
+    with pytest.raises(SystemExit, match="is another run than a: sampling"):
+        bench.merge([(Path("a"), run_of(0, accs, fds)), (Path("b"), run_of(1, accs, fds, sampling="ode heun"))])
+    # from the command line: an unreadable file is an error naming it, nothing written
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_demo_tradeoff.py"), "--merge", str(bad),
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode != 0 and f"cannot read {bad}" in r.stderr and not (tmp_path / "out").exists()
