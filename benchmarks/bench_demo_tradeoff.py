@@ -43,11 +43,15 @@ def fixed_schedules(counts: list[int]) -> list[str]:
     return [f"{a}:0.3,{b}:0.6,{c}", f"{a}:0.5,{c}", f"{b}:0.5,{c}", f"{a}:0.7,{c}", f"{a}:0.5,{b}"]
 
 
-def plans(counts: list[int], per_sample: bool) -> list[tuple[str, str]]:
+KINDS = ("static", "fixed", "adaptive")
+
+
+def plans(counts: list[int], per_sample: bool, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, str]]:
     suffix = ":per-sample" if per_sample else ""
-    return ([("static", str(n)) for n in counts] + [("fixed", s) for s in fixed_schedules(counts)]
-            + [("adaptive", f"adaptive:{','.join(map(str, counts))}:ratios={r1},{r2}{suffix}")
-               for r1, r2 in ADAPTIVE_RATIOS])
+    every = ([("static", str(n)) for n in counts] + [("fixed", s) for s in fixed_schedules(counts)]
+             + [("adaptive", f"adaptive:{','.join(map(str, counts))}:ratios={r1},{r2}{suffix}")
+                for r1, r2 in ADAPTIVE_RATIOS])
+    return [(kind, schedule) for kind, schedule in every if kind in kinds]
 
 
 def aggregate(row: dict, images_per_seed: int) -> dict:
@@ -65,6 +69,7 @@ def measure(args) -> dict:
     import torch
 
     import medexport
+    from medexport.core.request import SampleRequest
     from medexport.judge.evaluate import evaluate, floor_for
     from medexport.model import forward_flops
     from medexport.runtime.report import cpu_flags
@@ -75,9 +80,11 @@ def measure(args) -> dict:
     base = pipe.defaults
     counts = pipe.counts
     images = 10 * args.per_class
+    # every engine opened and run first, so that no schedule's ms include a session's start or first run
+    pipe.warmup(SampleRequest([i % 10 for i in range(min(images, 100))], settings=base))
     rows = []
     start = time.perf_counter()
-    for kind, schedule in plans(counts, args.per_sample):
+    for kind, schedule in plans(counts, args.per_sample, args.kinds):
         runs = [evaluate(pipe, base.override(schedule=schedule), per_class=args.per_class, seed=seed)
                 for seed in seeds]
         row = aggregate({"kind": kind, **runs[0].to_dict(), "seeds": seeds,
@@ -98,7 +105,8 @@ def measure(args) -> dict:
 
 
 def merge(runs: list[tuple[Path, dict]]) -> dict:
-    """One result from several runs of the same bundle and settings on different seeds."""
+    """One result from several runs of the same bundle and settings on different seeds. A schedule judged by
+    only some of the runs (``--kinds static`` for more seeds of the static counts, say) is merged over those."""
     (first_path, first), rest = runs[0], runs[1:]
     env = dict(first["environment"])
     same = ("bundle", "sampling", "tokens", "counts", "images_per_seed", "backend", "threads")
@@ -109,22 +117,24 @@ def merge(runs: list[tuple[Path, dict]]) -> dict:
             raise SystemExit(f"error: {path} is another run than {first_path}: "
                              + ", ".join(f"{k} {other.get(k)!r} there, {env.get(k)!r} here" for k in diff)
                              + ". Merge only runs of one bundle with the same settings.")
-        if [r["schedule"] for r in run["rows"]] != [r["schedule"] for r in first["rows"]]:
-            raise SystemExit(f"error: {path} judged other schedules than {first_path}")
         shared = set(other["seeds"]) & set(env["seeds"])
         if shared:
             raise SystemExit(f"error: {path} repeats seed(s) {sorted(shared)} of the runs before it: merge runs of "
                              f"different seeds")
         env["seeds"] = env["seeds"] + other["seeds"]
-    rows = []
-    for i, row in enumerate(first["rows"]):
-        merged = dict(row)
-        for key in ("seeds", "accuracy_per_seed", "fd_per_seed", "ms_per_image_per_seed"):
-            merged[key] = [v for _, run in runs for v in run["rows"][i][key]]
-        rows.append(aggregate(merged, env["images_per_seed"]))
+    merged: dict[str, dict] = {}
+    for _, run in runs:
+        for row in run["rows"]:
+            into = merged.setdefault(row["schedule"], {**row, **{k: [] for k in PER_SEED}})
+            for key in PER_SEED:
+                into[key] = into[key] + row[key]
+    rows = [aggregate(row, env["images_per_seed"]) for row in merged.values()]
     env["images_per_schedule"] = env["images_per_seed"] * len(env["seeds"])
     env["seconds"] = [run["environment"]["seconds"] for _, run in runs]  # the runs' own wall times
     return {"environment": env, "rows": rows, "real_floor": first["real_floor"]}
+
+
+PER_SEED = ("seeds", "accuracy_per_seed", "fd_per_seed", "ms_per_image_per_seed")
 
 
 def row_line(row: dict) -> str:
@@ -149,13 +159,14 @@ def summary(out: dict) -> list[str]:
                  f"{env['full_attention_gflops_per_image']}")
     gap = largest["accuracy"] - smallest["accuracy"]
     se = math.hypot(largest["accuracy_se"], smallest["accuracy_se"])
-    fd_gap = smallest["fd"] - largest["fd"]
-    fd_se = (math.hypot(smallest["fd_sd"], largest["fd_sd"]) / math.sqrt(len(env["seeds"]))
-             if largest.get("fd_sd") is not None else None)
     lines.append(f"smallest static ({smallest['schedule']}) against the largest: accuracy {100 * -gap:+.1f} points "
-                 f"({-gap / se if se else float('inf'):+.1f} standard errors), FD {fd_gap:+.2f}"
-                 + (f" ({fd_gap / fd_se:+.1f} standard errors of the mean over {len(env['seeds'])} seeds)"
-                    if fd_se else ""))
+                 f"({-gap / se if se else float('inf'):+.1f} standard errors), FD {smallest['fd'] - largest['fd']:+.2f}")
+    paired = paired_fd(smallest, largest)
+    if paired:
+        diffs, mean, sem = paired
+        lines.append(f"  FD paired by seed (same noise and labels), smallest minus largest: "
+                     f"{', '.join(f'{d:+.2f}' for d in diffs)}; mean {mean:+.2f}"
+                     + (f" +- {sem:.2f} (standard error; {mean / sem:+.1f} of them)" if sem else ""))
     better = [r for r in rows if r["kind"] != "static" and r["gflops_per_image"] < largest["gflops_per_image"]
               and r["accuracy"] >= largest["accuracy"] - 0.01 and r["fd"] <= largest["fd"] * 1.05]
     lines.append("dynamic schedules within 1 point of its accuracy and 5% of its FD at fewer GFLOPs: "
@@ -164,50 +175,82 @@ def summary(out: dict) -> list[str]:
     return lines
 
 
+def paired_fd(a: dict, b: dict) -> tuple[list[float], float, float | None] | None:
+    """FD of ``a`` minus that of ``b`` on each seed both were judged on (each seed: the same noise and labels for
+    both), their mean and its standard error: the spread of FD between seeds is mostly the images drawn, which
+    a paired difference cancels."""
+    fd_b = dict(zip(b["seeds"], b["fd_per_seed"]))
+    diffs = [fd - fd_b[seed] for seed, fd in zip(a["seeds"], a["fd_per_seed"]) if seed in fd_b]
+    if not diffs:
+        return None
+    sem = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
+    return diffs, statistics.mean(diffs), sem
+
+
 def markdown(out: dict) -> str:
     env, rows = out["environment"], out["rows"]
     default = env["sampling"].rsplit("schedule ", 1)[-1]
-    lines = ["| kind | schedule | accuracy (+- s.e.) | FD (+- spread over seeds) | GFLOPs / image | ms / image "
-             "| steps per count |", "|---|---|---:|---:|---:|---:|---|"]
+    lines = ["| kind | schedule | images | accuracy (+- s.e.) | FD (+- spread over seeds) | GFLOPs / image "
+             "| ms / image | steps per count |", "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         name = r["schedule"] + (" (the default)" if r["schedule"] == default else "")
         spread = f" +- {r['fd_sd']:.2f}" if r.get("fd_sd") is not None else ""
         per = ", ".join(f"{k}: {v}" for k, v in r["steps_per_count"].items())
-        lines.append(f"| {r['kind']} | {name} | {100 * r['accuracy']:.1f}% +- {100 * r['accuracy_se']:.1f} "
+        images = env["images_per_seed"] * len(r["seeds"])
+        lines.append(f"| {r['kind']} | {name} | {images} | {100 * r['accuracy']:.1f}% +- {100 * r['accuracy_se']:.1f} "
                      f"| {r['fd']:.2f}{spread} | {r['gflops_per_image']:.4f} | {r['ms_per_image']:.1f} | {per} |")
     if env.get("full_attention_gflops_per_image"):
-        lines.append(f"| full attention | (cost only) | - | - | {env['full_attention_gflops_per_image']:.4f} | - | - |")
+        lines.append(f"| full attention | (cost only) | - | - | - | {env['full_attention_gflops_per_image']:.4f} | - | - |")
     floor = out["real_floor"]
     if floor:
-        lines.append(f"| real images | {floor['images']} training images vs the test statistics "
+        lines.append(f"| real images | training images vs the test statistics | {floor['images']} "
                      f"| {100 * floor['accuracy']:.1f}% | {floor['fd']:.2f} | - | - | - |")
     return "\n".join(lines)
 
 
 def plot(out: dict, path: Path) -> None:
+    """Accuracy and FD against GFLOPs, with error bars and the full-attention cost; with several seeds a third
+    panel: each schedule's FD minus the largest static count's on the same seeds (paired, so the spread of FD
+    between image sets cancels), with its standard error."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     env, rows, floor = out["environment"], out["rows"], out["real_floor"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    largest = next(r for r in rows if r["kind"] == "static" and r["schedule"] == str(max(env["counts"])))
+    paired = {r["schedule"]: paired_fd(r, largest) for r in rows} if len(largest["seeds"]) > 1 else {}
+    panels = [("accuracy", "judge accuracy (%)"), ("fd", "FD (judge features; lower is better)")]
+    if paired:
+        panels.append(("paired", f"FD minus static {largest['schedule']}'s, same seeds"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4))
     styles = {"static": ("s", "black"), "fixed": ("o", "tab:blue"), "adaptive": ("^", "tab:orange")}
     full = env.get("full_attention_gflops_per_image")
-    for ax, key, err, label in ((axes[0], "accuracy", "accuracy_se", "judge accuracy (%)"),
-                                (axes[1], "fd", "fd_sd", "FD (judge features; lower is better)")):
-        scale = 100 if key == "accuracy" else 1
+    default = env["sampling"].rsplit("schedule ", 1)[-1]
+
+    def value(r, key):
+        if key == "accuracy":
+            return 100 * r["accuracy"], 100 * r["accuracy_se"]
+        if key == "fd":
+            return r["fd"], r.get("fd_sd") or 0.0
+        p = paired.get(r["schedule"])
+        return (p[1], p[2] or 0.0) if p else (None, None)
+
+    for ax, (key, label) in zip(axes, panels):
         for kind, (marker, colour) in styles.items():
-            pts = [r for r in rows if r["kind"] == kind]
-            errs = [scale * r[err] if r.get(err) is not None else 0 for r in pts]
-            ax.errorbar([r["gflops_per_image"] for r in pts], [scale * r[key] for r in pts], yerr=errs,
-                        fmt=marker, color=colour, label=kind, ms=6, capsize=3, elinewidth=1)
-            for r in pts:
-                ax.annotate(r["schedule"].replace("adaptive:", "a:").split(":warmup")[0],
-                            (r["gflops_per_image"], scale * r[key]), fontsize=6, xytext=(3, 3),
-                            textcoords="offset points")
-        if floor is not None:
-            ax.axhline(scale * floor[key], ls="--", c="grey", lw=1, label="real images")
+            pts = [(r, *value(r, key)) for r in rows if r["kind"] == kind]
+            pts = [(r, v, e) for r, v, e in pts if v is not None]
+            ax.errorbar([r["gflops_per_image"] for r, _, _ in pts], [v for _, v, _ in pts],
+                        yerr=[e for _, _, e in pts], fmt=marker, color=colour, label=kind, ms=6, capsize=3,
+                        elinewidth=1)
+            for r, v, _ in pts:  # name the static counts and the default; the table names the rest
+                if kind == "static" or r["schedule"] == default:
+                    ax.annotate(r["schedule"] + (" (default)" if r["schedule"] == default else ""),
+                                (r["gflops_per_image"], v), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        if floor is not None and key != "paired":
+            ax.axhline((100 if key == "accuracy" else 1) * floor[key], ls="--", c="grey", lw=1, label="real images")
+        if key == "paired":
+            ax.axhline(0, c="grey", lw=0.8)
         if full:
             ax.axvline(full, ls=":", c="tab:red", lw=1.2, label=f"full attention ({full:.2f} GFLOPs)")
         ax.set_xlabel("GFLOPs per image (guidance included)")
@@ -215,14 +258,13 @@ def plot(out: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     seeds = env["seeds"]
-    bars = (f"bars: accuracy s.e., FD spread over {len(seeds)} seeds" if len(seeds) > 1
+    bars = (f"bars: accuracy s.e., FD spread over {len(seeds)} seeds, paired difference s.e." if paired
             else "bars: accuracy s.e.")
     fig.suptitle(f"{env.get('bundle', 'demo')}, {env['tokens']} tokens: quality against cost "
-                 f"({env['images_per_schedule']} images per schedule, {env['sampling'].rsplit(', schedule', 1)[0]}; "
-                 f"{bars})", fontsize=9)
+                 f"({env['sampling'].rsplit(', schedule', 1)[0]}; {bars})", fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".partial")
-    fig.savefig(tmp, dpi=120, format="png")
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     tmp.replace(path)
 
@@ -246,10 +288,16 @@ def main() -> int:
     p.add_argument("--seeds", default="0", help="comma-separated seeds; each schedule is judged once per seed")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--per-sample", action="store_true", help="adaptive decisions per image instead of per batch")
+    p.add_argument("--kinds", default=",".join(KINDS),
+                   help="which schedules to judge: static, fixed, adaptive (comma-separated; default all)")
     p.add_argument("--merge", "--replot", nargs="+", type=Path, metavar="JSON", default=None,
                    help="instead of sampling: the table and plot of earlier runs' JSON, merged when they are runs "
                         "of one bundle and settings on different seeds")
     args = p.parse_args()
+    args.kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    unknown = [k for k in args.kinds if k not in KINDS]
+    if unknown or not args.kinds:
+        p.error(f"--kinds takes {', '.join(KINDS)}; got {', '.join(unknown) or 'none'}")
     if args.merge:
         runs = []
         for path in args.merge:

@@ -49,11 +49,27 @@ def test_tradeoff_runs_of_different_seeds_merge_into_one_table(tmp_path):
     assert any("smallest static (4) against the largest: accuracy -6.0 points" in line for line in lines)
     assert any("4:0.5,48 (91.7%)" in line for line in lines)  # within 1 point of 48, fewer GFLOPs
     table = bench.markdown(out)
-    assert "| fixed | 4:0.5,48 (the default) | 89.0% +- 2.2 | 102.00 +- 1.41 |" in table
+    assert any("paired by seed" in line and "+10.00, +12.00; mean +11.00 +- 1.00" in line for line in lines)
+    assert "| fixed | 4:0.5,48 (the default) | 200 | 89.0% +- 2.2 | 102.00 +- 1.41 |" in table
     assert "| full attention | (cost only) |" in table and "| real images |" in table
     js, png = bench.write(out, tmp_path, "p2")
     assert json.loads(js.read_text())["rows"][0]["accuracy"] == pytest.approx(0.82)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.partial"))
+
+
+def test_more_seeds_of_some_schedules_merge_over_those_seeds():
+    bench = load("bench_demo_tradeoff")
+    accs, fds = {"4": 0.8, "48": 0.9, "4:0.5,48": 0.9}, {"4": 12.0, "48": 10.0, "4:0.5,48": 11.0}
+    statics = run_of(2, accs, {**fds, "4": 13.0})
+    statics["rows"] = [r for r in statics["rows"] if r["kind"] == "static"]  # --kinds static
+    out = bench.merge([(Path("a"), run_of(0, accs, fds)), (Path("b"), run_of(1, accs, fds)), (Path("c"), statics)])
+    rows = {r["schedule"]: r for r in out["rows"]}
+    assert rows["4"]["seeds"] == [0, 1, 2] and rows["4:0.5,48"]["seeds"] == [0, 1]
+    assert rows["4"]["fd"] == pytest.approx(37 / 3) and rows["48"]["accuracy_se"] == pytest.approx(
+        math.sqrt(0.9 * 0.1 / 300))
+    assert "| static | 4 | 300 |" in bench.markdown(out) and "| fixed | 4:0.5,48 (the default) | 200 |" in bench.markdown(out)
+    assert bench.paired_fd(rows["4"], rows["48"])[:2] == ([2.0, 2.0, 3.0], pytest.approx(7 / 3))
+    assert [kind for kind, _ in bench.plans([4, 16, 48], False, ("static",))] == ["static"] * 3
 
 
 def test_tradeoff_merge_refuses_runs_that_do_not_belong_together(tmp_path):

@@ -194,7 +194,7 @@ def test_paths_print_as_text_not_markup(tiny_checkpoints, tmp_path, monkeypatch)
 
 def test_build_demo_choice(tmp_path):
     r = run("build", "--demo", "mnist", "-o", tmp_path / "x")
-    assert r.exit_code != 0 and "'mnist' is not" in r.output and "fashion-mnist" in r.output
+    assert r.exit_code != 0 and "'mnist' is not" in r.output and "fashion-mnist-p2" in r.output
     r = run("build", "--demo", "fashion-mnist", "--model", "SiT-S/2", "-o", tmp_path / "x")
     assert r.exit_code != 0 and "--demo fashion-mnist builds a shipped demo model" in r.output
     assert not (tmp_path / "x").exists()

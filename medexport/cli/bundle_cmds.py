@@ -138,7 +138,8 @@ def build(checkpoints, attention, weights, model_name, demo_name, image_size, me
     """Export each mediator count to ONNX and build engines into a bundle.
 
     With no model arguments it builds the demo model that ships with medexport (Fashion-MNIST, 4, 8 and 16
-    mediators) into engines/fashion-mnist-demo.
+    mediators) into engines/fashion-mnist-demo; --demo fashion-mnist-p2 builds the 196-token family (4, 16 and 48
+    mediators) into engines/fashion-mnist-p2-demo.
     """
     seed = seed if seed_alias is None else seed_alias  # --seed: the earlier spelling
     ckpts = _parse_checkpoints(checkpoints, attention)

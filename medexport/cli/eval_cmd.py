@@ -22,7 +22,7 @@ from .options import SCHEDULE_HELP, sampling_options
               help=SCHEDULE_HELP + " Repeat to compare schedules on the same noise and labels.")
 @click.option("--per-class", default=50, show_default=True, type=int,
               help=f"Images generated per class (at most {MAX_PER_CLASS}).")
-@click.option("--seed", default=0, show_default=True, help="Batch b is sampled with seed + b (same for every schedule).")
+@click.option("--seed", default=0, show_default=True, help="Image i's noise comes from (seed, i) alone (the same for every schedule and bundle).")
 @click.option("--batch", default=100, show_default=True, type=click.IntRange(min=1), help="Images per sampling call.")
 @sampling_options
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/eval.json"),

@@ -27,7 +27,7 @@ from .options import sampling_options
                    "samples from the largest count's, for any model [default: judge where it applies].")
 @click.option("--images", default=100, show_default=True, type=click.IntRange(min=1),
               help="Images judged per schedule (the same labels and seeds for every schedule).")
-@click.option("--seed", default=0, show_default=True, help="Batch b is sampled with seed + b.")
+@click.option("--seed", default=0, show_default=True, help="Image i's noise comes from (seed, i) alone: the same for every schedule.")
 @click.option("--batch", default=100, show_default=True, type=click.IntRange(min=1), help="Images per sampling call.")
 @click.option("--adaptive/--no-adaptive", default=True, show_default=True,
               help="Also judge a few adaptive ratio pairs (cost measured, not predicted).")

@@ -5,8 +5,8 @@ space, 1 x 28 x 28 images, in a folder of this package (:data:`DEMOS`):
 
 - ``fashion-mnist`` (the default, ``weights/``): patch 4, a 7 x 7 grid of 49 tokens, 4, 8 and 16 mediators;
   fast, but its counts cost within 3% of each other.
-- ``fashion-mnist-p2`` (``fashion-mnist-p2/``): patch 2, a 14 x 14 grid of 196 tokens, where the mediators
-  summarise many tokens and their number matters; listed once its weights are shipped.
+- ``fashion-mnist-p2`` (``fashion-mnist-p2/``): patch 2, a 14 x 14 grid of 196 tokens, 4, 16 and 48 (6 x 8)
+  mediators, in float16; the mediators summarise four times as many tokens and the counts differ in cost.
 
 Their EMA weights ship as safetensors, each checked against the folder's ``SHA256SUMS`` when used; its
 ``demo.json`` names the files, the bundle name and the recommended sampling settings. ``medexport build`` with

@@ -1,7 +1,7 @@
 """Judging a bundle: generate K images per class under a schedule, score them, and account for their cost.
 
-Every schedule of one evaluation sees the same labels and the same seeds (batch b is sampled with seed
-``seed + b``), so differences between schedules are not differences of noise.
+Every schedule of one evaluation sees the same labels and the same noise (image i's from ``(seed, i)`` alone,
+whatever the batch), so differences between schedules are not differences of noise.
 """
 
 from __future__ import annotations
