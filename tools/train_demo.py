@@ -14,9 +14,9 @@ like any user's. A run resumes from ``last.pt`` and refuses to go on with other 
 is drawn from a generator seeded with (seed, i), so a resumed run sees the same data as an unbroken one.
 
     python tools/train_demo.py --mediators 16 --steps 6000 --run runs/fashion/m16
-    python tools/train_demo.py --mediators 48 --patch-size 2 --autocast bf16 --steps 4000 --run runs/fashion-p2/m48
+    python tools/train_demo.py --mediators 48 --patch-size 2 --autocast bf16 --steps 6000 --run runs/fashion-p2/m48
     python tools/train_demo.py --ship runs/fashion/m4 runs/fashion/m8 runs/fashion/m16   # into the package
-    python tools/train_demo.py --ship runs/fashion-p2/m4 runs/fashion-p2/m16 runs/fashion-p2/m48 --demo fashion-mnist-p2
+    python tools/train_demo.py --ship runs/fashion-p2/m4 runs/fashion-p2/m16 runs/fashion-p2/m48 --demo fashion-mnist-p2 --ship-dtype fp16
 """
 
 from __future__ import annotations
