@@ -161,26 +161,43 @@ def summary(out: dict) -> list[str]:
     se = math.hypot(largest["accuracy_se"], smallest["accuracy_se"])
     lines.append(f"smallest static ({smallest['schedule']}) against the largest: accuracy {100 * -gap:+.1f} points "
                  f"({-gap / se if se else float('inf'):+.1f} standard errors), FD {smallest['fd'] - largest['fd']:+.2f}")
+    paired = paired_fd(smallest, largest, "accuracy_per_seed")
+    if paired and paired[2]:
+        diffs, mean, sem = paired
+        lines.append(f"  accuracy paired by seed, smallest minus largest: "
+                     f"{', '.join(f'{100 * d:+.1f}' for d in diffs)} points; mean {100 * mean:+.2f} +- {100 * sem:.2f} "
+                     f"(standard error; {mean / sem:+.1f} of them)")
     paired = paired_fd(smallest, largest)
     if paired:
         diffs, mean, sem = paired
         lines.append(f"  FD paired by seed (same noise and labels), smallest minus largest: "
                      f"{', '.join(f'{d:+.2f}' for d in diffs)}; mean {mean:+.2f}"
                      + (f" +- {sem:.2f} (standard error; {mean / sem:+.1f} of them)" if sem else ""))
-    better = [r for r in rows if r["kind"] != "static" and r["gflops_per_image"] < largest["gflops_per_image"]
-              and r["accuracy"] >= largest["accuracy"] - 0.01 and r["fd"] <= largest["fd"] * 1.05]
-    lines.append("dynamic schedules within 1 point of its accuracy and 5% of its FD at fewer GFLOPs: "
+    def matches(r: dict) -> bool:  # compared on the seeds both were judged on
+        acc, fd = on_seeds(largest, r["seeds"])
+        return (r["gflops_per_image"] < largest["gflops_per_image"] and on_seeds(r, r["seeds"])[0] >= acc - 0.01
+                and on_seeds(r, r["seeds"])[1] <= fd * 1.05)
+
+    better = [r for r in rows if r["kind"] != "static" and matches(r)]
+    lines.append("dynamic schedules within 1 point of its accuracy and 5% of its FD (on the same seeds) at fewer GFLOPs: "
                  + (", ".join(f"{r['schedule']} ({r['gflops_per_image'] / largest['gflops_per_image']:.1%})"
                               for r in better) or "none"))
     return lines
 
 
-def paired_fd(a: dict, b: dict) -> tuple[list[float], float, float | None] | None:
-    """FD of ``a`` minus that of ``b`` on each seed both were judged on (each seed: the same noise and labels for
-    both), their mean and its standard error: the spread of FD between seeds is mostly the images drawn, which
-    a paired difference cancels."""
-    fd_b = dict(zip(b["seeds"], b["fd_per_seed"]))
-    diffs = [fd - fd_b[seed] for seed, fd in zip(a["seeds"], a["fd_per_seed"]) if seed in fd_b]
+def on_seeds(row: dict, seeds: list[int]) -> tuple[float, float]:
+    """A row's mean accuracy and FD over those of ``seeds`` it was judged on."""
+    picked = [(a, f) for seed, a, f in zip(row["seeds"], row["accuracy_per_seed"], row["fd_per_seed"])
+              if seed in seeds]
+    return statistics.mean(a for a, _ in picked), statistics.mean(f for _, f in picked)
+
+
+def paired_fd(a: dict, b: dict, key: str = "fd_per_seed") -> tuple[list[float], float, float | None] | None:
+    """FD (or another per-seed ``key``) of ``a`` minus that of ``b`` on each seed both were judged on (each
+    seed: the same noise and labels for both), their mean and its standard error: the spread of FD between
+    seeds is mostly the images drawn, which a paired difference cancels."""
+    fd_b = dict(zip(b["seeds"], b[key]))
+    diffs = [fd - fd_b[seed] for seed, fd in zip(a["seeds"], a[key]) if seed in fd_b]
     if not diffs:
         return None
     sem = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
