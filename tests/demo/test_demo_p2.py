@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from click.testing import CliRunner
 from safetensors import safe_open
 
@@ -15,7 +16,7 @@ from medexport.core.assets import AssetError
 from medexport.core.settings import SamplingSettings
 from medexport.demo import demo_bundle_name, demo_card, demo_checkpoints, demo_folder, demo_names
 from medexport.judge import score
-from medexport.model import read_checkpoint
+from medexport.model import load_checkpoint, read_checkpoint
 
 DEMO = "fashion-mnist-p2"
 
@@ -38,7 +39,9 @@ def test_the_family_ships_in_fp16_and_describes_itself():
         with safe_open(str(path), "pt") as f:
             assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"F16"}
         state, info = read_checkpoint(path)
-        assert all(v.dtype.is_floating_point is False or str(v.dtype) == "torch.float32" for v in state.values())
+        model = load_checkpoint(path)  # stored in float16, loaded as float32, value for value
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+        assert torch.equal(model.state_dict()["final_layer.linear.weight"], state["final_layer.linear.weight"].float())
         cfg = info.config
         assert (cfg.mediators, cfg.patch_size, cfg.num_tokens, cfg.input_size) == (n, 2, 196, 28)
         assert info.sampling == card["sampling"] and info.train_steps == card["train_steps"][str(n)] > 0
