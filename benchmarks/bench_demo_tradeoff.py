@@ -104,6 +104,10 @@ def measure(args) -> dict:
     return {"environment": env, "rows": rows, "real_floor": floor.to_dict() if floor else None}
 
 
+#: What a row holds per seed, in the order of its seeds; a merge concatenates them.
+PER_SEED = ("seeds", "accuracy_per_seed", "fd_per_seed", "ms_per_image_per_seed")
+
+
 def merge(runs: list[tuple[Path, dict]]) -> dict:
     """One result from several runs of the same bundle and settings on different seeds. A schedule judged by
     only some of the runs (``--kinds static`` for more seeds of the static counts, say) is merged over those."""
@@ -134,8 +138,6 @@ def merge(runs: list[tuple[Path, dict]]) -> dict:
     return {"environment": env, "rows": rows, "real_floor": first["real_floor"]}
 
 
-PER_SEED = ("seeds", "accuracy_per_seed", "fd_per_seed", "ms_per_image_per_seed")
-
 
 def row_line(row: dict) -> str:
     spread = f" +- {row['fd_sd']:.2f}" if row.get("fd_sd") is not None else ""
@@ -161,22 +163,22 @@ def summary(out: dict) -> list[str]:
     se = math.hypot(largest["accuracy_se"], smallest["accuracy_se"])
     lines.append(f"smallest static ({smallest['schedule']}) against the largest: accuracy {100 * -gap:+.1f} points "
                  f"({-gap / se if se else float('inf'):+.1f} standard errors), FD {smallest['fd'] - largest['fd']:+.2f}")
-    paired = paired_fd(smallest, largest, "accuracy_per_seed")
-    if paired and paired[2]:
-        diffs, mean, sem = paired
+    by_seed = paired(smallest, largest, "accuracy_per_seed")
+    if by_seed and by_seed[2]:
+        diffs, mean, sem = by_seed
         lines.append(f"  accuracy paired by seed, smallest minus largest: "
                      f"{', '.join(f'{100 * d:+.1f}' for d in diffs)} points; mean {100 * mean:+.2f} +- {100 * sem:.2f} "
                      f"(standard error; {mean / sem:+.1f} of them)")
-    paired = paired_fd(smallest, largest)
-    if paired:
-        diffs, mean, sem = paired
+    by_seed = paired(smallest, largest)
+    if by_seed:
+        diffs, mean, sem = by_seed
         lines.append(f"  FD paired by seed (same noise and labels), smallest minus largest: "
                      f"{', '.join(f'{d:+.2f}' for d in diffs)}; mean {mean:+.2f}"
                      + (f" +- {sem:.2f} (standard error; {mean / sem:+.1f} of them)" if sem else ""))
-    def matches(r: dict) -> bool:  # compared on the seeds both were judged on
+
+    def matches(r: dict) -> bool:  # against the largest count on the seeds ``r`` was judged on
         acc, fd = on_seeds(largest, r["seeds"])
-        return (r["gflops_per_image"] < largest["gflops_per_image"] and on_seeds(r, r["seeds"])[0] >= acc - 0.01
-                and on_seeds(r, r["seeds"])[1] <= fd * 1.05)
+        return r["gflops_per_image"] < largest["gflops_per_image"] and r["accuracy"] >= acc - 0.01 and r["fd"] <= fd * 1.05
 
     better = [r for r in rows if r["kind"] != "static" and matches(r)]
     lines.append("dynamic schedules within 1 point of its accuracy and 5% of its FD (on the same seeds) at fewer GFLOPs: "
@@ -192,12 +194,12 @@ def on_seeds(row: dict, seeds: list[int]) -> tuple[float, float]:
     return statistics.mean(a for a, _ in picked), statistics.mean(f for _, f in picked)
 
 
-def paired_fd(a: dict, b: dict, key: str = "fd_per_seed") -> tuple[list[float], float, float | None] | None:
-    """FD (or another per-seed ``key``) of ``a`` minus that of ``b`` on each seed both were judged on (each
-    seed: the same noise and labels for both), their mean and its standard error: the spread of FD between
-    seeds is mostly the images drawn, which a paired difference cancels."""
-    fd_b = dict(zip(b["seeds"], b[key]))
-    diffs = [fd - fd_b[seed] for seed, fd in zip(a["seeds"], a[key]) if seed in fd_b]
+def paired(a: dict, b: dict, key: str = "fd_per_seed") -> tuple[list[float], float, float | None] | None:
+    """A per-seed value (``key``: FD by default) of ``a`` minus that of ``b`` on each seed both were judged on
+    (each seed: the same noise and labels for both), their mean and its standard error: the spread of FD
+    between seeds is mostly the images drawn, which a paired difference cancels."""
+    of_b = dict(zip(b["seeds"], b[key]))
+    diffs = [v - of_b[seed] for seed, v in zip(a["seeds"], a[key]) if seed in of_b]
     if not diffs:
         return None
     sem = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
@@ -236,9 +238,9 @@ def plot(out: dict, path: Path) -> None:
 
     env, rows, floor = out["environment"], out["rows"], out["real_floor"]
     largest = next(r for r in rows if r["kind"] == "static" and r["schedule"] == str(max(env["counts"])))
-    paired = {r["schedule"]: paired_fd(r, largest) for r in rows} if len(largest["seeds"]) > 1 else {}
+    fd_vs_largest = {r["schedule"]: paired(r, largest) for r in rows} if len(largest["seeds"]) > 1 else {}
     panels = [("accuracy", "judge accuracy (%)"), ("fd", "FD (judge features; lower is better)")]
-    if paired:
+    if fd_vs_largest:
         panels.append(("paired", f"FD minus static {largest['schedule']}'s, same seeds"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4))
     styles = {"static": ("s", "black"), "fixed": ("o", "tab:blue"), "adaptive": ("^", "tab:orange")}
@@ -250,7 +252,7 @@ def plot(out: dict, path: Path) -> None:
             return 100 * r["accuracy"], 100 * r["accuracy_se"]
         if key == "fd":
             return r["fd"], r.get("fd_sd") or 0.0
-        p = paired.get(r["schedule"])
+        p = fd_vs_largest.get(r["schedule"])
         return (p[1], p[2] or 0.0) if p else (None, None)
 
     for ax, (key, label) in zip(axes, panels):
@@ -275,7 +277,7 @@ def plot(out: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     seeds = env["seeds"]
-    bars = (f"bars: accuracy s.e., FD spread over {len(seeds)} seeds, paired difference s.e." if paired
+    bars = (f"bars: accuracy s.e., FD spread over {len(seeds)} seeds, paired difference s.e." if fd_vs_largest
             else "bars: accuracy s.e.")
     fig.suptitle(f"{env.get('bundle', 'demo')}, {env['tokens']} tokens: quality against cost "
                  f"({env['sampling'].rsplit(', schedule', 1)[0]}; {bars})", fontsize=9)

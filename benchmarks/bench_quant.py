@@ -127,9 +127,9 @@ def demo(work: Path, threads: int, repeats: int, per_class: int, name: str | Non
     bundles["int8"] = build(sources, work / f"{name}-int8", "int8", batch)
     bundles["int8-static"] = build(sources, work / f"{name}-int8s", "int8-static", batch, cals["schedule"][0].path)
     trajectory = build(sources, work / f"{name}-int8s-traj", "int8-static", batch, cals["trajectory"][0].path)
-    tokens = bundles["fp32"].config(max(s.mediators for s in sources)).num_tokens
-    row = forward_table(f"{name} demo ({tokens} tokens, trained)", bundles, max(s.mediators for s in sources), 200,
-                        threads, repeats)
+    largest = max(s.mediators for s in sources)
+    tokens = bundles["fp32"].config(largest).num_tokens
+    row = forward_table(f"{name} demo ({tokens} tokens, trained)", bundles, largest, 200, threads, repeats)
     row["calibration_seconds"] = {m: round(s, 1) for m, (_, s) in cals.items()}
     quality = []
     sampling = SamplingSettings.from_dict(bundles["fp32"].manifest["sampling"])

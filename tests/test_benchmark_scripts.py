@@ -68,7 +68,7 @@ def test_more_seeds_of_some_schedules_merge_over_those_seeds():
     assert rows["4"]["fd"] == pytest.approx(37 / 3) and rows["48"]["accuracy_se"] == pytest.approx(
         math.sqrt(0.9 * 0.1 / 300))
     assert "| static | 4 | 300 |" in bench.markdown(out) and "| fixed | 4:0.5,48 (the default) | 200 |" in bench.markdown(out)
-    assert bench.paired_fd(rows["4"], rows["48"])[:2] == ([2.0, 2.0, 3.0], pytest.approx(7 / 3))
+    assert bench.paired(rows["4"], rows["48"])[:2] == ([2.0, 2.0, 3.0], pytest.approx(7 / 3))
     assert [kind for kind, _ in bench.plans([4, 16, 48], False, ("static",))] == ["static"] * 3
 
 
