@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import mediator_attention
+from ..ops import mediator_attention, mediator_block
 from ..core.config import ModelConfig
 
 BIAS_SIDE = 7  # an_bias / na_bias are stored on a 7x7 grid and resized to the token grid
@@ -168,10 +168,16 @@ class MediatorAttention(nn.Module):
             if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
                 self.refresh_constants()
             bias_mk, bias_qm = self.bias_mk, self.bias_qm
+        qkv = self.qkv(x)  # (B, N, 3D): [q | k | v], each [head0 .. headH-1]
+        if qkv.is_cuda and not (self.training or torch.compiler.is_exporting()):
+            # One op for everything between the projections: on CUDA, Triton kernels that read qkv once and
+            # write o once (the reference elsewhere, which is exactly the decomposed form below).
+            o = mediator_block(qkv, self.pool, bias_mk.to(qkv.dtype), bias_qm.to(qkv.dtype), self.dwc.weight,
+                               self.dwc.bias, H, self.scale)  # (B, N, D)
+            return self.proj(o)
         # One permute splits q, k, v and the heads; the pooling and the dwc input work per head, so no other
-        # layout change is needed (the qkv output is laid out [q | k | v], each [head0 .. headH-1]).
-        qkv = self.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)  # (3, B, H, N, d)
-        q, k, v = qkv.unbind(0)  # (B, H, N, d) each
+        # layout change is needed.
+        q, k, v = qkv.reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d) each
         m = self.pool.to(q.dtype) @ q  # (B, H, n, d): adaptive average pooling of q on the token grid
         o = mediator_attention(q, k, v, m, bias_mk.to(q.dtype), bias_qm.to(q.dtype), self.scale)  # (B, H, N, d)
         o = o.transpose(1, 2).reshape(B, N, D)  # (B, N, D)

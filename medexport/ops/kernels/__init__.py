@@ -2,8 +2,11 @@
 
 * :func:`triton_mediator_attention` runs the fused Triton mediator-attention kernel directly
   (``medexport/ops/kernels/triton_mediator.py``).
-* :func:`register_cuda_kernel` makes that kernel the CUDA implementation of
-  ``torch.ops.medexport.mediator_attention``. Nothing does it as a side effect of an import: the PyTorch runner
+* :func:`triton_mediator_block` runs the Triton kernels of the whole mediator block between its projections
+  (``medexport/ops/kernels/triton_block.py``).
+* :func:`register_cuda_kernel` makes them the CUDA implementations of ``torch.ops.medexport.mediator_attention``
+  and ``torch.ops.medexport.mediator_block`` (the block's form and launch measured per shape at first use:
+  ``block_forms.py``). Nothing does it as a side effect of an import: the PyTorch runner
   and :meth:`MediatorDiT.cast` call it when a model is put on a CUDA device.
 
 Triton is optional: importing this package never imports it, and the functions that need it raise
@@ -20,7 +23,8 @@ from ...errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["register_cuda_kernel", "registered_cuda_kernel", "triton_available", "triton_mediator_attention"]
+__all__ = ["register_cuda_kernel", "registered_cuda_kernel", "triton_available", "triton_mediator_attention",
+           "triton_mediator_block"]
 
 #: Which implementation register_cuda_kernel installed: None (not yet), "triton" or "reference".
 _cuda_kernel: str | None = None
@@ -56,6 +60,45 @@ def triton_mediator_attention(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_m
     Raises ValueError for bad shapes, n > 128 or unsupported dtypes; BackendUnavailableError without triton.
     """
     return _kernel_module().triton_mediator_attention(q, k, v, m, bias_mk, bias_qm, scale, **launch)
+
+
+def triton_mediator_block(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: Tensor, dwc_weight: Tensor,
+                          dwc_bias: Tensor, num_heads: int, scale: float, **launch) -> Tensor:
+    """The mediator block by its Triton kernels, called directly (not through the op); same operands and result
+    as ``torch.ops.medexport.mediator_block``. ``launch``: ``form`` ("fused" or "split"), ``block_n``,
+    ``num_warps``, ``num_stages``, ``chunks``. CUDA tensors, or CPU tensors under the Triton interpreter.
+    Raises ValueError for operands the kernels do not take; BackendUnavailableError without triton."""
+    _kernel_module()
+    from . import triton_block
+
+    return triton_block.triton_mediator_block(qkv, pool, bias_mk, bias_qm, dwc_weight, dwc_bias, num_heads, scale,
+                                              **launch)
+
+
+def _cuda_block_impl(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: Tensor, dwc_weight: Tensor,
+                     dwc_bias: Tensor, num_heads: int, scale: float) -> Tensor:
+    """The block op's CUDA implementation: the candidate measured fastest for this shape (``block_forms``), the
+    reference for operands the kernels do not take."""
+    import torch
+
+    from ..mediator_block import mediator_block_reference
+    from . import block_forms, triton_block
+
+    args = (qkv, pool, bias_mk, bias_qm, dwc_weight, dwc_bias, num_heads, scale)
+    try:
+        triton_block.check_supported(*args[:7])
+    except ValueError as e:
+        log.debug("mediator block on CUDA runs the reference: %s", e)
+        return mediator_block_reference(*args)
+
+    def run(cand: block_forms.Candidate) -> Tensor:
+        if cand.form == "reference":
+            return mediator_block_reference(*args)
+        return triton_block.triton_mediator_block(*args, form=cand.form, **cand.launch)
+
+    cand = block_forms.choose(block_forms.shape_key(qkv, pool, num_heads), run,
+                              lambda: mediator_block_reference(*args), torch.cuda.is_current_stream_capturing())
+    return run(cand)
 
 
 def _cuda_triton_impl(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor,
@@ -100,11 +143,13 @@ def register_cuda_kernel() -> str:
     global _cuda_kernel
     if _cuda_kernel is not None:
         return _cuda_kernel
-    from ..mediator_attention import mediator_attention  # the CustomOpDef
+    from ..mediator_attention import mediator_attention  # the CustomOpDefs
+    from ..mediator_block import mediator_block
 
     ok, why = triton_available()
     if ok:
         mediator_attention.register_kernel("cuda")(_cuda_triton_impl)
+        mediator_block.register_kernel("cuda")(_cuda_block_impl)
         _cuda_kernel = "triton"
     else:
         log.info("mediator attention on CUDA uses the PyTorch reference: %s", why)
