@@ -1,6 +1,19 @@
-"""Benchmark mediator attention on a CUDA GPU: the fused Triton kernel against its alternatives.
+"""Benchmark the mediator block on a CUDA GPU: its Triton kernels against the decomposed block and full attention.
 
-For SiT-XL/2 attention shapes (H = 16 heads, head dim d = 72) and every combination of token count N, mediator
+The block table (always): for SiT-XL/2 shapes (H = 16, d = 72), token counts N, mediator counts n and batches B,
+everything between the qkv and the output projection (``torch.ops.medexport.mediator_block``) timed as
+
+* ``vanilla``: what a vanilla SiT block does there: split qkv into heads, SDPA full attention, back to tokens,
+* ``decomposed``: the mediator block as the model ran it before the fused kernels (a pooling matmul, the
+  ``mediator_attention`` op at its measured form, the conv of v in image layout, the residual add),
+* ``fused`` / ``split``: the Triton kernels (``kernels/triton_block.py``), each at its fastest launch,
+* ``op``: what the CUDA op runs for that shape (``block_forms`` measures the candidates at first use),
+
+with the op's achieved bandwidth (bytes: qkv read once, o written once, biases, pooling matrix and conv weights)
+as a share of the measured device-to-device copy bandwidth, the op against vanilla, and every form's error
+against float64. ``--smoke`` runs the same code on the CPU under the Triton interpreter with tiny shapes (CI).
+
+The op table (``--op``): the ``mediator_attention`` op alone. For SiT-XL/2 attention shapes (H = 16 heads, head dim d = 72) and every combination of token count N, mediator
 count n and batch B, times
 
 * ``reference``: the op's plain-PyTorch implementation (matmul, softmax, matmul, twice; scores in memory),
@@ -14,7 +27,9 @@ and reports each time, the kernel's achieved bandwidth against the minimum bytes
 copy bandwidth, and the other methods' times as multiples of the kernel's. Every method is checked against the
 reference in float32 before it is timed.
 
-    python benchmarks/bench_mediator_kernel.py                 # the full grid, bfloat16
+    python benchmarks/bench_mediator_kernel.py                 # the block table, bfloat16
+    python benchmarks/bench_mediator_kernel.py --smoke         # the same on the CPU, tiny shapes (interpreter)
+    python benchmarks/bench_mediator_kernel.py --op            # also the attention-op table
     python benchmarks/bench_mediator_kernel.py --seq 1024 --mediators 32 --batch 8
     python benchmarks/bench_mediator_kernel.py --sweep      # also every launch (block_n x splits) per shape
 
@@ -46,7 +61,112 @@ def parse_args() -> argparse.Namespace:
                         "medexport/ops/kernels/forms.json, from which the CUDA op picks the fastest form per shape)")
     p.add_argument("--sweep", action="store_true",
                    help="also time the kernel at every launch (block_n x splits) and compare the best to the default")
+    p.add_argument("--op", action="store_true", help="also the mediator_attention op table (and --write-table)")
+    p.add_argument("--block-batch", type=int, nargs="+", default=[1, 8, 16, 64],
+                   help="batch sizes of the block table")
+    p.add_argument("--smoke", action="store_true",
+                   help="run the block table on the CPU under the Triton interpreter with tiny shapes (a check that "
+                        "the script works, not a measurement)")
     return p.parse_args()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The block table
+# ---------------------------------------------------------------------------------------------------------
+def mediator_grid(n: int) -> tuple[int, int]:
+    """The most square rows x cols = n (the model's own choice for a count)."""
+    rows = max(r for r in range(1, int(n ** 0.5) + 1) if n % r == 0)
+    return rows, n // rows
+
+
+def block_operands(B: int, N: int, n: int, H: int, d: int, dtype: torch.dtype, device: str) -> tuple:
+    """Seeded random qkv (B, N, 3 D), the pooling matrix, biases and conv weights of one mediator block."""
+    from medexport.model.mediator_dit import pooling_matrix
+
+    g = torch.Generator(device=device).manual_seed(0)
+    D, G = H * d, int(round(N ** 0.5))
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, device=device) * scale).to(dtype)
+
+    return (rnd(B, N, 3 * D), pooling_matrix(G, *mediator_grid(n)).to(device=device, dtype=dtype),
+            rnd(H, n, N, scale=0.5), rnd(H, N, n, scale=0.5), rnd(D, 1, 3, 3, scale=0.2), rnd(D, scale=0.1),
+            H, d ** -0.5)
+
+
+def vanilla_between_projections(qkv: torch.Tensor, H: int) -> torch.Tensor:
+    """What a vanilla DiT block runs between its projections (FullAttention.forward without them)."""
+    B, N, D3 = qkv.shape
+    q, k, v = qkv.reshape(B, N, 3, H, D3 // 3 // H).permute(2, 0, 3, 1, 4).unbind(0)
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D3 // 3)
+
+
+def block_row(B: int, N: int, n: int, H: int, d: int, dtype: torch.dtype, device: str, timer, peak: float) -> str:
+    """One row of the block table."""
+    from medexport.ops.kernels import block_forms, triton_mediator_block
+    from medexport.ops.mediator_block import mediator_block_reference
+
+    ins = block_operands(B, N, n, H, d, dtype, device)
+    truth = mediator_block_reference(*(t.double() if isinstance(t, torch.Tensor) else t for t in ins))
+    scale = truth.abs().max().item()
+
+    def run(c):
+        return mediator_block_reference(*ins) if c.form == "reference" else \
+            triton_mediator_block(*ins, form=c.form, **c.launch)
+
+    key = ("bench",) + block_forms.shape_key(ins[0], ins[1], H)
+    block_forms._chosen.pop(key, None)
+    with block_forms.forced_form("auto"):
+        chosen = block_forms.choose(key, run, lambda: mediator_block_reference(*ins), False, timer=timer)
+    times = block_forms.measurements()[key][1]
+    best = {}
+    for form in ("fused", "split", "reference"):
+        ok = [c for c in block_forms.CANDIDATES if c.form == form and times.get(c.name) is not None]
+        best[form] = min(ok, key=lambda c: times[c.name]) if ok else None
+    ms = {form: (timer(lambda c=c: run(c)) if c is not None else float("nan")) for form, c in best.items()}
+    op_ms = ms[chosen.form] if chosen.form != "reference" else ms["reference"]
+    vanilla = timer(lambda: vanilla_between_projections(ins[0], H))
+    err = {form: ((run(c).double() - truth).abs().max().item() / scale if c is not None else float("nan"))
+           for form, c in best.items()}
+    elem = torch.finfo(dtype).bits // 8
+    D = H * d
+    nbytes = elem * (4 * B * N * D + 2 * H * n * N + n * N + 10 * D)
+    share = nbytes / (op_ms * 1e-3) / peak if peak else float("nan")
+    return (f"| {N} | {n} | {B} | {vanilla:.3f} | {ms['reference']:.3f} | {ms['fused']:.3f} | {ms['split']:.3f} "
+            f"| {op_ms:.3f} {chosen.name} | {100 * share:.0f}% | {op_ms / vanilla:.2f} | {ms['reference'] / op_ms:.2f} "
+            f"| {err['fused']:.1e} | {err['split']:.1e} | {err['reference']:.1e} |")
+
+
+BLOCK_HEADER = ("| N | n | B | vanilla ms | decomposed ms | fused ms | split ms | op ms (form) | op % of copy "
+                "| op / vanilla | decomposed / op | fused err | split err | decomposed err |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def cpu_timer(fn) -> float:
+    import time
+
+    fn()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * sorted(times)[1]
+
+
+def smoke() -> int:
+    """The block table on the CPU under the Triton interpreter, tiny shapes: the script's own check."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        print("bench_mediator_kernel --smoke: set TRITON_INTERPRET=1 (the Triton interpreter runs the kernels on "
+              "the CPU)", file=sys.stderr)
+        return 1
+    print("CPU smoke run (Triton interpreter, tiny shapes): the numbers check the script, they measure nothing\n")
+    print(BLOCK_HEADER)
+    for N, n, B in ((16, 4, 1), (36, 6, 2)):
+        print(block_row(B, N, n, 2, 8, torch.float32, "cpu", cpu_timer, 0.0), flush=True)
+    return 0
 
 
 def copy_bandwidth(do_bench, nbytes: int = 1 << 30) -> float:
@@ -153,6 +273,8 @@ def write_table(path: Path, gpu: str, dtype: str, rows: list[dict]) -> None:
 
 def main() -> int:
     args = parse_args()
+    if args.smoke:
+        return smoke()
     if not torch.cuda.is_available():
         print("bench_mediator_kernel: no CUDA device here; this benchmark measures GPU kernels and needs one.",
               file=sys.stderr)
@@ -168,6 +290,20 @@ def main() -> int:
     print(f"GPU: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
           f"{args.dtype}, H={HEADS}, d={HEAD_DIM}")
     print(f"device-to-device copy bandwidth: {peak / 1e12:.2f} TB/s (read + write)\n")
+    print("The mediator block between its projections (ms, median); op = what the CUDA op runs for the shape.\n")
+    print(BLOCK_HEADER)
+    gpu_timer = lambda fn: do_bench(fn, warmup=args.warmup, rep=args.rep)  # noqa: E731
+    for N in args.seq:
+        for n in args.mediators:
+            for B in args.block_batch:
+                try:
+                    print(block_row(B, N, n, HEADS, HEAD_DIM, dtype, "cuda", gpu_timer, peak), flush=True)
+                except torch.cuda.OutOfMemoryError:
+                    print(f"| {N} | {n} | {B} | out of memory |", flush=True)
+                torch.cuda.empty_cache()
+    if not args.op:
+        return 0
+    print("\nThe mediator_attention op alone\n")
     print("| N | n | B | reference ms | sdpa x2 ms | triton ms | full attn ms | triton TB/s | % of copy "
           "| ref / triton | sdpa x2 / triton | full / triton | split-N ms | triton / split-N | triton err | split-N err "
           "| reference err |")
