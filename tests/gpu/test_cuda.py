@@ -20,8 +20,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA G
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 #: (B, H, N, n, d): the demo's shape (49 tokens, n = 8), SiT-XL/2 shapes, ragged N, n = 1 and n = 128.
-SHAPES = [(2, 4, 49, 8, 32), (2, 16, 256, 16, 72), (1, 16, 1024, 64, 72), (3, 2, 300, 7, 40), (2, 4, 4096, 128, 64),
-          (1, 1, 37, 1, 64)]
+SHAPES = [(2, 16, 256, 16, 72), (3, 2, 300, 7, 40), (1, 1, 37, 1, 64)]
+
+#: The mediator block (B, H, grid side G, mediator grid, d): the demo, SiT-XL/2 at 256 and 1024 px, a ragged
+#: non-square case and n = 1.
+BLOCK_SHAPES = [(2, 4, 7, (2, 4), 32), (4, 16, 16, (4, 4), 72), (1, 16, 64, (8, 8), 72), (3, 2, 10, (2, 3), 40),
+                (1, 1, 6, (1, 1), 64)]
 
 
 def _operands(B, H, N, n, d, dtype, seed=0):
@@ -84,6 +88,52 @@ def test_op_runs_the_triton_kernel_on_cuda():
     by_op = torch.ops.medexport.mediator_attention(*ins)
     direct = triton_mediator_attention(*ins)
     assert torch.equal(by_op, direct)
+
+
+def _block_operands(B, H, G, mgrid, d, dtype, seed=0):
+    from medexport.model.mediator_dit import pooling_matrix
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    N, D, n = G * G, H * d, mgrid[0] * mgrid[1]
+    qkv = torch.randn(B, N, 3 * D, generator=g, device="cuda").to(dtype)
+    rest = (pooling_matrix(G, *mgrid).cuda(), torch.randn(H, n, N, generator=g, device="cuda") * 0.5,
+            torch.randn(H, N, n, generator=g, device="cuda") * 0.5,
+            torch.randn(D, 1, 3, 3, generator=g, device="cuda") * 0.2, torch.randn(D, generator=g, device="cuda"))
+    return (qkv, *(t.to(dtype) for t in rest), H, d ** -0.5)
+
+
+@pytest.mark.parametrize("form", ["fused", "split"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", BLOCK_SHAPES, ids=lambda s: "B{}-H{}-G{}-m{}x{}-d{}".format(*s[:3], *s[3], s[4]))
+def test_compiled_block_kernels_match_reference(shape, dtype, form):
+    pytest.importorskip("triton", reason="triton is not installed (pip install 'medexport[triton]')")
+    from medexport.ops import mediator_block_reference
+    from medexport.ops.kernels import triton_mediator_block
+
+    ins = _block_operands(*shape, dtype)
+    out = triton_mediator_block(*ins, form=form)
+    truth = mediator_block_reference(*(t.double() if torch.is_tensor(t) else t for t in ins))
+    assert out.dtype == dtype and out.shape == truth.shape
+    err = _relative_error(out, truth)
+    assert err <= TOLERANCE[dtype], f"relative error {err:.3g} > {TOLERANCE[dtype]}"
+
+
+def test_block_op_on_cuda_measures_and_runs_a_kernel():
+    """The op measures its candidates once per shape, keeps a correct one, and gives its result afterwards."""
+    pytest.importorskip("triton", reason="triton is not installed (pip install 'medexport[triton]')")
+    from medexport.ops import kernels, mediator_block_reference
+    from medexport.ops.kernels import block_forms
+
+    kernels.register_cuda_kernel()
+    ins = _block_operands(8, 16, 16, (4, 4), 72, torch.bfloat16)
+    out = torch.ops.medexport.mediator_block(*ins)
+    chosen, times = block_forms.measurements()[block_forms.shape_key(ins[0], ins[1], 16)]
+    assert sum(t is not None for t in times.values()) >= 2, times
+    assert torch.equal(torch.ops.medexport.mediator_block(*ins), out)  # the same choice, the same bits
+    truth = mediator_block_reference(*(t.double() if torch.is_tensor(t) else t for t in ins))
+    assert _relative_error(out, truth) <= TOLERANCE[torch.bfloat16], chosen.name
+    with block_forms.forced_form("reference"):
+        assert torch.equal(torch.ops.medexport.mediator_block(*ins), mediator_block_reference(*ins))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
