@@ -334,6 +334,27 @@ def test_block_forms_env_setting_is_checked(monkeypatch):
         bf.requested_form()
 
 
+@needs_triton
+def test_cuda_impl_falls_back_or_says_why(monkeypatch):
+    """Operands the kernels do not take (here 129 mediators) run the reference under auto; a pinned kernel form
+    refuses them with an error that names the variable and the fallback, never a Triton traceback."""
+    from medexport.errors import BackendUnavailableError
+    from medexport.ops import kernels
+    from medexport.ops.kernels import block_forms
+    from medexport.ops.mediator_block import mediator_block_reference
+
+    g = torch.Generator().manual_seed(3)
+    H, G, d, n = 2, 4, 8, 129
+    args = (torch.randn(1, G * G, 3 * H * d, generator=g), torch.rand(n, G * G, generator=g),
+            torch.randn(H, n, G * G, generator=g), torch.randn(H, G * G, n, generator=g),
+            torch.randn(H * d, 1, 3, 3, generator=g), torch.randn(H * d, generator=g), H, d ** -0.5)
+    monkeypatch.delenv(block_forms.ENV, raising=False)
+    assert torch.equal(kernels._cuda_block_impl(*args), mediator_block_reference(*args))
+    monkeypatch.setenv(block_forms.ENV, "fused")
+    with pytest.raises(BackendUnavailableError, match="1 to 128 mediators.*unset MEDEXPORT_BLOCK_FORM"):
+        kernels._cuda_block_impl(*args)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
     print(json.dumps(WORKERS[sys.argv[1]]()))

@@ -85,9 +85,14 @@ def _cuda_block_impl(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: Tensor
     from . import block_forms, triton_block
 
     args = (qkv, pool, bias_mk, bias_qm, dwc_weight, dwc_bias, num_heads, scale)
+    pinned = block_forms.requested_form()
     try:
         triton_block.check_supported(*args[:7])
     except ValueError as e:
+        if pinned in triton_block.FORMS:
+            raise BackendUnavailableError(
+                f"{block_forms.ENV}={pinned} asks for the Triton mediator block, which cannot run these operands "
+                f"({e}); unset {block_forms.ENV} (or set it to auto) and the PyTorch reference runs them") from None
         log.debug("mediator block on CUDA runs the reference: %s", e)
         return mediator_block_reference(*args)
 
@@ -98,7 +103,17 @@ def _cuda_block_impl(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: Tensor
 
     cand = block_forms.choose(block_forms.shape_key(qkv, pool, num_heads), run,
                               lambda: mediator_block_reference(*args), torch.cuda.is_current_stream_capturing())
-    return run(cand)
+    if pinned == "auto":  # (every candidate that ran was checked when it was measured)
+        return run(cand)
+    try:
+        return run(cand)
+    except Exception as e:  # a pinned kernel that cannot compile or launch here: say so and name the way out
+        if isinstance(e, BackendUnavailableError):
+            raise
+        raise BackendUnavailableError(
+            f"{block_forms.ENV}={pinned}: the Triton mediator block failed on {tuple(qkv.shape)} {qkv.dtype} "
+            f"({type(e).__name__}: {str(e)[:300]}); unset {block_forms.ENV} (auto measures the forms and falls back "
+            f"to the PyTorch reference) or set it to reference") from e
 
 
 def _cuda_triton_impl(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor,

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ...errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 ENV = "MEDEXPORT_BLOCK_FORM"
@@ -63,7 +65,7 @@ def requested_form() -> str:
     """The pinned form (:func:`forced_form`, else ``MEDEXPORT_BLOCK_FORM``), or "auto"."""
     form = _forced[-1] if _forced else os.environ.get(ENV, "auto").strip().lower() or "auto"
     if form not in CHOICES:
-        raise ValueError(f"{ENV}={form!r} is not one of {', '.join(CHOICES)}")
+        raise ConfigError(f"{ENV}={form!r} is not one of {', '.join(CHOICES)}: unset it or pick one of those")
     return form
 
 
@@ -71,7 +73,7 @@ def requested_form() -> str:
 def forced_form(form: str) -> Iterator[None]:
     """Run the block in ``form`` ("auto", "fused", "split" or "reference") inside the context."""
     if form not in CHOICES:
-        raise ValueError(f"the mediator block's form must be one of {', '.join(CHOICES)}, got {form!r}")
+        raise ConfigError(f"the mediator block's form must be one of {', '.join(CHOICES)}, got {form!r}")
     _forced.append(form)
     try:
         yield

@@ -243,6 +243,9 @@ def block_read_kernel(
 # ---------------------------------------------------------------------------------------------------------
 FORMS = ("fused", "split")
 
+#: The largest head dim the kernels take: a (BLOCK_N, d) tile and the conv's accumulator live in registers.
+MAX_HEAD_DIM = 256
+
 
 def check_supported(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: Tensor, dwc_weight: Tensor,
                     dwc_bias: Tensor, num_heads: int) -> tuple[int, int, int, int, int]:
@@ -251,6 +254,8 @@ def check_supported(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: Tensor,
     B, N, D, n, d = check_block_shapes(qkv, pool, bias_mk, bias_qm, dwc_weight, dwc_bias, num_heads)
     if not 1 <= n <= MAX_MEDIATORS:
         raise ValueError(f"the Triton mediator block takes 1 to {MAX_MEDIATORS} mediators, got {n}")
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"the Triton mediator block takes head dims up to {MAX_HEAD_DIM}, got {d}")
     if qkv.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"the Triton mediator block reads {[str(t) for t in SUPPORTED_DTYPES]}, got {qkv.dtype}")
     tensors = (qkv, pool, bias_mk, bias_qm, dwc_weight, dwc_bias)
