@@ -136,6 +136,22 @@ def test_block_op_on_cuda_measures_and_runs_a_kernel():
         assert torch.equal(torch.ops.medexport.mediator_block(*ins), mediator_block_reference(*ins))
 
 
+def test_model_on_cuda_compiles_in_one_graph_through_the_block_op():
+    """torch.compile(fullgraph=True) of a mediator model on CUDA (the block op inside every block) equals eager."""
+    from medexport.ops import kernels
+
+    kernels.register_cuda_kernel()
+    model = tiny_model(16, seed=4).cast(torch.bfloat16, "cuda").eval()
+    x, t, y = (a.cuda() for a in model_inputs(model.config, batch=2, seed=0))
+    x = x.to(torch.bfloat16)
+    with torch.no_grad():
+        want = model(x, t, y)
+        torch._dynamo.reset()
+        got = torch.compile(model, fullgraph=True)(x, t, y)
+    err = ((got.double() - want.double()).abs().max() / want.double().abs().max()).item()
+    assert err < 3e-2, f"compiled differs from eager by {err:.3g}"
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cuda_graph_replay_equals_eager(precision):
     """One graph per batch size, replayed with new inputs, gives the eager model's bits; fp32 matches the CPU."""

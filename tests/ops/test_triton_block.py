@@ -276,6 +276,28 @@ def test_op_registration_passes_opcheck():
     torch.library.opcheck(mediator_block, args)
 
 
+def test_torch_compile_takes_the_op_without_graph_breaks():
+    """inductor compiles a function around the op in one graph (fullgraph=True fails on any break) and fuses the
+    ops around it; the result equals eager."""
+    from medexport.model.mediator_dit import pooling_matrix
+    from medexport.ops.mediator_block import mediator_block
+
+    g = torch.Generator().manual_seed(2)
+    H, G, d, n = 2, 4, 8, 4
+    w = torch.randn(3 * H * d, H * d, generator=g) * 0.2
+
+    def block(x, pool, bias_mk, bias_qm, dwc_w, dwc_b):
+        qkv = torch.nn.functional.gelu(x @ w.T)
+        return mediator_block(qkv, pool, bias_mk, bias_qm, dwc_w, dwc_b, H, d ** -0.5).sigmoid() * 2
+
+    args = (torch.randn(2, G * G, H * d, generator=g), pooling_matrix(G, 2, 2),
+            torch.randn(H, n, G * G, generator=g), torch.randn(H, G * G, n, generator=g),
+            torch.randn(H * d, 1, 3, 3, generator=g), torch.randn(H * d, generator=g))
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True)
+    torch.testing.assert_close(compiled(*args), block(*args), rtol=1e-5, atol=1e-5)
+
+
 def test_op_refuses_non_square_grid_with_a_clear_error():
     from medexport.ops.mediator_block import mediator_block_reference
 
