@@ -114,10 +114,10 @@ def block_row(B: int, N: int, n: int, H: int, d: int, dtype: torch.dtype, device
         return mediator_block_reference(*ins) if c.form == "reference" else \
             triton_mediator_block(*ins, form=c.form, **c.launch)
 
-    key = ("bench",) + block_forms.shape_key(ins[0], ins[1], H)
-    block_forms._chosen.pop(key, None)
-    with block_forms.forced_form("auto"):
-        chosen = block_forms.choose(key, run, lambda: mediator_block_reference(*ins), False, timer=timer)
+    key = block_forms.shape_key(ins[0], ins[1], H)
+    with block_forms.forced_form("auto"):  # measured afresh, and kept for the op as it would keep it
+        chosen = block_forms.choose(key, run, lambda: mediator_block_reference(*ins), False, timer=timer,
+                                    fresh=True)
     times = block_forms.measurements()[key][1]
     best = {}
     for form in ("fused", "split", "reference"):

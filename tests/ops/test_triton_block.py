@@ -306,8 +306,11 @@ def test_op_refuses_non_square_grid_with_a_clear_error():
                                  torch.zeros(2, 12, 4), torch.zeros(8, 1, 3, 3), torch.zeros(8), 2, 0.5)
 
 
-def test_block_forms_choose_the_fastest_correct_candidate():
+def test_block_forms_choose_the_fastest_correct_candidate(monkeypatch, tmp_path):
     from medexport.ops.kernels import block_forms as bf
+
+    monkeypatch.setenv("MEDEXPORT_CACHE_DIR", str(tmp_path))
+    bf._kept.cache_clear()
 
     truth = torch.ones(4)
     speed = {c.name: 1.0 + i for i, c in enumerate(bf.CANDIDATES)}
@@ -339,8 +342,17 @@ def test_block_forms_choose_the_fastest_correct_candidate():
         other = key[:-1] + (16,)
         assert bf.choose(other, run, lambda: truth, capturing=True) == bf.DEFAULT  # no measuring in a capture
         assert other not in bf.measurements()
+        # kept for later processes: a new process recalls the choice without running anything
+        kept = json.loads((tmp_path / "block_forms.json").read_text())
+        assert list(kept.values()) == [chosen.name] and "test-gpu" in next(iter(kept))
+        bf._chosen.pop(key)
+        bf._kept.cache_clear()
+        assert bf.choose(key, run, lambda: truth, capturing=False, timer=timer) == chosen and not ran
+        # fresh measures again
+        assert bf.choose(key, run, lambda: truth, capturing=False, timer=timer, fresh=True) == chosen and ran
     finally:
         bf._chosen.pop(key, None)
+        bf._kept.cache_clear()
     with pytest.raises(ValueError, match="must be one of"):
         with bf.forced_form("fastest"):
             pass

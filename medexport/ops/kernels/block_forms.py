@@ -9,6 +9,10 @@ costs a few hundred milliseconds per shape; warm-up runs (as the PyTorch runner 
 graph) pay it, so graphs and compiled models replay the chosen kernel. During a CUDA-graph capture nothing is
 measured: an unmeasured shape then takes the default fused launch.
 
+Choices are kept in ``block_forms.json`` in medexport's cache folder (:func:`medexport.core.cache.cache_dir`),
+keyed by the GPU, the versions of torch, triton and these kernels, and the shape, so a later process on the same
+machine reuses them instead of measuring again; a folder that cannot be written only means measuring again.
+
 ``MEDEXPORT_BLOCK_FORM`` (``auto``, ``fused``, ``split``, ``reference``) or :func:`forced_form` pin a form, for
 benchmarks that compare them.
 """
@@ -16,14 +20,20 @@ benchmarks that compare them.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from ...core.cache import cache_dir
+from ...core.files import write_json
 from ...errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -87,6 +97,49 @@ def shape_key(qkv: Tensor, pool: Tensor, num_heads: int) -> tuple:
     return (gpu, str(qkv.dtype), qkv.shape[0], num_heads, qkv.shape[1], pool.shape[0], qkv.shape[2] // 3 // num_heads)
 
 
+@functools.cache
+def _code_version() -> str:
+    """torch, triton and a hash of the kernels' source: a kept choice is reused only for the same code."""
+    import triton
+
+    src = (Path(__file__).with_name("triton_block.py").read_bytes() + Path(__file__).read_bytes())
+    return f"torch {torch.__version__} triton {triton.__version__} {hashlib.sha256(src).hexdigest()[:12]}"
+
+
+def _cache_file() -> Path:
+    return cache_dir("block_forms.json")
+
+
+def _key_text(key: tuple) -> str:
+    return " | ".join(map(str, (_code_version(), *key)))
+
+
+@functools.cache
+def _kept() -> dict[str, str]:
+    """Choices kept by earlier processes: key text -> candidate name (empty when there are none or the file is
+    unreadable)."""
+    try:
+        data = json.loads(_cache_file().read_text())
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _keep(key: tuple, cand: Candidate) -> None:
+    kept = _kept()
+    kept[_key_text(key)] = cand.name
+    try:
+        _cache_file().parent.mkdir(parents=True, exist_ok=True)
+        write_json(_cache_file(), dict(sorted(kept.items())))
+    except OSError as e:  # a read-only or full cache folder: the choice is measured again next time
+        log.debug("could not keep the mediator block's choice in %s: %s", _cache_file(), e)
+
+
+def _recalled(key: tuple) -> Candidate | None:
+    name = _kept().get(_key_text(key)) if key[0] != "cpu" else None
+    return next((c for c in CANDIDATES if c.name == name), None)
+
+
 def measurements() -> dict[tuple, tuple[Candidate, dict[str, float | None]]]:
     """What was measured so far in this process: shape key -> (chosen, ms per candidate)."""
     return dict(_chosen)
@@ -104,16 +157,21 @@ def _time_ms(fn: Callable[[], Tensor], reps: int = 10) -> float:
 
 
 def choose(key: tuple, run: Callable[[Candidate], Tensor], reference: Callable[[], Tensor], capturing: bool,
-           timer: Callable[[Callable[[], Tensor]], float] = _time_ms) -> Candidate:
-    """The candidate for ``key``: the pinned form, the one measured before, or the fastest correct one now
-    (``timer`` returns milliseconds per call of the function it is given)."""
+           timer: Callable[[Callable[[], Tensor]], float] = _time_ms, fresh: bool = False) -> Candidate:
+    """The candidate for ``key``: the pinned form, the one measured before (in this process or kept by an earlier
+    one; ``fresh`` measures again), or the fastest correct one now (``timer`` returns milliseconds per call of
+    the function it is given)."""
     form = requested_form()
     if form == "reference":
         return Candidate("reference")
     if form != "auto":
         return next(c for c in CANDIDATES if c.form == form)
-    if key in _chosen:
+    if key in _chosen and not fresh:
         return _chosen[key][0]
+    recalled = None if fresh else _recalled(key)
+    if recalled is not None:
+        _chosen[key] = (recalled, {})
+        return recalled
     if capturing:
         return DEFAULT
     truth = reference().float()
@@ -135,6 +193,8 @@ def choose(key: tuple, run: Callable[[Candidate], Tensor], reference: Callable[[
     timed = [c for c in CANDIDATES if times.get(c.name) is not None]
     best = min(timed, key=lambda c: times[c.name]) if timed else Candidate("reference")
     _chosen[key] = (best, times)
+    if key[0] != "cpu":
+        _keep(key, best)
     log.info("mediator block on %s: %s (%s)", key, best.name,
              ", ".join(f"{k} {v:.3f} ms" if v is not None else f"{k} rejected" for k, v in times.items()))
     return best
