@@ -43,6 +43,10 @@ CASES = {
     "split-fp32-n1-ragged49": (1, 2, 7, (1, 1), 24, "float32", {"form": "split", "block_n": 16, "chunks": 0}),
     "split-fp16-3x5-d72": (1, 2, 9, (3, 5), 72, "float16", {"form": "split", "block_n": 32, "chunks": 2}),
     "split-bf16-4x4-d72": (2, 1, 8, (4, 4), 72, "bfloat16", {"form": "split", "block_n": 16, "chunks": 4}),
+    # head dims as one power-of-two block (64) and as two (40 = 32 + 8 of 16)
+    "fused-fp32-d64": (1, 2, 6, (2, 2), 64, "float32", {"block_n": 16}),
+    "split-fp32-d64": (1, 2, 6, (2, 2), 64, "float32", {"form": "split", "block_n": 16, "chunks": 2}),
+    "fused-fp16-d40": (2, 1, 5, (1, 3), 40, "float16", {"block_n": 16}),
 }
 
 #: id -> what is wrong; each must raise ValueError naming it
@@ -58,7 +62,8 @@ BAD_INPUTS = {
 #: (kernel name, dtype, mediators, block_n, num_warps) compiled for sm_90 in the "compile" worker
 PTX_CASES = [(k, dt, n, bn, w) for k in ("mediator_block_kernel", "block_pool_chunk_kernel",
                                          "block_gather_chunk_kernel", "block_read_kernel")
-             for dt, n, bn, w in (("bfloat16", 16, 64, 4), ("bfloat16", 64, 128, 8), ("float16", 32, 32, 4))]
+             for dt, n, bn, w in (("bfloat16", 16, 64, 4), ("bfloat16", 64, 128, 8), ("float16", 32, 32, 4),
+                                  ("bfloat16", 128, 64, 8))]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -148,12 +153,14 @@ def _worker_compile():
     for kname, dtype, n, bn, warps in PTX_CASES:
         fn = getattr(triton_block, kname)
         elem = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype]
-        constexprs = {"SCALE": 72 ** -0.5, "BLOCK_MED": max(16, n), "BLOCK_D": 128, "BLOCK_N": bn,
-                      "UPCAST_DOTS": False}
+        # d = 72 as 64 + 16, as the launch splits it; n = 128 with d = 64 (no second block)
+        has_e = n != 128
+        constexprs = {"SCALE": 72 ** -0.5, "BLOCK_MED": max(16, n), "BLOCK_D": 64, "BLOCK_E": 16, "HAS_E": has_e,
+                      "BLOCK_W": 80 if has_e else 64, "BLOCK_N": bn, "UPCAST_DOTS": False}
         signature = {}
         for arg in fn.arg_names:
             if arg in constexprs:
-                signature[arg] = "constexpr" if arg in fn.arg_names else None
+                signature[arg] = "constexpr"
             elif arg.startswith("PART_"):
                 signature[arg] = "*fp32"
             elif arg.isupper():
