@@ -54,6 +54,11 @@ class ScheduleError(MedexportError, ValueError):
         self.item, self.part = item, part
 
 
+class InputError(MedexportError, ValueError):
+    """Inputs that a model or engine cannot take (a runner called with a label outside its classes, a tensor of the
+    wrong shape or dtype): every backend refuses them alike, before running."""
+
+
 class SamplingError(MedexportError):
     """Bad sampling settings, or a run that produced non-finite values."""
 

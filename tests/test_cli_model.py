@@ -32,6 +32,17 @@ def test_flops_bad_input_exits_without_traceback():
     assert r.exit_code == 1 and "exceed the 256 tokens" in r.output
 
 
+def test_flops_refuses_0_mediators_and_points_to_the_full_attention_column():
+    """0 is the full-attention twin's count, not a mediator count (as ``build --mediators 0``): no "0 mediators,
+    grid 0x0" row; every row has the full-attention model's GFLOPs beside it."""
+    for value in ("0", "16,0"):
+        r = run("flops", "--mediators", value)
+        assert r.exit_code == 2, r.output
+        assert "--mediators" in r.output and "0 is not a mediator count" in r.output, r.output
+        assert '"full attention GFLOPs"' in r.output and "--attention full" in r.output, r.output
+        assert "0x0" not in r.output and "Traceback" not in r.output
+
+
 def test_info_reports_architecture(tmp_path):
     path = medexport.save_checkpoint(tiny_model(32), tmp_path / "m.pt", form="trainer")
     r = run("info", str(path))

@@ -21,9 +21,13 @@ import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..core.batch import BatchRange
 from ..errors import BackendUnavailableError, ConfigError
+
+if TYPE_CHECKING:
+    from ..core.sampling import ModelShape
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,8 @@ class BuildInputs:
 class RunnerInputs:
     """What a runner is made from: the engine's main file (hash already checked; ``sha256`` again where the
     runner reads the file later and can check the very bytes it uses), its record, and where to run. ``model``
-    makes the PyTorch model of the count (the reference backend runs it)."""
+    makes the PyTorch model of the count (the reference backend runs it); ``shape`` is the model's state and
+    classes, which the runner checks its inputs against."""
 
     mediators: int
     path: Path | None
@@ -96,6 +101,7 @@ class RunnerInputs:
     threads: int | None = None
     shared: object | None = None
     model: Callable[[], object] | None = None
+    shape: ModelShape | None = None
 
 
 @dataclass(frozen=True)

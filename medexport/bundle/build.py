@@ -162,15 +162,13 @@ LOCK = ".build.lock"
 @contextmanager
 def _exclusive(out: Path):
     """Hold the bundle's build lock: two builds writing one bundle would interleave their manifests."""
-    import fcntl
+    from ..core.files import holding_lock
 
     fresh_dir = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK, "a") as lock:  # "a": never truncates or touches what another build holds
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BundleError(f"another medexport build is writing {out}: wait for it to finish") from None
+    with holding_lock(out / LOCK, error=BundleError, busy=lambda holder: (
+            f"another medexport build is writing {out} ({holder} holds {out / LOCK}): wait for it to finish"),
+            fix="remove it, then run the command again"):
         try:
             yield
         except BaseException:
@@ -309,12 +307,17 @@ def build_bundle(sources: list[ModelSource], out: str | Path, settings: BuildSet
                     "--checkpoint N=PATH for trained models.", out)
     first_cfg = next(iter(configs.values()))[0]
     _check_output(out)
+    spec = ExportSpec(opset=settings.opset)
+    if not force:
+        kept = _already_built(out, sources, configs, settings, spec, backend, data, sampling, calibration)
+        if kept is not None:
+            log.info("%s is up to date: nothing to build", out)
+            return BuildReport(out, backend, why, kept, random_weights)
     with _exclusive(out):
         live = _live_files(out)  # what the manifest on disk vouches for: never overwritten in place
         manifest = _open_manifest(out, shared_model_dict(first_cfg), settings, [s.mediators for s in sources], force,
                                   data, sampling)
         _fit_sampling(manifest)
-        spec = ExportSpec(opset=settings.opset)
         reports = []
         progress = _progress() if show_progress else None
         with progress or nullcontext():
@@ -363,14 +366,35 @@ def _calibration_data(settings: BuildSettings, configs: dict) -> dict:
             for n, (cfg, source_hash, _) in configs.items()}
 
 
+def _export_key(source_hash: str, precision: str, spec: ExportSpec, calibration) -> str:
+    """What a count's ONNX graph is made from: its weights, precision, opset, exporter and calibration data."""
+    q = quantization(precision)
+    opset = spec.opset_for(SOURCE_PRECISION if q else precision)
+    return content_key("onnx", source_hash, precision, opset, EXPORT_REVISION, torch.__version__, onnx.__version__,
+                       *(_quant_key(calibration) if q else ()))
+
+
+def _engine_key(backend: str, onnx_art: Artifact, settings: BuildSettings) -> str:
+    """What a count's engine is made from (its backend's :meth:`key_parts`: the graph's hash, settings, versions)."""
+    engine_backend = registry.get(backend)
+    return content_key(*engine_backend.key_parts(onnx_art.sha256, settings, settings.options_for(engine_backend)))
+
+
+def _count_entry(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str, onnx_art: Artifact,
+                 engines: dict) -> dict:
+    """A count's manifest entry, as the build records it."""
+    return {"mediators": src.mediators, "config": cfg.to_dict(),
+            "source": src.describe(source_hash if not src.is_random else None),
+            "onnx": onnx_art.to_dict() | {"bytes": onnx_art.bytes(out)}, "engines": engines}
+
+
 def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str, old: dict,
                  settings: BuildSettings, spec: ExportSpec, backend: str | None, force: bool, report: CountReport,
                  live: set[str], calibration=None) -> dict:
     n, precision = src.mediators, settings.precision
     q = quantization(precision)
     opset = spec.opset_for(SOURCE_PRECISION if q else precision)
-    export_key = content_key("onnx", source_hash, precision, opset, EXPORT_REVISION, torch.__version__,
-                             onnx.__version__, *(_quant_key(calibration) if q else ()))
+    export_key = _export_key(source_hash, precision, spec, calibration)
     onnx_art = Artifact.from_dict(old["onnx"]) if old.get("onnx") else None
     if force or onnx_art is None or not onnx_art.up_to_date(out, export_key):
         model = _load_model(src)
@@ -389,7 +413,7 @@ def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str
     if backend is not None:
         engine_backend = registry.get(backend)
         options = settings.options_for(engine_backend)
-        engine_key = content_key(*engine_backend.key_parts(onnx_art.sha256, settings, options))
+        engine_key = _engine_key(backend, onnx_art, settings)
         kept = Artifact.from_dict(engines[backend]) if backend in engines else None
         if force or kept is None or not kept.up_to_date(out, engine_key):
             stem = f"{count_stem(n)}.{precision}"
@@ -403,8 +427,45 @@ def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str
             report.engines_built.append(backend)
         else:
             report.engines_kept.append(backend)
-    return {"mediators": n, "config": cfg.to_dict(), "source": src.describe(source_hash if not src.is_random else None),
-            "onnx": onnx_art.to_dict() | {"bytes": onnx_art.bytes(out)}, "engines": engines}
+    return _count_entry(out, src, cfg, source_hash, onnx_art, engines)
+
+
+def _already_built(out: Path, sources: list[ModelSource], configs: dict, settings: BuildSettings, spec: ExportSpec,
+                   backend: str | None, data: dict | None, sampling: dict | None, calibration: dict
+                   ) -> list[CountReport] | None:
+    """The counts' reports when ``out`` already holds what this build would leave there (every graph and engine
+    up to date, the manifest the same but for its time stamp); None when anything is to be done.
+
+    Read-only and without the lock: a build with nothing to do writes nothing (not even its lock file), so it works
+    on read-only storage and leaves every time stamp alone. Whatever this decides on was checked by hash, and the
+    manifest is replaced atomically, so a build running meanwhile cannot show it a half-written bundle."""
+    if not (out / MANIFEST).is_file():
+        return None
+    first_cfg = next(iter(configs.values()))[0]
+    before = read_manifest(out)  # a manifest that cannot be read: refused here as under the lock
+    manifest = _open_manifest(out, shared_model_dict(first_cfg), settings, [s.mediators for s in sources], False,
+                              data, sampling)
+    _fit_sampling(manifest)
+    reports = []
+    for src in sorted(sources, key=lambda s: s.mediators):
+        cfg, source_hash, _ = configs[src.mediators]
+        old = manifest["counts"].get(str(src.mediators)) or {}
+        onnx_art = Artifact.from_dict(old["onnx"]) if old.get("onnx") else None
+        if onnx_art is None or not onnx_art.up_to_date(
+                out, _export_key(source_hash, settings.precision, spec, calibration.get(src.mediators))):
+            return None
+        engines = dict(old.get("engines", {}))
+        if backend is not None and (backend not in engines or not Artifact.from_dict(engines[backend]).up_to_date(
+                out, _engine_key(backend, onnx_art, settings))):
+            return None
+        manifest["counts"][str(src.mediators)] = _count_entry(out, src, cfg, source_hash, onnx_art, engines)
+        reports.append(CountReport(src.mediators, engines_kept=[backend] if backend is not None else []))
+    manifest["medexport_version"] = __version__
+
+    def unstamped(m: dict) -> dict:
+        return {k: v for k, v in m.items() if k != "updated"}
+
+    return reports if unstamped(manifest) == unstamped(before) else None
 
 
 def _quant_key(calibration) -> tuple:

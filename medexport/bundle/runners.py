@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..backend import registry
 from ..backend.registry import RunnerInputs
 from ..core.artifact import Artifact
+from ..core.sampling import ModelShape
 from ..errors import BackendUnavailableError
 from .manifest import Bundle
 
@@ -13,18 +14,26 @@ from .manifest import Bundle
 def engine_runner(bundle: Bundle, n: int, backend: str, *, shared=None, device: str | None = None,
                   threads: int | None = None):
     """A runner for the ``backend`` engine of ``n`` mediators, after checking every file's hash (a backend that
-    builds nothing runs the count's PyTorch model)."""
+    builds nothing runs the count's PyTorch model). It checks its inputs against the count's model, whichever
+    backend made it."""
     engine_backend = registry.get(backend)
+    shape = ModelShape.of(bundle.config(n))
     if not engine_backend.builds_engine:
         onnx = bundle.onnx(n)  # the bundle's precision: a backend that compiles the model may run it in it
-        return engine_backend.runner(RunnerInputs(n, None, onnx.precision, onnx.batch, {}, device=device, threads=threads,
-                                                  shared=shared, model=lambda: bundle.torch_model(n)))
-    engine = bundle.engine(n, backend)
-    path = engine.check(bundle.path)
-    single = len(engine.files) == 1  # a runner that rereads one file can check the very bytes it uses
-    return engine_backend.runner(RunnerInputs(n, path, engine.precision, engine.batch, engine.record,
-                                              sha256=engine.sha256 if single else None, device=device,
-                                              threads=threads, shared=shared, model=lambda: bundle.torch_model(n)))
+        runner = engine_backend.runner(RunnerInputs(n, None, onnx.precision, onnx.batch, {}, device=device,
+                                                    threads=threads, shared=shared, model=lambda: bundle.torch_model(n),
+                                                    shape=shape))
+    else:
+        engine = bundle.engine(n, backend)
+        path = engine.check(bundle.path)
+        single = len(engine.files) == 1  # a runner that rereads one file can check the very bytes it uses
+        runner = engine_backend.runner(RunnerInputs(n, path, engine.precision, engine.batch, engine.record,
+                                                    sha256=engine.sha256 if single else None, device=device,
+                                                    threads=threads, shared=shared,
+                                                    model=lambda: bundle.torch_model(n), shape=shape))
+    if getattr(runner, "shape", None) is None:  # a backend (a plug-in's, say) that did not pass it on
+        runner.shape = shape
+    return runner
 
 
 def runnable_here(engine: Artifact, backend: str) -> tuple[bool, str]:

@@ -117,3 +117,15 @@ def parse_int_list(value: str, what: str) -> list[int]:
     if dup:
         raise click.BadParameter(f"{', '.join(map(str, dup))} given more than once", param_hint=what)
     return items
+
+
+def parse_name_list(value: str, what: str, example: str) -> list[str]:
+    """"euler,heun" -> ["euler", "heun"]; a clear error for an empty list or a name given twice (``example``: a
+    valid value, for the message)."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise click.BadParameter(f"{value!r} names nothing: give at least one, e.g. {example}", param_hint=what)
+    dup = sorted({v for v in items if items.count(v) > 1})
+    if dup:
+        raise click.BadParameter(f"{', '.join(dup)} given more than once", param_hint=what)
+    return items

@@ -6,6 +6,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from ..core.config import FULL
 from ..model import DEFAULT_IMAGE_SIZE, MODEL_NAMES, config_from_name, flops_table, read_checkpoint
 from .main import cli, console, parse_int_list, short_help
 
@@ -20,10 +21,14 @@ DEFAULT_MODEL = "SiT-S/2"
 def flops(model_name: str, image_size: int, mediators: str) -> None:
     """GFLOPs per forward for each mediator count next to full self-attention."""
     counts = parse_int_list(mediators, "--mediators")
+    if FULL in counts:  # the full-attention model is every row's baseline column, not a row of its own
+        raise click.BadParameter(f"{FULL} is not a mediator count; the full-attention model (the vanilla twin, "
+                                 f"`medexport build --attention full`) is the table's \"full attention GFLOPs\" "
+                                 f"column, beside every count: drop {FULL} from --mediators", param_hint="--mediators")
     base = config_from_name(model_name, mediators=counts[0], image_size=image_size)
-    rows = flops_table(base, counts)
-    for n in counts:  # validate every count against the token grid
+    for n in counts:  # validate every count against the token grid, before any is costed
         base.with_mediators(n)
+    rows = flops_table(base, counts)
     table = Table(title=f"{model_name} at {image_size}x{image_size} ({base.grid_size}x{base.grid_size} tokens, "
                         f"N={base.num_tokens}): GFLOPs per forward, one sample")
     table.add_column("mediators", justify="right")

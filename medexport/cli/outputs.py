@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..core.files import holding_lock
 from ..errors import MedexportError
 
 LOCK = ".medexport.lock"
@@ -34,12 +34,9 @@ def output_folder(path: Path, kind: str, names: set[str]) -> Iterator[Path]:
             raise MedexportError(f"{path} is not the output of an earlier `medexport {kind}` (no report.json of "
                                  f"one): choose an empty or new --output folder (nothing was written)")
     path.mkdir(parents=True, exist_ok=True)
-    with open(path / LOCK, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise MedexportError(f"another `medexport {kind}` is writing {path}: wait for it or choose another "
-                                 f"--output") from None
+    with holding_lock(path / LOCK, error=MedexportError, busy=lambda holder: (
+            f"another `medexport {kind}` is writing {path} ({holder} holds {path / LOCK}): wait for it or choose "
+            f"another --output")):
         yield path
 
 

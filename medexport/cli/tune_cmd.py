@@ -11,7 +11,7 @@ from rich.table import Table
 from ..core.files import write_json
 from ..errors import MedexportError
 from ..runtime.pipeline import Pipeline
-from .main import cli, console, err_console, parse_int_list, short_help
+from .main import cli, console, err_console, parse_int_list, parse_name_list, short_help
 from .options import sampling_options
 
 
@@ -53,14 +53,16 @@ def tune_cmd(bundle, budget_gflops, budget_ms, budget_fraction, metric, images, 
     from ..tune import check_budget_args, step_grid, tune
 
     budget = check_budget_args(budget_gflops, budget_ms, budget_fraction)
-    if options["steps"] is not None and (search_steps or search_methods):
+    if options["steps"] is not None and (search_steps is not None or search_methods is not None):
         raise MedexportError(f"--steps {options['steps']} fixes the steps, and --search-"
-                             f"{'steps' if search_steps else 'methods'} asks to search them: give one of the two")
-    if options["method"] is not None and search_methods:
+                             f"{'steps' if search_steps is not None else 'methods'} asks to search them: give one of "
+                             f"the two")
+    if options["method"] is not None and search_methods is not None:
         raise MedexportError(f"--method {options['method']} and --search-methods {search_methods} both choose the "
                              f"method: give one of the two")
-    steps_list = parse_int_list(search_steps, "--search-steps") if search_steps else None
-    methods_list = [m.strip() for m in search_methods.split(",") if m.strip()] if search_methods else None
+    steps_list = parse_int_list(search_steps, "--search-steps") if search_steps is not None else None
+    methods_list = parse_name_list(search_methods, "--search-methods", "euler,heun") if search_methods is not None \
+        else None
     sampler = {k: options[k] for k in ("sampler", "method", "steps", "cfg_scale", "cfg_channels")}
     if options["threads"]:
         import torch

@@ -4,16 +4,28 @@ Hashes (:func:`file_sha256`) are remembered per version of a file (path, inode, 
 a run hashes each file once. Writes go to a temporary sibling that is renamed over the target: an interrupted
 write leaves the previous file (or none) and at most a ``*.partial`` file, which the next write replaces. The
 temporary file is created exclusively (a link planted under its name is removed, never followed).
+
+Locks (:func:`take_lock`, :func:`release_lock`): one exclusive ``flock`` per lock file, for every lock medexport
+takes (a bundle's build, a command's output folder, a generate run and its record). The holder writes its process
+id into the file, so that a process that finds the lock taken can say who holds it; a lock is waited for a bounded
+time, never forever, and a lock path that is not a regular file is refused before it is opened.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
+import socket
+import stat
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 _HASHES: dict[tuple, str] = {}
@@ -143,3 +155,115 @@ def replace_folder(complete: str | os.PathLike, target: str | os.PathLike) -> Pa
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Locks
+# ---------------------------------------------------------------------------------------------------------
+_POLL_S = 0.05  # how often a taken lock is tried again while it is waited for
+
+
+def take_lock(path: str | os.PathLike, *, error: type, busy: Callable[[str], str], wait: float = 0.0,
+              fix: str = "remove it, or choose another --output") -> int:
+    """An exclusive ``flock`` on the lock file ``path``: the open descriptor, which holds the lock until
+    :func:`release_lock` (or the process's end) lets it go.
+
+    The file is created if need be. A link, a folder or anything else that is not a regular file under its name is
+    refused before it is opened (``error``, saying to ``fix`` it): never followed, never opened. Once held, the
+    file records the holder (process id and host) for :func:`lock_holder`. While another process holds the lock it
+    is tried again for ``wait`` seconds; then ``error(busy(holder))``, ``holder`` being what :func:`lock_holder`
+    says of it ("process 1234 (medexport generate ...)"): a message, never an endless wait.
+    """
+    import fcntl  # POSIX: imported here so that the rest of this module loads anywhere
+
+    path = Path(path)
+    _refuse_odd_lock(path, error, fix)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:  # something took the name between the check and the open
+        if e.errno in (errno.ELOOP, errno.EISDIR):
+            _refuse_odd_lock(path, error, fix)
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise error(f"{path} is not a regular file (not made by medexport), where medexport keeps a lock: {fix}")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise error(busy(lock_holder(path))) from None
+                time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+        _record_holder(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def release_lock(fd: int | None) -> None:
+    """Let go of a lock taken with :func:`take_lock` (None: none was taken)."""
+    if fd is not None:
+        os.close(fd)
+
+
+@contextmanager
+def holding_lock(path: str | os.PathLike, **kwargs) -> Iterator[int]:
+    """:func:`take_lock` for the duration of a ``with`` block (the same arguments)."""
+    fd = take_lock(path, **kwargs)
+    try:
+        yield fd
+    finally:
+        release_lock(fd)
+
+
+def lock_holder(path: str | os.PathLike) -> str:
+    """Who holds the lock ``path``, as its holder recorded it: "process 1234 (medexport generate ...)", with the
+    host where it is another; "a process that did not record itself" where the file names no live process (a
+    medexport older than the record, or another program)."""
+    try:
+        with open(path, "rb") as f:
+            fields = f.read(256).decode("utf-8", "replace").split()
+        pid, host = int(fields[0]), fields[1] if len(fields) > 1 else ""
+    except (OSError, ValueError, IndexError):
+        return "a process that did not record itself"
+    if host and host != socket.gethostname():
+        return f"process {pid} on host {host}"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:  # the recorded holder is gone: whoever holds the lock now did not record itself
+        return "a process that did not record itself"
+    except PermissionError:  # alive, another user's
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            command = " ".join(f.read(400).replace(b"\0", b" ").decode("utf-8", "replace").split())
+    except OSError:
+        command = ""
+    if len(command) > 80:
+        command = command[:77] + "..."
+    return f"process {pid}" + (f" ({command})" if command else "")
+
+
+def _refuse_odd_lock(path: Path, error: type, fix: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise error(f"{path} is a symbolic link (not made by medexport), where medexport keeps a lock: {fix}")
+    if stat.S_ISDIR(mode):
+        raise error(f"{path} is a folder, not a lock file (not made by medexport): {fix}")
+    if not stat.S_ISREG(mode):
+        raise error(f"{path} is not a regular file (not made by medexport), where medexport keeps a lock: {fix}")
+
+
+def _record_holder(fd: int) -> None:
+    """Write this process's id and host into the lock file it now holds."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    except OSError as e:  # the record only names the holder in others' messages; the lock itself is held
+        log.debug("could not record the holder of a lock: %s", e)

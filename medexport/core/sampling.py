@@ -12,6 +12,7 @@ Hooks see every engine call before it runs (``hook(Evaluation)``): what calibrat
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..errors import SamplingError
 from .arrays import Arrays
-from .request import INITIAL, SDE_COND, SDE_UNCOND, RowNoise, SampleRequest
+from .request import INITIAL, MAX_IMAGES, SDE_COND, SDE_UNCOND, RowNoise, SampleRequest
 from .samplers import Run, get as get_sampler
 from .schedule import FixedSchedule, Schedule
 from .schedule_text import parse_schedule
@@ -154,10 +155,31 @@ def check_labels(labels: Sequence[int], num_classes: int) -> None:
 WARMUP_CALLS = 2
 
 
+#: The largest engine batch a request makes: its most images, doubled by guidance.
+MAX_ENGINE_BATCH = 2 * MAX_IMAGES
+
+
+def check_batches(batches: object) -> list[int]:
+    """``batches`` of :func:`warmup` as a list; SamplingError naming ``batches`` for anything but a non-empty list
+    of batch sizes in 1..:data:`MAX_ENGINE_BATCH` (larger than an engine's range is fine: it is run in chunks, as
+    a request of that size would be)."""
+    if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence):
+        raise SamplingError(f"batches must be a list of batch sizes (e.g. [1, 8]), got {batches!r}")
+    bad = [b for b in batches if isinstance(b, bool) or not isinstance(b, numbers.Integral)
+           or not 1 <= b <= MAX_ENGINE_BATCH]
+    if bad or not batches:
+        raise SamplingError(f"batches takes engine batch sizes in 1..{MAX_ENGINE_BATCH} (images, doubled with "
+                            f"guidance), got {bad[:5] if bad else 'an empty list'}: give e.g. batches=[1, 8], or a "
+                            f"request to warm up at the sizes it will use")
+    return [int(b) for b in batches]
+
+
 def warmup(forwards: Mapping[int, Forward], *, xp: Arrays, shape: ModelShape, batches: Sequence[int]) -> dict:
     """Open and run every engine :data:`WARMUP_CALLS` times at each batch size in ``batches`` (guidance doubling
     included), so that no step of a run, the first after a switch included, pays for a session's creation, its
-    first allocations or its memory planning. Returns {count: seconds}."""
+    first allocations or its memory planning. Returns {count: seconds}; SamplingError, before any engine runs,
+    for batch sizes that are not (:func:`check_batches`)."""
+    batches = check_batches(batches)
     seconds = {}
     for n, forward in sorted(forwards.items()):
         start = time.perf_counter()
@@ -169,8 +191,18 @@ def warmup(forwards: Mapping[int, Forward], *, xp: Arrays, shape: ModelShape, ba
     return seconds
 
 
-def warmup_batches(request: SampleRequest, defaults: SamplingSettings | None) -> list[int]:
-    """The batch sizes a request's engine calls have: its images, doubled with guidance."""
+def warmup_batches(request: SampleRequest | None, defaults: SamplingSettings | None,
+                   batches: Sequence[int] | None = None) -> list[int]:
+    """The batch sizes to warm up at: ``batches`` as given, else those a request's engine calls have (its images,
+    doubled with guidance), else 1; SamplingError for both or for a request that is not one."""
+    if request is not None and batches is not None:
+        raise SamplingError("give a request or batches to warm up at, not both")
+    if batches is not None:
+        return check_batches(batches)
+    if request is None:
+        return [1]
+    if not isinstance(request, SampleRequest):
+        raise SamplingError(f"expected a SampleRequest to warm up for, got {type(request).__name__}")
     guided = request.settings.over(defaults).resolved().guided
     return [len(request.labels) * (2 if guided else 1)]
 

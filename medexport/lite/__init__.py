@@ -94,7 +94,7 @@ class LitePipeline:
 
     def warmup(self, request: SampleRequest | None = None, *, batches: list[int] | None = None) -> dict[int, float]:
         """Run every engine once before sampling, as :meth:`medexport.Pipeline.warmup`."""
-        sizes = batches or (warmup_batches(request, self.defaults) if request is not None else [1])
+        sizes = warmup_batches(request, self.defaults, batches)
         return warmup(self.forwards, xp=NUMPY, shape=self.shape, batches=sizes)
 
     def sample(self, labels, *, noise: np.ndarray | None = None, seed: int | None = None,

@@ -8,7 +8,8 @@ with the same settings skips finished blocks, so a killed rank costs only its un
 (``generate.json``) vouches for each finished shard by its sha256: a re-run samples again any shard that does not
 match (edited, or copied in from another run), and the gather merges vouched shards only. Rank 0 holds an
 exclusive lock on the run folder (``generate.lock``) for the whole run, so a second run into the same folder is
-refused while the first one is writing. When every block is there, rank 0 gathers them into the file the ADM
+refused while the first one is writing; a rank waits a bounded time for the record's lock (``shards/record.lock``),
+and a lock that another process holds is refused with that process named, never waited for without end. When every block is there, rank 0 gathers them into the file the ADM
 FID evaluator reads (``samples_NxHxWxC.npz``, uint8 NHWC ``arr_0``; the labels as ``labels``) and writes
 ``report.json``. A latent model without ``--vae`` gets its latents instead (float32 NCHW ``arr_0``), which need
 decoding before any FID.
@@ -19,21 +20,19 @@ were all given the same settings, and meet at a barrier before the gather.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import io
 import json
 import logging
 import os
-import stat
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..core.files import bytes_sha256, file_sha256, replacing, write_json
+from ..core.files import bytes_sha256, file_sha256, release_lock, replacing, take_lock, write_json
 from ..errors import MedexportError, SamplingError
 from ..core.request import SampleRequest, image_seed
 
@@ -43,6 +42,10 @@ RUN = "generate.json"
 SHARDS = "shards"
 LOCK = "generate.lock"  # held by rank 0 for the whole run: one run per folder at a time
 RECORD_LOCK = "record.lock"  # in shards/: held by a rank while it adds a finished shard to the record
+#: Seconds a rank waits for the record's lock before it says who holds it. The ranks of one run hold it for one
+#: small JSON write each; a claim, made before any rank writes, waits only for an earlier run's last write.
+RECORD_LOCK_WAIT = 60.0
+CLAIM_RECORD_LOCK_WAIT = 3.0
 LABEL_STREAM = 3  # image_seed stream of the labels (0-2: the image's noise)
 
 
@@ -148,33 +151,10 @@ def _manifest_sha(bundle: Path) -> str:
     return file_sha256(Path(bundle) / "manifest.json")
 
 
-def _lock(path: Path, *, wait: bool) -> int | None:
-    """An exclusive ``flock`` on ``path`` (created if need be, never through a link): the open descriptor, which
-    holds the lock until it is closed, or None when another process holds it and ``wait`` is False."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise GenerateError(f"{path} is a symbolic link (not made by medexport): remove it, or choose another "
-                                f"--output") from None
-        raise
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise GenerateError(f"{path} is not a regular file (not made by medexport): remove it, or choose "
-                                f"another --output")
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _unlock(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)
+def _busy_record(path: Path, waited: float) -> Callable[[str], str]:
+    return lambda holder: (f"{path} has been held for {waited:g} s by {holder}, and this run cannot add its shards "
+                           f"to the record while it is: if that is a stuck rank of an earlier run, end it, then run "
+                           f"this command again (the finished shards are kept)")
 
 
 def _read_record(out: Path) -> dict | None:
@@ -209,7 +189,7 @@ def _open_run(out: Path, spec: GenerateSpec, key: str, dist: Dist) -> int | None
             error = str(e)
     verdict = dist.gather(error)[0]
     if verdict is not None:
-        _unlock(lock)
+        release_lock(lock)
         raise GenerateError(verdict)
     return lock
 
@@ -223,12 +203,16 @@ def _claim(out: Path, spec: GenerateSpec, key: str) -> int:
         raise GenerateError(f"{out} exists and is not a `medexport generate` folder: choose an empty or new --output "
                             f"(nothing was written)")
     out.mkdir(parents=True, exist_ok=True)
-    lock = _lock(out / LOCK, wait=False)
-    if lock is None:
-        raise GenerateError(f"another `medexport generate` run is writing into {out} (it holds {out / LOCK}): wait "
-                            f"for it to finish (then run this command again to check and resume it), or choose "
-                            f"another --output")
+    lock = take_lock(out / LOCK, error=GenerateError, busy=lambda holder: (
+        f"another `medexport generate` run is writing into {out} ({holder} holds {out / LOCK}): wait for it to "
+        f"finish (then run this command again to check and resume it), or choose another --output"))
     try:
+        record_lock = out / SHARDS / RECORD_LOCK
+        if (out / SHARDS).is_dir() and (record_lock.exists() or record_lock.is_symlink()):
+            # a rank of an earlier run that outlived its rank 0 may still hold it: found now, before any sampling,
+            # not after the first shard (its lock is free for the run's own ranks: they start after the claim)
+            release_lock(take_lock(record_lock, error=GenerateError, wait=CLAIM_RECORD_LOCK_WAIT,
+                                   busy=_busy_record(record_lock, CLAIM_RECORD_LOCK_WAIT)))
         old = _read_record(out)  # read under the lock: no other run changes it now
         if old is not None and old.get("key") != key:
             spec_old = old.get("spec", {})
@@ -241,14 +225,15 @@ def _claim(out: Path, spec: GenerateSpec, key: str) -> int:
             write_json(out / RUN, {"kind": "medexport-generate", "key": key, "spec": asdict(spec), "shards": {}},
                        durable=True)
     except BaseException:
-        _unlock(lock)
+        release_lock(lock)
         raise
     return lock
 
 
 def _vouch(out: Path, key: str, name: str, sha: str) -> None:
     """Add a finished shard's sha256 to the run's record (ranks take turns through the record's lock)."""
-    lock = _lock(out / SHARDS / RECORD_LOCK, wait=True)
+    path = out / SHARDS / RECORD_LOCK
+    lock = take_lock(path, error=GenerateError, wait=RECORD_LOCK_WAIT, busy=_busy_record(path, RECORD_LOCK_WAIT))
     try:
         record = _read_record(out)
         if record is None or record.get("key") != key:
@@ -257,7 +242,7 @@ def _vouch(out: Path, key: str, name: str, sha: str) -> None:
         record.setdefault("shards", {})[name] = sha
         write_json(out / RUN, record)
     finally:
-        _unlock(lock)
+        release_lock(lock)
 
 
 def _shard(out: Path, block: int) -> Path:
@@ -355,7 +340,7 @@ def generate(bundle: str | os.PathLike, out: str | os.PathLike, spec: GenerateSp
             return None
         return _gather(out, spec, reports, pipe, dist.world)
     finally:
-        _unlock(lock)
+        release_lock(lock)
         dist.close()
 
 

@@ -152,9 +152,10 @@ class Pipeline:
 
     def warmup(self, request: SampleRequest | None = None, *, batches: list[int] | None = None) -> dict[int, float]:
         """Open and run every engine once before sampling (at the batch sizes ``request`` will use, or
-        ``batches``; default 1), so that the steps after a switch are as fast as the others. Returns
-        {count: seconds}; a later run reports its sampling time without it."""
-        sizes = batches or (warmup_batches(request, self.defaults) if request is not None else [1])
+        ``batches``, engine batch sizes counting the guidance doubling; default 1), so that the steps after a
+        switch are as fast as the others. Returns {count: seconds}; a later run reports its sampling time without
+        it. SamplingError, before any engine runs, for batch sizes that are not (0, negative, not integers)."""
+        sizes = warmup_batches(request, self.defaults, batches)
         seconds = warmup(self.runners, xp=self.arrays, shape=ModelShape.of(self.config), batches=sizes)
         if self.device.type == "cuda":
             torch.cuda.synchronize()

@@ -328,6 +328,9 @@ def tune(pipe, sampling: SamplingSettings, budget: Budget, *, metric: str = "tra
     ``sampling``'s steps only, a fraction budget of the largest static schedule's cost there.
     """
     t_start = time.perf_counter()
+    if search is not None and not search:  # "search nothing" would silently become "no step search"
+        raise TuneError("search lists no (method, steps) pair: give some (step_grid makes them), or None to tune "
+                        "the schedule at the given steps only")
     counts = sorted(pipe.counts)
     if len(counts) < 2:
         raise TuneError(f"the bundle has one mediator count ({counts[0]}): there is no schedule to tune. Build "
@@ -448,6 +451,9 @@ def step_grid(sampling: SamplingSettings, steps: list[int] | None = None, method
 
     base = sampling.resolved()
     fixed = [m for m in METHODS[base.sampler] if m != "dopri5"]
+    if methods is not None and not methods:  # an empty list would search no (method, steps) pair at all
+        raise TuneError(f"--search-methods names no method: give at least one of the {base.sampler} sampler's "
+                        f"({', '.join(fixed)}), or leave it out for the default")
     if methods is None:  # dopri5 (the ODE's default) chooses its own steps: then Euler and Heun
         methods = ([base.method] if base.method in fixed else ["euler"]) + (
             ["heun"] if base.method in ("euler", "dopri5") and "heun" in fixed else [])

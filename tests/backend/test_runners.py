@@ -37,6 +37,45 @@ def test_all_backends_agree(tiny_bundle, tiny_checkpoints, n, batch):
         assert rel < 1e-4, f"{runner.backend}: relative error {rel:.2e}"
 
 
+def bundle_runners(bundle, checkpoint, n):
+    """Every backend that runs here, as the API hands its runners out (and the reference made by hand)."""
+    from medexport.bundle import Bundle, engine_runner
+
+    yield TorchRunner(medexport.load_checkpoint(checkpoint))
+    for backend in ("onnxruntime", "torch", *(("tensorrt",) if TRT_OK and "tensorrt" in Bundle(bundle).backends(n)
+                                               else ())):
+        yield engine_runner(Bundle(bundle), n, backend)
+
+
+def test_every_backend_refuses_bad_inputs_alike(tiny_bundle, tiny_checkpoints):
+    """Label -1 once ran on ONNX Runtime (its Gather read the null class's row) and raised an IndexError in
+    PyTorch: every runner now refuses it, and any input no model can take, with one error and one message."""
+    from medexport.errors import InputError
+
+    x, t, _ = model_inputs(TINY, batch=2)
+    null = TINY.num_classes  # the unconditional label guidance passes: legitimate
+    outside = (r"labels \[-1\] are outside 0\.\.10 \(classes 0\.\.9, and 10, the null class that guidance "
+               r"passes\)")
+    cases = [((x, t, torch.tensor([3, -1])), outside),
+             ((x, t, torch.tensor([null + 1, 2])), r"labels \[11\] are outside 0\.\.10"),
+             ((x[:, :, :8, :8], t, torch.tensor([1, 2])), r"x must be \(B, 4, 16, 16\), got \(2, 4, 8, 8\)"),
+             ((x, t[:1], torch.tensor([1, 2])), r"t must be \(2,\), one per sample of x, got \(1,\)"),
+             ((x, t, torch.tensor([1.0, 2.0])), r"y must be integer class labels \(int64\), got torch.float32"),
+             ((x.long(), t, torch.tensor([1, 2])), r"x must be floating point \(float32\), got torch.int64"),
+             ((x.numpy(), t, torch.tensor([1, 2])), r"x must be a torch tensor, got ndarray"),
+             ((x[:0], t[:0], torch.tensor([], dtype=torch.long)), r"x holds no samples")]
+    for runner in bundle_runners(tiny_bundle, tiny_checkpoints[16], 16):
+        with runner:
+            for args, message in cases:
+                with pytest.raises(InputError, match=rf"^the {runner.backend}:16 runner: {message}"):
+                    runner(*args)
+            y = torch.tensor([null, 0])
+            assert runner(x, t, y).shape == x.shape  # the null class runs
+            y[0] = -1  # the same labels, changed in place: checked again
+            with pytest.raises(InputError, match=outside):
+                runner(x, t, y)
+
+
 def test_batch_range_parse_and_chunks():
     r = BatchRange.parse("2:4:8")
     assert (r.min, r.opt, r.max) == (2, 4, 8) and str(r) == "2:4:8"

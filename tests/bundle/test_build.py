@@ -218,6 +218,40 @@ def test_concurrent_build_into_one_bundle_is_refused(tiny_bundle, tiny_checkpoin
     assert (bundle / MANIFEST).read_text() == manifest_before
 
 
+def test_an_up_to_date_bundle_builds_on_read_only_storage(tiny_bundle, tiny_checkpoints, tmp_path, monkeypatch):
+    """Checking that nothing needs rebuilding takes no lock and writes nothing (it was refused for want of
+    ``.build.lock``), so it works where the bundle cannot be written; a read-only mount is stood in for by failing
+    every write the build could make, as that mount fails them."""
+    import errno
+
+    from click.testing import CliRunner
+
+    from medexport.cli import cli
+
+    bundle = copy_bundle(tiny_bundle, tmp_path / "b")
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in bundle.iterdir()}
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(bundle / build_module.LOCK))
+
+    monkeypatch.setattr(build_module, "_exclusive", read_only)
+    monkeypatch.setattr(build_module, "write_json_atomic", read_only)
+    report = build_bundle(sources(tiny_checkpoints), bundle, SETTINGS, show_progress=False)
+    assert [(r.exported, r.engines_built, r.engines_kept) for r in report.counts] == [(False, [], ["onnxruntime"])] * 3
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in bundle.iterdir()} == before  # nothing written
+    args = ["build", *(f"--checkpoint={n}={p}" for n, p in tiny_checkpoints.items()), "--backend", "onnxruntime",
+            "--batch", "1:2:4", "-o", str(bundle)]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0 and "up to date" in r.output and "Traceback" not in r.output, r.output
+    # with work to do (a new checkpoint), the read-only folder is named
+    other = medexport.save_checkpoint(tiny_model(32, seed=99), tmp_path / "new32.pt")
+    r = CliRunner().invoke(cli, [a if not a.startswith("--checkpoint=32=") else f"--checkpoint=32={other}"
+                                 for a in args])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert f"{bundle / build_module.LOCK} is on a read-only file system: choose another --output" in r.output
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in bundle.iterdir()} == before
+
+
 def test_output_that_is_a_file_is_refused(tiny_checkpoints, tmp_path):
     target = tmp_path / "bundle.txt"
     target.write_text("not a folder")

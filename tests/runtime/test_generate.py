@@ -210,6 +210,7 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_holds_it(t
         fcntl.flock(held, fcntl.LOCK_EX)
         r = run("generate", tiny_bundle, "-o", out, *ARGS)
         assert r.exit_code == 1 and "another `medexport generate` run is writing into" in r.output, r.output
+        assert f"process {os.getpid()} (" in r.output, r.output  # who holds it: this test, by the earlier run's record
         assert "wait for it to finish" in r.output and "Traceback" not in r.output
         r = run("generate", tiny_bundle, "-o", tmp_path / "new", *ARGS)  # a new folder is not affected
         assert r.exit_code == 0, r.output
@@ -222,6 +223,63 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_holds_it(t
     r = run("generate", tiny_bundle, "-o", out, *ARGS)
     assert r.exit_code == 1 and "generate.lock is a symbolic link" in r.output, r.output
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_lock_path_that_is_not_a_file_is_refused_before_it_is_opened(tiny_bundle, tmp_path):
+    """``generate.lock`` (or ``shards/record.lock``) as a folder was an IsADirectoryError traceback: the open came
+    before the "not a regular file" check."""
+    out = tmp_path / "run"
+    (out / "generate.lock").mkdir(parents=True)
+    r = run("generate", tiny_bundle, "-o", out, *ARGS)
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert f"{out / 'generate.lock'} is a folder, not a lock file (not made by medexport): remove it, or choose " \
+           f"another --output" in r.output, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["generate.lock"]  # nothing written
+    (out / "generate.lock").rmdir()
+    (out / "shards" / "record.lock").mkdir(parents=True)
+    r = run("generate", tiny_bundle, "-o", out, *ARGS)
+    assert r.exit_code == 1 and f"{out / 'shards' / 'record.lock'} is a folder, not a lock file" in r.output, r.output
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["record.lock"]  # no shard sampled
+
+
+_HOLD_LOCK = """
+import sys, time
+from medexport.core.files import take_lock
+take_lock(sys.argv[1], error=RuntimeError, busy=str)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_record_lock_held_by_a_live_process_is_named_not_waited_for(tiny_bundle, tmp_path, monkeypatch):
+    """A stuck rank of an earlier run that still holds ``shards/record.lock`` once made a new run write one shard
+    and then wait forever without a word. Now the run says, within seconds and before sampling, which lock and
+    which process, and what to do; nothing is sampled."""
+    from medexport.runtime import generate as generate_module
+
+    monkeypatch.setattr(generate_module, "CLAIM_RECORD_LOCK_WAIT", 0.5)
+    out = tmp_path / "run"
+    (out / "shards").mkdir(parents=True)
+    lock = out / "shards" / "record.lock"
+    # the earlier run's rank; it lets go after 30 s, so that the old code's endless wait ends in a failure
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(lock), "30"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = run("generate", tiny_bundle, "-o", out, *ARGS)
+        assert holder.poll() is None, "the holder ended before the run was refused"
+        # a rank adding its shard (after the claim) waits a bounded time too, then says the same
+        monkeypatch.setattr(generate_module, "RECORD_LOCK_WAIT", 0.3)
+        with pytest.raises(generate_module.GenerateError, match=rf"held for 0.3 s by process {holder.pid} \("):
+            generate_module._vouch(out, "key", "block-000000.npz", "sha")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert f"{lock} has been held for 0.5 s by process {holder.pid} (" in r.output, r.output
+    assert "end it" in r.output and "run this command again" in r.output, r.output
+    assert [p.name for p in (out / "shards").iterdir()] == ["record.lock"]  # no shard sampled
+    r = run("generate", tiny_bundle, "-o", out, *ARGS)  # its holder gone, the lock is free: the run goes on
+    assert r.exit_code == 0, r.output
 
 
 def test_two_runs_into_one_folder_at_once(tiny_bundle, tmp_path):

@@ -241,3 +241,25 @@ def test_warmup_runs_each_engine_twice_per_batch():
     warmup({4: forward(4), 16: forward(16)}, xp=NUMPY, shape=ModelShape(1, 8, 10), batches=[6, 2, 6])
     assert WARMUP_CALLS == 2
     assert sorted(calls) == sorted([(n, b) for n in (4, 16) for b in (2, 6) for _ in range(WARMUP_CALLS)])
+
+
+def test_warmup_refuses_batches_that_are_not_batch_sizes(tiny_bundle):
+    """``warmup(batches=[-2])`` once died in numpy ("negative dimensions are not allowed"); every bad value is now
+    a SamplingError naming ``batches``, before any engine runs or opens."""
+    from medexport.core.request import SampleRequest
+    from medexport.lite import LitePipeline
+
+    pipe = Pipeline.from_bundle(tiny_bundle, backend="onnxruntime", threads=1)
+    lite = LitePipeline.from_bundle(tiny_bundle, threads=1)
+    for bad, message in (([-2], r"got \[-2\]"), ([4, 0], r"got \[0\]"), ([1.5], r"got \[1.5\]"),
+                         ([True], r"got \[True\]"), ([], "got an empty list"), ([1 << 22], r"got \[4194304\]"),
+                         (4, "must be a list of batch sizes"), ("8", "must be a list of batch sizes")):
+        for p in (pipe, lite):
+            with pytest.raises(SamplingError, match=rf"^batches .*{message}"):
+                p.warmup(batches=bad)
+    with pytest.raises(SamplingError, match="a request or batches to warm up at, not both"):
+        pipe.warmup(SampleRequest([1]), batches=[2])
+    with pytest.raises(SamplingError, match="expected a SampleRequest to warm up for, got list"):
+        pipe.warmup([1, 2])
+    assert all(r.session is None for r in pipe.runners.values())  # refused before any engine was opened
+    assert sorted(pipe.warmup(batches=(1, 3))) == pipe.counts  # a tuple of sizes is fine

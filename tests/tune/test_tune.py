@@ -203,6 +203,29 @@ def test_the_step_grid():
         step_grid(ode, methods=["dopri5"])
     with pytest.raises(TuneError, match="step counts in 2..100000"):
         step_grid(ode, [1, 5])
+    with pytest.raises(TuneError, match="--search-methods names no method: give at least one of the ode sampler's"):
+        step_grid(ode, [4, 6], [])  # not "no step search": an empty list searched nothing
+
+
+def test_an_empty_search_is_refused_before_any_work(tmp_path, monkeypatch):
+    """``--search-methods ,`` once dropped the step search without a word (exit 0, --search-steps ignored)."""
+    import medexport.cli.tune_cmd as tune_cmd
+
+    monkeypatch.setattr(tune_cmd.Pipeline, "from_bundle", lambda *a, **k: pytest.fail("the bundle was opened"))
+    report = tmp_path / "tune.json"
+    base = ["tune", str(tmp_path / "bundle"), "--budget-fraction", "0.9", "--report", str(report)]
+    for extra, message in ((["--search-steps", "4,6", "--search-methods", ","], "',' names nothing: give at least "
+                                                                                 "one, e.g. euler,heun"),
+                           (["--search-methods", ""], "'' names nothing"),
+                           (["--search-methods", "euler,,euler"], "euler given more than once"),
+                           (["--search-steps", ","], "give at least one value"),
+                           (["--steps", "5", "--search-methods", ""], "--steps 5 fixes the steps")):
+        r = CliRunner().invoke(cli, [*base, *extra])
+        assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, (extra, r.output)
+        assert "--search-methods" in r.output or "--search-steps" in r.output, (extra, r.output)
+    assert not report.exists()
+    with pytest.raises(TuneError, match="search lists no"):  # the API: an empty search is not "no search"
+        tune(None, SAMPLING, Budget("fraction", 0.9), search=[])
 
 
 def test_the_cli_searches_steps_unless_given(tiny_bundle, tmp_path):

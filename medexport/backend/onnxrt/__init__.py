@@ -70,7 +70,8 @@ class OnnxRuntimeBackend(EngineBackend):
         from .runner import OnnxrtRunner
 
         return OnnxrtRunner(inputs.path, inputs.mediators, precision=inputs.precision, batch_range=inputs.batch,
-                            providers=default_providers(inputs.device), threads=inputs.threads, sha256=inputs.sha256)
+                            providers=default_providers(inputs.device), threads=inputs.threads, sha256=inputs.sha256,
+                            shape=inputs.shape)
 
 
 def __getattr__(name: str):

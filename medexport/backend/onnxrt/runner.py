@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ...core.batch import BatchRange
+from ...core.sampling import ModelShape
 from ..base import Runner
 from .session import default_providers, engine_session
 
@@ -24,12 +25,13 @@ class OnnxrtRunner(Runner):
 
     def __init__(self, path: str | os.PathLike, mediators: int, *, precision: str = "fp32",
                  batch_range: BatchRange | None = None, providers: list[str] | None = None,
-                 threads: int | None = None, sha256: str | None = None):
+                 threads: int | None = None, sha256: str | None = None, shape: ModelShape | None = None):
         """``sha256``: the hash the file must have when the session is made; the session is then made from the
-        very bytes that were hashed, so a file swapped after the bundle was opened never runs."""
+        very bytes that were hashed, so a file swapped after the bundle was opened never runs. ``shape``: the
+        model's state and classes, which inputs are checked against (:class:`~medexport.backend.base.Runner`)."""
         self.providers = providers or default_providers()
         device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
-        super().__init__(mediators, precision=precision, device=device, batch_range=batch_range)
+        super().__init__(mediators, precision=precision, device=device, batch_range=batch_range, shape=shape)
         self.path, self.threads, self.sha256 = Path(path), threads, sha256
         self.session = None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...core.sampling import ModelShape
 from ...model import MediatorDiT
 from ...model.engine_graph import TORCH_DTYPES, EngineGraph
 from ..base import Runner
@@ -24,7 +25,8 @@ class TorchRunner(Runner):
     backend = "torch"
 
     def __init__(self, model: MediatorDiT, *, device: str = "cpu", precision: str = "fp32", cuda_graph: bool = False):
-        super().__init__(model.config.mediators, precision=precision, device=str(device))
+        super().__init__(model.config.mediators, precision=precision, device=str(device),
+                         shape=ModelShape.of(model.config))
         self.model = model.cast(TORCH_DTYPES[precision], device).eval()
         self.model.refresh_constants()
         self.graph = EngineGraph(self.model, TORCH_DTYPES[precision])

@@ -61,7 +61,8 @@ class TensorRTBackend(EngineBackend):
         from .engine import TrtRunner
 
         return TrtRunner(inputs.path, inputs.mediators, precision=inputs.precision, batch_range=inputs.batch,
-                         shared_memory=inputs.shared, recorded_hardware=inputs.record.get("hardware"))
+                         shared_memory=inputs.shared, recorded_hardware=inputs.record.get("hardware"),
+                         shape=inputs.shape)
 
     def shared_state(self) -> object | None:
         from .engine import SharedActivationMemory

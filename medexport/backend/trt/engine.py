@@ -17,6 +17,7 @@ from torch import Tensor
 from ...core.files import replacing
 from ...errors import BackendUnavailableError, BundleError
 from ...core.batch import BatchRange
+from ...core.sampling import ModelShape
 from ..base import Runner
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,9 @@ class TrtRunner(Runner):
     backend = "tensorrt"
 
     def __init__(self, plan_path: str | os.PathLike, mediators: int, *, precision: str, batch_range: BatchRange,
-                 shared_memory: SharedActivationMemory | None = None, recorded_hardware: dict | None = None):
-        super().__init__(mediators, precision=precision, device="cuda", batch_range=batch_range)
+                 shared_memory: SharedActivationMemory | None = None, recorded_hardware: dict | None = None,
+                 shape: ModelShape | None = None):
+        super().__init__(mediators, precision=precision, device="cuda", batch_range=batch_range, shape=shape)
         self.plan_path = Path(plan_path)
         self.shared = shared_memory or SharedActivationMemory()
         self.recorded_hardware = recorded_hardware or {}
