@@ -73,25 +73,10 @@ def parse_args() -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------------------
 # The block table
 # ---------------------------------------------------------------------------------------------------------
-def mediator_grid(n: int) -> tuple[int, int]:
-    """The most square rows x cols = n (the model's own choice for a count)."""
-    rows = max(r for r in range(1, int(n ** 0.5) + 1) if n % r == 0)
-    return rows, n // rows
-
-
 def block_operands(B: int, N: int, n: int, H: int, d: int, dtype: torch.dtype, device: str) -> tuple:
-    """Seeded random qkv (B, N, 3 D), the pooling matrix, biases and conv weights of one mediator block."""
-    from medexport.model.mediator_dit import pooling_matrix
+    from medexport.ops.kernels.triton_block import example_operands
 
-    g = torch.Generator(device=device).manual_seed(0)
-    D, G = H * d, int(round(N ** 0.5))
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, device=device) * scale).to(dtype)
-
-    return (rnd(B, N, 3 * D), pooling_matrix(G, *mediator_grid(n)).to(device=device, dtype=dtype),
-            rnd(H, n, N, scale=0.5), rnd(H, N, n, scale=0.5), rnd(D, 1, 3, 3, scale=0.2), rnd(D, scale=0.1),
-            H, d ** -0.5)
+    return example_operands(B, N, n, H, d, dtype, device)
 
 
 def vanilla_between_projections(qkv: torch.Tensor, H: int) -> torch.Tensor:

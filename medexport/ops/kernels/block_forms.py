@@ -200,5 +200,26 @@ def choose(key: tuple, run: Callable[[Candidate], Tensor], reference: Callable[[
     return best
 
 
+def precompile(tokens: int, mediators: int, heads: int, head_dim: int, dtype: torch.dtype,
+               device: str | torch.device = "cuda") -> list[str]:
+    """Compile every kernel launch the op may measure for this shape (Triton keeps them in its disk cache, so a
+    later process only loads them), by running each once on random operands of batch 1; returns the candidates
+    that failed, with why. The kernels are specialised on the shape's sizes, not on the batch."""
+    from . import triton_block
+
+    ins = triton_block.example_operands(1, tokens, mediators, heads, head_dim, dtype, device)
+    failed = []
+    for cand in CANDIDATES:
+        if cand.form == "reference":
+            continue
+        try:
+            triton_block.triton_mediator_block(*ins, form=cand.form, **cand.launch)
+        except Exception as e:  # reported, not fatal: choose() skips such a launch too
+            failed.append(f"{cand.name}: {type(e).__name__}: {str(e)[:200]}")
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return failed
+
+
 __all__ = ["CANDIDATES", "CHOICES", "Candidate", "DEFAULT", "ENV", "choose", "forced_form", "measurements",
-           "requested_form", "shape_key"]
+           "precompile", "requested_form", "shape_key"]

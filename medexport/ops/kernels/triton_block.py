@@ -416,4 +416,22 @@ def triton_mediator_block(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: T
     return o
 
 
-__all__ = ["FORMS", "MAX_HEAD_DIM", "check_supported", "head_dim_blocks", "triton_mediator_block"]
+def example_operands(batch: int, tokens: int, mediators: int, heads: int, head_dim: int, dtype: torch.dtype,
+                     device: str | torch.device, seed: int = 0) -> tuple:
+    """Seeded random operands of one mediator block (qkv, pool, biases, conv weights, heads, scale), for
+    benchmarks and for compiling the kernels ahead of use; the mediator grid is the most square one."""
+    from ...model.mediator_dit import pooling_matrix
+
+    rows = max(r for r in range(1, int(mediators ** 0.5) + 1) if mediators % r == 0)
+    g = torch.Generator(device=device).manual_seed(seed)
+    D, G = heads * head_dim, grid_side(tokens)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, device=device) * scale).to(dtype)
+
+    return (rnd(batch, tokens, 3 * D), pooling_matrix(G, rows, mediators // rows).to(device=device, dtype=dtype),
+            rnd(heads, mediators, tokens, scale=0.5), rnd(heads, tokens, mediators, scale=0.5),
+            rnd(D, 1, 3, 3, scale=0.2), rnd(D, scale=0.1), heads, head_dim ** -0.5)
+
+
+__all__ = ["FORMS", "MAX_HEAD_DIM", "example_operands", "check_supported", "head_dim_blocks", "triton_mediator_block"]
