@@ -1,5 +1,6 @@
 """The benchmark scripts' own arithmetic: the trade-off benchmark's merge of per-seed runs (its statistics, its
-refusals) and its table and plot."""
+refusals) and its table and plot; the GPU table's script and the GPU checks, run on the CPU so that they never
+rot (the whole of ``gpu_checks.sh --cpu-smoke`` runs in CI, after the tests)."""
 
 import importlib.util
 import json
@@ -85,3 +86,62 @@ def test_tradeoff_merge_refuses_runs_that_do_not_belong_together(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_demo_tradeoff.py"), "--merge", str(bad),
                         "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert r.returncode != 0 and f"cannot read {bad}" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_gpu_pipeline_script_measures_schedule_and_twin_on_the_cpu(tmp_path, capsys):
+    """bench_gpu_pipeline.py, the GPU table's script, end to end on the CPU with a one-block model: the vanilla twin
+    runs as a pipeline of its own (no schedule), every table prints, the summary row and the report agree."""
+    import torch
+
+    bench = load("bench_gpu_pipeline")
+    threads = torch.get_num_threads()
+    try:
+        rc = bench.main(["--model", "SiT-S/2", "--depth", "1", "--device", "cpu", "--precision", "fp32", "--sizes",
+                         "128", "--batch", "1", "--steps", "2", "--runs", "1", "--rounds", "1", "--threads", "1",
+                         "--schedule", "16:0.5,64", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    report = json.loads((tmp_path / "torch-128.json").read_text())
+    e2e = report["end_to_end"]
+    assert report["tokens"] == 64 and report["forward_batch"] == 2 and report["evaluations"] == 2
+    assert e2e["schedule"] == "16:0.5,64" and e2e["steps_per_count"] == {"16": 1, "64": 1}
+    assert [r["mediators"] for r in report["forward"]] == ["16", "64", "full"]
+    assert report["ceilings"]["matmul_tflops"] > 0 and len(report["attention"]) == 3
+    row = (f"| 128 | torch | 1 | 2 | {e2e['medexport']['images_per_second']:.2f} | "
+           f"{e2e['vanilla']['images_per_second']:.2f} | {e2e['measured_ratio']:.2f}x | "
+           f"{e2e['predicted_ratio']:.2f}x |")
+    assert row in (tmp_path / "summary-torch.md").read_text() and f"ROW {row}" in printed
+    for title in ("ceilings measured in this run on cpu", "per forward: torch fp32 on cpu", "attention part",
+                  "end to end: 1 images, ode euler 3 steps, cfg 4"):
+        assert title in printed, title
+
+
+def test_gpu_pipeline_script_refuses_bad_input(capsys):
+    bench = load("bench_gpu_pipeline")
+    assert bench.parse_size_settings("1024:batch=4,steps=20;512:steps=30") == {1024: {"batch": 4, "steps": 20},
+                                                                              512: {"steps": 30}}
+    for bad in ("1024:batch=0", "1024:frames=3", "big:batch=4", "1024:batch"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--size-settings", bad])
+        assert "expected SIZE:batch=N,steps=N" in capsys.readouterr().err, bad
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sizes", "256,big"])
+    assert "expected image sizes" in capsys.readouterr().err
+
+
+def test_gpu_pipeline_script_refuses_cuda_without_a_gpu(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    assert load("bench_gpu_pipeline").main(["--device", "cuda"]) == 2
+    assert "no CUDA GPU is visible here" in capsys.readouterr().err
+
+
+def test_gpu_checks_script_parses_and_wants_an_outdir_for_the_smoke_run():
+    script = ROOT / "benchmarks" / "gpu_checks.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    r = subprocess.run(["bash", str(script), "--cpu-smoke"], capture_output=True, text=True)
+    assert r.returncode == 2 and "usage: bash benchmarks/gpu_checks.sh --cpu-smoke OUTDIR" in r.stderr

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..core.config import count_name
-from .device import median_ms
+from .device import median_ms, significant
 
 
 def attention_bytes(config, batch: int, elem: int) -> int:
@@ -40,10 +40,9 @@ def attention_row(model, batch: int, device: torch.device, copy_gbps: float | No
     nbytes = attention_bytes(cfg, batch, dtype.itemsize)
     gbps = nbytes / (between_ms * 1e-3) / 1e9 if between_ms > 0 else None
     return {"mediators": count_name(cfg.mediators), "tokens": cfg.num_tokens,
-            "batch": batch, "module_ms": round(module_ms, 4), "linears_ms": round(linears_ms, 4),
-            "between_ms": round(between_ms, 4), "bytes": nbytes,
-            "gbps": round(gbps, 2) if gbps is not None else None,
-            "copy_fraction": round(gbps / copy_gbps, 4) if gbps is not None and copy_gbps else None}
+            "batch": batch, "module_ms": significant(module_ms), "linears_ms": significant(linears_ms),
+            "between_ms": significant(between_ms), "bytes": nbytes,
+            "gbps": significant(gbps), "copy_fraction": significant(gbps / copy_gbps) if gbps and copy_gbps else None}
 
 
 __all__ = ["attention_bytes", "attention_row"]

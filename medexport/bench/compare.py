@@ -37,8 +37,12 @@ from ..model.engine_graph import TORCH_DTYPES
 from ..runtime.benchmark import BackendStats, open_and_warm
 from ..runtime.pipeline import Pipeline
 from .attention import attention_row
-from .device import measure_ceilings
+from .device import measure_ceilings, significant
 from .profile import profile_pair
+
+#: Model fields a mediator model and its vanilla twin share (all but the attention and the mediator count).
+SHARED_FIELDS = ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels", "num_classes",
+                 "learn_sigma", "mlp_ratio")
 
 
 @dataclass(frozen=True)
@@ -165,8 +169,8 @@ def compare_pipelines(open_mine: Callable[[], Pipeline], open_theirs: Callable[[
         forward_rows.append({"mediators": count_name(n), "ms": round(ms, 3),
                              "ms_all": [round(v, 3) for v in forwards.ms[n]], "gflops": round(flops / 1e9, 4),
                              "predicted_ratio": round(full_flops / flops, 4),
-                             "measured_ratio": round(vanilla_ms / ms, 4), "tflops": round(tflops, 4),
-                             "mfu": round(tflops / peak_tflops, 4) if peak_tflops else None})
+                             "measured_ratio": round(vanilla_ms / ms, 4), "tflops": significant(tflops),
+                             "mfu": significant(tflops / peak_tflops) if peak_tflops else None})
 
     attention = None
     if torch_runners(mine) and torch_runners(theirs):
@@ -176,8 +180,8 @@ def compare_pipelines(open_mine: Callable[[], Pipeline], open_theirs: Callable[[
     if settings.profile:
         largest = max(mine.runners)
         x, t, y = _inputs(cfg, batch, device)
-        profile = profile_pair(lambda: mine.runners[largest](x, t, y), lambda: theirs.runners[FULL](x, t, y), device,
-                               rows=settings.profile_rows)
+        ours_fn, base_fn = _profiled(mine.runners[largest]), _profiled(theirs.runners[FULL])
+        profile = profile_pair(lambda: ours_fn(x, t, y), lambda: base_fn(x, t, y), device, rows=settings.profile_rows)
         profile.update({"mediators": count_name(largest), "batch": batch})
 
     ours_flops, base_flops = mine.flops_per_image(ours.last), theirs.flops_per_image(base.last)
@@ -191,10 +195,19 @@ def compare_pipelines(open_mine: Callable[[], Pipeline], open_theirs: Callable[[
         "measured_ratio": round(base.batch_seconds() / ours.batch_seconds(), 4),
     }
     return {"kind": "medexport-bench", "backend": mine.backend, "precision": mine.precision, "device": str(device),
-            "tokens": cfg.num_tokens, "forward_batch": batch, "rounds": settings.rounds, "runs": settings.runs,
+            "model": {k: getattr(cfg, k) for k in SHARED_FIELDS}, "tokens": cfg.num_tokens,
+            "image_size": cfg.image_size if mine.data is None else cfg.input_size, "forward_batch": batch,
+            "rounds": settings.rounds, "runs": settings.runs,
             "bench_settings": settings.to_dict(), "settings": chosen.to_dict(),
             "ceilings": ceilings.to_dict() if ceilings else None, "forward": forward_rows, "attention": attention,
             "end_to_end": end_to_end, "startup": _startup(opened, ours, base, mine, theirs), "profile": profile}
+
+
+def _profiled(runner):
+    """What the profiler runs for one forward of ``runner``: a CUDA-graph runner's eager forward, which launches
+    the very kernels its graphs replay (their device times are the same; the profiler sees them by name without
+    looking inside a graph), else the runner as timed."""
+    return runner.graph if getattr(runner, "cuda_graph", False) else runner
 
 
 def _inputs(config, batch: int, device: torch.device):
@@ -210,8 +223,8 @@ def _pipeline_row(stats: BackendStats, flops: float, peak_tflops: float | None) 
     # guidance doubles each evaluation: flops_per_image already counts both halves
     tflops = 2 * flops * images_per_second / 1e12
     return {"batch_seconds": round(stats.batch_seconds(), 4), "images_per_second": round(images_per_second, 4),
-            "gflops_per_image": round(flops / 1e9, 3), "tflops": round(tflops, 4),
-            "mfu": round(tflops / peak_tflops, 4) if peak_tflops else None,
+            "gflops_per_image": significant(flops / 1e9), "tflops": significant(tflops),
+            "mfu": significant(tflops / peak_tflops) if peak_tflops else None,
             "peak_memory_bytes": stats.peak_memory_bytes,
             "warmup_seconds": round(stats.warmup_seconds or 0.0, 3),
             "seconds_all": [round(r.seconds, 4) for r in stats.results]}
@@ -231,4 +244,4 @@ def _startup(opened: dict[str, float], ours: BackendStats, base: BackendStats, m
     return out
 
 
-__all__ = ["BenchSettings", "ForwardTimes", "compare_pipelines", "time_forwards", "torch_runners"]
+__all__ = ["SHARED_FIELDS", "BenchSettings", "ForwardTimes", "compare_pipelines", "time_forwards", "torch_runners"]

@@ -22,6 +22,11 @@ MATMUL_SIDE = {"cuda": 8192, "cpu": 512}
 COPY_BYTES = {"cuda": 1 << 30, "cpu": 64 << 20}
 
 
+def significant(value: float | None, digits: int = 5) -> float | None:
+    """``value`` rounded to ``digits`` significant digits (rates span from a CPU's GFLOP/s to a GPU's PFLOP/s)."""
+    return None if value is None else float(f"{value:.{digits}g}")
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -85,7 +90,7 @@ class Ceilings:
     copy_gbps: float
 
     def to_dict(self) -> dict:
-        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return {k: significant(v) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
 def measure_ceilings(device: torch.device, dtype: torch.dtype, *, matmul_side: int | None = None,
@@ -107,4 +112,4 @@ def measure_ceilings(device: torch.device, dtype: torch.dtype, *, matmul_side: i
                     2 * nbytes / (ms_copy * 1e-3) / 1e9)
 
 
-__all__ = ["COPY_BYTES", "Ceilings", "MATMUL_SIDE", "measure_ceilings", "median_ms", "synchronize"]
+__all__ = ["COPY_BYTES", "Ceilings", "MATMUL_SIDE", "measure_ceilings", "median_ms", "significant", "synchronize"]

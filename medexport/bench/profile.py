@@ -1,9 +1,10 @@
 """Where one forward's time goes, op by op: the mediator model against its vanilla twin, side by side.
 
-``torch.profiler`` records one forward of each runner as the benchmark runs it (CUDA graphs replayed, compiled
-graphs called), after warm-up. On CUDA the rows are GPU kernels (device time per kernel name); on the CPU they
-are PyTorch ops (self CPU time per ``aten::`` op). Both sides' rows are merged by name, so an op that only one
-model runs shows a dash on the other side.
+``torch.profiler`` records one forward of each side after warm-up (what the caller passes: the benchmark gives a
+CUDA-graph runner's eager forward, which launches the kernels its graphs replay, and a compiled runner's compiled
+graph). On CUDA the rows are GPU kernels (device time per kernel name); on the CPU they are PyTorch ops (self CPU
+time per ``aten::`` op). Both sides' rows are merged by name, so an op that only one model runs shows a dash on
+the other side.
 """
 
 from __future__ import annotations

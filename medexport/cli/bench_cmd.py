@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..bench import check_twin, plot_bench, run_bench
+from ..bench import bench_tables, check_bench_backend, check_twin, plot_bench, run_bench
 from ..core.files import write_json
 from ..core.manifest import Manifest
 from ..core.request import SampleRequest
@@ -66,18 +66,26 @@ def find_twin(bundle: Path) -> Path:
               help="Timed end-to-end runs of each, alternating.")
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0),
               help="Untimed end-to-end runs of each before timing (engines are opened and warmed before, apart).")
+@click.option("--profile", is_flag=True,
+              help="Also print where one forward's time goes, op by op (torch.profiler: GPU kernels on CUDA, "
+                   "PyTorch ops on the CPU), the largest count against the vanilla model (--backend torch or "
+                   "inductor).")
 @sampling_options
 @click.option("--schedule", default=None, help=SCHEDULE_HELP)
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for report.json and bench.png [default: out/bench].")
-def bench_cmd(bundle, vanilla, num, seed, forward_batch, rounds, runs, warmup, schedule, out_dir, sampler, method,
-              steps, last_step, cfg_scale, cfg_channels, backend, device, threads) -> None:
+def bench_cmd(bundle, vanilla, num, seed, forward_batch, rounds, runs, warmup, profile, schedule, out_dir, sampler,
+              method, steps, last_step, cfg_scale, cfg_channels, backend, device, threads) -> None:
     """Measure a mediator bundle against its vanilla twin: ms per forward of every count beside the full-attention
-    engine, images/s of the schedule end to end, the FLOPs-predicted and the measured speed-up, peak memory.
+    engine, images/s of the schedule end to end, the FLOPs-predicted and the measured speed-up, model FLOP
+    utilisation against the matmul rate and the attention part's share of the copy bandwidth (both measured in
+    the same run), peak memory, start-up times.
 
     Everything is timed in one process, alternating between the engines. Settings not given come from the
     bundle's recommended sampling settings (a random-weights bundle recommends the reference's 250 SDE steps:
-    --steps makes a quicker run).
+    --steps makes a quicker run). On CUDA, --backend torch runs the models at the bundle's precision through
+    CUDA graphs and --backend inductor compiles them (CUDA graphs too); engines that would not run on the
+    --device asked for are refused before anything is timed.
     """
     out_dir = out_dir or Path("out/bench")
     if threads:
@@ -85,7 +93,9 @@ def bench_cmd(bundle, vanilla, num, seed, forward_batch, rounds, runs, warmup, s
     check_device(device)
     vanilla = vanilla or find_twin(bundle)
     manifest = Manifest.read(bundle)
-    check_twin(bundle, manifest, vanilla, Manifest.read(vanilla))  # before the output folder is made
+    # before the output folder is made and anything is timed: the pair, and whether its engines run where asked
+    check_twin(bundle, manifest, vanilla, Manifest.read(vanilla))
+    backend = check_bench_backend(bundle, backend, device, profile=profile)
     labels = torch.randint(0, manifest.model["num_classes"], (num,),
                            generator=torch.Generator().manual_seed(seed)).tolist()
     request = SampleRequest(labels, seed=seed, sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
@@ -95,7 +105,7 @@ def bench_cmd(bundle, vanilla, num, seed, forward_batch, rounds, runs, warmup, s
                       console=err_console, transient=True) as progress:
             task = progress.add_task(escape(f"bench {bundle} vs {vanilla}"), total=runs + 1 + rounds)
             report = run_bench(bundle, vanilla, request, backend=backend, device=device, threads=threads,
-                               batch=forward_batch, rounds=rounds, runs=runs, warmup=warmup,
+                               batch=forward_batch, rounds=rounds, runs=runs, warmup=warmup, profile=profile,
                                progress=lambda: progress.advance(task))
         report["environment"] = environment(torch.device(report["device"]))
         report["trace"] = []  # the per-evaluation traces are `medexport sample`'s; this report holds the timings
@@ -106,36 +116,16 @@ def bench_cmd(bundle, vanilla, num, seed, forward_batch, rounds, runs, warmup, s
 
 
 def print_bench(report: dict) -> None:
+    for table in bench_tables(report):
+        out = Table(title=escape(table.title))
+        for i, col in enumerate(table.columns):
+            out.add_column(col, justify="left" if i == 0 else "right")
+        for row in table.rows:
+            out.add_row(*map(escape, row))
+        console.print(out)
+        for note in table.notes:
+            console.print(escape(note), highlight=False, soft_wrap=True)
     env = report.get("environment", {})
-    title = (f"{report['backend']} {report['precision']}, {report['tokens']} tokens, "
-             f"{report['threads'] or 'all'} threads, forward batch {report['forward_batch']} "
-             f"(median of {report['rounds']} rounds)")
-    table = Table(title=escape(f"per forward: {title}"))
-    for col in ("mediators", "GFLOPs", "ms", "FLOPs predict", "measured"):
-        table.add_column(col, justify="right")
-    for r in report["forward"]:
-        vanilla = r["mediators"] == "full"
-        table.add_row(r["mediators"] + (" (vanilla)" if vanilla else ""), f"{r['gflops']:.3f}", f"{r['ms']:.2f}",
-                      "-" if vanilla else f"{r['predicted_ratio']:.2f}x",
-                      "-" if vanilla else f"{r['measured_ratio']:.2f}x")
-    console.print(table)
-    e = report["end_to_end"]
-    s = report["settings"]
-    table = Table(title=escape(f"end to end: {e['images']} images, {s['sampler']} {s['method']} {s['steps']} steps, "
-                               f"cfg {s['cfg_scale']:g}, schedule {e['schedule'] or 'largest count'} "
-                               f"(median of {report['runs']} runs)"))
-    table.add_column("")
-    table.add_column("medexport", justify="right")
-    table.add_column("vanilla", justify="right")
-    rows = [("images / s", lambda r: f"{r['images_per_second']:.3f}"),
-            ("seconds per run", lambda r: f"{r['batch_seconds']:.3f}"),
-            ("GFLOPs / image", lambda r: f"{r['gflops_per_image']:.1f}"),
-            ("peak memory, all engines resident (MiB)", lambda r: f"{(r['peak_memory_bytes'] or 0) / 2**20:.0f}"),
-            ("engines opened and warmed (s)", lambda r: f"{r['warmup_seconds']:.2f}")]
-    for label, fmt in rows:
-        table.add_row(label, fmt(e["medexport"]), fmt(e["vanilla"]))
-    console.print(table)
-    console.print(f"speed-up over the vanilla engine: measured {e['measured_ratio']:.2f}x, FLOPs predict "
-                  f"{e['predicted_ratio']:.2f}x ({100 * e['measured_ratio'] / e['predicted_ratio']:.0f}% of it); "
-                  f"CPU {escape(env.get('cpu_flags', '?'))}", highlight=False, soft_wrap=True)
-
+    where = env.get("gpu") or f"CPU {env.get('cpu_flags', '?')}"
+    console.print(escape(f"{where}, torch {env.get('torch', '?')}, {report.get('threads') or 'all'} threads"),
+                  highlight=False, soft_wrap=True)

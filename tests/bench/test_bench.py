@@ -20,22 +20,6 @@ def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-@pytest.fixture(scope="session")
-def vanilla_checkpoint(tmp_path_factory):
-    model = tiny_model(FULL, attention="full")
-    return medexport.save_checkpoint(model, tmp_path_factory.mktemp("vanilla") / "tiny-vanilla.safetensors",
-                                     form="safetensors")
-
-
-@pytest.fixture(scope="session")
-def twin_bundle(tmp_path_factory, vanilla_checkpoint):
-    out = tmp_path_factory.mktemp("twin") / "tiny-full"
-    r = run("build", "--attention", "full", "--checkpoint", vanilla_checkpoint, "--backend", "onnxruntime",
-            "--batch", "1:2:4", "-o", out)
-    assert r.exit_code == 0, r.output
-    return out
-
-
 def test_twin_builds_verifies_and_inspects(twin_bundle):
     m = json.loads((twin_bundle / "manifest.json").read_text())
     assert list(m["counts"]) == ["0"] and m["model"]["attention"] == "full" and m["requested"] == [0]

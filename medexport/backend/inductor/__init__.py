@@ -5,7 +5,9 @@ CUDA it replays CUDA graphs (``mode="reduce-overhead"``). The vanilla twin is co
 ``medexport bench --backend inductor`` compares like with like.
 
 It is never chosen by "auto" (compiling takes a while, once per count and batch size): ``sample --backend
-inductor``, ``bench --backend inductor``.
+inductor``, ``bench --backend inductor``. What it compiles is kept across process starts in a persistent cache
+(``inductor/`` in medexport's cache folder, ``~/.cache/medexport`` by default; ``TORCHINDUCTOR_CACHE_DIR`` where
+set: :mod:`.cache`).
 """
 
 from __future__ import annotations
