@@ -8,6 +8,9 @@ request gives one set of images in each.
 A forward is ``forward(x, t, y) -> v`` for any batch (x (B, C, S, S) float32, t (B,) float32, y (B,) int64, as
 the adapter's arrays). With guidance the state is doubled here ([x; x], labels [y; null]) as the reference does.
 Hooks see every engine call before it runs (``hook(Evaluation)``): what calibration records.
+
+:class:`RequestRun` is the loop of one request with the engine calls handed to a dispatch: run in place by
+:func:`run_request`, or batched with other requests' calls by :mod:`medexport.core.scheduler`.
 """
 
 from __future__ import annotations
@@ -207,10 +210,165 @@ def warmup_batches(request: SampleRequest | None, defaults: SamplingSettings | N
     return [len(request.labels) * (2 if guided else 1)]
 
 
+@dataclass(frozen=True)
+class EngineCall:
+    """One engine call a step needs: the engine of ``mediators`` on ``x`` (rows, guidance doubling included), with
+    per-row ``t`` and ``y``, at ``step``. A step needs one call per mediator count its rows are given."""
+
+    mediators: int
+    x: object
+    t: object
+    y: object
+    step: StepInfo
+
+
+#: ``dispatch(calls) -> [(v, ms), ...]``: runs one velocity evaluation's engine calls (one per mediator count),
+#: returning each call's output (shaped like its x) and the milliseconds of the forward that ran it. A dispatch
+#: may run the calls itself (:meth:`RequestRun.direct`) or hand them to a scheduler that batches them with other
+#: requests' calls (:class:`medexport.core.scheduler.StepScheduler`).
+Dispatch = Callable[[list[EngineCall]], list[tuple[object, float]]]
+
+
+class RequestRun:
+    """One request, checked and prepared (settings merged, sampler and schedule chosen, labels checked, initial
+    state and noise drawn), then run by :meth:`run` through a dispatch that reaches the engines.
+
+    This is the sampling loop, written once: :func:`run_request` runs it with the engines called in place
+    (:meth:`direct`); the step scheduler runs many at once, each with a dispatch that joins the step's calls to
+    those of the other requests in flight. The state, guidance, noise, schedule decisions and trace stay the
+    request's own, so a request gives the same images either way.
+
+    Args:
+        counts: the mediator counts whose engines exist.
+        xp: the array adapter the engines take and return.
+        shape: the model's state and classes.
+        defaults: the settings used where the request gives none (a bundle's recommendation).
+        schedule: a schedule object, replacing the request's text schedule.
+        noise: the initial state (B, C, S, S), any array the adapter takes; drawn from the request's seeds when
+            omitted.
+        backends: the name each count's engine reports in the trace.
+    """
+
+    def __init__(self, request: SampleRequest, *, counts: Sequence[int], xp: Arrays, shape: ModelShape,
+                 defaults: SamplingSettings | None = None, schedule: Schedule | None = None, noise=None,
+                 backends: Mapping[int, str] | None = None):
+        if not isinstance(request, SampleRequest):
+            raise SamplingError(f"expected a SampleRequest, got {type(request).__name__}")
+        counts = sorted(counts)
+        self.request, self.xp, self.shape = request, xp, shape
+        self.settings = settings = request.settings.over(defaults).resolved()  # the one merge of a run
+        self.sampler = get_sampler(settings, xp)
+        self.schedule = sched = resolve_schedule(schedule if schedule is not None else settings.schedule, counts)
+        if sched.adaptive and settings.num_model_steps is None:
+            raise SamplingError("an adaptive schedule needs a fixed-step sampler (not dopri5): use --method euler/heun "
+                                "or a fixed schedule")
+        check_labels(request.labels, shape.num_classes)
+        self.guided = settings.guided
+        # 3 on a 1-channel model: all
+        self.channels = None if settings.cfg_channels == "all" else min(3, shape.channels)
+        self.images = B = len(request.labels)
+        state = (shape.channels, shape.size, shape.size)
+        seeds = request.row_seeds()
+        if noise is None:  # float32 from each image's own generator, on the host, then moved (as the reference)
+            x0 = xp.from_numpy(RowNoise.for_request(seeds, INITIAL, B)((B, *state)))
+        else:
+            if tuple(getattr(noise, "shape", ())) != (B, *state):
+                raise SamplingError(f"noise must be {(B, *state)} for {B} labels, got "
+                                    f"{tuple(getattr(noise, 'shape', ())) or type(noise).__name__}")
+            x0 = xp.from_numpy(np.asarray(xp.to_numpy(noise), dtype=np.float32))
+        sde_noise = RowNoise.for_request(seeds, SDE_COND, B)
+        y = xp.labels(request.labels)
+        if self.guided:  # the reference: z = [z; z], y = [y; null]
+            x0 = xp.cat([x0, x0])
+            y = xp.cat([y, xp.labels([shape.num_classes] * B)])
+            sde_noise = sde_noise + RowNoise.for_request(seeds, SDE_UNCOND, B)
+        self.x0, self.y, self.sde_noise = x0, y, sde_noise
+        self.names = dict(backends or {})
+        self.trace: list[TraceEntry] = []
+        self.timer = xp.timer()
+
+    @property
+    def rows(self) -> int:
+        """The rows of the state: the images, doubled with guidance (what one step's engine calls hold)."""
+        return len(self.x0)
+
+    def backend(self, n: int) -> str:
+        return self.names.get(n, self.xp.name)
+
+    def direct(self, forwards: Mapping[int, Forward], hooks: Sequence[Hook] = ()) -> Dispatch:
+        """A dispatch that runs each call on ``forwards`` at once, in order, hooks first, timed by the adapter."""
+
+        def dispatch(calls: list[EngineCall]) -> list[tuple[object, float]]:
+            done = []
+            for i, call in enumerate(calls):
+                for hook in hooks:
+                    hook(Evaluation(call.mediators, call.x, call.t, call.y, call.step))
+                start = self.timer.start()
+                out = forwards[call.mediators](call.x, call.t, call.y)
+                done.append((out, self.timer.stop(start, len(self.trace) + i)))
+            return done
+
+        return dispatch
+
+    def run(self, dispatch: Dispatch) -> SampleResult:
+        """Sample the request, each velocity evaluation's engine calls going through ``dispatch``."""
+        xp, B, guided, sched = self.xp, self.images, self.guided, self.schedule
+        cfg_scale, channels, y, trace = self.settings.cfg_scale, self.channels, self.y, self.trace
+        per_sample = sched.per_sample
+        sched.reset(self.x0[:B] if per_sample else self.x0, xp)
+        finite = xp.finite_check(self.request.check_finite)
+
+        def call(n: int, x, t, y_, step: StepInfo) -> EngineCall:
+            if guided:  # forward_with_cfg: the conditional half, duplicated
+                half = x[: len(x) // 2]
+                x = xp.cat([half, half])
+            return EngineCall(n, x, t, y_, step)
+
+        def velocity(x, t, step: StepInfo):
+            chosen = sched.models_for(step) if per_sample else [sched.model_for(step)] * B
+            if len(set(chosen)) == 1:
+                groups = [(chosen[0], None)]
+            else:
+                groups = []
+                for n in sorted(set(chosen)):
+                    rows = [i for i, k in enumerate(chosen) if k == n]
+                    groups.append((n, rows + [r + B for r in rows] if guided else rows))
+            calls = [call(n, x, t, y, step) if rows is None else
+                     call(n, xp.take(x, rows), xp.take(t, rows), xp.take(y, rows), step) for n, rows in groups]
+            outs = []
+            for c, (out, ms) in zip(calls, dispatch(calls)):
+                backend = self.backend(c.mediators)
+                trace.append(TraceEntry(step.index, float(step.t), c.mediators, backend, ms, len(c.x)))
+                finite.check(out, backend, c.mediators, step)
+                outs.append(guide(out, cfg_scale, channels, xp.cat) if guided else out)
+            if groups[0][1] is None:
+                return outs[0]
+            out = xp.empty_like(x)
+            for (_, rows), v in zip(groups, outs):
+                xp.put(out, rows, v)
+            return out
+
+        def on_step(step: StepInfo, x) -> None:
+            sched.observe(step, x[:B] if per_sample else x)
+
+        start = time.perf_counter()
+        x = self.sampler.integrate(Run(xp, velocity, self.settings, noise=self.sde_noise, on_step=on_step), self.x0)
+        finite.flush()
+        for i, ms in self.timer.flush().items():
+            e = trace[i]
+            trace[i] = TraceEntry(e.step, e.t, e.mediators, e.backend, ms, e.batch)
+        seconds = time.perf_counter() - start
+        request, names = self.request, self.names
+        ran = {**self.settings.to_dict(), "schedule": str(sched), "seed": request.seed,
+               "labels": list(request.labels),
+               "backend": ",".join(sorted(set(names.values()))) if names else xp.name}
+        return SampleResult(x[:B], trace, seconds, ran)
+
+
 def run_request(request: SampleRequest, *, forwards: Mapping[int, Forward], xp: Arrays, shape: ModelShape,
                 defaults: SamplingSettings | None = None, schedule: Schedule | None = None, noise=None,
                 hooks: Sequence[Hook] = (), backends: Mapping[int, str] | None = None) -> SampleResult:
-    """Run one request.
+    """Run one request, its engines called in place (:class:`RequestRun` with :meth:`RequestRun.direct`).
 
     Args:
         forwards: one forward per mediator count.
@@ -223,75 +381,6 @@ def run_request(request: SampleRequest, *, forwards: Mapping[int, Forward], xp: 
         hooks: called with each :class:`Evaluation` before the engine runs it.
         backends: the name each count's engine reports in the trace.
     """
-    if not isinstance(request, SampleRequest):
-        raise SamplingError(f"expected a SampleRequest, got {type(request).__name__}")
-    counts = sorted(forwards)
-    settings = request.settings.over(defaults).resolved()  # the one merge of a run
-    sampler = get_sampler(settings, xp)
-    sched = resolve_schedule(schedule if schedule is not None else settings.schedule, counts)
-    if sched.adaptive and settings.num_model_steps is None:
-        raise SamplingError("an adaptive schedule needs a fixed-step sampler (not dopri5): use --method euler/heun "
-                            "or a fixed schedule")
-    check_labels(request.labels, shape.num_classes)
-    cfg_scale, guided = settings.cfg_scale, settings.guided
-    channels = None if settings.cfg_channels == "all" else min(3, shape.channels)  # 3 on a 1-channel model: all
-    B = len(request.labels)
-    state = (shape.channels, shape.size, shape.size)
-    seeds = request.row_seeds()
-    if noise is None:  # float32 from each image's own generator, on the host, then moved (as the reference)
-        x0 = xp.from_numpy(RowNoise.for_request(seeds, INITIAL, B)((B, *state)))
-    else:
-        if tuple(getattr(noise, "shape", ())) != (B, *state):
-            raise SamplingError(f"noise must be {(B, *state)} for {B} labels, got "
-                                f"{tuple(getattr(noise, 'shape', ())) or type(noise).__name__}")
-        x0 = xp.from_numpy(np.asarray(xp.to_numpy(noise), dtype=np.float32))
-    sde_noise = RowNoise.for_request(seeds, SDE_COND, B)
-    y = xp.labels(request.labels)
-    if guided:  # the reference: z = [z; z], y = [y; null]
-        x0 = xp.cat([x0, x0])
-        y = xp.cat([y, xp.labels([shape.num_classes] * B)])
-        sde_noise = sde_noise + RowNoise.for_request(seeds, SDE_UNCOND, B)
-    names = backends or {}
-    trace: list[TraceEntry] = []
-    per_sample = sched.per_sample
-    sched.reset(x0[:B] if per_sample else x0, xp)
-    timer, finite = xp.timer(), xp.finite_check(request.check_finite)
-
-    def evaluate(n: int, x, t, y_, step: StepInfo):
-        if guided:  # forward_with_cfg: the conditional half, duplicated
-            half = x[: len(x) // 2]
-            x = xp.cat([half, half])
-        for hook in hooks:
-            hook(Evaluation(n, x, t, y_, step))
-        backend = names.get(n, xp.name)
-        start = timer.start()
-        out = forwards[n](x, t, y_)
-        trace.append(TraceEntry(step.index, float(step.t), n, backend, timer.stop(start, len(trace)), len(x)))
-        finite.check(out, backend, n, step)
-        return guide(out, cfg_scale, channels, xp.cat) if guided else out
-
-    def velocity(x, t, step: StepInfo):
-        chosen = sched.models_for(step) if per_sample else [sched.model_for(step)] * B
-        if len(set(chosen)) == 1:
-            return evaluate(chosen[0], x, t, y, step)
-        out = xp.empty_like(x)
-        for n in sorted(set(chosen)):
-            rows = [i for i, k in enumerate(chosen) if k == n]
-            rows = rows + [r + B for r in rows] if guided else rows
-            xp.put(out, rows, evaluate(n, xp.take(x, rows), xp.take(t, rows), xp.take(y, rows), step))
-        return out
-
-    def on_step(step: StepInfo, x) -> None:
-        sched.observe(step, x[:B] if per_sample else x)
-
-    start = time.perf_counter()
-    x = sampler.integrate(Run(xp, velocity, settings, noise=sde_noise, on_step=on_step), x0)
-    finite.flush()
-    for i, ms in timer.flush().items():
-        e = trace[i]
-        trace[i] = TraceEntry(e.step, e.t, e.mediators, e.backend, ms, e.batch)
-    seconds = time.perf_counter() - start
-    ran = {**settings.to_dict(), "schedule": str(sched), "seed": request.seed, "labels": list(request.labels),
-           "backend": ",".join(sorted(set(names.values()))) if names else xp.name}
-    return SampleResult(x[:B], trace, seconds, ran)
-
+    run = RequestRun(request, counts=list(forwards), xp=xp, shape=shape, defaults=defaults, schedule=schedule,
+                     noise=noise, backends=backends)
+    return run.run(run.direct(forwards, hooks))
