@@ -35,6 +35,7 @@ from ..errors import ConfigError
 from ..model import forward_flops
 from ..model.engine_graph import TORCH_DTYPES
 from ..runtime.benchmark import BackendStats, open_and_warm
+from ..runtime.memory import available_memory
 from ..runtime.pipeline import Pipeline
 from .attention import attention_row
 from .device import measure_ceilings, significant
@@ -113,6 +114,31 @@ def time_forwards(runners: dict[int, object], config, batch: int, *, rounds: int
         if progress is not None:
             progress()
     return ForwardTimes(times)
+
+
+def forward_bytes(config, batch: int) -> int:
+    """A lower estimate of the memory one forward of the vanilla twin of ``config`` takes at ``batch`` (float32):
+    its input and output, one block's activations (qkv, attention output, MLP hidden) and one head's attention
+    scores per sample (an engine that materialises them holds at least that). What bench checks a batch against
+    before it times anything."""
+    tokens, hidden = config.num_tokens, config.hidden_size
+    image = config.in_channels * config.input_size * config.input_size
+    per_sample = 2 * image + tokens * hidden * (4 + config.mlp_ratio) + tokens * tokens
+    return int(4 * batch * per_sample)
+
+
+def check_forward_batch(batch: int | None, config, device: torch.device) -> None:
+    """Refuse, before anything is opened or timed, a per-forward batch whose inputs and activations alone would
+    not fit in the memory ``device`` has available now; the message names the largest batch that would."""
+    if batch is None:
+        return
+    need, free = forward_bytes(config, batch), available_memory(device)
+    if free is not None and need > free:
+        fits = max(1, batch * free // max(need, 1) // 2)  # half of what is free: the engines need room too
+        raise ConfigError(f"--forward-batch {batch} needs at least {need / 2**30:.1f} GiB on {device.type} for one "
+                          f"forward of the vanilla model ({config.num_tokens} tokens, hidden {config.hidden_size}), "
+                          f"and {free / 2**30:.1f} GiB is available: use --forward-batch {fits} or less "
+                          f"(nothing was timed)")
 
 
 def torch_runners(pipe: Pipeline) -> bool:
@@ -244,4 +270,5 @@ def _startup(opened: dict[str, float], ours: BackendStats, base: BackendStats, m
     return out
 
 
-__all__ = ["SHARED_FIELDS", "BenchSettings", "ForwardTimes", "compare_pipelines", "time_forwards", "torch_runners"]
+__all__ = ["SHARED_FIELDS", "BenchSettings", "ForwardTimes", "check_forward_batch", "compare_pipelines",
+           "forward_bytes", "time_forwards", "torch_runners"]

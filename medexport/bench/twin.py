@@ -19,7 +19,7 @@ from ..core.request import SampleRequest
 from ..errors import BackendUnavailableError, BundleError, ConfigError
 from ..model.engine_graph import TORCH_DTYPES
 from ..runtime.pipeline import Pipeline, check_device
-from .compare import SHARED_FIELDS, BenchSettings, compare_pipelines
+from .compare import SHARED_FIELDS, BenchSettings, check_forward_batch, compare_pipelines
 
 
 def check_twin(bundle: Path, manifest: Manifest, vanilla: Path, twin: Manifest) -> None:
@@ -48,12 +48,16 @@ def _pytorch_backends() -> str:
     return " or ".join(f"--backend {n}" for n in registry.names() if not registry.get(n).builds_engine)
 
 
-def check_bench_backend(bundle: Path, backend: str, device: str | None, *, profile: bool = False) -> str:
+def check_bench_backend(bundle: Path, backend: str, device: str | None, *, profile: bool = False,
+                        batch: int | None = None) -> str:
     """The backend bench will run ``bundle`` with; refused, before anything is timed, where its engines would
-    not run on ``device`` (an ONNX Runtime without its CUDA provider asked for cuda, say) or where ``profile`` is
-    asked of engines that run outside PyTorch. Opens at most one engine (that of the smallest count)."""
+    not run on ``device`` (an ONNX Runtime without its CUDA provider asked for cuda, say), where ``profile`` is
+    asked of engines that run outside PyTorch, or where a per-forward ``batch`` would not fit in memory. Opens at
+    most one engine (that of the smallest count)."""
     check_device(device)
     opened = open_bundle(bundle)
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_forward_batch(batch, opened.config(opened.counts[0]), torch.device(device or default_device))
     name = sampling_backend(opened, backend)
     if not registry.get(name).builds_engine:
         return name  # the PyTorch models run on any device torch runs on
@@ -107,6 +111,9 @@ def run_bench(bundle: Path, vanilla: Path, request: SampleRequest, *, backend: s
     settings = BenchSettings(**measure)
     manifest, twin = Manifest.read(bundle), Manifest.read(vanilla)
     check_twin(bundle, manifest, vanilla, twin)
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_forward_batch(settings.batch, open_bundle(bundle).config(manifest.count_list[0]),
+                        torch.device(device or default_device))
     report = compare_pipelines(
         lambda: open_bundle_pipeline(bundle, backend=backend, device=device, threads=threads),
         lambda mine: open_bundle_pipeline(vanilla, backend=mine.backend, device=str(mine.device), threads=threads),

@@ -95,7 +95,7 @@ def bench_cmd(bundle, vanilla, num, seed, forward_batch, rounds, runs, warmup, p
     manifest = Manifest.read(bundle)
     # before the output folder is made and anything is timed: the pair, and whether its engines run where asked
     check_twin(bundle, manifest, vanilla, Manifest.read(vanilla))
-    backend = check_bench_backend(bundle, backend, device, profile=profile)
+    backend = check_bench_backend(bundle, backend, device, profile=profile, batch=forward_batch)
     labels = torch.randint(0, manifest.model["num_classes"], (num,),
                            generator=torch.Generator().manual_seed(seed)).tolist()
     request = SampleRequest(labels, seed=seed, sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..backend import registry
 from ..errors import SamplingError
-from ..runtime.benchmark import run_benchmarks, run_summary, summary
+from ..runtime.benchmark import check_comparable, run_benchmarks, run_summary, summary
 from ..core.request import MAX_IMAGES, SampleRequest
 from ..runtime.memory import current_memory
 from ..runtime.report import environment, plot_trace, write_report
@@ -101,9 +101,7 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
             others = {}
             for other in against:  # opened (and checked) now; their engines load during warm-up
                 other_pipe = Pipeline.from_bundle(other, backend=backend, device=device, threads=threads)
-                if other_pipe.config.with_mediators(pipe.config.mediators) != pipe.config:
-                    raise SamplingError(f"--against {other} holds another model than {bundle}: compare bundles of "
-                                        f"one model")
+                check_comparable(pipe, bundle, other_pipe, other)
                 others[_label(other_pipe, other, against)] = other_pipe
             factories.update({label: (lambda p=p: p) for label, p in others.items()})
             ref = registry.reference().name

@@ -12,6 +12,23 @@ import torch
 from .memory import current_memory, peak_memory, reset_peak_memory
 from .pipeline import Pipeline, SampleResult
 from ..core.request import SampleRequest
+from ..errors import SamplingError
+
+
+def check_comparable(pipe: Pipeline, bundle, other: Pipeline, other_bundle) -> None:
+    """Refuse, before anything is timed, a bundle that ``sample --benchmark --against`` cannot compare with
+    ``bundle``: another model, or the other side of a mediator/vanilla pair (which ``medexport bench``
+    measures, with ratios and FLOPs; a sampling benchmark compares engines of the same counts)."""
+    mine, theirs = pipe.config, other.config
+    if mine.is_full != theirs.is_full:
+        full, mediator = (bundle, other_bundle) if mine.is_full else (other_bundle, bundle)
+        raise SamplingError(f"{full} is a vanilla (full-attention) bundle and {mediator} a mediator one: "
+                            f"`sample --benchmark --against` compares engines of the same counts (another precision "
+                            f"or backend); measure a mediator bundle against its vanilla twin with `medexport bench "
+                            f"{mediator} --against {full}`")
+    if theirs.with_mediators(mine.mediators) != mine:
+        raise SamplingError(f"--against {other_bundle} holds another model than {bundle}: compare bundles of one "
+                            f"model")
 
 
 @dataclass

@@ -50,3 +50,19 @@ def peak_memory(device: torch.device) -> int:
         return peak
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss * (1 if sys.platform == "darwin" else 1024)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Memory a new allocation can take now: free device memory (CUDA) or the system's available memory (Linux's
+    ``MemAvailable``); None where it cannot be read."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -11,7 +11,7 @@ from medexport.cli import cli
 from medexport.core.config import FULL
 from medexport.core.request import SampleRequest
 from medexport.core.schedule import FixedSchedule
-from medexport.errors import BundleError, ScheduleError
+from medexport.errors import BundleError, ConfigError, ScheduleError
 from medexport.model import forward_flops
 from tests.conftest import TINY, copy_bundle, tiny_model
 
@@ -106,6 +106,9 @@ def test_bench_bad_pairs(tiny_bundle, twin_bundle, tmp_path):
         (("bench", twin_bundle), "is itself a vanilla (full-attention) bundle"),
         (("bench", tiny_bundle, "--against", tiny_bundle), "not a full-attention model"),
         (("bench", twin_bundle, "--against", twin_bundle), "is itself a vanilla"),
+        # refused before anything is opened or timed, not an allocation failure after the end-to-end runs
+        (("bench", tiny_bundle, "--against", twin_bundle, "--forward-batch", "1000000000"),
+         "--forward-batch 1000000000 needs at least"),
     ]
     for args, message in cases:
         r = run(*args, "-o", tmp_path / "never")
@@ -123,6 +126,8 @@ def test_bench_bad_pairs(tiny_bundle, twin_bundle, tmp_path):
     assert r.exit_code == 0, r.output
     with pytest.raises(BundleError, match="is not the vanilla twin of .* the models differ in depth 2 vs 12"):
         run_bench(tiny_bundle, small, SampleRequest([1], seed=0))
+    with pytest.raises(ConfigError, match=r"GiB is available: use --forward-batch \d+ or less \(nothing was timed\)"):
+        run_bench(tiny_bundle, twin_bundle, SampleRequest([1], seed=0), batch=10**12)
 
 
 def test_a_twin_never_goes_into_a_mediator_bundle(tiny_bundle, twin_bundle, vanilla_checkpoint, tiny_checkpoints,
@@ -148,3 +153,17 @@ def test_a_pipeline_never_mixes_the_full_model_with_mediator_counts():
     runners = {16: TorchRunner(tiny_model(16)), FULL: TorchRunner(tiny_model(FULL, attention="full"))}
     with pytest.raises(ConfigError, match="cannot share a pipeline"):
         medexport.Pipeline(runners, TINY)
+
+
+def test_sample_benchmark_refuses_a_mediator_bundle_against_its_twin(tiny_bundle, twin_bundle, tmp_path):
+    """`sample --benchmark --against` compares engines of the same counts; a mediator bundle and its vanilla twin
+    are bench's pair, and are refused (either way round) before anything is timed, naming bench."""
+    for bundle, other in ((tiny_bundle, twin_bundle), (twin_bundle, tiny_bundle)):
+        out = tmp_path / f"out-{bundle.name}"
+        r = run("sample", bundle, "--num", "1", "--steps", "2", "--benchmark", "--runs", "1", "--against", other,
+                "-o", out)
+        assert r.exit_code != 0, r.output
+        assert f"{twin_bundle} is a vanilla (full-attention) bundle and {tiny_bundle} a mediator one" in r.output
+        assert f"medexport bench {tiny_bundle} --against {twin_bundle}" in r.output
+        assert "Traceback" not in r.output and "KeyError" not in r.output
+        assert not out.exists() or not any(out.iterdir())
