@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch  # first: a missing build extra is reported by its main package
@@ -28,7 +28,8 @@ from ..model import (CheckpointInfo, MediatorDiT, ModelConfig, config_from_name,
 from ..model.checkpoint import check_attention
 from ..core.config import FULL, count_stem
 from ..core.files import file_sha256
-from .manifest import FORMAT, MANIFEST, new_manifest, now, read_manifest, write_json_atomic
+from ..core.manifest import CountEntry, Manifest
+from .manifest import FORMAT, MANIFEST, now, write_json_atomic
 from ..quant import SOURCE_PRECISION, quantization
 from ..core.artifact import Artifact
 from .settings import BuildSettings, ModelSource, content_key, source_key
@@ -71,7 +72,7 @@ def _source_config(src: ModelSource) -> tuple[ModelConfig, str, CheckpointInfo |
     """(config, source hash, checkpoint info or None for random weights) without building a model."""
     if src.is_random:
         cfg = config_from_name(src.model_name, mediators=src.mediators, image_size=src.image_size)
-        return cfg, source_key(src.describe()), None
+        return cfg, source_key(src.record()), None
     _, info = read_checkpoint(src.checkpoint, weights=src.weights)
     check_attention(info, "full" if src.mediators == FULL else "mediator", src.mediators)
     if src.expect_image_size is not None:
@@ -207,77 +208,77 @@ def _check_output(out: Path) -> None:
 
 
 def _open_manifest(out: Path, model: dict, settings: BuildSettings, requested: list[int], force: bool,
-                   data: dict | None, sampling: dict | None) -> dict:
-    fresh = new_manifest(model, settings.to_dict(), requested, data, sampling)
+                   data: dict | None, sampling: dict | None) -> Manifest:
+    """The manifest this build starts from: the bundle's, with this build's settings and counts added (what it
+    keeps checked against what the build is of), or a new one."""
+    fresh = Manifest.new(model, settings.to_dict(), requested, data, sampling)
     if not (out / MANIFEST).exists():
         return fresh
     try:
-        old = read_manifest(out)
+        old = Manifest.read(out)
     except BundleError:
         if not force:
             raise
         log.warning("replacing the unreadable manifest of %s (--force)", out)
         return fresh
     if force:
-        if old["model"] == model and old.get("data") == data:
+        if old.model == model and old.data == data:
             # until each count is redone, its intact engines stay in the bundle (an interrupted --force loses none)
-            fresh["counts"] = {n: e for n, e in old["counts"].items() if int(n) in requested}
+            return replace(fresh, counts={n: e for n, e in old.counts.items() if n in requested})
         return fresh
-    if old["model"] != model and old["model"].get("attention") != model.get("attention"):
+    if old.model != model and old.model.get("attention") != model.get("attention"):
         kinds = {"full": "a vanilla (full-attention) bundle", None: "a mediator bundle"}
-        raise BundleError(f"{out} holds {kinds.get(old['model'].get('attention'))}, and this build is of "
+        raise BundleError(f"{out} holds {kinds.get(old.model.get('attention'))}, and this build is of "
                           f"{kinds.get(model.get('attention'))}: a mediator bundle and its vanilla twin are two "
                           f"bundles. Choose another --output (or --force to replace it)")
-    if old["model"] != model:
-        raise BundleError(f"{out} holds a bundle of another model ({old['model'].get('depth')} blocks, width "
-                          f"{old['model'].get('hidden_size')}, latent {old['model'].get('input_size')}): choose "
+    if old.model != model:
+        raise BundleError(f"{out} holds a bundle of another model ({old.model.get('depth')} blocks, width "
+                          f"{old.model.get('hidden_size')}, latent {old.model.get('input_size')}): choose "
                           f"another --output, or --force to replace it")
-    if old.get("data") != data:
+    if old.data != data:
         raise BundleError(f"{out} holds a bundle of a model that generates other things: choose another --output, "
                           f"or --force to replace it")
-    kept = sorted(set(map(int, old["counts"])) - set(requested))
-    if old["build"].get("precision") != settings.precision and kept:
-        raise BundleError(f"{out} holds {old['build'].get('precision')} engines; rebuilding only "
+    kept = sorted(set(old.counts) - set(requested))
+    if old.build.get("precision") != settings.precision and kept:
+        raise BundleError(f"{out} holds {old.build.get('precision')} engines; rebuilding only "
                           f"{', '.join(map(str, requested))} mediators in {settings.precision} would leave "
                           f"{', '.join(map(str, kept))} in the old precision. Rebuild every count "
                           f"(--mediators {','.join(map(str, sorted(set(requested) | set(kept))))}), use --force, or "
                           f"choose another --output")
-    old["build"] = settings.to_dict()
-    old["requested"] = sorted(set(old["requested"]) | set(requested))
-    if sampling is not None or not old.get("sampling"):
-        old["sampling"] = fresh["sampling"]
-    return old
+    recorded = sampling is not None or not old.raw.get("sampling")
+    return replace(old, build=settings.to_dict(), requested=tuple(sorted(set(old.requested) | set(requested))),
+                   sampling=fresh.sampling if recorded else old.sampling)
 
 
-def _fit_sampling(manifest: dict) -> None:
+def _fit_sampling(manifest: Manifest) -> Manifest:
     """Drop a recorded default schedule that names counts the bundle is not built for (``--mediators 16`` of
     a three-count model)."""
     from ..core.schedule_text import parse_schedule
 
-    text = (manifest.get("sampling") or {}).get("schedule")
+    text = manifest.sampling.schedule
     if not text:
-        return
+        return manifest
     needed = set(parse_schedule(text).counts)
-    have = set(manifest["requested"])
-    if not needed <= have:
-        log.info("the recommended schedule %s needs %s mediators, which this bundle lacks: recording none (the "
-                 "largest count alone)", text, sorted(needed - have))
-        manifest["sampling"] = {**manifest["sampling"], "schedule": None}
+    have = set(manifest.requested)
+    if needed <= have:
+        return manifest
+    log.info("the recommended schedule %s needs %s mediators, which this bundle lacks: recording none (the "
+             "largest count alone)", text, sorted(needed - have))
+    return replace(manifest, sampling=replace(manifest.sampling, schedule=None))
 
 
-def _entry_files(entry: dict) -> set[str]:
+def _entry_files(entry: CountEntry) -> set[str]:
     """Every file a count's manifest entry names (the ONNX graph, its external data, the engines)."""
-    return {f for a in [entry.get("onnx"), *(entry.get("engines") or {}).values()] if a
-            for f in Artifact.from_dict(a).files}
+    return {f for a in [entry.onnx, *entry.engines.values()] for f in a.files}
 
 
 def _live_files(out: Path) -> dict[int, set[str]]:
     """{count: files} that the bundle's current manifest vouches for (empty for a new or unreadable one)."""
     try:
-        manifest = read_manifest(out)
+        manifest = Manifest.read(out)
     except BundleError:
         return {}
-    return {int(n): _entry_files(e) for n, e in manifest["counts"].items()}
+    return {n: _entry_files(e) for n, e in manifest.counts.items()}
 
 
 def _free_name(stem: str, suffix: str, live: set[str]) -> str:
@@ -315,9 +316,8 @@ def build_bundle(sources: list[ModelSource], out: str | Path, settings: BuildSet
             return BuildReport(out, backend, why, kept, random_weights)
     with _exclusive(out):
         live = _live_files(out)  # what the manifest on disk vouches for: never overwritten in place
-        manifest = _open_manifest(out, shared_model_dict(first_cfg), settings, [s.mediators for s in sources], force,
-                                  data, sampling)
-        _fit_sampling(manifest)
+        manifest = _fit_sampling(_open_manifest(out, shared_model_dict(first_cfg), settings,
+                                                [s.mediators for s in sources], force, data, sampling))
         reports = []
         progress = _progress() if show_progress else None
         with progress or nullcontext():
@@ -329,13 +329,11 @@ def build_bundle(sources: list[ModelSource], out: str | Path, settings: BuildSet
                 cfg, source_hash, _ = configs[n]
                 t0 = time.perf_counter()
                 report = CountReport(n)
-                old = {} if force else manifest["counts"].get(str(n), {})
+                old = None if force else manifest.counts.get(n)
                 entry = _build_count(out, src, cfg, source_hash, old, settings, spec, backend, force, report,
                                      live.get(n, set()), calibration.get(n))
-                manifest["counts"][str(n)] = entry
-                manifest["updated"] = now()
-                manifest["medexport_version"] = __version__
-                write_json_atomic(out / MANIFEST, manifest)  # this count is now complete
+                manifest = manifest.with_count(entry)
+                write_json_atomic(out / MANIFEST, manifest.to_dict())  # this count is now complete
                 for name in live.pop(n, set()) - _entry_files(entry):  # replaced files, no longer vouched for
                     (out / name).unlink(missing_ok=True)
                 report.seconds = time.perf_counter() - t0
@@ -380,22 +378,16 @@ def _engine_key(backend: str, onnx_art: Artifact, settings: BuildSettings) -> st
     return content_key(*engine_backend.key_parts(onnx_art.sha256, settings, settings.options_for(engine_backend)))
 
 
-def _count_entry(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str, onnx_art: Artifact,
-                 engines: dict) -> dict:
-    """A count's manifest entry, as the build records it."""
-    return {"mediators": src.mediators, "config": cfg.to_dict(),
-            "source": src.describe(source_hash if not src.is_random else None),
-            "onnx": onnx_art.to_dict() | {"bytes": onnx_art.bytes(out)}, "engines": engines}
-
-
-def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str, old: dict,
+def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str, old: CountEntry | None,
                  settings: BuildSettings, spec: ExportSpec, backend: str | None, force: bool, report: CountReport,
-                 live: set[str], calibration=None) -> dict:
+                 live: set[str], calibration=None) -> CountEntry:
+    """The count's entry after bringing its graph and engine up to date (``old``: its entry so far, if any)."""
     n, precision = src.mediators, settings.precision
     q = quantization(precision)
     opset = spec.opset_for(SOURCE_PRECISION if q else precision)
     export_key = _export_key(source_hash, precision, spec, calibration)
-    onnx_art = Artifact.from_dict(old["onnx"]) if old.get("onnx") else None
+    onnx_art = old.onnx if old is not None else None
+    engines = dict(old.engines) if old is not None else {}
     if force or onnx_art is None or not onnx_art.up_to_date(out, export_key):
         model = _load_model(src)
         name = _free_name(f"{count_stem(n)}.{precision}", ".onnx", live)
@@ -407,27 +399,26 @@ def _build_count(out: Path, src: ModelSource, cfg: ModelConfig, source_hash: str
         onnx_art = Artifact.from_files(files, precision, key=export_key,
                                        record={"opset": opset, "mediator_nodes": result.mediator_nodes,
                                                "export_seconds": round(result.seconds, 2), **record})
+        onnx_art = replace(onnx_art, record={**onnx_art.record, "bytes": onnx_art.bytes(out)})
         report.exported = True
-        old = {}  # a new graph invalidates every engine built from the old one
-    engines = dict(old.get("engines", {}))
+        engines = {}  # a new graph invalidates every engine built from the old one
     if backend is not None:
         engine_backend = registry.get(backend)
-        options = settings.options_for(engine_backend)
         engine_key = _engine_key(backend, onnx_art, settings)
-        kept = Artifact.from_dict(engines[backend]) if backend in engines else None
+        kept = engines.get(backend)
         if force or kept is None or not kept.up_to_date(out, engine_key):
             stem = f"{count_stem(n)}.{precision}"
             files, record = engine_backend.build(BuildInputs(
                 mediators=n, onnx_files=[out / f for f in onnx_art.files], model=functools.cache(lambda: _load_model(src)),
-                new_file=lambda suffix: out / _free_name(stem, suffix, live), settings=settings, options=options,
+                new_file=lambda suffix: out / _free_name(stem, suffix, live), settings=settings,
+                options=settings.options_for(engine_backend),
                 latent_shape=(cfg.in_channels, cfg.input_size, cfg.input_size), folder=out))
             engines[backend] = Artifact.from_files(files, precision, batch=settings.batch, key=engine_key,
-                                                   record={**record, "versions": _versions(),
-                                                           "built": now()}).to_dict()
+                                                   record={**record, "versions": _versions(), "built": now()})
             report.engines_built.append(backend)
         else:
             report.engines_kept.append(backend)
-    return _count_entry(out, src, cfg, source_hash, onnx_art, engines)
+    return CountEntry(n, cfg, src.record(None if src.is_random else source_hash), onnx_art, engines)
 
 
 def _already_built(out: Path, sources: list[ModelSource], configs: dict, settings: BuildSettings, spec: ExportSpec,
@@ -442,30 +433,24 @@ def _already_built(out: Path, sources: list[ModelSource], configs: dict, setting
     if not (out / MANIFEST).is_file():
         return None
     first_cfg = next(iter(configs.values()))[0]
-    before = read_manifest(out)  # a manifest that cannot be read: refused here as under the lock
-    manifest = _open_manifest(out, shared_model_dict(first_cfg), settings, [s.mediators for s in sources], False,
-                              data, sampling)
-    _fit_sampling(manifest)
+    before = Manifest.read(out)  # a manifest that cannot be read: refused here as under the lock
+    manifest = _fit_sampling(_open_manifest(out, shared_model_dict(first_cfg), settings,
+                                            [s.mediators for s in sources], False, data, sampling))
     reports = []
     for src in sorted(sources, key=lambda s: s.mediators):
         cfg, source_hash, _ = configs[src.mediators]
-        old = manifest["counts"].get(str(src.mediators)) or {}
-        onnx_art = Artifact.from_dict(old["onnx"]) if old.get("onnx") else None
-        if onnx_art is None or not onnx_art.up_to_date(
+        old = manifest.counts.get(src.mediators)
+        if old is None or not old.onnx.up_to_date(
                 out, _export_key(source_hash, settings.precision, spec, calibration.get(src.mediators))):
             return None
-        engines = dict(old.get("engines", {}))
-        if backend is not None and (backend not in engines or not Artifact.from_dict(engines[backend]).up_to_date(
-                out, _engine_key(backend, onnx_art, settings))):
+        if backend is not None and (backend not in old.engines or not old.engines[backend].up_to_date(
+                out, _engine_key(backend, old.onnx, settings))):
             return None
-        manifest["counts"][str(src.mediators)] = _count_entry(out, src, cfg, source_hash, onnx_art, engines)
+        manifest = manifest.with_count(CountEntry(src.mediators, cfg, src.record(None if src.is_random
+                                                                                  else source_hash),
+                                                  old.onnx, old.engines))
         reports.append(CountReport(src.mediators, engines_kept=[backend] if backend is not None else []))
-    manifest["medexport_version"] = __version__
-
-    def unstamped(m: dict) -> dict:
-        return {k: v for k, v in m.items() if k != "updated"}
-
-    return reports if unstamped(manifest) == unstamped(before) else None
+    return reports if manifest.same_content(before) else None
 
 
 def _quant_key(calibration) -> tuple:
@@ -510,8 +495,8 @@ def _versions() -> dict:
 def manifest_state(out: str | Path) -> str:
     """A hash of what the bundle's manifest says, but for the time of its last write: it changes when a rebuild
     switches any engine, or when the recorded settings change, not when a rebuild finds everything up to date."""
-    manifest = read_manifest(Path(out))
-    return content_key({k: v for k, v in manifest.items() if k != "updated"})
+    manifest = Manifest.read(Path(out))
+    return content_key({k: v for k, v in manifest.raw.items() if k != "updated"})
 
 
 def record_sampling(out: str | Path, changes: dict, *, expect_state: str | None = None) -> dict:
@@ -529,11 +514,10 @@ def record_sampling(out: str | Path, changes: dict, *, expect_state: str | None 
             raise BundleError(f"{out} changed while it was being judged (rebuilt, or its recorded settings "
                               f"changed): nothing was recorded, since the choice was made on engines or settings "
                               f"that are no longer the bundle's. Run the command again on the bundle as it is now")
-        manifest = read_manifest(out)
-        sampling = SamplingSettings.from_dict({**(manifest.get("sampling") or {}), **changes})
+        manifest = Manifest.read(out)
+        sampling = SamplingSettings.from_dict({**(manifest.raw.get("sampling") or {}), **changes})
         if sampling.schedule:
-            parse_schedule(sampling.schedule).validate_against([int(n) for n in manifest["counts"]])
-        manifest["sampling"] = sampling.to_dict()
-        manifest["updated"] = now()
-        write_json_atomic(out / MANIFEST, manifest)
-    return manifest["sampling"]
+            parse_schedule(sampling.schedule).validate_against(manifest.count_list)
+        manifest = replace(manifest, sampling=sampling, updated=now())
+        write_json_atomic(out / MANIFEST, manifest.to_dict())
+    return manifest.to_dict()["sampling"]

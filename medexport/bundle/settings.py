@@ -11,6 +11,7 @@ from ..core.batch import BatchRange
 from ..backend import registry
 from ..errors import ConfigError
 from ..core.config import DEFAULT_IMAGE_SIZE, FULL
+from ..core.manifest import Source
 from ..quant import ALL_PRECISIONS, quantization
 
 PRECISION_CHOICES = ALL_PRECISIONS
@@ -107,23 +108,23 @@ class ModelSource:
     def is_random(self) -> bool:
         return self.checkpoint is None
 
-    def describe(self, sha256: str | None = None) -> dict:
+    def record(self, sha256: str | None = None) -> Source:
+        """The manifest's record of this source (a checkpoint's ``sha256`` given by the builder, which hashes
+        it once)."""
         if self.is_random:
-            d = {"kind": "random", "model": self.model_name, "image_size": self.image_size, "seed": self.seed,
-                 "init": "random"}
-            return d | ({"attention": "full"} if self.mediators == FULL else {})
-        return {"kind": "checkpoint", "path": str(Path(self.checkpoint).resolve()), "weights": self.weights,
-                "sha256": sha256}
+            return Source("random", model=self.model_name, image_size=self.image_size, seed=self.seed,
+                          init="random", attention="full" if self.mediators == FULL else "mediator")
+        return Source("checkpoint", path=str(Path(self.checkpoint).resolve()), sha256=sha256, weights=self.weights)
 
 
-def source_key(source: dict) -> str:
-    """What identifies a count's weights, from its manifest ``source`` record (``ModelSource.describe``): the
+def source_key(source: Source) -> str:
+    """What identifies a count's weights, from its :class:`~medexport.core.manifest.Source` record: the
     checkpoint's sha256, or a key of the random model's recipe."""
-    if source.get("kind") == "checkpoint":
-        return source["sha256"]
+    if source.kind == "checkpoint":
+        return source.sha256
     import torch
 
-    return content_key(source, torch.__version__)
+    return content_key(source.to_dict(), torch.__version__)
 
 
 def content_key(*parts) -> str:

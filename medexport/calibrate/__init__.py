@@ -89,7 +89,7 @@ def record(bundle_path: str | os.PathLike, out: str | os.PathLike, *, schedule: 
                 np.savez(f, x=x, t=t, y=y, step=step)
             entries[str(n)] = {"file": name, "sha256": file_sha256(tmp / name), "rows": int(len(t)),
                                "steps": sorted({int(s) for s in step}), "evaluations": len(rows[n]),
-                               "source": source_key(bundle.entry(n).source.to_dict()), "onnx_sha256": bundle.onnx(n).sha256}
+                               "source": source_key(bundle.entry(n).source), "onnx_sha256": bundle.onnx(n).sha256}
         s = result.settings
         write_json(tmp / MANIFEST, {
             "format": FORMAT, "format_version": FORMAT_VERSION, "medexport_version": __version__,

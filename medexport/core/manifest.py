@@ -36,14 +36,14 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import BundleError, ConfigError, SamplingError, ScheduleError
 from ..version import __version__
 from .artifact import Artifact, ArtifactError
 from .config import ATTENTIONS, FULL, ModelConfig, count_name
-from .settings import SamplingSettings
+from .settings import RECOMMENDED, SamplingSettings
 
 MANIFEST = "manifest.json"
 FORMAT = "medexport-bundle"
@@ -158,8 +158,8 @@ class CountEntry:
         return cls(n, cfg, source, artifacts["onnx"], engines)
 
     def to_dict(self) -> dict:
-        return {"config": self.config.to_dict(), "source": self.source.to_dict(), "onnx": self.onnx.to_dict(),
-                "engines": {k: a.to_dict() for k, a in self.engines.items()}}
+        return {"mediators": self.mediators, "config": self.config.to_dict(), "source": self.source.to_dict(),
+                "onnx": self.onnx.to_dict(), "engines": {k: a.to_dict() for k, a in self.engines.items()}}
 
 
 @dataclass(frozen=True)
@@ -204,12 +204,32 @@ class Manifest:
 
     @classmethod
     def new(cls, model_config: dict, build: dict, requested: list[int], data: dict | None = None,
-            sampling: dict | None = None) -> dict:
-        """The JSON object of a new, empty manifest (a builder fills its counts)."""
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "medexport_version": __version__,
-                "created": now(), "updated": now(), "model": model_config, "build": build,
-                "requested": sorted(requested), "data": data,
-                "sampling": sampling or SamplingSettings().recommendation(), "counts": {}}
+            sampling: dict | None = None) -> Manifest:
+        """A new manifest without counts (a builder adds them, :meth:`with_count`)."""
+        recommended = SamplingSettings.from_dict(sampling or SamplingSettings().recommendation(),
+                                                 what="the checkpoint's recommended sampling settings")
+        stamp = now()
+        return cls(model=model_config, build=build, requested=tuple(sorted(requested)), counts={},
+                   sampling=recommended, data=data, created=stamp, updated=stamp, medexport_version=__version__)
+
+    def with_count(self, entry: CountEntry) -> Manifest:
+        """This manifest with ``entry`` complete (replacing the count's earlier entry), stamped now."""
+        return replace(self, counts={**self.counts, entry.mediators: entry}, updated=now(),
+                       medexport_version=__version__)
+
+    def same_content(self, other: Manifest) -> bool:
+        """Whether the two say the same, but for the time of their last write."""
+        return replace(self, updated="") == replace(other, updated="")
+
+    def to_dict(self) -> dict:
+        """The JSON object of this manifest (what :meth:`from_dict` reads back to an equal one). The recommended
+        sampling record always names the :data:`~medexport.core.settings.RECOMMENDED` fields, and any other that
+        is set."""
+        sampling = {k: v for k, v in self.sampling.to_dict().items() if k in RECOMMENDED or v is not None}
+        return {"format": FORMAT, "format_version": self.format_version, "medexport_version": self.medexport_version,
+                "created": self.created, "updated": self.updated, "model": self.model, "build": self.build,
+                "requested": list(self.requested), "data": self.data, "sampling": sampling,
+                "counts": {str(n): e.to_dict() for n, e in sorted(self.counts.items())}}
 
     @classmethod
     def from_dict(cls, data: object, where: object = "manifest.json") -> Manifest:
