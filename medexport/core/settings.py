@@ -19,11 +19,6 @@ import numpy as np
 
 from ..errors import SamplingError, ScheduleError
 
-SAMPLERS = ("sde", "ode")
-#: The integrators of each sampler; the first is not the default, see DEFAULT_METHOD.
-METHODS: dict[str, tuple[str, ...]] = {"sde": ("euler", "heun"), "ode": ("euler", "heun", "dopri5")}
-DEFAULT_METHOD = {"sde": "euler", "ode": "dopri5"}
-DEFAULT_STEPS = {"sde": 250, "ode": 50}
 LAST_STEPS = ("mean", "euler", "tweedie", "none")
 CFG_CHANNELS = ("3", "all")
 #: The reference's ``--sample-eps``: without a last step the SDE grid ends at 1 - SAMPLE_EPS, not at 1.
@@ -35,6 +30,28 @@ RECOMMENDED = ("sampler", "method", "steps", "cfg_scale", "cfg_channels", "sched
 #: What the reference uses where nothing is chosen.
 REFERENCE = dict(sampler="sde", cfg_scale=1.0, cfg_channels="3", last_step="mean", last_step_size=0.04,
                  diffusion_norm=1.0, atol=1e-6, rtol=1e-3)
+
+
+def _registry():
+    """The sampler registry (:mod:`medexport.core.samplers`): which samplers and methods exist, their defaults
+    and evaluations per step. Imported on first use: the samplers' module imports this one."""
+    from . import samplers
+
+    return samplers
+
+
+def __getattr__(name: str):
+    """The registry's facts under their earlier names: SAMPLERS, METHODS, DEFAULT_METHOD, DEFAULT_STEPS."""
+    r = _registry()
+    if name == "SAMPLERS":
+        return r.families()
+    if name == "METHODS":
+        return {f: r.methods(f) for f in r.families()}
+    if name == "DEFAULT_METHOD":
+        return {f: r.default_method(f) for f in r.families()}
+    if name == "DEFAULT_STEPS":
+        return {f: r.family(f).default_steps for f in r.families()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @functools.lru_cache(maxsize=64)
@@ -117,19 +134,23 @@ class SamplingSettings:
 
     def __post_init__(self) -> None:
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        registry = _registry()
         if self.sampler is not None:
             sampler = _name("sampler", self.sampler)
-            if sampler not in SAMPLERS:
-                raise SamplingError(f"unknown sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+            if sampler not in registry.families():
+                raise SamplingError(f"unknown sampler {self.sampler!r}: choose one of "
+                                    f"{', '.join(registry.families())}")
             put("sampler", sampler)
         if self.method is not None:
             method = _name("method", self.method)
-            allowed = METHODS[self.sampler] if self.sampler else tuple(dict.fromkeys(sum(METHODS.values(), ())))
+            allowed = registry.methods(self.sampler) if self.sampler else tuple(dict.fromkeys(
+                m for f in registry.families() for m in registry.methods(f)))
             if method not in allowed:
+                owners = [f for f in registry.families() if method in registry.methods(f)]
                 raise SamplingError(
-                    f"unknown {self.sampler or ''} method {self.method!r}: choose one of {', '.join(allowed)}".replace(
-                        "unknown  ", "unknown ")
-                    + (" (dopri5 is an ode method: use --sampler ode)" if method == "dopri5" else ""))
+                    f"unknown {self.sampler + ' ' if self.sampler else ''}method {self.method!r}: choose one of "
+                    f"{', '.join(allowed)}" + (f" ({method} is an {owners[0]} method: use --sampler {owners[0]})"
+                                               if owners else ""))
             put("method", method)
         if self.steps is not None:
             if isinstance(self.steps, (bool, np.bool_)) or not isinstance(self.steps, (int, np.integer)) \
@@ -199,8 +220,9 @@ class SamplingSettings:
         if all(v is not None for k, v in asdict(self).items() if k != "schedule"):
             return self  # resolved already (a run resolves once; the sampler and its Run see the same object)
         d = {**REFERENCE, **{k: v for k, v in asdict(self).items() if v is not None}}
-        d.setdefault("method", DEFAULT_METHOD[d["sampler"]])
-        d.setdefault("steps", DEFAULT_STEPS[d["sampler"]])
+        registry = _registry()
+        d.setdefault("method", registry.default_method(d["sampler"]))
+        d.setdefault("steps", registry.family(d["sampler"]).default_steps)
         return SamplingSettings(**d)
 
     # -- what a run is --------------------------------------------------------------------------------------
@@ -211,12 +233,12 @@ class SamplingSettings:
     @property
     def resolved_method(self) -> str:
         """The integrator that runs: ``method``, or the sampler's default."""
-        return self.method or DEFAULT_METHOD[self.resolved_sampler]
+        return self.method or _registry().default_method(self.resolved_sampler)
 
     @property
     def resolved_steps(self) -> int:
         """The number of grid points: ``steps``, or the sampler's default."""
-        return self.steps or DEFAULT_STEPS[self.resolved_sampler]
+        return self.steps or _registry().family(self.resolved_sampler).default_steps
 
     @property
     def resolved_last_step(self) -> str:
@@ -242,14 +264,16 @@ class SamplingSettings:
     @property
     def num_model_steps(self) -> int | None:
         """How many steps a run makes (what :attr:`StepInfo.num_steps` says); None for dopri5."""
-        if self.resolved_method == "dopri5":
+        if self.evaluations_per_step is None:  # adaptive: it chooses its own steps
             return None
         return self.resolved_steps - 1 + (1 if self.has_last_step else 0)
 
     @property
     def evaluations_per_step(self) -> int | None:
-        """Velocity evaluations per step (the SDE's last step makes one); None for dopri5."""
-        return {"euler": 1, "heun": 2}.get(self.resolved_method)
+        """Velocity evaluations per step (the SDE's last step makes one); None for an adaptive method (dopri5):
+        the registered sampler's ``order``."""
+        found = _registry().lookup(self.resolved_sampler, self.resolved_method)
+        return found.order if found is not None else None
 
     @property
     def num_evaluations(self) -> int | None:

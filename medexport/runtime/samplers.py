@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..core.samplers import NonFiniteError, OnStep, Run, Sampler, Velocity, register
+from ..core.samplers.ode_dopri5 import OdeDopri5
 from ..core.samplers import sample as _sample
 from ..core.settings import SamplingSettings
 from ..core.steps import StepInfo
@@ -24,11 +25,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["Dopri5", "NonFiniteError", "OnStep", "Velocity", "sample"]
 
 
-class Dopri5(Sampler):
+class Dopri5(OdeDopri5):
     """The ODE's adaptive dopri5 (torchdiffeq, the reference's default), atol / rtol from the settings; it chooses
-    its own steps, so it lists none in advance."""
+    its own steps, so it lists none in advance. Its facts are the core's record (:class:`OdeDopri5`)."""
 
-    sampler, method, evaluations_per_step, arrays = "ode", "dopri5", None, ("torch",)
+    available = Sampler.available  # on torch arrays; elsewhere the base's message names the fixed-step methods
 
     def integrate(self, run: Run, x: Tensor) -> Tensor:
         try:

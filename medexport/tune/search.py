@@ -148,16 +148,18 @@ def step_grid(sampling: SamplingSettings, steps: list[int] | None = None, method
     """The (method, steps) pairs a step search judges: ``steps`` (default: 40% to 100% of the recommended
     steps, six values) for each of ``methods`` (default: the recommended fixed-step method, plus Heun beside
     Euler, whose two evaluations per step may buy more than two Euler steps)."""
-    from ..core.settings import MAX_STEPS, METHODS
+    from ..core.samplers import fixed_methods
+    from ..core.settings import MAX_STEPS
 
     base = sampling.resolved()
-    fixed = [m for m in METHODS[base.sampler] if m != "dopri5"]
+    fixed = list(fixed_methods(base.sampler))
     if methods is not None and not methods:  # an empty list would search no (method, steps) pair at all
         raise TuneError(f"--search-methods names no method: give at least one of the {base.sampler} sampler's "
                         f"({', '.join(fixed)}), or leave it out for the default")
-    if methods is None:  # dopri5 (the ODE's default) chooses its own steps: then Euler and Heun
-        methods = ([base.method] if base.method in fixed else ["euler"]) + (
-            ["heun"] if base.method in ("euler", "dopri5") and "heun" in fixed else [])
+    if methods is None:  # an adaptive method (the ODE's default, dopri5) chooses its own steps: then Euler and Heun
+        adaptive = base.method not in fixed
+        methods = (["euler"] if adaptive else [base.method]) + (
+            ["heun"] if (adaptive or base.method == "euler") and "heun" in fixed else [])
     bad = [m for m in methods if m not in fixed]
     if bad:
         raise TuneError(f"a step search needs fixed-step methods; {', '.join(bad)} is not one of the {base.sampler} "

@@ -76,6 +76,8 @@ def ref_ode(v, x, *, steps, method):
         k1 = v(x, t0)
         if method == "euler":
             x = x + dt * k1
+        elif method == "midpoint":
+            x = x + dt * v(x + dt / 2 * k1, t0 + dt / 2)
         else:
             k2 = v(x + dt * k1, t1)
             x = x + dt / 2 * (k1 + k2)
@@ -241,14 +243,14 @@ def test_without_a_generator_the_global_rng_draws_the_noise():
 # ODE
 
 
-@pytest.mark.parametrize("method", ["euler", "heun"])
+@pytest.mark.parametrize("method", ["euler", "heun", "midpoint"])
 def test_ode_fixed_step_matches_reference_loop(method):
     x0 = noise()
     got = sample(as_velocity(field), x0, SamplingSettings("ode", method=method, steps=9))
     torch.testing.assert_close(got, ref_ode(field, x0, steps=9, method=method), atol=1e-12, rtol=1e-12)
 
 
-@pytest.mark.parametrize("method, solver", [("euler", "euler"), ("heun", "heun2")])
+@pytest.mark.parametrize("method, solver", [("euler", "euler"), ("heun", "heun2"), ("midpoint", "midpoint")])
 def test_ode_fixed_step_matches_torchdiffeq_bit_for_bit(method, solver):
     torchdiffeq = pytest.importorskip("torchdiffeq")
     x0 = noise().float()
@@ -267,7 +269,7 @@ def linear_solution(x0, a, c, t=1.0):
     return (x0 + c / a) * math.exp(a * t) - c / a
 
 
-@pytest.mark.parametrize("method, steps, tol", [("euler", 201, 2e-2), ("heun", 51, 2e-4)])
+@pytest.mark.parametrize("method, steps, tol", [("euler", 201, 2e-2), ("heun", 51, 2e-4), ("midpoint", 51, 2e-4)])
 def test_ode_fixed_step_converges_on_a_linear_field(method, steps, tol):
     a, c = -1.3, 0.7
     x0 = noise()
@@ -278,6 +280,27 @@ def test_ode_fixed_step_converges_on_a_linear_field(method, steps, tol):
     finer = sample(lambda x, t, s: a * x + c, x0, SamplingSettings("ode", method=method, steps=2 * steps - 1))
     ratio = err / (finer - linear_solution(x0, a, c)).abs().max().item()
     assert ratio == pytest.approx(2 if method == "euler" else 4, rel=0.05)
+
+
+def test_a_sampler_is_one_registered_file():
+    """The registry owns each sampler's facts: the settings, the evaluation count, tune's step search and the
+    torch-free runtime read them from the sampler's own class (midpoint: one file, nothing else names it)."""
+    from medexport.core import samplers
+    from medexport.core.arrays import NUMPY
+    from medexport.core.settings import METHODS
+    from medexport.tune import step_grid
+
+    assert METHODS["ode"] == ("euler", "heun", "midpoint", "dopri5") and samplers.fixed_methods("sde") == (
+        "euler", "heun")
+    s = SamplingSettings("ode", method="midpoint", steps=8)
+    assert (s.evaluations_per_step, s.num_model_steps, s.num_evaluations) == (2, 7, 14)
+    assert ("midpoint", 8) in step_grid(s, steps=[8], methods=["midpoint"])
+    with pytest.raises(SamplingError, match="unknown sde method 'midpoint': choose one of euler, heun "
+                                            r"\(midpoint is an ode method: use --sampler ode\)"):
+        SamplingSettings("sde", method="midpoint")
+    x = np.ones((2, 3), np.float32)  # the numpy core runs it: dx/dt = -x, one midpoint step of 1/2
+    got = samplers.sample(NUMPY, lambda x, t, step: -x, x, SamplingSettings("ode", method="midpoint", steps=3))
+    np.testing.assert_allclose(got, (1 - 0.5 + 0.125) ** 2 * x, rtol=1e-6)
 
 
 def test_dopri5_converges_on_a_linear_field():

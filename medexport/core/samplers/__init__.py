@@ -7,11 +7,17 @@ velocity v(x, t); the score and the SDE drift follow from it:
     w = norm * (1 - t)                 diffusion coefficient (the reference's ``--diffusion-form sigma``)
     f = v + w * s                      SDE drift
 
-Each sampler is one :class:`Sampler`, registered by (sampler, method): how many velocity evaluations a step
-makes, its time grid, and one step. A sampler takes the model as a callable ``velocity(x, t, step) -> v`` and
-arrays of any adapter (:mod:`.arrays`): numpy in the torch-free runtime, torch in :class:`medexport.Pipeline`,
-the same operations in the same order in both. dopri5 (torchdiffeq) is registered by
-:mod:`medexport.runtime.samplers`, for torch arrays only.
+**The registry.** Each sampler family (:class:`Family`: "sde", "ode") has its default method and steps; each
+integrator is one :class:`Sampler` subclass in a file of this package, registered by (sampler, method) when the
+package is imported, with its facts: evaluations per step (diffusers' ``order``; None for an adaptive one), the
+array adapters it runs on, whether it is the family's default. Settings validate against it
+(:mod:`medexport.core.settings`), the CLI lists its methods, tune searches its fixed-step methods. A new sampler
+is one new file here: a subclass of :class:`FixedStepSampler` that writes one ``step``.
+
+A sampler takes the model as a callable ``velocity(x, t, step) -> v`` and arrays of any adapter (:mod:`..arrays`):
+numpy in the torch-free runtime, torch in :class:`medexport.Pipeline`, the same operations in the same order in
+both. dopri5 (torchdiffeq) is registered here with its facts, and its torch implementation replaces it when
+:mod:`medexport.runtime.samplers` is imported.
 
 The formulas, the time grids and the order of the floating-point operations follow the reference
 (``transport/transport.py``, ``transport/integrators.py``, ``transport/path.py``), so that a float32 run on the
@@ -25,15 +31,18 @@ for both.
 from __future__ import annotations
 
 import abc
+import importlib
 import logging
+import pkgutil
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import SamplingError
-from .arrays import Arrays
-from .settings import SamplingSettings
-from .steps import StepInfo
+from ...errors import SamplingError
+from ..arrays import Arrays
+from ..settings import SamplingSettings
+from ..steps import StepInfo
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +136,30 @@ class Run:
 
 
 class Sampler(abc.ABC):
-    """One integrator of one sampler, registered by (sampler, method): its evaluations per step and how it
-    integrates a whole trajectory. ``arrays``: the adapters it can run on (None: every one)."""
+    """One integrator of one sampler family, registered by (sampler, method).
+
+    Class attributes: ``sampler`` (the family), ``method``, ``order`` (velocity evaluations per step; None for
+    an adaptive integrator, which chooses its own steps), ``arrays`` (the adapters it runs on; None: every
+    one), ``default`` (the family's default method), ``summary`` (one line for ``--help``)."""
 
     sampler: str = ""
     method: str = ""
-    evaluations_per_step: int | None = 1
+    order: int | None = 1
     arrays: tuple[str, ...] | None = None
+    default: bool = False
+    summary: str = ""
+
+    @property
+    def fixed_step(self) -> bool:
+        """Whether it runs on the settings' time grid (steps known in advance: schedules, tune, costs)."""
+        return self.order is not None
+
+    def available(self, xp: Arrays | None = None) -> None:
+        """SamplingError when it cannot run (on ``xp``'s arrays)."""
+        if xp is not None and self.arrays is not None and xp.name not in self.arrays:
+            raise SamplingError(f"the {self.sampler} sampler's {self.method} method runs on {', '.join(self.arrays)} "
+                                f"arrays (medexport.Pipeline), not {xp.name} (the torch-free runtime): choose "
+                                f"--method {' or '.join(fixed_methods(self.sampler))} here")
 
     def grid(self, settings: SamplingSettings) -> np.ndarray:
         return settings.time_grid()
@@ -158,112 +184,76 @@ class FixedStepSampler(Sampler):
         return x
 
 
-class OdeEuler(FixedStepSampler):
-    sampler, method = "ode", "euler"
-
-    def step(self, run: Run, x, grid, i):
-        t0 = grid[i]
-        dt = grid[i + 1] - t0  # float32, per step as torchdiffeq's fixed-grid solvers
-        k1 = run.v(x, run.time(t0, x), run.info(i, t0))
-        return x + dt * k1
+# ---------------------------------------------------------------------------------------------------------
+# The registry
 
 
-class OdeHeun(FixedStepSampler):
-    """torchdiffeq's heun2 tableau: k2 at (t0 + dt, x + dt k1), weights 1/2, 1/2."""
+@dataclass(frozen=True)
+class Family:
+    """A sampler family: its name and its default number of grid points (the reference's)."""
 
-    sampler, method, evaluations_per_step = "ode", "heun", 2
-
-    def step(self, run: Run, x, grid, i):
-        t0 = grid[i]
-        dt = grid[i + 1] - t0
-        info = run.info(i, t0)
-        k1 = run.v(x, run.time(t0, x), info)
-        k2 = run.v(x + dt * k1, run.time(t0 + dt, x), info)
-        return x + dt * (k1 * 0.5 + k2 * 0.5)
+    name: str
+    default_steps: int
+    summary: str = ""
 
 
-class _Sde(FixedStepSampler):
-    """The SDE family: steps - 1 stochastic steps with a constant dt, then the reference's last step."""
-
-    sampler = "sde"
-
-    def integrate(self, run: Run, x):
-        s = run.settings
-        x = super().integrate(run, x)  # the stochastic steps
-        if not s.has_last_step:
-            return x
-        t1 = 1 - s.last_step_size
-        info = run.info(s.resolved_steps - 1, t1)
-        t = run.time(t1, x)
-        size = s.last_step_size  # a Python float: applied in the state's dtype, as the reference
-        if s.last_step == "mean":
-            x = x + run.drift(x, t, info) * size
-        elif s.last_step == "euler":
-            x = x + run.v(x, t, info) * size
-        else:  # tweedie: x / alpha + sigma^2 / alpha * score, alpha and sigma read off the first sample's time
-            alpha, sigma = t[0], 1 - t[0]
-            x = x / alpha + (sigma**2) / alpha * score(run.v(x, t, info), x, t)
-        run.done(info, x)
-        return x
-
-
-class SdeEuler(_Sde):
-    """Euler-Maruyama."""
-
-    method = "euler"
-
-    def step(self, run: Run, x, grid, i):
-        dt = grid[1] - grid[0]
-        info = run.info(i, grid[i])
-        t = run.time(grid[i], x)
-        dw = run.noise(x) * run.xp.scalar_sqrt(dt)
-        mean_x = x + run.drift(x, t, info) * dt
-        return mean_x + run.xp.sqrt(2 * diffusion(x, t, run.settings.diffusion_norm)) * dw
-
-
-class SdeHeun(_Sde):
-    method, evaluations_per_step = "heun", 2
-
-    def step(self, run: Run, x, grid, i):
-        dt = grid[1] - grid[0]
-        info = run.info(i, grid[i])
-        t = run.time(grid[i], x)
-        dw = run.noise(x) * run.xp.scalar_sqrt(dt)
-        xhat = x + run.xp.sqrt(2 * diffusion(x, t, run.settings.diffusion_norm)) * dw
-        k1 = run.drift(xhat, t, info)
-        xp_ = xhat + dt * k1
-        k2 = run.drift(xp_, t + dt, info)
-        return xhat + F32(0.5) * dt * (k1 + k2)
-
-
+_FAMILIES: dict[str, Family] = {}
 _REGISTRY: dict[tuple[str, str], Sampler] = {}
 
 
+def register_family(family: Family) -> Family:
+    _FAMILIES[family.name] = family
+    return family
+
+
 def register(sampler: Sampler) -> Sampler:
-    """Make ``sampler`` the one that runs its (sampler, method)."""
+    """Make ``sampler`` the one that runs its (sampler, method) (a later registration replaces an earlier one:
+    how the torch runtime puts the real dopri5 in place of the core's record of it)."""
+    if sampler.sampler not in _FAMILIES:
+        raise ValueError(f"{type(sampler).__name__}: unknown sampler family {sampler.sampler!r}")
     _REGISTRY[sampler.sampler, sampler.method] = sampler
     return sampler
 
 
-for _cls in (OdeEuler, OdeHeun, SdeEuler, SdeHeun):
-    register(_cls())
+def families() -> tuple[str, ...]:
+    """The sampler families, as the CLI lists them."""
+    return tuple(_FAMILIES)
+
+
+def family(name: str) -> Family:
+    return _FAMILIES[name]
+
+
+def methods(sampler: str) -> tuple[str, ...]:
+    """The methods of ``sampler``: the fixed-step ones by evaluations per step, then the adaptive ones."""
+    found = [(r.order is None, r.order or 0, m) for (s, m), r in _REGISTRY.items() if s == sampler]
+    return tuple(m for *_, m in sorted(found))
+
+
+def fixed_methods(sampler: str) -> tuple[str, ...]:
+    """The fixed-step methods of ``sampler`` (what schedules, tune and the torch-free runtime can use)."""
+    return tuple(m for m in methods(sampler) if _REGISTRY[sampler, m].fixed_step)
+
+
+def default_method(sampler: str) -> str:
+    found = [m for (s, m), r in _REGISTRY.items() if s == sampler and r.default]
+    if len(found) != 1:
+        raise RuntimeError(f"the {sampler} family needs exactly one default method, has {found}")
+    return found[0]
+
+
+def lookup(sampler: str, method: str) -> Sampler | None:
+    """The registered sampler of (sampler, method), or None."""
+    return _REGISTRY.get((sampler, method))
 
 
 def get(settings: SamplingSettings, xp: Arrays | None = None) -> Sampler:
     """The sampler ``settings`` name; SamplingError when it is not available (to this adapter)."""
     s = settings.resolved()
-    key = (s.sampler, s.method)
-    found = _REGISTRY.get(key)
-    if found is None and key == ("ode", "dopri5"):
-        raise SamplingError("the ode sampler's dopri5 method needs torch and torchdiffeq (pip install "
-                            "\"medexport[ode]\") and the PyTorch runtime (medexport.Pipeline); the torch-free runtime "
-                            "runs the fixed-step samplers: choose --method euler or heun")
+    found = _REGISTRY.get((s.sampler, s.method))
     if found is None:
         raise SamplingError(f"no sampler is registered for {s.sampler} {s.method}")
-    if xp is not None and found.arrays is not None and xp.name not in found.arrays:
-        raise SamplingError(f"the {s.sampler} sampler's {s.method} method runs on {', '.join(found.arrays)} arrays "
-                            f"(medexport.Pipeline), not {xp.name} (the torch-free runtime): choose --method euler or "
-                            f"heun here")
+    found.available(xp)
     return found
 
 
@@ -293,3 +283,10 @@ def sample(xp: Arrays, velocity: Velocity, x0, settings: SamplingSettings | None
     run = Run(xp, velocity, settings, noise=noise, on_step=on_step)
     log.debug("sampling %s with %s", tuple(x0.shape), run.settings)
     return sampler.integrate(run, x0)
+
+
+# Every sampler of this package, one module each: importing the package registers them all (the families first).
+importlib.import_module(f"{__name__}._families")
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
