@@ -17,7 +17,7 @@ from ..bundle import engine_runner, open_bundle, sampling_backend
 from ..core.manifest import Manifest
 from ..core.request import SampleRequest
 from ..errors import BackendUnavailableError, BundleError, ConfigError
-from ..model.engine_graph import TORCH_DTYPES
+from ..core.precision import precision as precision_of
 from ..runtime.pipeline import Pipeline, check_device
 from .compare import SHARED_FIELDS, BenchSettings, check_forward_batch, compare_pipelines
 
@@ -93,9 +93,8 @@ def open_bundle_pipeline(path: Path, *, backend: str = "auto", device: str | Non
     runners = {}
     for n in bundle.counts:
         if engine_backend.is_reference:
-            precision = bundle.onnx(n).precision
             runner = TorchRunner(bundle.torch_model(n), device=device or default_device,
-                                 precision=precision if precision in TORCH_DTYPES else "fp32", cuda_graph=True)
+                                 precision=precision_of(bundle.onnx(n).precision).source, cuda_graph=True)
         else:
             runner = engine_runner(bundle, n, name, shared=shared, device=device, threads=threads)
         if device is not None and not runners:

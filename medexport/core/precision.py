@@ -39,6 +39,7 @@ class Precision:
         calibrated: whether it is calibrated on recorded engine inputs (``medexport calibrate``).
         backends: the backends that can run it (where the machine allows: see each backend's rule).
         summary: one line for people.
+        opset: the lowest ONNX opset its graph can be exported at (bfloat16 Conv needs 22).
     """
 
     name: str
@@ -49,6 +50,7 @@ class Precision:
     calibrated: bool = False
     backends: tuple[str, ...] = ("onnxruntime", "tensorrt", "torch")
     summary: str = ""
+    opset: int = 20
 
     @property
     def quantized(self) -> bool:
@@ -56,7 +58,8 @@ class Precision:
 
     @property
     def source(self) -> str:
-        """The precision exported from PyTorch: itself, or fp32 for a quantised precision."""
+        """The precision exported from PyTorch, and the one its PyTorch model runs at: itself, or fp32 for a
+        quantised precision (a Q/DQ graph has no PyTorch form)."""
         return "fp32" if self.quantized else self.name
 
 
@@ -64,7 +67,7 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("fp32", "float32", 1e-4, summary="float32"),
     Precision("fp16", "float16", 2e-2, summary="float16 weights and activations"),
     Precision("bf16", "bfloat16", 2e-2, backends=("tensorrt", "onnxruntime-gpu", "torch"),
-              summary="bfloat16 weights and activations"),
+              summary="bfloat16 weights and activations", opset=22),
     Precision("int8", "float32", 6e-2, "dynamic", "int8", backends=("onnxruntime",),
               summary="dynamic int8 (int8 weights, activations quantised at run time)"),
     Precision("int8-static", "float32", 2e-1, "static-qdq", "int8", calibrated=True,

@@ -59,11 +59,14 @@ class ExportSpec:
             raise ExportError(f"opset {self.opset} is not supported: use 20..{TENSORRT_MAX_OPSET} (or leave it unset)")
 
     def opset_for(self, precision: str) -> int:
+        from ..core.precision import precision as precision_of
+
+        lowest = precision_of(precision).opset
         if self.opset is not None:
-            if precision == "bf16" and self.opset < 22:
-                raise ExportError(f"bf16 needs opset >= 22 (bfloat16 Conv), got {self.opset}")
+            if self.opset < lowest:
+                raise ExportError(f"{precision} needs opset >= {lowest} (bfloat16 Conv), got {self.opset}")
             return self.opset
-        return 22 if precision == "bf16" else 20
+        return lowest
 
     def example_inputs(self, model: MediatorDiT) -> tuple[Tensor, Tensor, Tensor]:
         c = model.config

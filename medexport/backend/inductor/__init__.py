@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from ...core.precision import precision as precision_of
 from ...errors import BackendUnavailableError
 from ..pytorch import PyTorchBackend
 from ..registry import RunnerInputs
@@ -58,7 +59,7 @@ class InductorBackend(PyTorchBackend):
             raise BackendUnavailableError(f"--backend inductor cannot compile for {device} here: {why}. "
                                           f"--backend torch runs the same model without compiling")
         # the bundle's float precision; quantised graphs (ONNX Runtime int8, Q/DQ) have no PyTorch form: fp32
-        precision = inputs.precision if inputs.precision in ("fp32", "fp16", "bf16") else "fp32"
+        precision = precision_of(inputs.precision).source
         return CompiledRunner(inputs.model(), device=device, precision=precision)
 
 
