@@ -24,9 +24,13 @@ EXTRA_OF: dict[str, str] = {
 }
 
 
+#: How to install an extra: from a checkout (medexport is not on the package index).
+INSTALL = 'pip install -e ".[{extra}]" from a medexport checkout'
+
+
 def missing_extra_error(module: str, extra: str, purpose: str) -> MissingExtraError:
     """The error for ``purpose`` (e.g. "medexport build") needing ``module``, which ``extra`` installs."""
-    return MissingExtraError(f'{purpose} needs {module}, which is not installed: pip install "medexport[{extra}]"',
+    return MissingExtraError(f"{purpose} needs {module}, which is not installed: {INSTALL.format(extra=extra)}",
                              module=module, extra=extra)
 
 

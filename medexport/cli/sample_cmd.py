@@ -6,22 +6,16 @@ import logging
 from pathlib import Path
 
 import click
-import torch
+import numpy as np
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from ..backend import registry
-from ..errors import SamplingError
-from ..runtime.benchmark import check_comparable, run_benchmarks, run_summary, summary
+from ..core.files import replacing
 from ..core.request import MAX_IMAGES, SampleRequest
-from ..runtime.memory import current_memory
-from ..runtime.report import environment, plot_trace, write_report
-from ..runtime.images import labelled_grid, save_images
-from ..runtime.pipeline import Pipeline, check_device, latents_to_file
-from .outputs import output_folder, remove_stale
+from ..errors import SamplingError
+from .engines import EngineChoice, needs_extra
 from .main import cli, console, err_console, short_help
 from .options import SCHEDULE_HELP, sampling_options
+from .outputs import output_folder, remove_stale
 
 log = logging.getLogger("medexport")
 
@@ -43,7 +37,7 @@ SAMPLE_OUTPUTS = {"images", "grid.png", "latents.npy", "report.json", "step_late
 @click.option("--schedule", default=None, help=SCHEDULE_HELP)
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the images (pixel-space models) or latents (.npy), report.json and the step-latency "
-                   "plot [default: out].")
+                   "plot [default: out/sample].")
 @click.option("--out", "out_alias", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True)
 @click.option("--vae", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Local diffusers AutoencoderKL folder: decode latents to a PNG grid.")
@@ -64,12 +58,20 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
     Settings not given come from the bundle's recommended sampling settings. --benchmark times the engines
     against the PyTorch reference.
     """
-    out_dir = out_dir or out_alias or Path("out")  # --out: the earlier spelling
-    if threads:
-        torch.set_num_threads(threads)
-    check_device(device)  # a device that does not exist is refused before anything is measured or opened
-    in_use = _memory_in_use(device)  # before any pipeline exists: each one's memory is measured from this
-    pipe = Pipeline.from_bundle(bundle, backend=backend, device=device, threads=threads)
+    from ..runtime.images import labelled_grid, save_images
+    from ..runtime.report import environment, plot_trace, run_summary, write_report
+
+    out_dir = out_dir or out_alias or Path("out/sample")  # --out: the earlier spelling
+    engines = EngineChoice(backend, device, threads)
+    if engines.lite(bundle) and (benchmark or vae is not None):
+        raise needs_extra("medexport sample " + ("--benchmark" if benchmark else "--vae"),
+                          *(("build",) if benchmark else ("vae", "diffusers")))
+    if benchmark:
+        from ..runtime.pipeline import check_device
+
+        check_device(device)  # a device that does not exist is refused before anything is measured or opened
+        in_use = _memory_in_use(device)  # before any pipeline exists: each one's memory is measured from this
+    pipe = engines.open(bundle)
     label_list = _labels(labels, num, per_class, seed, pipe)
     # the user's choices only: the run puts them on the bundle's recommendation (the one merge of a run)
     request = SampleRequest(label_list, seed=seed, sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
@@ -94,8 +96,14 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
             ref_result = None
             console.print(f"{len(label_list)} images in {result.seconds:.2f} s on {pipe.backend} (engines opened and "
                           f"warmed before, in {sum(warm.values()):.2f} s); steps per mediator count: "
-                          f"{result.steps_per_count()}")
+                          f"{steps_in_words(result.steps_per_count())}", highlight=False)
         else:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            from ..backend import registry
+            from ..runtime.benchmark import check_comparable, run_benchmarks, summary
+            from ..runtime.pipeline import Pipeline
+
             main = _label(pipe, bundle, against)
             factories = {main: lambda: pipe}
             others = {}
@@ -139,12 +147,12 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
                                  title=f"{Path(bundle).name}: {chosen.describe()}")
             written += [out_dir / "images", grid]
         else:
-            written.append(latents_to_file(result.latents, out_dir / "latents.npy"))
+            written.append(_save_latents(result.latents, out_dir / "latents.npy"))
         report = write_report(out_dir / "report.json", {**result.settings, "bundle": str(bundle),
                                                        "benchmark": benchmark, "warmup": warmup, "runs": runs},
                               env, summaries, result, ref_result,
                               extra={"kind": "medexport-sample", "request": request.to_dict(), **extra})
-        written += [report, plot_trace(out_dir / "step_latency.png", results)]
+        written += [report, *filter(None, [plot_trace(out_dir / "step_latency.png", results)])]
         if vae is not None:
             from ..runtime.vae import decode, load_vae, save_grid
 
@@ -155,11 +163,34 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
             console.print(f"[bold]grid:[/] {escape(str(grid))}", highlight=False, soft_wrap=True)
 
 
+def steps_in_words(steps: dict[int, int]) -> str:
+    """{4: 6, 8: 6, 16: 7} -> "4 mediators: 6 steps, 8: 6, 16: 7"."""
+    parts = [f"{n}: {k}" for n, k in steps.items()]
+    if not parts:
+        return "none"
+    n, k = next(iter(steps.items()))
+    parts[0] = f"{n} mediators: {k} step{'s' if k != 1 else ''}"
+    return ", ".join(parts)
+
+
+def _save_latents(latents, path: Path) -> Path:
+    """The raw latents as ``.npy`` (numpy or torch), written under a temporary name and renamed."""
+    from ..runtime.images import as_numpy
+
+    with replacing(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
+        np.save(f, as_numpy(latents))
+    return path
+
+
 def _memory_in_use(device: str | None) -> dict[str, int]:
     """Memory in use now on each kind of device a pipeline opened with ``device`` may run on: its GPU (where CUDA
     is there and ``device`` allows it) and the CPU. A benchmark measures each pipeline's memory from the figure
     for the device that pipeline turned out to run on (ONNX Runtime without a GPU provider runs on the CPU of a
     GPU machine)."""
+    import torch
+
+    from ..runtime.memory import current_memory
+
     out = {}
     if torch.cuda.is_available() and (device is None or str(device).startswith("cuda")):
         out["cuda"] = current_memory(torch.device(device or "cuda"))  # 0 while CUDA is not started: starts nothing
@@ -167,9 +198,10 @@ def _memory_in_use(device: str | None) -> dict[str, int]:
     return out
 
 
-def _labels(labels: str | None, num: int, per_class: int | None, seed: int, pipe: Pipeline) -> list[int]:
-    """The class label of each image from --labels (numbers or class names), --per-class or --num."""
-    classes = pipe.config.num_classes
+def _labels(labels: str | None, num: int, per_class: int | None, seed: int, pipe) -> list[int]:
+    """The class label of each image from --labels (numbers or class names), --per-class or --num (drawn with
+    numpy's generator seeded with --seed: the same labels with or without torch)."""
+    classes = pipe.num_classes
     if not -(2**63) <= seed < 2**64:
         raise SamplingError(f"--seed {seed} is out of range: use an integer in [-2**63, 2**64)")
     if sum(v is not None for v in (labels, per_class)) > 1:
@@ -200,10 +232,10 @@ def _labels(labels: str | None, num: int, per_class: int | None, seed: int, pipe
         return [i % classes for i in range(classes * per_class)]
     if num < 1:
         raise SamplingError("--num must be at least 1")
-    return torch.randint(0, classes, (num,), generator=torch.Generator().manual_seed(seed)).tolist()
+    return np.random.default_rng(seed % 2**64).integers(0, classes, num).tolist()
 
 
-def _label(pipe: Pipeline, bundle: Path, against: tuple) -> str:
+def _label(pipe, bundle: Path, against: tuple) -> str:
     """A benchmark column's name: the backend, with the precision and bundle when several bundles compete."""
     if not against:
         return pipe.backend
@@ -211,6 +243,8 @@ def _label(pipe: Pipeline, bundle: Path, against: tuple) -> str:
 
 
 def _print_benchmark(stats: dict, summaries: list[dict], main: str, ref: str) -> None:
+    from rich.table import Table
+
     counts = sorted({e.mediators for s in stats.values() for e in s.last.trace})
     steps = stats[main].last.steps_per_count()
     table = Table(title="mean step latency (ms) per mediator count")

@@ -57,6 +57,10 @@ class LitePipeline:
         self.defaults = defaults if isinstance(defaults, SamplingSettings) else SamplingSettings.from_dict(defaults or {})
         self.data = data
         self.backend = backend
+        #: The model config (its JSON dict or a ModelConfig) where known: the FLOPs of a run are counted from it.
+        self.model_config = None if isinstance(config, ModelShape) else config
+        #: Where the engines run (ONNX Runtime's CPU provider unless ``providers`` said otherwise).
+        self.device = "cpu"
         #: Called with every engine call's inputs before it runs (:class:`medexport.core.sampling.Evaluation`).
         self.hooks: list[Hook] = []
 
@@ -79,11 +83,32 @@ class LitePipeline:
                                      providers=providers or ["CPUExecutionProvider"], threads=threads)
             forwards[n] = chunked(lambda x, t, y, s=session: s.run(None, {"x": x, "t": t, "y": y})[0], engine.batch)
         first = manifest.counts[manifest.count_list[0]].config
-        return cls(forwards, ModelShape.of(first), manifest.sampling, manifest.data)
+        pipe = cls(forwards, first, manifest.sampling, manifest.data)
+        if providers and not all(p == "CPUExecutionProvider" for p in providers):
+            pipe.device = "cuda"
+        return pipe
 
     @property
     def counts(self) -> list[int]:
         return list(self.forwards)
+
+    @property
+    def num_classes(self) -> int:
+        """Class labels 0 .. num_classes - 1 (the null class, num_classes, is guidance's unconditional label)."""
+        return self.shape.num_classes
+
+    def flops_per_image(self, result: SampleResult) -> float:
+        """Multiply-adds per generated image under the run's schedule (guidance doubles each evaluation), as
+        :meth:`medexport.Pipeline.flops_per_image`; needs the model config (a bundle's)."""
+        from ..core.config import ModelConfig
+        from ..core.flops import forward_flops
+
+        if self.model_config is None:
+            raise BundleError("FLOPs need the model's config: open the pipeline with LitePipeline.from_bundle")
+        config = self.model_config
+        config = ModelConfig.from_dict(config) if isinstance(config, dict) else config
+        per_count = {n: forward_flops(config.with_mediators(n)) for n in self.counts}
+        return sum(per_count[e.mediators] * e.batch for e in result.trace) / len(result.latents)
 
     def run(self, request: SampleRequest, *, noise: np.ndarray | None = None,
             schedule: Schedule | None = None) -> SampleResult:

@@ -11,6 +11,7 @@ import torch
 
 from .memory import current_memory, peak_memory, reset_peak_memory
 from .pipeline import Pipeline, SampleResult
+from .report import run_summary  # noqa: F401  (the summary a benchmark extends; here for its importers)
 from ..core.request import SampleRequest
 from ..errors import SamplingError
 
@@ -112,17 +113,6 @@ def run_benchmarks(factories: dict[str, Callable[[], Pipeline]], request: Sample
             if progress is not None:
                 progress()
     return pipelines, stats
-
-
-def run_summary(pipeline: Pipeline, result: SampleResult) -> dict:
-    """What one run did: the report's summary of a plain ``sample`` (a benchmark's summary extends it)."""
-    steps = result.step_ms()
-    return {"backend": pipeline.backend, "images": len(result.latents), "seconds": round(result.seconds, 4),
-            "median_step_ms": round(statistics.median(ms for _, ms in steps.values()), 3),
-            "step_ms_after_switch": {str(s): round(steps[s][1], 3) for s in result.switch_steps()},
-            "steps_per_count": {str(k): v for k, v in result.steps_per_count().items()},
-            "evaluations": len(result.trace),
-            "gflops_per_image": round(pipeline.flops_per_image(result) / 1e9, 3)}
 
 
 def summary(pipeline: Pipeline, stats: BackendStats, reference: BackendStats | None) -> dict:

@@ -2,7 +2,8 @@
 
 Images arrive as the model outputs them, float (B, C, H, W) in the data range [-1, 1] (C = 1 grey, 3 RGB), and
 are written as 8-bit PNGs: round((x + 1) * 127.5), clipped. Folders are written under a temporary name and
-renamed, so a run that is interrupted leaves the previous images (or none), never a mix.
+renamed, so a run that is interrupted leaves the previous images (or none), never a mix. Torch-free: numpy
+arrays and torch tensors alike (the base install writes the same files as the ``build`` one).
 """
 
 from __future__ import annotations
@@ -12,23 +13,38 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..core.files import replacing
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
+def as_numpy(images) -> np.ndarray:
+    """A float32 numpy array of ``images``: a numpy array as it is, a torch tensor moved to the CPU."""
+    if hasattr(images, "detach"):  # a torch tensor (torch is imported by whoever made it)
+        images = images.detach().float().cpu().numpy()
+    return np.asarray(images, dtype=np.float32)
+
+
+def clamp_images(images) -> np.ndarray:
+    """The samples as images: float32 (B, C, H, W) clamped to the data range [-1, 1] (a model's output overshoots
+    it slightly; the raw values stay in the run's latents)."""
+    return np.clip(as_numpy(images), -1.0, 1.0)
+
+
+def to_uint8(images) -> np.ndarray:
     """(B, C, H, W) float in [-1, 1] -> uint8 (B, H, W) for C = 1, (B, H, W, 3) for C = 3."""
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x[:, 0].numpy() if x.shape[1] == 1 else x.permute(0, 2, 3, 1).numpy()
+    x = np.round((clamp_images(images) + np.float32(1)) * np.float32(127.5)).astype(np.uint8)
+    return x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)
 
 
-def from_uint8(images: np.ndarray) -> torch.Tensor:
-    """uint8 (B, H, W) grey images -> float (B, 1, H, W) in [-1, 1], the demo model's and the judge's input range."""
+def from_uint8(images: np.ndarray):
+    """uint8 (B, H, W) grey images -> float torch tensor (B, 1, H, W) in [-1, 1], the demo model's and the judge's
+    input range."""
+    import torch
+
     return torch.from_numpy(np.asarray(images)).float().div(127.5).sub(1.0).unsqueeze(1)
 
 
-def save_images(images: torch.Tensor, folder: Path) -> list[Path]:
+def save_images(images, folder: Path) -> list[Path]:
     """``folder/000.png``, ``001.png``, ...: each image at native resolution; replaces ``folder`` as a whole (a
     failed write removes what it wrote)."""
     from PIL import Image
@@ -58,7 +74,7 @@ def save_images(images: torch.Tensor, folder: Path) -> list[Path]:
     return [folder / n for n in names]
 
 
-def labelled_grid(images: torch.Tensor, captions: list[str], path: Path, *, scale: int | None = None,
+def labelled_grid(images, captions: list[str], path: Path, *, scale: int | None = None,
                   columns: int | None = None, title: str | None = None) -> Path:
     """A grid PNG of the images, each enlarged (nearest neighbour) with its caption underneath."""
     from PIL import Image, ImageDraw, ImageFont

@@ -171,6 +171,11 @@ class Pipeline:
             self.hooks.remove(hook)
 
     # -- accounting ---------------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """Class labels 0 .. num_classes - 1 (the null class, num_classes, is guidance's unconditional label)."""
+        return self.config.num_classes
+
     def flops_per_image(self, result: SampleResult) -> float:
         """Multiply-adds per generated image under the run's schedule (guidance doubles each evaluation)."""
         per_count = {n: forward_flops(self.config.with_mediators(n)) for n in self.counts}

@@ -1,17 +1,24 @@
-"""What a sampling run leaves behind: the environment it ran in, ``report.json`` and the step-latency plot."""
+"""What a sampling run leaves behind: the environment it ran in, ``report.json`` and the step-latency plot.
+
+Torch-free (the base install's ``medexport sample`` writes the same report); the plot needs matplotlib (the
+``build`` extra) and is skipped with one line saying so where it is missing.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import platform
 import statistics
+import sys
 from pathlib import Path
 
-import torch
-
 from ..core.files import replacing, write_json
+from ..core.sampling import SampleResult
 from ..version import __version__
-from .pipeline import SampleResult
+
+log = logging.getLogger(__name__)
 
 
 def cpu_flags() -> str:
@@ -25,13 +32,17 @@ def cpu_flags() -> str:
     return " ".join(f for f in flags if f in keep)
 
 
-def environment(device: torch.device) -> dict:
+def environment(device) -> dict:
+    """Versions, CPU and device of a run; ``device`` a torch device or its name ("cpu" for the torch-free
+    runtime, where torch is absent or not loaded: its version and threads are then None)."""
     import onnxruntime
 
-    env = {"medexport": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "onnxruntime": onnxruntime.__version__, "platform": platform.platform(), "cpu_flags": cpu_flags(),
-           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
-    if device.type == "cuda":
+    torch = sys.modules.get("torch")  # loaded by a torch pipeline; the torch-free runtime never imports it
+    env = {"medexport": __version__, "python": platform.python_version(),
+           "torch": torch.__version__ if torch else None, "onnxruntime": onnxruntime.__version__,
+           "platform": platform.platform(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads() if torch else None, "device": str(device)}
+    if torch is not None and str(device).startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(device)
     try:
         import tensorrt
@@ -51,8 +62,31 @@ def write_report(path: Path, settings: dict, env: dict, summaries: list[dict], r
     return write_json(path, data)
 
 
-def plot_trace(path: Path, results: dict[str, SampleResult]) -> Path:
-    """Step latency over the trajectory, one panel per backend, coloured by mediator count."""
+def run_summary(pipeline, result: SampleResult) -> dict:
+    """What one run did: the report's summary of a plain ``sample`` (a benchmark's summary extends it).
+    ``pipeline``: a :class:`~medexport.Pipeline` or a :class:`~medexport.lite.LitePipeline`."""
+    steps = result.step_ms()
+    return {"backend": pipeline.backend, "images": len(result.latents), "seconds": round(result.seconds, 4),
+            "median_step_ms": round(statistics.median(ms for _, ms in steps.values()), 3),
+            "step_ms_after_switch": {str(s): round(steps[s][1], 3) for s in result.switch_steps()},
+            "steps_per_count": {str(k): v for k, v in result.steps_per_count().items()},
+            "evaluations": len(result.trace),
+            "gflops_per_image": round(pipeline.flops_per_image(result) / 1e9, 3)}
+
+
+def can_plot(what: str) -> bool:
+    """Whether matplotlib is here; where not, log one line naming the extra that draws ``what``."""
+    if importlib.util.find_spec("matplotlib") is not None:
+        return True
+    log.warning('%s skipped: drawing it needs matplotlib (pip install -e ".[build]" from a checkout)', what)
+    return False
+
+
+def plot_trace(path: Path, results: dict[str, SampleResult]) -> Path | None:
+    """Step latency over the trajectory, one panel per backend, coloured by mediator count; None (and one line
+    saying so) without matplotlib."""
+    if not can_plot(f"the step-latency plot {path}"):
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
