@@ -21,7 +21,16 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        try:
+            module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        except ModuleNotFoundError as e:  # an extra's package (torch: the build extra) is not installed
+            from .extras import explain
+
+            error = explain(e, f"medexport.{name}")
+            if error is None:
+                raise
+            raise error from None
+        value = getattr(module, name)
         globals()[name] = value  # later lookups skip this hook
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

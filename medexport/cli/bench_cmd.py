@@ -5,21 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from ..bench import bench_tables, check_bench_backend, check_twin, plot_bench, run_bench
 from ..core.files import write_json
 from ..core.manifest import Manifest
 from ..core.request import SampleRequest
+from ..core.settings import SamplingSettings
 from ..errors import BundleError
-from ..runtime.pipeline import check_device
-from ..runtime.report import environment
-from .bundle_cmds import default_output
+from .engines import EngineChoice, needs_extra, torch_installed
 from .main import cli, console, err_console, short_help
-from .options import SCHEDULE_HELP, sampling_options
+from .options import SCHEDULE_HELP, settings_options
 from .outputs import output_folder, remove_stale
 
 BENCH_OUTPUTS = {"report.json", "bench.png"}
@@ -36,6 +31,8 @@ def find_twin(bundle: Path) -> Path:
     precision = manifest.build.get("precision", "fp32")
     candidates = [Path(f"{bundle}-full")]
     if source is not None and source.kind == "random":
+        from .bundle_cmds import default_output
+
         candidates.insert(0, default_output(source.model, source.image_size, [], precision, "full"))
     for path in candidates:
         if (path / "manifest.json").is_file():
@@ -70,12 +67,12 @@ def find_twin(bundle: Path) -> Path:
               help="Also print where one forward's time goes, op by op (torch.profiler: GPU kernels on CUDA, "
                    "PyTorch ops on the CPU), the largest count against the vanilla model (--backend torch or "
                    "inductor).")
-@sampling_options
+@settings_options
 @click.option("--schedule", default=None, help=SCHEDULE_HELP)
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for report.json and bench.png [default: out/bench].")
-def bench_cmd(bundle, vanilla, num, seed, forward_batch, rounds, runs, warmup, profile, schedule, out_dir, sampler,
-              method, steps, last_step, cfg_scale, cfg_channels, backend, device, threads) -> None:
+def bench_cmd(bundle, vanilla, num, seed, forward_batch, rounds, runs, warmup, profile, schedule, out_dir,
+              settings: SamplingSettings, engines: EngineChoice) -> None:
     """Measure a mediator bundle against its vanilla twin: ms per forward of every count beside the full-attention
     engine, images/s of the schedule end to end, the FLOPs-predicted and the measured speed-up, model FLOP
     utilisation against the matmul rate and the attention part's share of the copy bandwidth (both measured in
@@ -87,19 +84,26 @@ def bench_cmd(bundle, vanilla, num, seed, forward_batch, rounds, runs, warmup, p
     CUDA graphs and --backend inductor compiles them (CUDA graphs too); engines that would not run on the
     --device asked for are refused before anything is timed.
     """
+    if not torch_installed():
+        raise needs_extra("medexport bench")
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..bench import check_bench_backend, check_twin, plot_bench, run_bench
+    from ..runtime.pipeline import check_device
+    from ..runtime.report import environment
+
     out_dir = out_dir or Path("out/bench")
-    if threads:
-        torch.set_num_threads(threads)
+    device, threads = engines.device, engines.threads
     check_device(device)
     vanilla = vanilla or find_twin(bundle)
     manifest = Manifest.read(bundle)
     # before the output folder is made and anything is timed: the pair, and whether its engines run where asked
     check_twin(bundle, manifest, vanilla, Manifest.read(vanilla))
-    backend = check_bench_backend(bundle, backend, device, profile=profile, batch=forward_batch)
+    backend = check_bench_backend(bundle, engines.backend, device, profile=profile, batch=forward_batch)
     labels = torch.randint(0, manifest.model["num_classes"], (num,),
                            generator=torch.Generator().manual_seed(seed)).tolist()
-    request = SampleRequest(labels, seed=seed, sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
-                            cfg_channels=cfg_channels, schedule=schedule, last_step=last_step)
+    request = SampleRequest(labels, seed=seed, settings=settings.override(schedule=schedule))
     with output_folder(out_dir, "bench", BENCH_OUTPUTS):
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err_console, transient=True) as progress:
@@ -116,10 +120,14 @@ def bench_cmd(bundle, vanilla, num, seed, forward_batch, rounds, runs, warmup, p
 
 
 def print_bench(report: dict) -> None:
+    from rich.table import Table
+
+    from ..bench import bench_tables
+
     for table in bench_tables(report):
         out = Table(title=escape(table.title))
         for i, col in enumerate(table.columns):
-            out.add_column(col, justify="left" if i == 0 else "right")
+            out.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
         for row in table.rows:
             out.add_row(*map(escape, row))
         console.print(out)

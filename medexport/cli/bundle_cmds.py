@@ -213,6 +213,11 @@ def build(checkpoints, attention, weights, model_name, demo_name, image_size, me
 def verify(bundle: Path, backends: tuple[str, ...], seed: int, seed_alias: int | None) -> None:
     """Run every engine against the PyTorch model it was built from; exit 1 on any failure."""
     seed = seed if seed_alias is None else seed_alias  # --seed: the earlier spelling
+    from .engines import torch_installed
+
+    if not torch_installed():  # no reference to compare against: the checks that need none
+        _verify_without_reference(bundle, backends, seed)
+        return
     from ..bundle import Bundle, verify_bundle
 
     b = Bundle(bundle)
@@ -241,6 +246,65 @@ def verify(bundle: Path, backends: tuple[str, ...], seed: int, seed_alias: int |
         raise SystemExit(1)
 
 
+def _verify_without_reference(bundle: Path, backends: tuple[str, ...], seed: int) -> None:
+    """The base install's verify: every ONNX Runtime engine's files against their hashes, then one forward of each
+    on random inputs (finite, the right shape); the comparison with PyTorch needs torch and is said to be
+    skipped. Exit 1 on any failure."""
+    import numpy as np
+
+    from ..core.manifest import Manifest
+    from ..extras import INSTALL
+    from ..lite import LitePipeline
+
+    wanted = set(backends) or {"onnxruntime"}
+    if wanted - {"onnxruntime"}:
+        from .engines import needs_extra
+
+        raise needs_extra(f"verify --backend {', '.join(sorted(wanted - {'onnxruntime'}))}")
+    manifest = Manifest.read(bundle)
+    pipe = LitePipeline.from_bundle(bundle, threads=1)  # checks every engine file's hash, opens each session
+    rng = np.random.default_rng(seed)
+    shape = pipe.shape
+    table = Table(title=escape(f"verify {bundle} (no PyTorch reference)"))
+    for col in ("mediators", "backend", "files", "output", "result"):
+        table.add_column(col, overflow="fold")
+    failed = False
+    for n, forward in pipe.forwards.items():
+        x = rng.standard_normal((2, shape.channels, shape.size, shape.size), dtype=np.float32)
+        t = rng.random(2, dtype=np.float32)
+        y = rng.integers(0, shape.num_classes, 2).astype(np.int64)
+        v = np.asarray(forward(x, t, y))
+        ok = v.shape == x.shape and bool(np.isfinite(v).all())
+        failed |= not ok
+        table.add_row(count_name(n), "onnxruntime", "hashes match", f"{tuple(v.shape)}, finite" if ok
+                      else f"{tuple(v.shape)}, {'finite' if np.isfinite(v).all() else 'not finite'}",
+                      "[green]PASS[/]" if ok else "[red]FAIL[/]")
+    console.print(table)
+    console.print(escape(f"the comparison with PyTorch was skipped: it needs torch ({INSTALL.format(extra='build')})"),
+                  highlight=False, soft_wrap=True)
+    if manifest.missing:
+        console.print(f"[yellow]incomplete bundle: {', '.join(map(str, manifest.missing))} mediators were requested "
+                      f"but not built; run the build again[/]", soft_wrap=True)
+    if failed:
+        raise SystemExit(1)
+
+
+def build_in_words(build: dict) -> str:
+    """A manifest's build settings as words: "precision fp32, opset 17, batch 1:2:8" (unset ones left out)."""
+    parts = []
+    for key, value in build.items():
+        if value is None or value == {} or value == []:
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            value = ", ".join(map(str, value))
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
+        parts.append(f"{key.replace('_', ' ')} {value}")
+    return ", ".join(parts) or "defaults"
+
+
 def _grid(cfg) -> str:
     return "-" if cfg.is_full else "x".join(map(str, cfg.mediator_grid))
 
@@ -249,19 +313,20 @@ def _grid(cfg) -> str:
 @click.argument("bundle", type=click.Path(path_type=Path))
 def inspect(bundle: Path) -> None:
     """What a bundle holds: counts, backends, precisions, shapes, sizes, versions, runnable here or not."""
-    from ..bundle import Bundle, runnable_here
+    from ..core.manifest import Manifest  # the typed manifest: no torch, so the base install inspects too
 
-    b = Bundle(bundle)
-    m = b.manifest
+    b = Manifest.read(bundle)
+    m = b.raw
     cfg = m["model"]
     # Paths and the manifest's texts are printed as text, not markup: a folder named "[/]" prints as it is
-    console.print(f"[bold]{escape(str(bundle))}[/]" + escape(f"  format {b.info.format_version}, medexport "
-                                                            f"{b.info.medexport_version or 'unknown'}, updated "
-                                                            f"{b.info.updated or 'unknown'}"),
+    console.print(f"[bold]{escape(str(bundle))}[/]" + escape(f"  format {b.format_version}, medexport "
+                                                            f"{b.medexport_version or 'unknown'}, updated "
+                                                            f"{b.updated or 'unknown'}"),
                   soft_wrap=True)
     console.print(escape(f"model: depth {cfg['depth']}, width {cfg['hidden_size']}, heads {cfg['num_heads']}, patch "
                          f"{cfg['patch_size']}, latent {cfg['in_channels']}x{cfg['input_size']}x{cfg['input_size']}, "
-                         f"{cfg['num_classes']} classes; build: {m['build']}"), soft_wrap=True)
+                         f"{cfg['num_classes']} classes"), soft_wrap=True)
+    console.print(escape(f"build: {build_in_words(b.build)}"), highlight=False, soft_wrap=True)
     data = b.data
     console.print(escape("generates: " + (f"{data.get('dataset')} images in pixel space ({cfg['in_channels']}x"
                                           f"{cfg['input_size']}x{cfg['input_size']})" if data else "sd-vae latents "
@@ -269,39 +334,39 @@ def inspect(bundle: Path) -> None:
     console.print(escape(f"recommended sampling: {b.sampling.describe()}"), highlight=False)
     table = Table()
     for col in ("mediators", "grid", "backend", "precision", "batch", "MB", "runs here"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     details = []
-    for n in b.counts:
+    for n in b.count_list:
         e = b.entry(n)
         src = e.source
         src_text = src.describe() if src.kind == "random" else f"{src.path} ({src.weights} weights)"
         details.append(f"{'full attention' if n == FULL else f'{n} mediators'}: from {src_text}")
-        quant = b.onnx(n).quantization
+        quant = e.onnx.quantization
         if quant:
             cal = quant.calibration
-            details.append(f"  quantisation: {b.onnx(n).precision} = {quant.mode} {quant.dtype}, "
+            details.append(f"  quantisation: {e.onnx.precision} = {quant.mode} {quant.dtype}, "
                            f"{quant.quantized_layers} quantised linear layers, "
                            f"{'per-channel' if quant.per_channel_weights else 'per-tensor'} weights; "
                            + (f"calibrated on {cal['path']} ({cal.get('mode')} mode, schedule {cal.get('schedule')}, "
                               f"{cal['rows']} rows)" if cal else "no calibration (dynamic)"))
         if not e.engines:
-            onnx_art = b.onnx(n)
+            onnx_art = e.onnx
             details.append(f"  no engine: ONNX only ({', '.join(onnx_art.files)}), built with --onnx-only")
             table.add_row(count_name(n), _grid(e.config), "onnx only", onnx_art.precision,
-                          "-", f"{onnx_art.bytes(b.path) / 1e6:.1f}", "[yellow]no engine[/]")
-        for backend in b.backends(n):
-            eng = b.engine(n, backend)
-            ok, why = runnable_here(eng, backend)
+                          "-", f"{onnx_art.bytes(Path(bundle)) / 1e6:.1f}", "[yellow]no engine[/]")
+        for backend in e.backends:
+            eng = e.engines[backend]
+            ok, why = registry.get(backend).runnable(eng.record, eng.precision)
             if ok:
                 try:
-                    eng.check(b.path)  # present and unchanged, not only compatible
+                    eng.check(Path(bundle))  # present and unchanged, not only compatible
                 except BundleError as err:
                     ok, why = False, str(err)
             record = eng.record
             versions = ", ".join(f"{k} {v}" for k, v in {**record.get("versions", {}), **record.get("hardware", {})}.items())
             details.append(f"  {backend}: {', '.join(eng.files)} ({versions})")
             table.add_row(count_name(n), _grid(e.config), backend, eng.precision,
-                          str(eng.batch or "-"), f"{eng.bytes(b.path) / 1e6:.1f}",
+                          str(eng.batch or "-"), f"{eng.bytes(Path(bundle)) / 1e6:.1f}",
                           "[green]yes[/]" if ok else f"[red]no[/]: {escape(why)}")
     console.print(table)
     for line in details:

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import click
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from ..core.files import write_json
-from ..judge.evaluate import MAX_PER_CLASS
-from ..runtime.pipeline import Pipeline
+from ..core.settings import SamplingSettings
+from .engines import EngineChoice, needs_extra, torch_installed
 from .main import cli, console, err_console, short_help
-from .options import SCHEDULE_HELP, sampling_options
+from .options import SCHEDULE_HELP, settings_options
+
+#: Images per class at most (``judge.evaluate.MAX_PER_CLASS``, checked there; here for the help without torch).
+MAX_PER_CLASS = 6000
 
 
 @cli.command("eval", short_help=short_help("eval"))
@@ -24,38 +25,40 @@ from .options import SCHEDULE_HELP, sampling_options
               help=f"Images generated per class (at most {MAX_PER_CLASS}).")
 @click.option("--seed", default=0, show_default=True, help="Image i's noise comes from (seed, i) alone (the same for every schedule and bundle).")
 @click.option("--batch", default=100, show_default=True, type=click.IntRange(min=1), help="Images per sampling call.")
-@sampling_options
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/eval.json"),
+@settings_options
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/eval/eval.json"),
               show_default=True, help="JSON report.")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Fashion-MNIST folder for the real-vs-real floor (the published files; one that cannot be read is an "
                    "error) [default: /usr/share/datasets/fashion-mnist, skipped where it is not installed].")
-def eval_cmd(bundles, schedules, per_class, seed, batch, sampler, method, steps, last_step, cfg_scale, cfg_channels,
-             backend, device, threads, report, data) -> None:
+def eval_cmd(bundles, schedules, per_class, seed, batch, settings: SamplingSettings, engines: EngineChoice, report,
+             data) -> None:
     """Generate --per-class images of each class under each schedule and score them with the shipped judge.
 
     Several BUNDLES (the fp32 bundle and its int8 form, say) are judged side by side on the same noise, labels
     and settings (those of the first bundle, with the options given on top).
     """
+    if not torch_installed():  # the judge is a PyTorch network
+        raise needs_extra("medexport eval (its judge is a PyTorch network)")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
     from ..judge import load_judge
     from ..judge.evaluate import check_applies, check_per_class, evaluate, floor_for
 
     check_per_class(per_class)  # before any work (evaluate checks again, for API callers)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     pipes = []
     for bundle in bundles:  # every bundle opened and checked before any sampling
-        pipe = Pipeline.from_bundle(bundle, backend=backend, device=device, threads=threads)
+        pipe = engines.open(bundle)
         check_applies(pipe)
         pipes.append(pipe)
     judge = load_judge()
     # The real-vs-real floor first: a --data folder that cannot be read is an error before any sampling
     floor = floor_for(10 * per_class, data)
-    base = pipes[0].defaults.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
-                                      cfg_channels=cfg_channels)
+    base = settings.over(pipes[0].defaults)
     plans = [base.override(schedule=s) for s in schedules] or [base]
+    for plan in plans:
+        plan.resolved()  # a setting that cannot run (--last-step with the ODE) is refused before any sampling
     rows = []  # (bundle label, precision, EvalResult)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console) as progress:
@@ -75,11 +78,11 @@ def eval_cmd(bundles, schedules, per_class, seed, batch, sampler, method, steps,
         "schedule", "accuracy", "confidence", "FD", "GFLOPs / image", "ms / image", "steps per count")
     for col in columns:
         table.add_column(col, justify="left" if col in ("bundle", "precision", "schedule", "steps per count")
-                         else "right")
+                         else "right", overflow="fold")
     for name, precision, r in rows:
         table.add_row(*((escape(name), precision) if several else ()), r.schedule, f"{100 * r.accuracy:.1f}%",
                       f"{r.confidence:.3f}", f"{r.fd:.2f}", f"{r.gflops_per_image:.3f}", f"{r.ms_per_image:.2f}",
-                      ", ".join(f"{n}: {k}" for n, k in r.steps_per_count.items()))
+                      ", ".join(f"{n}: {k}" for n, k in r.steps_per_count.items()))  # header: steps per count
     if floor is not None:
         table.add_row(*(("real images", "-") if several else ()), "real images" if not several else "-",
                       f"{100 * floor.accuracy:.1f}%", f"{floor.confidence:.3f}", f"{floor.fd:.2f}", "-", "-",

@@ -6,8 +6,8 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from ..core.config import FULL
-from ..model import DEFAULT_IMAGE_SIZE, MODEL_NAMES, config_from_name, flops_table, read_checkpoint
+from ..core.config import DEFAULT_IMAGE_SIZE, FULL, MODEL_NAMES, config_from_name
+from ..core.flops import flops_table
 from .main import cli, console, parse_int_list, short_help
 
 DEFAULT_MODEL = "SiT-S/2"
@@ -49,6 +49,8 @@ def flops(model_name: str, image_size: int, mediators: str) -> None:
               help="Which weights of a trainer checkpoint to read.")
 def info(checkpoint: str, weights: str) -> None:
     """The architecture, size and format of a mediator (or vanilla) DiT/SiT checkpoint."""
+    from ..model import read_checkpoint  # torch: the build extra
+
     _, ck = read_checkpoint(checkpoint, weights=weights)
     c = ck.config
     table = Table(title=escape(checkpoint), show_header=False)

@@ -1,6 +1,11 @@
 """Options several commands share: how to sample (``sample``, ``eval``, ``calibrate``, ``tune``, ``generate``),
 which engines run where, CPU threads, and the help text of ``--schedule``.
 
+:func:`settings_options` is the typed form (as Polygraphy's argument groups): the sampling options arrive as one
+:class:`~medexport.core.settings.SamplingSettings` (``settings``, the user's choices only, validated when parsed)
+and the engine options as one :class:`~medexport.cli.engines.EngineChoice` (``engines``, whose threads are set
+here, once).
+
 Light to import: declaring these options loads neither torch nor the runtime (its benchmark included). The
 choices that are defined beside torch code (the backends a pipeline can run, the guided channels) are read from
 their modules when click first needs them (help, parsing, completion), so each list has one definition.
@@ -8,11 +13,14 @@ their modules when click first needs them (help, parsing, completion), so each l
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import click
 
-from ..core.settings import LAST_STEPS, METHODS, SAMPLERS
+from ..core.settings import LAST_STEPS, METHODS, SAMPLERS, SamplingSettings
+from ..errors import MedexportError
+from .engines import EngineChoice
 
 ALL_METHODS = sorted({m for ms in METHODS.values() for m in ms})
 
@@ -51,8 +59,8 @@ SAMPLER_OPTIONS = [
     click.option("--steps", type=int, default=None,
                  help="SDE: steps (default 250). ODE: grid points as in the reference, so euler with 50 makes "
                       "49 evaluations (default 50). [default: the bundle's]"),
-    click.option("--last-step", type=click.Choice(LAST_STEPS), default="mean", show_default=True,
-                 help="SDE last step."),
+    click.option("--last-step", type=click.Choice(LAST_STEPS), default=None,
+                 help="SDE last step [default: the bundle's, else mean]; the ODE has none (refused with it)."),
     click.option("--cfg-scale", type=float, default=None,
                  help="Guidance scale (1: none) [default: the bundle's, else 1]."),
     click.option("--cfg-channels", type=CFG_CHANNELS_CHOICE, default=None,
@@ -88,3 +96,24 @@ def sampling_options(f):
     """How to sample, and which engines run where (backend, device, threads): ``sample``, ``eval``, ``tune``
     and ``generate``."""
     return _apply(SAMPLER_OPTIONS + ENGINE_OPTIONS, f)
+
+
+SETTINGS_FIELDS = ("sampler", "method", "steps", "last_step", "cfg_scale", "cfg_channels")
+
+
+def settings_options(f):
+    """The sampling and engine options, parsed into ``settings`` (:class:`SamplingSettings` of the options given;
+    the rest come from the bundle) and ``engines`` (:class:`EngineChoice`, its CPU threads set)."""
+
+    @functools.wraps(f)
+    def command(*args, backend, device, threads, **kwargs):
+        choices = {k: kwargs.pop(k) for k in SETTINGS_FIELDS}
+        try:
+            settings = SamplingSettings(**{k: v for k, v in choices.items() if v is not None})
+        except MedexportError as e:
+            raise click.UsageError(str(e)) from None
+        engines = EngineChoice(backend, device, threads)
+        engines.set_threads()
+        return f(*args, settings=settings, engines=engines, **kwargs)
+
+    return _apply(SAMPLER_OPTIONS + ENGINE_OPTIONS, command)

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 from rich.markup import escape
-from rich.table import Table
 
 from ..core.files import write_json
+from ..core.settings import SamplingSettings
 from ..errors import MedexportError
-from ..runtime.pipeline import Pipeline
+from .engines import EngineChoice, needs_extra, torch_installed
 from .main import cli, console, err_console, parse_int_list, parse_name_list, short_help
-from .options import sampling_options
+from .options import settings_options
 
 
 @cli.command(short_help=short_help("tune"))
@@ -31,7 +31,7 @@ from .options import sampling_options
 @click.option("--batch", default=100, show_default=True, type=click.IntRange(min=1), help="Images per sampling call.")
 @click.option("--adaptive/--no-adaptive", default=True, show_default=True,
               help="Also judge a few adaptive ratio pairs (cost measured, not predicted).")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/tune.json"),
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/tune/tune.json"),
               show_default=True, help="JSON report (the plot goes beside it, .png).")
 @click.option("--record", is_flag=True, help="Record the chosen schedule (and steps, when searched) in the bundle as "
                                              "its default.")
@@ -41,33 +41,30 @@ from .options import sampling_options
 @click.option("--search-methods", default=None, metavar="LIST",
               help="Methods of the step search, e.g. euler,heun [default: the recommended one, plus heun beside "
                    "euler].")
-@sampling_options
+@settings_options
 def tune_cmd(bundle, budget_gflops, budget_ms, budget_fraction, metric, images, seed, batch, adaptive, report, record,
-             search_steps, search_methods, **options) -> None:
+             search_steps, search_methods, settings: SamplingSettings, engines: EngineChoice) -> None:
     """Find the best mediator schedule within a budget: fixed switch points (few mediators first) on the budget's
     edge and adaptive ratios, judged on the same noise and labels; prints the choice and the frontier.
 
     A diffusion budget is mostly a step budget: unless --steps is given, the number of steps (and the method) is
     searched together with the schedule, and --budget-fraction is a share of the recommended settings' cost.
     With --steps N only the schedule is searched, and the fraction is of the largest static schedule's cost."""
+    if not torch_installed():
+        raise needs_extra("medexport tune")
     from ..tune import check_budget_args, step_grid, tune
 
     budget = check_budget_args(budget_gflops, budget_ms, budget_fraction)
-    if options["steps"] is not None and (search_steps is not None or search_methods is not None):
-        raise MedexportError(f"--steps {options['steps']} fixes the steps, and --search-"
+    if settings.steps is not None and (search_steps is not None or search_methods is not None):
+        raise MedexportError(f"--steps {settings.steps} fixes the steps, and --search-"
                              f"{'steps' if search_steps is not None else 'methods'} asks to search them: give one of "
                              f"the two")
-    if options["method"] is not None and search_methods is not None:
-        raise MedexportError(f"--method {options['method']} and --search-methods {search_methods} both choose the "
+    if settings.method is not None and search_methods is not None:
+        raise MedexportError(f"--method {settings.method} and --search-methods {search_methods} both choose the "
                              f"method: give one of the two")
     steps_list = parse_int_list(search_steps, "--search-steps") if search_steps is not None else None
     methods_list = parse_name_list(search_methods, "--search-methods", "euler,heun") if search_methods is not None \
         else None
-    sampler = {k: options[k] for k in ("sampler", "method", "steps", "cfg_scale", "cfg_channels")}
-    if options["threads"]:
-        import torch
-
-        torch.set_num_threads(options["threads"])
     judged = None
     if record:  # what is judged: a rebuild meanwhile must not receive a choice made on other engines
         from ..bundle.build import manifest_state
@@ -76,8 +73,7 @@ def tune_cmd(bundle, budget_gflops, budget_ms, budget_fraction, metric, images, 
             judged = manifest_state(bundle)
         except MedexportError:
             judged = ""  # matches no state: opening the bundle, below, says what is wrong with it
-    pipe = Pipeline.from_bundle(bundle, backend=options["backend"], device=options["device"],
-                                threads=options["threads"])
+    pipe = engines.open(bundle)
     if metric is None:
         from ..judge import JudgeError
         from ..judge.evaluate import check_applies
@@ -87,10 +83,11 @@ def tune_cmd(bundle, budget_gflops, budget_ms, budget_fraction, metric, images, 
             metric = "judge"
         except JudgeError:  # the judge knows only Fashion-MNIST: the proxy for any other model
             metric = "trajectory"
-    sampling = pipe.defaults.override(**sampler)
+    sampling = settings.over(pipe.defaults)
+    sampling.resolved()  # a setting that cannot run (--last-step with the ODE) is refused before any judging
     search = None
-    if options["steps"] is None:  # the steps are free: searched with the schedule
-        search = step_grid(sampling, steps_list, [options["method"]] if options["method"] else methods_list)
+    if settings.steps is None:  # the steps are free: searched with the schedule
+        search = step_grid(sampling, steps_list, [settings.method] if settings.method else methods_list)
     with err_console.status("tuning") as status:
         result = tune(pipe, sampling, budget, metric=metric, images=images, seed=seed, batch=batch,
                       adaptive=adaptive, search=search, on_candidate=lambda c: status.update(
@@ -99,7 +96,7 @@ def tune_cmd(bundle, budget_gflops, budget_ms, budget_fraction, metric, images, 
     report.parent.mkdir(parents=True, exist_ok=True)
     write_json(report, {"bundle": str(bundle), "backend": pipe.backend, **result.to_dict()})
     plot = _plot(result, report.with_suffix(".png"))
-    console.print(escape(f"wrote {report}, {plot}"), highlight=False, soft_wrap=True)
+    console.print(escape("wrote " + ", ".join(str(p) for p in (report, plot) if p)), highlight=False, soft_wrap=True)
     if record:
         from ..bundle.build import record_sampling
 
@@ -112,6 +109,8 @@ def tune_cmd(bundle, budget_gflops, budget_ms, budget_fraction, metric, images, 
 
 
 def _print(result, bundle, pipe) -> None:
+    from rich.table import Table
+
     judge = result.metric == "judge"
     table = Table(title=escape(f"{bundle}: {result.budget.describe()}, {result.images} images per schedule, "
                                + (f"steps searched ({', '.join(f'{m} {k}' for m, k in result.steps_searched)})"
@@ -121,7 +120,7 @@ def _print(result, bundle, pipe) -> None:
     for col in ("schedule", *(("method", "steps") if searched else ()), "kind", "GFLOPs / image", "of reference", "ms / image (pred.)", "ms / image",
                 *(("accuracy", "FD") if judge else ()), "trajectory", "fits", ""):
         table.add_column(col, justify="left" if col in ("schedule", "kind", "") else "right",
-                         overflow="fold", min_width=22 if col == "schedule" else None)
+                         overflow="fold", min_width=None)
     front = {c.schedule for c in result.frontier()}
     for c in result.candidates:
         mark = "[bold green]chosen[/]" if c is result.best else ("frontier" if c.schedule in front else "")
@@ -145,7 +144,11 @@ def _print(result, bundle, pipe) -> None:
                   highlight=False)
 
 
-def _plot(result, path: Path) -> Path:
+def _plot(result, path: Path) -> Path | None:
+    from ..runtime.report import can_plot
+
+    if not can_plot(f"the tune plot {path}"):
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
