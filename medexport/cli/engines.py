@@ -20,7 +20,10 @@ LITE_BACKEND = "onnxruntime"
 
 def torch_installed() -> bool:
     """Whether torch is importable here (the ``build`` extra), without importing it."""
-    return importlib.util.find_spec("torch") is not None
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # an import hook refusing it, or a broken install: not usable
+        return False
 
 
 def needs_extra(what: str, extra: str = "build", module: str = "torch") -> MissingExtraError:

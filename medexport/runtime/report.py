@@ -76,8 +76,11 @@ def run_summary(pipeline, result: SampleResult) -> dict:
 
 def can_plot(what: str) -> bool:
     """Whether matplotlib is here; where not, log one line naming the extra that draws ``what``."""
-    if importlib.util.find_spec("matplotlib") is not None:
-        return True
+    try:
+        if importlib.util.find_spec("matplotlib") is not None:
+            return True
+    except (ImportError, ValueError):  # an import hook refusing it, or a broken install: not usable
+        pass
     log.warning('%s skipped: drawing it needs matplotlib (pip install -e ".[build]" from a checkout)', what)
     return False
 
