@@ -14,6 +14,7 @@ from ..core.settings import SamplingSettings
 from ..errors import BundleError
 from .engines import EngineChoice, needs_extra, torch_installed
 from .main import cli, console, err_console, short_help
+from .tables import print_table
 from .options import SCHEDULE_HELP, settings_options
 from .outputs import output_folder, remove_stale
 
@@ -130,7 +131,7 @@ def print_bench(report: dict) -> None:
             out.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
         for row in table.rows:
             out.add_row(*map(escape, row))
-        console.print(out)
+        print_table(out)
         for note in table.notes:
             console.print(escape(note), highlight=False, soft_wrap=True)
     env = report.get("environment", {})

@@ -19,6 +19,7 @@ from ..core.config import DEFAULT_IMAGE_SIZE, FULL, count_name
 from ..errors import BundleError, ConfigError
 from ..core.config import MODEL_NAMES
 from .main import cli, console, parse_int_list, short_help
+from .tables import print_table
 from ..demo import DEFAULT_DEMO, NAME as DEMO_NAME, demo_names
 
 log = logging.getLogger("medexport")
@@ -197,7 +198,7 @@ def build(checkpoints, attention, weights, model_name, demo_name, image_size, me
         table.add_row(count_name(r.mediators), "exported" if r.exported else "up to date",
                       ", ".join([f"{b} built" for b in r.engines_built] + [f"{b} up to date" for b in r.engines_kept]),
                       f"{r.seconds:.1f}")
-    console.print(table)
+    print_table(table)
     console.print(escape(f"backend: {report.backend_reason}"), highlight=False, soft_wrap=True)
     if report.random_weights:
         console.print("[yellow]warning: random weights — for benchmarking only; outputs are noise.[/]")
@@ -229,7 +230,7 @@ def verify(bundle: Path, backends: tuple[str, ...], seed: int, seed_alias: int |
         verdict = "[green]PASS[/]" if r.passed else "[red]FAIL[/]"
         table.add_row(count_name(r.mediators), r.backend, r.precision, str(r.cases), f"{r.max_abs:.3g}", f"{r.max_rel:.3g}",
                       f"{r.tolerance:g}", verdict)
-    console.print(table)
+    print_table(table)
     precisions = sorted({r.precision for r in results})
     console.print(f"tolerance: the largest relative error (max |engine - reference| / max |reference| per batch) "
                   f"accepted for {', '.join(f'{p} {precision(p).tolerance:g}' for p in precisions)}"
@@ -279,7 +280,7 @@ def _verify_without_reference(bundle: Path, backends: tuple[str, ...], seed: int
         table.add_row(count_name(n), "onnxruntime", "hashes match", f"{tuple(v.shape)}, finite" if ok
                       else f"{tuple(v.shape)}, {'finite' if np.isfinite(v).all() else 'not finite'}",
                       "[green]PASS[/]" if ok else "[red]FAIL[/]")
-    console.print(table)
+    print_table(table)
     console.print(escape(f"the comparison with PyTorch was skipped: it needs torch ({INSTALL.format(extra='build')})"),
                   highlight=False, soft_wrap=True)
     if manifest.missing:
@@ -368,7 +369,7 @@ def inspect(bundle: Path) -> None:
             table.add_row(count_name(n), _grid(e.config), backend, eng.precision,
                           str(eng.batch or "-"), f"{eng.bytes(Path(bundle)) / 1e6:.1f}",
                           "[green]yes[/]" if ok else f"[red]no[/]: {escape(why)}")
-    console.print(table)
+    print_table(table)
     for line in details:
         console.print(escape(line), highlight=False, soft_wrap=True)
     if b.missing:

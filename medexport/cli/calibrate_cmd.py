@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .main import cli, console, short_help
+from .tables import print_table
 from .options import SCHEDULE_HELP, THREADS_OPTION, sampler_options
 
 
@@ -52,6 +53,6 @@ def calibrate(bundle, schedule, mode, num, seed, max_rows, sampler, method, step
         steps = e["steps"]
         table.add_row(str(n), str(e["rows"]), str(e["evaluations"]),
                       f"{steps[0]}-{steps[-1]} ({len(steps)})" if steps else "-")
-    console.print(table)
+    print_table(table)
     console.print(escape(f"wrote {out} in {time.perf_counter() - t0:.1f} s; build with: medexport build "
                          f"--precision int8-static --calibration {out}"), highlight=False, soft_wrap=True)

@@ -11,6 +11,7 @@ from ..core.files import write_json
 from ..core.settings import SamplingSettings
 from .engines import EngineChoice, needs_extra, torch_installed
 from .main import cli, console, err_console, short_help
+from .tables import print_table
 from .options import SCHEDULE_HELP, settings_options
 
 #: Images per class at most (``judge.evaluate.MAX_PER_CLASS``, checked there; here for the help without torch).
@@ -87,7 +88,7 @@ def eval_cmd(bundles, schedules, per_class, seed, batch, settings: SamplingSetti
         table.add_row(*(("real images", "-") if several else ()), "real images" if not several else "-",
                       f"{100 * floor.accuracy:.1f}%", f"{floor.confidence:.3f}", f"{floor.fd:.2f}", "-", "-",
                       "training set, same count")
-    console.print(table)
+    print_table(table)
     real_acc = judge.meta.get("test_accuracy")
     console.print(f"judge: {judge.name} (shipped; {100 * real_acc:.1f}% on the 10,000 real test images); FD on its "
                   f"64-d features against the test set; not comparable with Inception FIDs", highlight=False,

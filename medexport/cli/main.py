@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 import click
@@ -15,9 +16,15 @@ from ..version import __version__
 from ..errors import MedexportError, os_error_message
 from ..extras import explain
 
-# Tables stay readable when output goes to a file or a pipe (rich would otherwise assume 80 columns).
-console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+# Output to a file or a pipe is 100 columns wide (rich would otherwise assume 80); tables fold long cells
+# (overflow="fold") rather than cut them.
+def _width(stream) -> int | None:
+    """None (rich's own: the terminal's, or $COLUMNS) on a terminal or where COLUMNS is set, else 100."""
+    return None if stream.isatty() or os.environ.get("COLUMNS") else 100
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
 
 
 #: Every command: the module that defines it and its one-line help. Commands are imported when run (or asked
@@ -98,8 +105,12 @@ def _fail(message: str) -> None:
 def cli(verbose: int, quiet: bool) -> None:
     """Mediator DiT/SiT from PyTorch to deployed engines: build, verify, inspect, sample, eval."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]", force=True,
+    # Quiet by default: medexport's own progress at INFO; other libraries' INFO lines (ONNX Runtime's quantiser
+    # logs one per tensor through the root logger) only with -v, their DEBUG with -vv.
+    others = logging.WARNING if quiet or not verbose else level
+    logging.basicConfig(level=others, format="%(message)s", datefmt="[%X]", force=True,
                         handlers=[RichHandler(console=err_console, show_path=verbose > 1, markup=False)])
+    logging.getLogger("medexport").setLevel(level)
     for noisy in ("onnxscript", "onnx_ir", "torch", "polygraphy"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING) if verbose < 2 else level)
 

@@ -8,7 +8,8 @@ from rich.table import Table
 
 from ..core.config import DEFAULT_IMAGE_SIZE, FULL, MODEL_NAMES, config_from_name
 from ..core.flops import flops_table
-from .main import cli, console, parse_int_list, short_help
+from .main import cli, parse_int_list, short_help
+from .tables import print_table
 
 DEFAULT_MODEL = "SiT-S/2"
 
@@ -40,7 +41,7 @@ def flops(model_name: str, image_size: int, mediators: str) -> None:
         rows_, cols = base.with_mediators(r["mediators"]).mediator_grid
         table.add_row(str(r["mediators"]), f"{rows_}x{cols}", f"{r['gflops']:.1f}", f"{r['full_gflops']:.1f}",
                       f"{r['reduction_pct']:.1f}%")
-    console.print(table)
+    print_table(table)
 
 
 @cli.command(short_help=short_help("info"))
@@ -77,4 +78,4 @@ def info(checkpoint: str, weights: str) -> None:
         rows.append(("recommended sampling", SamplingSettings.from_dict(ck.sampling).describe()))
     for k, v in rows:
         table.add_row(k, v)
-    console.print(table)
+    print_table(table)

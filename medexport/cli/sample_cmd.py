@@ -14,6 +14,7 @@ from ..core.request import MAX_IMAGES, SampleRequest
 from ..errors import SamplingError
 from .engines import EngineChoice, needs_extra
 from .main import cli, console, err_console, short_help
+from .tables import print_table
 from .options import SCHEDULE_HELP, sampling_options
 from .outputs import output_folder, remove_stale
 
@@ -260,7 +261,7 @@ def _print_benchmark(stats: dict, summaries: list[dict], main: str, ref: str) ->
         if ref in stats and main != ref:
             row.append(f"{per[ref][n] / per[main][n]:.2f}x")
         table.add_row(*row)
-    console.print(table)
+    print_table(table)
     table = Table(title="per batch (median of the timed runs)")
     table.add_column("")
     for s in summaries:
@@ -276,7 +277,7 @@ def _print_benchmark(stats: dict, summaries: list[dict], main: str, ref: str) ->
              else "reference")]
     for label, fmt in rows:
         table.add_row(label, *[fmt(s) for s in summaries])
-    console.print(table)
+    print_table(table)
     if "max_rel_diff_vs_reference" in summaries[0]:
         console.print(f"final latents vs reference: max relative difference "
                       f"{summaries[0]['max_rel_diff_vs_reference']:.2e}")

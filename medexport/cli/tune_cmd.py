@@ -12,6 +12,7 @@ from ..core.settings import SamplingSettings
 from ..errors import MedexportError
 from .engines import EngineChoice, needs_extra, torch_installed
 from .main import cli, console, err_console, parse_int_list, parse_name_list, short_help
+from .tables import print_table
 from .options import settings_options
 
 
@@ -130,7 +131,7 @@ def _print(result, bundle, pipe) -> None:
                       *((f"{100 * c.accuracy:.1f}%", f"{c.fd:.2f}") if judge else ()),
                       f"{c.trajectory:.4f}" if c.trajectory is not None else "-",
                       "yes" if result.budget.fits(c.cost) else "no", mark)
-    console.print(table)
+    print_table(table)
     b = result.best
     quality = (f"judge accuracy {100 * b.accuracy:.1f}%, FD {b.fd:.2f}" if judge
                else f"trajectory distance {b.trajectory:.4f}")

@@ -372,7 +372,8 @@ def load_checkpoint(path: str | os.PathLike, *, weights: str = "ema", device: st
     model = model.to(device).eval()
     model.refresh_constants()
     model.checkpoint_info = info
-    log.info("loaded %s (%s, %s weights): %s", path, info.format, info.weights, info.config)
+    log.info("loaded %s (%s, %s weights)", path, info.format, info.weights)
+    log.debug("%s: %s", path, info.config)  # the whole config: -vv
     return model
 
 

@@ -1,0 +1,79 @@
+"""Output a person can read: tables whole at any width, dicts as words, quiet logs, one folder per command."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from medexport.cli.main import cli
+from medexport.cli.sample_cmd import steps_in_words
+from medexport.cli.tables import print_table
+
+NAME = "fashion-mnist-demo-int8-static-with-a-long-name"
+
+
+def _table() -> Table:
+    table = Table(title="eval")
+    for col in ("bundle", "schedule", "accuracy", "steps per count"):
+        table.add_column(col, overflow="fold")
+    table.add_row(NAME, "4:0.3,8:0.6,16", "91.0%", "4 mediators: 6 steps, 8: 6, 16: 7")
+    return table
+
+
+def _printed(width: int) -> str:
+    out = io.StringIO()
+    print_table(_table(), Console(file=out, width=width, color_system=None))
+    return out.getvalue()
+
+
+def test_a_table_that_fits_prints_as_a_table():
+    text = _printed(140)
+    assert NAME in text and "┃ bundle" in text.replace("\u2503 bundle", "┃ bundle")
+    assert max(map(len, text.splitlines())) <= 140
+
+
+def test_a_table_too_wide_becomes_a_list_with_every_name_whole():
+    for width in (40, 100):
+        text = _printed(width)
+        assert f"bundle: {NAME}" in text and "accuracy: 91.0%" in text, text
+        assert "…" not in text
+
+
+def test_dicts_are_printed_as_words():
+    assert steps_in_words({4: 6, 8: 6, 16: 7}) == "4 mediators: 6 steps, 8: 6, 16: 7"
+    assert steps_in_words({4: 1}) == "4 mediators: 1 step"
+
+
+def test_each_command_writes_into_its_own_default_folder():
+    defaults = {}
+    for name, option in (("sample", "out_dir"), ("eval", "report"), ("tune", "report"), ("bench", "out_dir")):
+        command = cli.get_command(click.Context(cli), name)
+        (param,) = [p for p in command.params if p.name == option]
+        defaults[name] = str(param.default or "")
+    assert defaults["eval"] == "out/eval/eval.json" and defaults["tune"] == "out/tune/tune.json", defaults
+    # sample and bench name theirs in the help (the folder is made per run): out/sample, out/bench
+    helps = {n: cli.get_command(click.Context(cli), n).get_help(click.Context(cli)) for n in ("sample", "bench")}
+    assert "out/sample" in helps["sample"] and "out/bench" in helps["bench"]
+
+
+def test_other_libraries_info_lines_only_with_v(tmp_path):
+    from click.testing import CliRunner
+
+    @cli.command("log-probe", hidden=True)
+    def probe():
+        logging.info("Quantization parameters for tensor:x not specified")  # ONNX Runtime logs on the root
+        logging.getLogger("medexport.x").info("medexport progress")
+
+    try:
+        runner = CliRunner()
+        quiet = runner.invoke(cli, ["log-probe"])
+        loud = runner.invoke(cli, ["-v", "log-probe"])
+    finally:
+        cli.commands.pop("log-probe")
+    assert quiet.exit_code == 0 and loud.exit_code == 0
+    assert "Quantization parameters" not in quiet.output and "medexport progress" in quiet.output
+    assert "Quantization parameters" in loud.output
