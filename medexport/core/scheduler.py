@@ -45,6 +45,11 @@ from .settings import SamplingSettings
 log = logging.getLogger(__name__)
 
 
+#: The largest row count :meth:`StepScheduler.warmup` runs by default: the sessions' first runs are paid there; a
+#: larger forward later plans its memory once, at a cost of the order of one forward.
+WARM_ROWS = 64
+
+
 class Unavailable(MedexportError):
     """The scheduler cannot take a request now (its queue is full, or it is stopping): retry later."""
 
@@ -392,10 +397,10 @@ class StepScheduler:
         self._active = []
 
     def warmup(self, batches: Sequence[int] | None = None) -> dict[int, float]:
-        """Run every engine at ``batches`` rows (default: 1 and powers of two up to each count's largest forward),
-        so that no request pays for a session's first runs. Returns {count: seconds}."""
+        """Run every engine at ``batches`` rows (default: 1 and powers of two up to the largest forward, at most
+        :data:`WARM_ROWS`), so that no request pays for a session's first runs. Returns {count: seconds}."""
         if batches is None:
-            top = max(self.max_batch.values())
+            top = min(max(self.max_batch.values()), WARM_ROWS)
             batches = sorted({min(1 << k, top) for k in range(top.bit_length() + 1)})
         return warmup(self.forwards, xp=self.xp, shape=self.shape, batches=batches)
 

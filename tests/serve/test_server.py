@@ -69,3 +69,17 @@ def test_a_stopped_server_refuses_and_answers_what_it_held(tiny_bundle):
         handle.result(10)
     with pytest.raises(Unavailable, match="not running"):
         s.submit(REQUESTS[0])
+
+
+def test_the_serving_benchmark_drives_the_server(server):
+    """benchmarks/bench_serving.py's load loop, briefly, on the tiny bundle: its numbers come out and nothing fails."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_serving.py"
+    spec = importlib.util.spec_from_file_location("bench_serving", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.drive(server, 3, 1.0, server.scheduler.counts, 10)
+    assert r["errors"] == 0 and r["requests"] > 0 and r["images_per_s"] > 0
+    assert r["p50"] <= r["p99"] and set(r["per_count"]) == {16, 32, 64}
