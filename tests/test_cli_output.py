@@ -77,3 +77,19 @@ def test_other_libraries_info_lines_only_with_v(tmp_path):
     assert quiet.exit_code == 0 and loud.exit_code == 0
     assert "Quantization parameters" not in quiet.output and "medexport progress" in quiet.output
     assert "Quantization parameters" in loud.output
+
+
+def test_an_adaptive_schedule_says_what_it_did():
+    from types import SimpleNamespace
+
+    from medexport.cli.sample_cmd import adaptive_in_words
+    from medexport.core.schedule import Switch
+
+    never = SimpleNamespace(switches=[], counts=(4, 8, 16), per_sample=False, d0=2.0, warmup=3,
+                            distances=[9, 2, 2, 2, 1.8, 1.62, 1.7], ratios=(0.5, 0.2))
+    assert adaptive_in_words(never) == (
+        "adaptive schedule: never switched, 4 mediators throughout: the smallest step change was 0.81 of the "
+        "warm-up's (d_i / d_0), above the first ratio 0.5 by 0.31; a ratio above 0.81 would switch")
+    switched = SimpleNamespace(switches=[Switch(4, 4, 8), Switch(13, 8, 16)], counts=(4, 8, 16))
+    assert adaptive_in_words(switched) == ("adaptive schedule: 4 -> 8 mediators after step 4, 8 -> 16 mediators "
+                                           "after step 13")

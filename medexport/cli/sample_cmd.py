@@ -90,14 +90,17 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
         if not benchmark:
             with console.status(f"opening the {len(pipe.counts)} engines on {pipe.backend}"):
                 warm = pipe.warmup(request)  # every engine before the first step: no switch pays for a session
+            adaptive = _adaptive(chosen.schedule)  # kept, to say afterwards whether and when it switched
             with console.status(f"sampling {len(label_list)} images on {pipe.backend}"):
-                result = pipe.run(request)
+                result = pipe.run(request, schedule=adaptive)
             results = {pipe.backend: result}
             summaries = [run_summary(pipe, result) | {"warmup_seconds": round(sum(warm.values()), 3)}]
             ref_result = None
             console.print(f"{len(label_list)} images in {result.seconds:.2f} s on {pipe.backend} (engines opened and "
                           f"warmed before, in {sum(warm.values()):.2f} s); steps per mediator count: "
                           f"{steps_in_words(result.steps_per_count())}", highlight=False)
+            if adaptive is not None:
+                console.print(escape(adaptive_in_words(adaptive)), highlight=False, soft_wrap=True)
         else:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -172,6 +175,38 @@ def steps_in_words(steps: dict[int, int]) -> str:
     n, k = next(iter(steps.items()))
     parts[0] = f"{n} mediators: {k} step{'s' if k != 1 else ''}"
     return ", ".join(parts)
+
+
+def _adaptive(schedule: str | None):
+    """The :class:`AdaptiveSchedule` of an adaptive schedule's text, else None."""
+    if not schedule or not str(schedule).startswith("adaptive"):
+        return None
+    from ..core.schedule import AdaptiveSchedule
+    from ..core.schedule_text import parse_schedule
+
+    sched = parse_schedule(str(schedule))
+    return sched if isinstance(sched, AdaptiveSchedule) else None
+
+
+def adaptive_in_words(sched) -> str:
+    """What an adaptive schedule did in the run just made: its switches, or that it never switched and how far
+    the closest step stayed from the first ratio (d_i / d_0 against r1)."""
+    if sched.switches:
+        return "adaptive schedule: " + ", ".join(f"{s.from_count} -> {s.to_count} mediators after step {s.after_step}"
+                                                 for s in sched.switches[:6]) + (
+            f" (and {len(sched.switches) - 6} more switches)" if len(sched.switches) > 6 else "")
+    first = sched.counts[0]
+    if sched.per_sample:
+        return f"adaptive schedule: never switched, every image stayed on {first} mediators"
+    d0 = sched.d0
+    after = [d for i, d in enumerate(sched.distances) if i >= sched.warmup + 1]
+    if not after or not d0:
+        return (f"adaptive schedule: never switched, {first} mediators throughout (too few steps after the "
+                f"{sched.warmup}-step warm-up to compare)")
+    closest = min(after) / d0
+    return (f"adaptive schedule: never switched, {first} mediators throughout: the smallest step change was "
+            f"{closest:.2f} of the warm-up's (d_i / d_0), above the first ratio {sched.ratios[0]:g} by "
+            f"{closest - sched.ratios[0]:.2f}; a ratio above {closest:.2f} would switch")
 
 
 def _save_latents(latents, path: Path) -> Path:
