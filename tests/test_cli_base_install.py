@@ -56,26 +56,42 @@ def test_every_help_works_without_torch_and_is_fast(command):
     assert time.perf_counter() - start < 1.5, f"medexport {command} --help is slow"  # < 0.5 s measured; CI margin
 
 
-def test_sample_on_the_base_install_makes_the_same_images(tiny_bundle, tmp_path):
-    args = ["--labels", "0,1,2", "--seed", "3", "--sampler", "ode", "--method", "euler", "--steps", "4",
-            "--threads", "1"]
-    with_torch = subprocess.run([sys.executable, str(REPO / "cli.py"), "sample", str(tiny_bundle), *args, "-o",
+def _sample_both(bundle: Path, tmp_path: Path, args: list[str]) -> tuple[Path, Path]:
+    """``medexport sample`` with torch and without it (the base install), into tmp_path/torch and tmp_path/base."""
+    with_torch = subprocess.run([sys.executable, str(REPO / "cli.py"), "sample", str(bundle), *args, "-o",
                                  str(tmp_path / "torch")], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert with_torch.returncode == 0, with_torch.stderr
-    out = base("sample", tiny_bundle, *args, "-o", tmp_path / "base")
+    out = base("sample", bundle, *args, "-o", tmp_path / "base")
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr
-    assert "step-latency plot" in out.stderr and '.[build]' in out.stderr  # skipped, naming the extra
-    files = sorted(p.relative_to(tmp_path / "torch") for p in (tmp_path / "torch").rglob("*.png"))
+    assert "step-latency plot" in out.stderr and ".[build]" in out.stderr  # skipped, naming the extra
+    assert not (tmp_path / "base" / "step_latency.png").exists()
+    assert (tmp_path / "base" / "report.json").is_file()
+    return tmp_path / "torch", tmp_path / "base"
+
+
+ARGS = ["--labels", "0,1,2", "--seed", "3", "--sampler", "ode", "--method", "euler", "--steps", "4", "--threads", "1"]
+
+
+def test_sample_on_the_base_install_makes_the_same_latents(tiny_bundle, tmp_path):
+    torch_dir, base_dir = _sample_both(tiny_bundle, tmp_path, ARGS)
+    a, b = np.load(torch_dir / "latents.npy"), np.load(base_dir / "latents.npy")
+    assert a.shape == b.shape and a.shape[0] == 3
+    assert np.abs(a - b).max() == 0  # max abs diff 0 (the ODE: bit for bit)
+
+
+DEMO = REPO / "engines" / "fashion-mnist-demo"
+
+
+@pytest.mark.skipif(not (DEMO / "manifest.json").is_file(), reason="needs the demo bundle: medexport build")
+def test_sample_on_the_base_install_makes_the_same_images_and_grid(tmp_path):
+    torch_dir, base_dir = _sample_both(DEMO, tmp_path, ARGS)
+    files = sorted(p.relative_to(torch_dir) for p in torch_dir.rglob("*.png") if p.name != "step_latency.png")
     assert Path("grid.png") in files and len([f for f in files if f.parts[0] == "images"]) == 3
     for f in files:
-        if f.name == "step_latency.png":
-            assert not (tmp_path / "base" / f).exists()
-            continue
-        a = np.asarray(Image.open(tmp_path / "torch" / f), dtype=np.int16)
-        b = np.asarray(Image.open(tmp_path / "base" / f), dtype=np.int16)
+        a = np.asarray(Image.open(torch_dir / f), dtype=np.int16)
+        b = np.asarray(Image.open(base_dir / f), dtype=np.int16)
         assert a.shape == b.shape and np.abs(a - b).max() == 0, f  # max abs diff 0
-    assert (tmp_path / "base" / "report.json").is_file()
 
 
 def test_sample_labels_are_the_same_with_and_without_torch(tiny_bundle, tmp_path):
