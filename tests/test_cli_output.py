@@ -93,3 +93,46 @@ def test_an_adaptive_schedule_says_what_it_did():
     switched = SimpleNamespace(switches=[Switch(4, 4, 8), Switch(13, 8, 16)], counts=(4, 8, 16))
     assert adaptive_in_words(switched) == ("adaptive schedule: 4 -> 8 mediators after step 4, 8 -> 16 mediators "
                                            "after step 13")
+
+
+def _demo():
+    from pathlib import Path
+
+    import pytest
+
+    demo = Path(__file__).resolve().parents[1] / "engines" / "fashion-mnist-demo"
+    if not (demo / "manifest.json").is_file():
+        pytest.skip("needs the demo bundle: medexport build")
+    return demo
+
+
+def test_last_step_means_the_same_in_every_command(tmp_path):
+    """--last-step with the ODE (the demo's sampler) is refused alike by every command that takes it, before
+    anything is written."""
+    from click.testing import CliRunner
+
+    demo = _demo()
+    runner = CliRunner()
+    for args in (["sample", demo, "-o", tmp_path / "s"], ["eval", demo, "--report", tmp_path / "e" / "eval.json"],
+                 ["tune", demo, "--budget-fraction", "0.8", "--report", tmp_path / "t" / "tune.json"],
+                 ["generate", demo, "--num", "2", "-o", tmp_path / "g"]):
+        r = runner.invoke(cli, [*map(str, args), "--last-step", "euler"])
+        assert r.exit_code == 1, (args[0], r.output)
+        assert "--last-step euler applies to the SDE sampler only" in r.output, (args[0], r.output)
+    assert not any(tmp_path.iterdir())
+
+
+def test_sample_keeps_the_raw_latents_when_asked(tmp_path):
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    demo = _demo()
+    r = CliRunner().invoke(cli, ["sample", str(demo), "--labels", "0,1", "--steps", "6", "--threads", "1",
+                                 "--save-latents", "-o", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    raw = np.load(tmp_path / "s" / "latents.npy")
+    assert raw.shape == (2, 1, 28, 28)
+    png = np.asarray(Image.open(tmp_path / "s" / "images" / "000.png"), dtype=np.float32)
+    want = np.round((np.clip(raw[0, 0], -1, 1) + 1) * 127.5)
+    assert np.abs(png - want).max() == 0  # the image is the clamped sample

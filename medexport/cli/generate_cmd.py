@@ -7,8 +7,10 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from ..core.settings import SamplingSettings
+from .engines import EngineChoice
 from .main import cli, console, short_help
-from .options import SCHEDULE_HELP, sampling_options
+from .options import SCHEDULE_HELP, settings_options
 
 
 @cli.command(short_help=short_help("generate"))
@@ -25,9 +27,9 @@ from .options import SCHEDULE_HELP, sampling_options
 @click.option("--png", is_flag=True, help="Also write every image as a PNG (pixel-space models, or with --vae).")
 @click.option("--vae", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Decode latents with a local sd-vae folder (pip install 'medexport[vae]').")
-@sampling_options
-def generate_cmd(bundle, num, out, schedule, seed, batch, label_mode, png, vae, sampler, method, steps, last_step,
-                 cfg_scale, cfg_channels, backend, device, threads) -> None:
+@settings_options
+def generate_cmd(bundle, num, out, schedule, seed, batch, label_mode, png, vae, settings: SamplingSettings,
+                 engines: EngineChoice) -> None:
     """Generate --num images into --output, in one process or sharded across torchrun ranks (the same images
     whatever the number of ranks). Rank 0 gathers an .npz that the ADM FID evaluator reads.
 
@@ -38,16 +40,11 @@ def generate_cmd(bundle, num, out, schedule, seed, batch, label_mode, png, vae, 
     from ..bundle import open_bundle
     from ..runtime.generate import GenerateSpec, generate
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    backend, device, threads = engines.backend, engines.device, engines.threads
     b = open_bundle(bundle)
-    chosen = b.sampling.override(sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
-                                          cfg_channels=cfg_channels, schedule=schedule)
+    chosen = settings.override(schedule=schedule).over(b.sampling)
+    chosen.resolved()  # a setting that cannot run (--last-step with the ODE) is refused before any sampling
     sampling = chosen.to_dict()
-    if last_step != "mean":
-        sampling["last_step"] = last_step
     precisions = {b.onnx(n).precision for n in b.counts}
     spec = GenerateSpec(bundle=str(Path(bundle).resolve()), num=num, seed=seed, batch=batch, labels=label_mode,
                         sampling=sampling, backend=backend, precision=",".join(sorted(precisions)))

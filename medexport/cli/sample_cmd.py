@@ -12,10 +12,11 @@ from rich.markup import escape
 from ..core.files import replacing
 from ..core.request import MAX_IMAGES, SampleRequest
 from ..errors import SamplingError
+from ..core.settings import SamplingSettings
 from .engines import EngineChoice, needs_extra
 from .main import cli, console, err_console, short_help
 from .tables import print_table
-from .options import SCHEDULE_HELP, sampling_options
+from .options import SCHEDULE_HELP, settings_options
 from .outputs import output_folder, remove_stale
 
 log = logging.getLogger("medexport")
@@ -34,7 +35,7 @@ SAMPLE_OUTPUTS = {"images", "grid.png", "latents.npy", "report.json", "step_late
 @click.option("--per-class", type=int, default=None,
               help="Instead of --num: this many images of every class (each grid row then holds every class).")
 @click.option("--seed", default=0, show_default=True, help="Seeds labels, initial noise and SDE noise.")
-@sampling_options
+@settings_options
 @click.option("--schedule", default=None, help=SCHEDULE_HELP)
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the images (pixel-space models) or latents (.npy), report.json and the step-latency "
@@ -42,6 +43,9 @@ SAMPLE_OUTPUTS = {"images", "grid.png", "latents.npy", "report.json", "step_late
 @click.option("--out", "out_alias", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True)
 @click.option("--vae", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Local diffusers AutoencoderKL folder: decode latents to a PNG grid.")
+@click.option("--save-latents", is_flag=True,
+              help="Pixel-space models: also keep the raw samples, unclamped, as latents.npy (the images are "
+                   "clamped to [-1, 1]).")
 @click.option("--benchmark", is_flag=True, help="Warm-up, timed runs, and the PyTorch reference side by side.")
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=1),
               help="Untimed runs per backend before timing; they also measure peak memory (--benchmark).")
@@ -52,8 +56,8 @@ SAMPLE_OUTPUTS = {"images", "grid.png", "latents.npy", "report.json", "step_late
 @click.option("--against", "against", multiple=True, type=click.Path(path_type=Path),
               help="With --benchmark, also time this bundle (another precision of the same model, say) side by "
                    "side (repeatable).")
-def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, last_step, cfg_scale, cfg_channels, backend, device,
-               threads, schedule, out_dir, out_alias, vae, benchmark, warmup, runs, reference, against) -> None:
+def sample_cmd(bundle, labels, num, per_class, seed, settings: SamplingSettings, engines: EngineChoice, schedule,
+               out_dir, out_alias, vae, save_latents, benchmark, warmup, runs, reference, against) -> None:
     """Generate images (pixel-space models) or latents from a bundle with a mediator schedule.
 
     Settings not given come from the bundle's recommended sampling settings. --benchmark times the engines
@@ -63,7 +67,7 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
     from ..runtime.report import environment, plot_trace, run_summary, write_report
 
     out_dir = out_dir or out_alias or Path("out/sample")  # --out: the earlier spelling
-    engines = EngineChoice(backend, device, threads)
+    backend, device, threads = engines.backend, engines.device, engines.threads
     if engines.lite(bundle) and (benchmark or vae is not None):
         raise needs_extra("medexport sample " + ("--benchmark" if benchmark else "--vae"),
                           *(("build",) if benchmark else ("vae", "diffusers")))
@@ -75,9 +79,9 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
     pipe = engines.open(bundle)
     label_list = _labels(labels, num, per_class, seed, pipe)
     # the user's choices only: the run puts them on the bundle's recommendation (the one merge of a run)
-    request = SampleRequest(label_list, seed=seed, sampler=sampler, method=method, steps=steps, cfg_scale=cfg_scale,
-                            cfg_channels=cfg_channels, schedule=schedule, last_step=last_step)
+    request = SampleRequest(label_list, seed=seed, settings=settings.override(schedule=schedule))
     chosen = request.settings.over(pipe.defaults)  # what will run, for the line printed below
+    chosen.resolved()  # a setting that cannot run (--last-step with the ODE) is refused before anything is written
     if vae is not None and pipe.data is not None:
         raise SamplingError("--vae decodes sd-vae latents, but this bundle's model generates pixels: drop --vae")
     if vae is not None:
@@ -150,6 +154,8 @@ def sample_cmd(bundle, labels, num, per_class, seed, sampler, method, steps, las
             grid = labelled_grid(result.latents, captions, out_dir / "grid.png",
                                  title=f"{Path(bundle).name}: {chosen.describe()}")
             written += [out_dir / "images", grid]
+            if save_latents:
+                written.append(_save_latents(result.latents, out_dir / "latents.npy"))
         else:
             written.append(_save_latents(result.latents, out_dir / "latents.npy"))
         report = write_report(out_dir / "report.json", {**result.settings, "bundle": str(bundle),
