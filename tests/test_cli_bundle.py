@@ -203,3 +203,22 @@ def test_build_demo_choice(tmp_path):
     assert demo_names()[0] == "fashion-mnist" and demo_bundle_name() == "fashion-mnist-demo"
     with pytest.raises(medexport.errors.MedexportError, match="there is no demo 'nope'"):
         demo_folder("nope")
+
+
+def test_the_demo_has_a_vanilla_twin_for_speed_only(tmp_path, monkeypatch):
+    """`build --attention full` of the demo: its architecture, full attention, random weights, the demo's
+    recommended sampling; the build says it is for speed only."""
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from medexport.cli import cli as _cli
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(_cli, ["build", "--attention", "full"])
+    assert r.exit_code == 0, r.output
+    assert "for speed comparisons only" in r.output
+    manifest = _json.loads((tmp_path / "engines" / "fashion-mnist-demo-full" / "manifest.json").read_text())
+    assert list(manifest["counts"]) == ["0"] and manifest["model"]["depth"] == 6
+    assert manifest["sampling"]["cfg_scale"] == 2.0 and manifest["sampling"].get("schedule") is None
+    assert (tmp_path / "engines" / "fashion-mnist-demo-full-random-0.safetensors").is_file()

@@ -57,6 +57,22 @@ def _parse_checkpoints(values: tuple[str, ...], attention: str = "mediator") -> 
     return out
 
 
+def demo_twin_weights(demo: str | None, seed: int) -> Path:
+    """The demo's vanilla twin's weights: the demo's architecture with full attention, seeded random weights, kept
+    as ``engines/<demo>-full-random-<seed>.safetensors`` (written once, under a temporary name then renamed), so
+    the twin's bundle is keyed and verified like any checkpoint's."""
+    from ..demo import demo_bundle_name, demo_checkpoints, demo_folder
+    from ..model import create_model, read_checkpoint, save_checkpoint
+
+    path = DEFAULT_OUTPUT_ROOT / f"{demo_bundle_name(demo)}-full-random-{seed}.safetensors"
+    if path.is_file():
+        return path
+    first = next(iter(demo_checkpoints(None, demo_folder(demo)).values()))
+    config = read_checkpoint(first)[1].config.with_mediators(FULL)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(create_model(config, init="random", seed=seed), path, form="safetensors")
+
+
 def default_output(model_name: str | None, image_size: int, checkpoints: list[tuple[int, Path]],
                    precision: str = "fp32", attention: str = "mediator", demo: str | None = None) -> Path:
     """engines/<name>, with ``-full`` for a vanilla twin and ``-<precision>`` for any precision but fp32 (one
@@ -155,9 +171,11 @@ def build(checkpoints, attention, weights, model_name, demo_name, image_size, me
         raise ConfigError(f"--attention full builds the vanilla model, which has no mediators: drop --mediators "
                           f"{mediators} (a mediator bundle and its vanilla twin are two bundles; `medexport bench "
                           f"BUNDLE --against VANILLA` compares them)")
-    if full and demo:
-        raise ConfigError("the shipped demo holds mediator models only; --attention full needs --model NAME (random "
-                          "weights, for benchmarking) or --checkpoint PATH (a vanilla DiT/SiT checkpoint)")
+    twin_of_demo = full and demo
+    if twin_of_demo:  # the demo's vanilla twin: its architecture with full attention and random weights
+        ckpts = [(FULL, demo_twin_weights(demo_name, seed))]
+        output = output or default_output(None, image_size, [], precision, "full", demo_name)
+        demo = False
     try:
         batch_range = BatchRange.parse(batch) if batch else DEMO_BATCH if demo else DEFAULT_BATCH
     except ValueError as e:
@@ -200,6 +218,15 @@ def build(checkpoints, attention, weights, model_name, demo_name, image_size, me
                       f"{r.seconds:.1f}")
     print_table(table)
     console.print(escape(f"backend: {report.backend_reason}"), highlight=False, soft_wrap=True)
+    if twin_of_demo:  # sampled as the demo is (its schedule aside: the twin has one model), so bench compares alike
+        from ..bundle.build import record_sampling
+        from ..demo import demo_card, demo_folder
+
+        recommended = dict(demo_card(demo_folder(demo_name)).get("sampling") or {})
+        recommended.pop("schedule", None)
+        record_sampling(report.path, recommended)
+        console.print("[yellow]the demo's vanilla twin has random weights: it is for speed comparisons only "
+                      "(`medexport bench`), its images are noise[/]", soft_wrap=True)
     if report.random_weights:
         console.print("[yellow]warning: random weights — for benchmarking only; outputs are noise.[/]")
 
