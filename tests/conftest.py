@@ -1,12 +1,16 @@
 import os
 
 import pytest
-import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+try:
+    import torch
+except ImportError:  # the torch-free core's tests (tests/core) run on the base install, without torch
+    torch = None
+else:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 import medexport  # noqa: E402
-from medexport.model import ModelConfig  # noqa: E402
+from medexport.core.config import ModelConfig  # noqa: E402
 
 #: A tiny mediator SiT: 2 blocks, width 64, 4 heads, 8x8 token grid (latent 16 at patch 2).
 TINY = ModelConfig(depth=2, hidden_size=64, num_heads=4, patch_size=2, input_size=16, mediators=16,

@@ -5,15 +5,18 @@ TypeError."""
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from medexport.bundle import Bundle
-from medexport.cli import cli
-from medexport.core.manifest import Manifest
-from medexport.errors import BundleError
-from medexport.lite import LitePipeline
+pytest.importorskip("torch", reason="these checks open bundles built with torch (the [build] extra)")
 
-from ..conftest import copy_bundle
+from click.testing import CliRunner  # noqa: E402
+
+from medexport.bundle import Bundle  # noqa: E402
+from medexport.cli import cli  # noqa: E402
+from medexport.core.manifest import Manifest  # noqa: E402
+from medexport.errors import BundleError  # noqa: E402
+from medexport.lite import LitePipeline  # noqa: E402
+
+from ..conftest import copy_bundle  # noqa: E402
 
 
 def first(m):

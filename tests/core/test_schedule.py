@@ -4,18 +4,21 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 
 from medexport.errors import ScheduleError
-from medexport.runtime import (
-    AdaptiveSchedule,
-    FixedSchedule,
-    SamplingSettings,
-    StepInfo,
-    Switch,
-    parse_schedule,
-    sample,
-)
+from medexport.core.arrays import NUMPY
+from medexport.core.samplers import sample as core_sample
+from medexport.core.schedule import AdaptiveSchedule, FixedSchedule, Switch
+from medexport.core.schedule_text import parse_schedule
+from medexport.core.settings import SamplingSettings
+from medexport.core.steps import StepInfo
+
+
+def sample(velocity, x0, settings, *, seed=None, on_step=None):
+    """The core sampler on numpy arrays (the SDE's noise from a seeded numpy generator)."""
+    rng = np.random.default_rng(seed)
+    return core_sample(NUMPY, velocity, x0, settings, on_step=on_step,
+                       noise=lambda shape: rng.standard_normal(shape, dtype=np.float32))
 
 
 def served(schedule, num_steps):
@@ -50,10 +53,11 @@ def test_fixed_schedule_drives_a_sampler():
         used.append(schedule.model_for(step))
         return -x
 
-    sample(velocity, torch.randn(2, 3), SamplingSettings(steps=10), generator=torch.Generator().manual_seed(0))
+    sample(velocity, np.random.default_rng(0).standard_normal((2, 3), dtype=np.float32), SamplingSettings(steps=10), seed=0)
     assert used == [16] * 3 + [32] * 4 + [64] * 3  # 9 stochastic steps + the last step, served by 64
     used.clear()
-    sample(velocity, torch.randn(2, 3), SamplingSettings("ode", method="heun", steps=11))
+    sample(velocity, np.random.default_rng(1).standard_normal((2, 3), dtype=np.float32),
+           SamplingSettings("ode", method="heun", steps=11))
     assert used == [16] * 6 + [32] * 8 + [64] * 6  # 10 steps of two evaluations
 
 
@@ -157,14 +161,14 @@ def test_counts_missing_from_the_bundle_are_refused():
 
 def run_adaptive(schedule, moves, shape=(2, 3)):
     """Step i adds moves[i] to every element (or moves[i][b] to row b); returns the counts that served each step."""
-    x = torch.zeros(shape, dtype=torch.float64)
+    x = np.zeros(shape, dtype=np.float64)
     schedule.reset(x)
     n, got = len(moves), []
     for i, move in enumerate(moves):
         info = StepInfo(i, n, 0.0, i / n)
         got.append(schedule.models_for(info) if schedule.per_sample else schedule.model_for(info))
-        move = torch.as_tensor(move, dtype=torch.float64)
-        x = x + (move.view(-1, *([1] * (len(shape) - 1))) if move.ndim else move)
+        move = np.asarray(move, dtype=np.float64)
+        x = x + (move.reshape(-1, *([1] * (len(shape) - 1))) if move.ndim else move)
         schedule.observe(info, x)
     return got
 
@@ -252,9 +256,9 @@ def test_adaptive_drives_a_sampler_through_on_step():
 
     def velocity(x, t, step):
         used.append(schedule.model_for(step))
-        return torch.full_like(x, moves[step.index] / dts[step.index])
+        return np.full_like(x, moves[step.index] / dts[step.index])
 
-    x0 = torch.zeros(2, 4, 2, 2)
+    x0 = np.zeros((2, 4, 2, 2), dtype=np.float32)
     schedule.reset(x0)
     sample(velocity, x0, settings, on_step=schedule.observe)
     assert used == [16] * 6 + [32] + [64]  # d_5 = 0.3 < 0.5 * 1; d_6 = 0.1 < 0.2 * 1
@@ -264,13 +268,13 @@ def test_adaptive_refuses_dopri5_steps_and_misuse():
     s = AdaptiveSchedule((16, 32), (0.5,))
     with pytest.raises(RuntimeError, match="reset"):
         s.model_for(StepInfo(0, 10, 0.0, 0.0))
-    s.reset(torch.zeros(2, 3))
+    s.reset(np.zeros((2, 3)))
     with pytest.raises(ScheduleError, match="fixed-step sampler"):
         s.model_for(StepInfo(0, None, 0.0, 0.0))
     with pytest.raises(RuntimeError, match="expected step 0"):
-        s.observe(StepInfo(1, 10, 0.0, 0.1), torch.zeros(2, 3))
+        s.observe(StepInfo(1, 10, 0.0, 0.1), np.zeros((2, 3)))
     with pytest.raises(ScheduleError, match="shape"):
-        s.observe(StepInfo(0, 10, 0.0, 0.0), torch.zeros(4, 3))
+        s.observe(StepInfo(0, 10, 0.0, 0.0), np.zeros((4, 3)))
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,15 @@ import threading
 import numpy as np
 import pytest
 
-from medexport import Pipeline, SampleRequest
-from medexport.core.batch import BatchRange
-from medexport.core.manifest import read_complete
-from medexport.core.scheduler import Cancelled, RequestTimeout, SchedulerLimits, StepScheduler, Unavailable
-from medexport.errors import SamplingError, ScheduleError
-from medexport.lite import LitePipeline
+pytest.importorskip("torch", reason="these checks sample bundles built with torch, against Pipeline")
+
+from medexport import Pipeline, SampleRequest  # noqa: E402
+from medexport.core.batch import BatchRange  # noqa: E402
+from medexport.core.manifest import read_complete  # noqa: E402
+from medexport.core.scheduler import (Cancelled, RequestTimeout, SchedulerLimits, StepScheduler,  # noqa: E402
+                                      Unavailable)
+from medexport.errors import SamplingError, ScheduleError  # noqa: E402
+from medexport.lite import LitePipeline  # noqa: E402
 
 #: Requests that differ in everything a step can differ in: sampler, method, steps, guidance, schedule (fixed,
 #: static, adaptive per batch and per sample), seeds.
