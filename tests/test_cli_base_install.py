@@ -114,6 +114,12 @@ def test_inspect_and_verify_without_torch(tiny_bundle):
     assert "comparison with PyTorch was skipped" in out.stdout and ".[build]" in out.stdout
 
 
+def test_export_triton_without_torch(tiny_bundle, tmp_path):
+    out = base("export-triton", tiny_bundle, "-o", tmp_path / "repo")
+    assert out.returncode == 0, out.stderr
+    assert {"medexport_sampler", "medexport-triton.json"} <= {p.name for p in (tmp_path / "repo").iterdir()}
+
+
 @pytest.mark.parametrize("command", [["eval", "x"], ["tune", "x", "--budget-fraction", "0.8"], ["bench", "x"],
                                      ["build"], ["sample", "x", "--backend", "torch"]])
 def test_what_needs_torch_says_so_in_one_line(command):

@@ -8,6 +8,7 @@ adds what needs the model layer: :meth:`Bundle.torch_model`, the reference the e
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from ..core.artifact import Artifact
@@ -16,7 +17,9 @@ from ..core.files import file_sha256, write_json
 from ..core.manifest import FORMAT, FORMAT_VERSION, MANIFEST, CountEntry, Manifest, now  # noqa: F401
 from ..core.settings import SamplingSettings
 from ..errors import BundleError, CheckpointError
-from ..model import MediatorDiT, create_model, load_checkpoint
+
+if TYPE_CHECKING:
+    from ..model import MediatorDiT
 
 new_manifest = Manifest.new
 
@@ -86,6 +89,8 @@ class Bundle:
     # -- the PyTorch reference each engine was built from ---------------------------------------------------
     def torch_model(self, n: int) -> MediatorDiT:
         """The PyTorch model the count was exported from (its checkpoint, or the seeded random model)."""
+        from ..model import create_model, load_checkpoint  # torch: only the reference needs it
+
         entry = self.entry(n)
         src, cfg = entry.source, entry.config
         if src.kind == "random":
