@@ -90,6 +90,15 @@ def test_the_torch_free_block_runs_without_torch():
     assert out.returncode == 0, out.stderr[-3000:]
 
 
+@pytest.mark.skipif(not (DEMO / "manifest.json").is_file(),
+                    reason="needs the demo bundle: medexport build (the README's first command)")
+def test_the_in_process_server_block_runs():
+    (server,) = [b for b in blocks("python") if "SamplingServer" in b]
+    check = "\nassert [i.shape for i in images] == [(1, 1, 28, 28)] * 2 and not server.ready\n"
+    out = _run_python(server + check, REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_the_quick_start_runs_in_a_fresh_folder(tmp_path):
     """The first block without its installs (the environment has them): build, verify, sample, in a folder of
