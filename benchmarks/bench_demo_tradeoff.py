@@ -48,9 +48,14 @@ KINDS = ("static", "fixed", "adaptive")
 
 def plans(counts: list[int], per_sample: bool, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, str]]:
     suffix = ":per-sample" if per_sample else ""
-    every = ([("static", str(n)) for n in counts] + [("fixed", s) for s in fixed_schedules(counts)]
-             + [("adaptive", f"adaptive:{','.join(map(str, counts))}:ratios={r1},{r2}{suffix}")
-                for r1, r2 in ADAPTIVE_RATIOS])
+    every = (
+        [("static", str(n)) for n in counts]
+        + [("fixed", s) for s in fixed_schedules(counts)]
+        + [
+            ("adaptive", f"adaptive:{','.join(map(str, counts))}:ratios={r1},{r2}{suffix}")
+            for r1, r2 in ADAPTIVE_RATIOS
+        ]
+    )
     return [(kind, schedule) for kind, schedule in every if kind in kinds]
 
 
@@ -59,10 +64,14 @@ def aggregate(row: dict, images_per_seed: int) -> dict:
     mean and its standard deviation over seeds."""
     accs, fds = row["accuracy_per_seed"], row["fd_per_seed"]
     accuracy = statistics.mean(accs)
-    return {**row, "accuracy": accuracy,
-            "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / (images_per_seed * len(accs))),
-            "fd": statistics.mean(fds), "fd_sd": statistics.stdev(fds) if len(fds) > 1 else None,
-            "ms_per_image": statistics.mean(row["ms_per_image_per_seed"])}
+    return {
+        **row,
+        "accuracy": accuracy,
+        "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / (images_per_seed * len(accs))),
+        "fd": statistics.mean(fds),
+        "fd_sd": statistics.stdev(fds) if len(fds) > 1 else None,
+        "ms_per_image": statistics.mean(row["ms_per_image_per_seed"]),
+    }
 
 
 def measure(args) -> dict:
@@ -85,22 +94,38 @@ def measure(args) -> dict:
     rows = []
     start = time.perf_counter()
     for kind, schedule in plans(counts, args.per_sample, args.kinds):
-        runs = [evaluate(pipe, base.override(schedule=schedule), per_class=args.per_class, seed=seed)
-                for seed in seeds]
-        row = aggregate({"kind": kind, **runs[0].to_dict(), "seeds": seeds,
-                         "accuracy_per_seed": [x.accuracy for x in runs], "fd_per_seed": [x.fd for x in runs],
-                         "ms_per_image_per_seed": [x.ms_per_image for x in runs]}, images)
+        runs = [evaluate(pipe, base.override(schedule=schedule), per_class=args.per_class, seed=seed) for seed in seeds]
+        row = aggregate(
+            {
+                "kind": kind,
+                **runs[0].to_dict(),
+                "seeds": seeds,
+                "accuracy_per_seed": [x.accuracy for x in runs],
+                "fd_per_seed": [x.fd for x in runs],
+                "ms_per_image_per_seed": [x.ms_per_image for x in runs],
+            },
+            images,
+        )
         rows.append(row)
         print(row_line(row), flush=True)
     floor = floor_for(images)
     evals = sum(rows[0]["steps_per_count"].values()) if rows[0]["steps_per_count"] else None
     full = forward_flops(pipe.config, attention="full") / 1e9 * (2 if base.resolved().guided else 1)
-    env = {"bundle": Path(args.bundle).name, "cpu_flags": cpu_flags(), "threads": args.threads,
-           "backend": pipe.backend, "torch": torch.__version__, "sampling": base.describe(),
-           "images_per_seed": images, "images_per_schedule": images * len(seeds), "seeds": seeds,
-           "tokens": pipe.config.num_tokens, "counts": counts,
-           "full_attention_gflops_per_image": round(full * evals, 4) if evals else None,
-           "seconds": round(time.perf_counter() - start, 1)}
+    env = {
+        "bundle": Path(args.bundle).name,
+        "cpu_flags": cpu_flags(),
+        "threads": args.threads,
+        "backend": pipe.backend,
+        "torch": torch.__version__,
+        "sampling": base.describe(),
+        "images_per_seed": images,
+        "images_per_schedule": images * len(seeds),
+        "seeds": seeds,
+        "tokens": pipe.config.num_tokens,
+        "counts": counts,
+        "full_attention_gflops_per_image": round(full * evals, 4) if evals else None,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     return {"environment": env, "rows": rows, "real_floor": floor.to_dict() if floor else None}
 
 
@@ -118,13 +143,16 @@ def merge(runs: list[tuple[Path, dict]]) -> dict:
         other = run["environment"]
         diff = [k for k in same if other.get(k) != env.get(k)]
         if diff:
-            raise SystemExit(f"error: {path} is another run than {first_path}: "
-                             + ", ".join(f"{k} {other.get(k)!r} there, {env.get(k)!r} here" for k in diff)
-                             + ". Merge only runs of one bundle with the same settings.")
+            raise SystemExit(
+                f"error: {path} is another run than {first_path}: "
+                + ", ".join(f"{k} {other.get(k)!r} there, {env.get(k)!r} here" for k in diff)
+                + ". Merge only runs of one bundle with the same settings."
+            )
         shared = set(other["seeds"]) & set(env["seeds"])
         if shared:
-            raise SystemExit(f"error: {path} repeats seed(s) {sorted(shared)} of the runs before it: merge runs of "
-                             f"different seeds")
+            raise SystemExit(
+                f"error: {path} repeats seed(s) {sorted(shared)} of the runs before it: merge runs of different seeds"
+            )
         env["seeds"] = env["seeds"] + other["seeds"]
     merged: dict[str, dict] = {}
     for _, run in runs:
@@ -138,12 +166,13 @@ def merge(runs: list[tuple[Path, dict]]) -> dict:
     return {"environment": env, "rows": rows, "real_floor": first["real_floor"]}
 
 
-
 def row_line(row: dict) -> str:
     spread = f" +- {row['fd_sd']:.2f}" if row.get("fd_sd") is not None else ""
-    return (f"{row['kind']:8s} {row['schedule']:55s} acc {100 * row['accuracy']:5.1f}% +- "
-            f"{100 * row['accuracy_se']:.1f}  FD {row['fd']:7.2f}{spread}  {row['gflops_per_image']:.4f} GFLOPs  "
-            f"{row['ms_per_image']:6.2f} ms/img  {row['steps_per_count']}")
+    return (
+        f"{row['kind']:8s} {row['schedule']:55s} acc {100 * row['accuracy']:5.1f}% +- "
+        f"{100 * row['accuracy_se']:.1f}  FD {row['fd']:7.2f}{spread}  {row['gflops_per_image']:.4f} GFLOPs  "
+        f"{row['ms_per_image']:6.2f} ms/img  {row['steps_per_count']}"
+    )
 
 
 def summary(out: dict) -> list[str]:
@@ -156,41 +185,54 @@ def summary(out: dict) -> list[str]:
     lines = []
     if floor:
         lines.append(f"real images ({floor['images']}): acc {100 * floor['accuracy']:.1f}%  FD {floor['fd']:.2f}")
-    lines.append(f"largest static ({largest['schedule']}): acc {100 * largest['accuracy']:.1f}%  FD "
-                 f"{largest['fd']:.2f}  {largest['gflops_per_image']:.4f} GFLOPs; full attention would cost "
-                 f"{env['full_attention_gflops_per_image']}")
+    lines.append(
+        f"largest static ({largest['schedule']}): acc {100 * largest['accuracy']:.1f}%  FD "
+        f"{largest['fd']:.2f}  {largest['gflops_per_image']:.4f} GFLOPs; full attention would cost "
+        f"{env['full_attention_gflops_per_image']}"
+    )
     gap = largest["accuracy"] - smallest["accuracy"]
     se = math.hypot(largest["accuracy_se"], smallest["accuracy_se"])
-    lines.append(f"smallest static ({smallest['schedule']}) against the largest: accuracy {100 * -gap:+.1f} points "
-                 f"({-gap / se if se else float('inf'):+.1f} standard errors), FD {smallest['fd'] - largest['fd']:+.2f}")
+    lines.append(
+        f"smallest static ({smallest['schedule']}) against the largest: accuracy {100 * -gap:+.1f} points "
+        f"({-gap / se if se else float('inf'):+.1f} standard errors), FD {smallest['fd'] - largest['fd']:+.2f}"
+    )
     by_seed = paired(smallest, largest, "accuracy_per_seed")
     if by_seed and by_seed[2]:
         diffs, mean, sem = by_seed
-        lines.append(f"  accuracy paired by seed, smallest minus largest: "
-                     f"{', '.join(f'{100 * d:+.1f}' for d in diffs)} points; mean {100 * mean:+.2f} +- {100 * sem:.2f} "
-                     f"(standard error; {mean / sem:+.1f} of them)")
+        lines.append(
+            f"  accuracy paired by seed, smallest minus largest: "
+            f"{', '.join(f'{100 * d:+.1f}' for d in diffs)} points; mean {100 * mean:+.2f} +- {100 * sem:.2f} "
+            f"(standard error; {mean / sem:+.1f} of them)"
+        )
     by_seed = paired(smallest, largest)
     if by_seed:
         diffs, mean, sem = by_seed
-        lines.append(f"  FD paired by seed (same noise and labels), smallest minus largest: "
-                     f"{', '.join(f'{d:+.2f}' for d in diffs)}; mean {mean:+.2f}"
-                     + (f" +- {sem:.2f} (standard error; {mean / sem:+.1f} of them)" if sem else ""))
+        lines.append(
+            f"  FD paired by seed (same noise and labels), smallest minus largest: "
+            f"{', '.join(f'{d:+.2f}' for d in diffs)}; mean {mean:+.2f}"
+            + (f" +- {sem:.2f} (standard error; {mean / sem:+.1f} of them)" if sem else "")
+        )
 
     def matches(r: dict) -> bool:  # against the largest count on the seeds ``r`` was judged on
         acc, fd = on_seeds(largest, r["seeds"])
-        return r["gflops_per_image"] < largest["gflops_per_image"] and r["accuracy"] >= acc - 0.01 and r["fd"] <= fd * 1.05
+        return (
+            r["gflops_per_image"] < largest["gflops_per_image"] and r["accuracy"] >= acc - 0.01 and r["fd"] <= fd * 1.05
+        )
 
     better = [r for r in rows if r["kind"] != "static" and matches(r)]
-    lines.append("dynamic schedules within 1 point of its accuracy and 5% of its FD (on the same seeds) at fewer GFLOPs: "
-                 + (", ".join(f"{r['schedule']} ({r['gflops_per_image'] / largest['gflops_per_image']:.1%})"
-                              for r in better) or "none"))
+    lines.append(
+        "dynamic schedules within 1 point of its accuracy and 5% of its FD (on the same seeds) at fewer GFLOPs: "
+        + (
+            ", ".join(f"{r['schedule']} ({r['gflops_per_image'] / largest['gflops_per_image']:.1%})" for r in better)
+            or "none"
+        )
+    )
     return lines
 
 
 def on_seeds(row: dict, seeds: list[int]) -> tuple[float, float]:
     """A row's mean accuracy and FD over those of ``seeds`` it was judged on."""
-    picked = [(a, f) for seed, a, f in zip(row["seeds"], row["accuracy_per_seed"], row["fd_per_seed"])
-              if seed in seeds]
+    picked = [(a, f) for seed, a, f in zip(row["seeds"], row["accuracy_per_seed"], row["fd_per_seed"]) if seed in seeds]
     return statistics.mean(a for a, _ in picked), statistics.mean(f for _, f in picked)
 
 
@@ -209,21 +251,30 @@ def paired(a: dict, b: dict, key: str = "fd_per_seed") -> tuple[list[float], flo
 def markdown(out: dict) -> str:
     env, rows = out["environment"], out["rows"]
     default = env["sampling"].rsplit("schedule ", 1)[-1]
-    lines = ["| kind | schedule | images | accuracy (+- s.e.) | FD (+- spread over seeds) | GFLOPs / image "
-             "| ms / image | steps per count |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| kind | schedule | images | accuracy (+- s.e.) | FD (+- spread over seeds) | GFLOPs / image "
+        "| ms / image | steps per count |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         name = r["schedule"] + (" (the default)" if r["schedule"] == default else "")
         spread = f" +- {r['fd_sd']:.2f}" if r.get("fd_sd") is not None else ""
         per = ", ".join(f"{k}: {v}" for k, v in r["steps_per_count"].items())
         images = env["images_per_seed"] * len(r["seeds"])
-        lines.append(f"| {r['kind']} | {name} | {images} | {100 * r['accuracy']:.1f}% +- {100 * r['accuracy_se']:.1f} "
-                     f"| {r['fd']:.2f}{spread} | {r['gflops_per_image']:.4f} | {r['ms_per_image']:.1f} | {per} |")
+        lines.append(
+            f"| {r['kind']} | {name} | {images} | {100 * r['accuracy']:.1f}% +- {100 * r['accuracy_se']:.1f} "
+            f"| {r['fd']:.2f}{spread} | {r['gflops_per_image']:.4f} | {r['ms_per_image']:.1f} | {per} |"
+        )
     if env.get("full_attention_gflops_per_image"):
-        lines.append(f"| full attention | (cost only) | - | - | - | {env['full_attention_gflops_per_image']:.4f} | - | - |")
+        lines.append(
+            f"| full attention | (cost only) | - | - | - | {env['full_attention_gflops_per_image']:.4f} | - | - |"
+        )
     floor = out["real_floor"]
     if floor:
-        lines.append(f"| real images | training images vs the test statistics | {floor['images']} "
-                     f"| {100 * floor['accuracy']:.1f}% | {floor['fd']:.2f} | - | - | - |")
+        lines.append(
+            f"| real images | training images vs the test statistics | {floor['images']} "
+            f"| {100 * floor['accuracy']:.1f}% | {floor['fd']:.2f} | - | - | - |"
+        )
     return "\n".join(lines)
 
 
@@ -259,13 +310,26 @@ def plot(out: dict, path: Path) -> None:
         for kind, (marker, colour) in styles.items():
             pts = [(r, *value(r, key)) for r in rows if r["kind"] == kind]
             pts = [(r, v, e) for r, v, e in pts if v is not None]
-            ax.errorbar([r["gflops_per_image"] for r, _, _ in pts], [v for _, v, _ in pts],
-                        yerr=[e for _, _, e in pts], fmt=marker, color=colour, label=kind, ms=6, capsize=3,
-                        elinewidth=1)
+            ax.errorbar(
+                [r["gflops_per_image"] for r, _, _ in pts],
+                [v for _, v, _ in pts],
+                yerr=[e for _, _, e in pts],
+                fmt=marker,
+                color=colour,
+                label=kind,
+                ms=6,
+                capsize=3,
+                elinewidth=1,
+            )
             for r, v, _ in pts:  # name the static counts and the default; the table names the rest
                 if kind == "static" or r["schedule"] == default:
-                    ax.annotate(r["schedule"] + (" (default)" if r["schedule"] == default else ""),
-                                (r["gflops_per_image"], v), fontsize=7, xytext=(4, 4), textcoords="offset points")
+                    ax.annotate(
+                        r["schedule"] + (" (default)" if r["schedule"] == default else ""),
+                        (r["gflops_per_image"], v),
+                        fontsize=7,
+                        xytext=(4, 4),
+                        textcoords="offset points",
+                    )
         if floor is not None and key != "paired":
             ax.axhline((100 if key == "accuracy" else 1) * floor[key], ls="--", c="grey", lw=1, label="real images")
         if key == "paired":
@@ -277,10 +341,16 @@ def plot(out: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     seeds = env["seeds"]
-    bars = (f"bars: accuracy s.e., FD spread over {len(seeds)} seeds, paired difference s.e." if fd_vs_largest
-            else "bars: accuracy s.e.")
-    fig.suptitle(f"{env.get('bundle', 'demo')}, {env['tokens']} tokens: quality against cost "
-                 f"({env['sampling'].rsplit(', schedule', 1)[0]}; {bars})", fontsize=9)
+    bars = (
+        f"bars: accuracy s.e., FD spread over {len(seeds)} seeds, paired difference s.e."
+        if fd_vs_largest
+        else "bars: accuracy s.e."
+    )
+    fig.suptitle(
+        f"{env.get('bundle', 'demo')}, {env['tokens']} tokens: quality against cost "
+        f"({env['sampling'].rsplit(', schedule', 1)[0]}; {bars})",
+        fontsize=9,
+    )
     fig.tight_layout()
     tmp = path.with_name(path.name + ".partial")
     fig.savefig(tmp, dpi=110, format="png")
@@ -307,11 +377,21 @@ def main() -> int:
     p.add_argument("--seeds", default="0", help="comma-separated seeds; each schedule is judged once per seed")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--per-sample", action="store_true", help="adaptive decisions per image instead of per batch")
-    p.add_argument("--kinds", default=",".join(KINDS),
-                   help="which schedules to judge: static, fixed, adaptive (comma-separated; default all)")
-    p.add_argument("--merge", "--replot", nargs="+", type=Path, metavar="JSON", default=None,
-                   help="instead of sampling: the table and plot of earlier runs' JSON, merged when they are runs "
-                        "of one bundle and settings on different seeds")
+    p.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help="which schedules to judge: static, fixed, adaptive (comma-separated; default all)",
+    )
+    p.add_argument(
+        "--merge",
+        "--replot",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        default=None,
+        help="instead of sampling: the table and plot of earlier runs' JSON, merged when they are runs "
+        "of one bundle and settings on different seeds",
+    )
     args = p.parse_args()
     args.kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     unknown = [k for k in args.kinds if k not in KINDS]

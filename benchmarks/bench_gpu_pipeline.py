@@ -51,13 +51,17 @@ try:
     from medexport.model.engine_graph import TORCH_DTYPES
     from medexport.runtime.pipeline import Pipeline, check_device
 except ImportError as e:
-    sys.exit(f"bench_gpu_pipeline.py: cannot import {e.name or e}: it needs torch and numpy (and this checkout's "
-             f"medexport on the path); nothing was measured")
+    sys.exit(
+        f"bench_gpu_pipeline.py: cannot import {e.name or e}: it needs torch and numpy (and this checkout's "
+        f"medexport on the path); nothing was measured"
+    )
 
 SCHEDULE = "16:0.3,32:0.7,64"
 SIZE_FIELDS = ("batch", "steps")
-SUMMARY_HEADER = ("| image | backend | batch | steps | schedule img/s | vanilla img/s | ratio | FLOPs-predicted | "
-                  "schedule MFU | vanilla MFU |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+SUMMARY_HEADER = (
+    "| image | backend | batch | steps | schedule img/s | vanilla img/s | ratio | FLOPs-predicted | "
+    "schedule MFU | vanilla MFU |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
 
 
 def parse_size_settings(text: str) -> dict[int, dict[str, int]]:
@@ -75,23 +79,33 @@ def parse_size_settings(text: str) -> dict[int, dict[str, int]]:
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"--size-settings {text!r}: expected SIZE:batch=N,steps=N[;SIZE:...] with positive integers "
-                f"(fields: {', '.join(SIZE_FIELDS)})") from None
+                f"(fields: {', '.join(SIZE_FIELDS)})"
+            ) from None
     return out
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--model", default="SiT-XL/2", help="named model config [default: SiT-XL/2]")
     p.add_argument("--depth", type=int, default=None, help="override the model's depth (a small model for smoke runs)")
     p.add_argument("--sizes", default="256,512,1024", help="image sizes, in the order they run")
     p.add_argument("--batch", type=int, default=8, help="images per run (each forward runs twice that: guidance)")
     p.add_argument("--steps", type=int, default=50, help="ODE Euler model evaluations")
-    p.add_argument("--size-settings", type=parse_size_settings, default={},
-                   help='per-size batch/steps, e.g. "1024:batch=4,steps=20" (said in the output)')
+    p.add_argument(
+        "--size-settings",
+        type=parse_size_settings,
+        default={},
+        help='per-size batch/steps, e.g. "1024:batch=4,steps=20" (said in the output)',
+    )
     p.add_argument("--schedule", default=SCHEDULE, help=f"the mediator schedule [default: {SCHEDULE}]")
-    p.add_argument("--backend", choices=("torch", "inductor"), default="torch",
-                   help="torch: CUDA graphs; inductor: torch.compile (CUDA graphs too) [default: torch]")
+    p.add_argument(
+        "--backend",
+        choices=("torch", "inductor"),
+        default="torch",
+        help="torch: CUDA graphs; inductor: torch.compile (CUDA graphs too) [default: torch]",
+    )
     p.add_argument("--device", default="cuda")
     p.add_argument("--precision", choices=sorted(TORCH_DTYPES), default="bf16")
     p.add_argument("--runs", type=int, default=2, help="timed end-to-end runs of each side")
@@ -144,18 +158,27 @@ def bench_size(args, size: int, device: str) -> dict:
         return Pipeline({n: runner(args, m, device) for n, m in models.items()}, models[counts[0]].config)
 
     def open_theirs(mine: Pipeline) -> Pipeline:
-        return Pipeline({FULL: runner(args, make_model(args, FULL, size, device), device)},
-                        mine.config.with_mediators(FULL))
+        return Pipeline(
+            {FULL: runner(args, make_model(args, FULL, size, device), device)}, mine.config.with_mediators(FULL)
+        )
 
     labels = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(size)).tolist()
     # ODE grid points as the reference counts them: steps + 1 points make ``steps`` Euler evaluations
-    request = SampleRequest(labels, seed=0, sampler="ode", method="euler", steps=steps + 1, cfg_scale=4.0,
-                            schedule=args.schedule)
+    request = SampleRequest(
+        labels, seed=0, sampler="ode", method="euler", steps=steps + 1, cfg_scale=4.0, schedule=args.schedule
+    )
     settings = BenchSettings(rounds=args.rounds, runs=args.runs, warmup=args.warmup, profile=args.profile)
     report = compare_pipelines(open_mine, open_theirs, request, settings)
-    report.update({"bundle": f"{args.model} random, {size} px (in memory)", "vanilla": f"{args.model} full attention",
-                   "threads": args.threads, "evaluations": steps, "images_per_run": batch,
-                   "size_settings": overrides or None})
+    report.update(
+        {
+            "bundle": f"{args.model} random, {size} px (in memory)",
+            "vanilla": f"{args.model} full attention",
+            "threads": args.threads,
+            "evaluations": steps,
+            "images_per_run": batch,
+            "size_settings": overrides or None,
+        }
+    )
     return report
 
 
@@ -167,9 +190,11 @@ def summary_row(args, size: int, report: dict) -> str:
         return "-" if r.get("mfu") is None else f"{100 * r['mfu']:.0f}%"
 
     changed = " (set for this size)" if report["size_settings"] else ""
-    return (f"| {size} | {args.backend} | {report['images_per_run']}{changed} | {report['evaluations']} | "
-            f"{ours['images_per_second']:.2f} | {base['images_per_second']:.2f} | {e['measured_ratio']:.2f}x | "
-            f"{e['predicted_ratio']:.2f}x | {mfu(ours)} | {mfu(base)} |")
+    return (
+        f"| {size} | {args.backend} | {report['images_per_run']}{changed} | {report['evaluations']} | "
+        f"{ours['images_per_second']:.2f} | {base['images_per_second']:.2f} | {e['measured_ratio']:.2f}x | "
+        f"{e['predicted_ratio']:.2f}x | {mfu(ours)} | {mfu(base)} |"
+    )
 
 
 def environment(device: str) -> str:
@@ -196,9 +221,12 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = device_of(args.device)
-    print(f"# {args.model}{f' (depth {args.depth})' if args.depth else ''}: schedule {args.schedule} against the "
-          f"vanilla twin, {args.backend} {args.precision} on {device}\n\n{environment(device)}; guidance 4 (each "
-          f"forward runs 2 x batch), ODE Euler\n", flush=True)
+    print(
+        f"# {args.model}{f' (depth {args.depth})' if args.depth else ''}: schedule {args.schedule} against the "
+        f"vanilla twin, {args.backend} {args.precision} on {device}\n\n{environment(device)}; guidance 4 (each "
+        f"forward runs 2 x batch), ODE Euler\n",
+        flush=True,
+    )
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     rows, failed = [], []

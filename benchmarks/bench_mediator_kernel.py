@@ -56,17 +56,27 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     p.add_argument("--warmup", type=int, default=25, help="warm-up time per measurement, ms (do_bench)")
     p.add_argument("--rep", type=int, default=100, help="measured time per measurement, ms (do_bench)")
-    p.add_argument("--write-table", type=Path, default=None, metavar="JSON",
-                   help="also write the measured ms of every form per shape as the op's form table (e.g. "
-                        "medexport/ops/kernels/forms.json, from which the CUDA op picks the fastest form per shape)")
-    p.add_argument("--sweep", action="store_true",
-                   help="also time the kernel at every launch (block_n x splits) and compare the best to the default")
+    p.add_argument(
+        "--write-table",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="also write the measured ms of every form per shape as the op's form table (e.g. "
+        "medexport/ops/kernels/forms.json, from which the CUDA op picks the fastest form per shape)",
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also time the kernel at every launch (block_n x splits) and compare the best to the default",
+    )
     p.add_argument("--op", action="store_true", help="also the mediator_attention op table (and --write-table)")
-    p.add_argument("--block-batch", type=int, nargs="+", default=[1, 8, 16, 64],
-                   help="batch sizes of the block table")
-    p.add_argument("--smoke", action="store_true",
-                   help="run the block table on the CPU under the Triton interpreter with tiny shapes (a check that "
-                        "the script works, not a measurement)")
+    p.add_argument("--block-batch", type=int, nargs="+", default=[1, 8, 16, 64], help="batch sizes of the block table")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="run the block table on the CPU under the Triton interpreter with tiny shapes (a check that "
+        "the script works, not a measurement)",
+    )
     return p.parse_args()
 
 
@@ -96,13 +106,15 @@ def block_row(B: int, N: int, n: int, H: int, d: int, dtype: torch.dtype, device
     scale = truth.abs().max().item()
 
     def run(c):
-        return mediator_block_reference(*ins) if c.form == "reference" else \
-            triton_mediator_block(*ins, form=c.form, **c.launch)
+        return (
+            mediator_block_reference(*ins)
+            if c.form == "reference"
+            else triton_mediator_block(*ins, form=c.form, **c.launch)
+        )
 
     key = block_forms.shape_key(ins[0], ins[1], H)
     with block_forms.forced_form("auto"):  # measured afresh, and kept for the op as it would keep it
-        chosen = block_forms.choose(key, run, lambda: mediator_block_reference(*ins), False, timer=timer,
-                                    fresh=True)
+        chosen = block_forms.choose(key, run, lambda: mediator_block_reference(*ins), False, timer=timer, fresh=True)
     times = block_forms.measurements()[key][1]
     best = {}
     for form in ("fused", "split", "reference"):
@@ -111,20 +123,26 @@ def block_row(B: int, N: int, n: int, H: int, d: int, dtype: torch.dtype, device
     ms = {form: (timer(lambda c=c: run(c)) if c is not None else float("nan")) for form, c in best.items()}
     op_ms = ms[chosen.form] if chosen.form != "reference" else ms["reference"]
     vanilla = timer(lambda: vanilla_between_projections(ins[0], H))
-    err = {form: ((run(c).double() - truth).abs().max().item() / scale if c is not None else float("nan"))
-           for form, c in best.items()}
+    err = {
+        form: ((run(c).double() - truth).abs().max().item() / scale if c is not None else float("nan"))
+        for form, c in best.items()
+    }
     elem = torch.finfo(dtype).bits // 8
     D = H * d
     nbytes = elem * (4 * B * N * D + 2 * H * n * N + n * N + 10 * D)
     share = nbytes / (op_ms * 1e-3) / peak if peak else float("nan")
-    return (f"| {N} | {n} | {B} | {vanilla:.3f} | {ms['reference']:.3f} | {ms['fused']:.3f} | {ms['split']:.3f} "
-            f"| {op_ms:.3f} {chosen.name} | {100 * share:.0f}% | {op_ms / vanilla:.2f} | {ms['reference'] / op_ms:.2f} "
-            f"| {err['fused']:.1e} | {err['split']:.1e} | {err['reference']:.1e} |")
+    return (
+        f"| {N} | {n} | {B} | {vanilla:.3f} | {ms['reference']:.3f} | {ms['fused']:.3f} | {ms['split']:.3f} "
+        f"| {op_ms:.3f} {chosen.name} | {100 * share:.0f}% | {op_ms / vanilla:.2f} | {ms['reference'] / op_ms:.2f} "
+        f"| {err['fused']:.1e} | {err['split']:.1e} | {err['reference']:.1e} |"
+    )
 
 
-BLOCK_HEADER = ("| N | n | B | vanilla ms | decomposed ms | fused ms | split ms | op ms (form) | op % of copy "
-                "| op / vanilla | decomposed / op | fused err | split err | decomposed err |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+BLOCK_HEADER = (
+    "| N | n | B | vanilla ms | decomposed ms | fused ms | split ms | op ms (form) | op % of copy "
+    "| op / vanilla | decomposed / op | fused err | split err | decomposed err |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def cpu_timer(fn) -> float:
@@ -144,8 +162,11 @@ def smoke() -> int:
     import os
 
     if os.environ.get("TRITON_INTERPRET") != "1":
-        print("bench_mediator_kernel --smoke: set TRITON_INTERPRET=1 (the Triton interpreter runs the kernels on "
-              "the CPU)", file=sys.stderr)
+        print(
+            "bench_mediator_kernel --smoke: set TRITON_INTERPRET=1 (the Triton interpreter runs the kernels on "
+            "the CPU)",
+            file=sys.stderr,
+        )
         return 1
     print("CPU smoke run (Triton interpreter, tiny shapes): the numbers check the script, they measure nothing\n")
     print(BLOCK_HEADER)
@@ -169,7 +190,7 @@ def operands(B: int, N: int, n: int, dtype: torch.dtype) -> tuple:
     m = torch.randn(B, HEADS, n, HEAD_DIM, generator=g, device="cuda", dtype=dtype)
     bias_mk = torch.randn(HEADS, n, N, generator=g, device="cuda", dtype=dtype)
     bias_qm = torch.randn(HEADS, N, n, generator=g, device="cuda", dtype=dtype)
-    return q, k, v, m, bias_mk, bias_qm, HEAD_DIM ** -0.5
+    return q, k, v, m, bias_mk, bias_qm, HEAD_DIM**-0.5
 
 
 def bench_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench, peak: float) -> tuple[str, dict] | None:
@@ -195,34 +216,42 @@ def bench_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench, peak: 
     for name, fn in methods.items():
         errors[name] = ((fn().double() - truth).abs().max() / truth.abs().max()).item()
         if errors[name] > 0.1:
-            print(f"bench_mediator_kernel: {name} is wrong at N={N} n={n} B={B} (relative error "
-                  f"{errors[name]:.3g}); not timing it", file=sys.stderr)
+            print(
+                f"bench_mediator_kernel: {name} is wrong at N={N} n={n} B={B} (relative error "
+                f"{errors[name]:.3g}); not timing it",
+                file=sys.stderr,
+            )
             return None
     ms = {name: do_bench(fn, warmup=args.warmup, rep=args.rep) for name, fn in methods.items()}
-    ms["full"] = do_bench(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale),
-                          warmup=args.warmup, rep=args.rep)
+    ms["full"] = do_bench(
+        lambda: F.scaled_dot_product_attention(q, k, v, scale=scale), warmup=args.warmup, rep=args.rep
+    )
 
     # The least mediator attention can move: every input read once, o written once.
     elem = torch.finfo(dtype).bits // 8
     min_bytes = elem * (4 * B * HEADS * N * HEAD_DIM + B * HEADS * n * HEAD_DIM + 2 * HEADS * n * N)
     t = ms["triton"]
     tbs = min_bytes / (t * 1e-3)
-    return ms, (f"| {N} | {n} | {B} | {ms['reference']:.3f} | {ms['sdpa']:.3f} | {t:.3f} | {ms['full']:.3f} "
-            f"| {tbs / 1e12:.2f} | {100 * tbs / peak:.0f}% | {ms['reference'] / t:.2f} | {ms['sdpa'] / t:.2f} "
-            f"| {ms['full'] / t:.2f} | {ms['split']:.3f} | {t / ms['split']:.2f} | {errors['triton']:.1e} "
-            f"| {errors['split']:.1e} | {errors['reference']:.1e} |")
+    return ms, (
+        f"| {N} | {n} | {B} | {ms['reference']:.3f} | {ms['sdpa']:.3f} | {t:.3f} | {ms['full']:.3f} "
+        f"| {tbs / 1e12:.2f} | {100 * tbs / peak:.0f}% | {ms['reference'] / t:.2f} | {ms['sdpa'] / t:.2f} "
+        f"| {ms['full'] / t:.2f} | {ms['split']:.3f} | {t / ms['split']:.2f} | {errors['triton']:.1e} "
+        f"| {errors['split']:.1e} | {errors['reference']:.1e} |"
+    )
 
 
 def sweep_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench) -> str:
     """One row of the launch sweep: the default launch against the fastest (block_n, splits) that is correct."""
-    from medexport.ops.kernels import triton_mediator as tm
     from medexport.ops import mediator_attention_reference
+    from medexport.ops.kernels import triton_mediator as tm
 
     ins = operands(B, N, n, dtype)
     q, k, v, m, bias_mk, bias_qm, scale = ins
     truth = mediator_attention_reference(*(t.double() for t in ins[:6]), scale)
-    default = tm.block_sizes(n, HEAD_DIM, N)["BLOCK_N"], tm.default_splits(
-        B * HEADS, -(-N // tm.block_sizes(n, HEAD_DIM, N)["BLOCK_N"]), q.device)
+    default = (
+        tm.block_sizes(n, HEAD_DIM, N)["BLOCK_N"],
+        tm.default_splits(B * HEADS, -(-N // tm.block_sizes(n, HEAD_DIM, N)["BLOCK_N"]), q.device),
+    )
     times = {}
     for block_n in (16, 32, 64, 128):
         tiles = -(-N // block_n)
@@ -233,14 +262,17 @@ def sweep_one(B: int, N: int, n: int, dtype: torch.dtype, args, do_bench) -> str
             try:
                 err = ((fn().double() - truth).abs().max() / truth.abs().max()).item()
             except Exception as exc:  # a launch the GPU cannot hold (registers, shared memory)
-                print(f"bench_mediator_kernel: block_n={block_n} splits={splits} at N={N} n={n}: {exc}",
-                      file=sys.stderr)
+                print(
+                    f"bench_mediator_kernel: block_n={block_n} splits={splits} at N={N} n={n}: {exc}", file=sys.stderr
+                )
                 continue
             if err <= 3e-2:
                 times[block_n, splits] = do_bench(fn, warmup=args.warmup, rep=max(10, args.rep // 4))
     best = min(times, key=times.get)
-    return (f"| {N} | {n} | {B} | {times[default]:.3f} ({default[0]}, {default[1]}) | {times[best]:.3f} "
-            f"({best[0]}, {best[1]}) | {times[default] / times[best]:.2f} |")
+    return (
+        f"| {N} | {n} | {B} | {times[default]:.3f} ({default[0]}, {default[1]}) | {times[best]:.3f} "
+        f"({best[0]}, {best[1]}) | {times[default] / times[best]:.2f} |"
+    )
 
 
 def write_table(path: Path, gpu: str, dtype: str, rows: list[dict]) -> None:
@@ -251,9 +283,16 @@ def write_table(path: Path, gpu: str, dtype: str, rows: list[dict]) -> None:
 
     from medexport.core.files import write_json
 
-    write_json(path, {"gpu": gpu, "dtype": dtype, "rows": rows,
-                      "source": f"bench_mediator_kernel.py on one {gpu}, torch {torch.__version__}, triton "
-                                f"{triton.__version__}, {datetime.date.today()}"})
+    write_json(
+        path,
+        {
+            "gpu": gpu,
+            "dtype": dtype,
+            "rows": rows,
+            "source": f"bench_mediator_kernel.py on one {gpu}, torch {torch.__version__}, triton "
+            f"{triton.__version__}, {datetime.date.today()}",
+        },
+    )
 
 
 def main() -> int:
@@ -261,8 +300,10 @@ def main() -> int:
     if args.smoke:
         return smoke()
     if not torch.cuda.is_available():
-        print("bench_mediator_kernel: no CUDA device here; this benchmark measures GPU kernels and needs one.",
-              file=sys.stderr)
+        print(
+            "bench_mediator_kernel: no CUDA device here; this benchmark measures GPU kernels and needs one.",
+            file=sys.stderr,
+        )
         return 1
     try:
         from triton.testing import do_bench
@@ -272,8 +313,10 @@ def main() -> int:
     dtype = getattr(torch, args.dtype)
     peak = copy_bandwidth(do_bench)
     props = torch.cuda.get_device_properties(0)
-    print(f"GPU: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
-          f"{args.dtype}, H={HEADS}, d={HEAD_DIM}")
+    print(
+        f"GPU: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
+        f"{args.dtype}, H={HEADS}, d={HEAD_DIM}"
+    )
     print(f"device-to-device copy bandwidth: {peak / 1e12:.2f} TB/s (read + write)\n")
     print("The mediator block between its projections (ms, median); op = what the CUDA op runs for the shape.\n")
     print(BLOCK_HEADER)
@@ -289,9 +332,11 @@ def main() -> int:
     if not args.op:
         return 0
     print("\nThe mediator_attention op alone\n")
-    print("| N | n | B | reference ms | sdpa x2 ms | triton ms | full attn ms | triton TB/s | % of copy "
-          "| ref / triton | sdpa x2 / triton | full / triton | split-N ms | triton / split-N | triton err | split-N err "
-          "| reference err |")
+    print(
+        "| N | n | B | reference ms | sdpa x2 ms | triton ms | full attn ms | triton TB/s | % of copy "
+        "| ref / triton | sdpa x2 / triton | full / triton | split-N ms | triton / split-N | triton err | split-N err "
+        "| reference err |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     wrong = 0
@@ -304,8 +349,15 @@ def main() -> int:
                 if result is not None:
                     ms, row = result
                     print(row, flush=True)
-                    table.append({"tokens": N, "mediators": n, "batch_heads": B * HEADS, "head_dim": HEAD_DIM,
-                                  "ms": {f: round(ms[f], 5) for f in ("reference", "sdpa", "triton", "split")}})
+                    table.append(
+                        {
+                            "tokens": N,
+                            "mediators": n,
+                            "batch_heads": B * HEADS,
+                            "head_dim": HEAD_DIM,
+                            "ms": {f: round(ms[f], 5) for f in ("reference", "sdpa", "triton", "split")},
+                        }
+                    )
                     if args.write_table is not None:  # after every row: a time limit keeps what was measured
                         write_table(args.write_table, props.name, args.dtype, table)
                 torch.cuda.empty_cache()

@@ -38,8 +38,10 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args()
     console = Console()
-    table = Table(title=f"per-forward latency, batch {args.batch}, {args.mediators} mediators, "
-                        f"{torch.get_num_threads()} threads (median of {args.repeats})")
+    table = Table(
+        title=f"per-forward latency, batch {args.batch}, {args.mediators} mediators, "
+        f"{torch.get_num_threads()} threads (median of {args.repeats})"
+    )
     for col in ("model", "image", "PyTorch eager ms", "ONNX Runtime ms", "speed-up"):
         table.add_column(col, justify="right")
     with tempfile.TemporaryDirectory() as tmp:

@@ -54,12 +54,18 @@ def main() -> None:
     # minima: the least-disturbed run of each (machine noise only ever adds time)
     w, b = min(wall), min(bare)
     steps = len(calls)
-    print(f"{args.bundle}: {steps} steps, batch 2, ONNX Runtime, schedule {args.schedule}, best of {args.runs} "
-          f"(trace: median)")
-    print(f"{'pipeline wall s':>16} {'bare engine loop s':>19} {'step ms':>8} {'overhead/step ms':>17} "
-          f"{'overhead (bare)':>16} {'overhead (trace)':>17}")
-    print(f"{w:>16.3f} {b:>19.3f} {1e3 * w / steps:>8.1f} {1e3 * (w - b) / steps:>17.2f} "
-          f"{100 * (w - b) / w:>15.2f}% {100 * statistics.median(trace_frac):>16.2f}%")
+    print(
+        f"{args.bundle}: {steps} steps, batch 2, ONNX Runtime, schedule {args.schedule}, best of {args.runs} "
+        f"(trace: median)"
+    )
+    print(
+        f"{'pipeline wall s':>16} {'bare engine loop s':>19} {'step ms':>8} {'overhead/step ms':>17} "
+        f"{'overhead (bare)':>16} {'overhead (trace)':>17}"
+    )
+    print(
+        f"{w:>16.3f} {b:>19.3f} {1e3 * w / steps:>8.1f} {1e3 * (w - b) / steps:>17.2f} "
+        f"{100 * (w - b) / w:>15.2f}% {100 * statistics.median(trace_frac):>16.2f}%"
+    )
 
 
 if __name__ == "__main__":

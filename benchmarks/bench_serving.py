@@ -39,9 +39,15 @@ def mixed_requests(counts: list[int], num_classes: int, seed: int):
     while True:
         i += 1
         images = rng.choice((1, 2))
-        yield SampleRequest([rng.randrange(num_classes) for _ in range(images)], seed=seed * 1_000_003 + i,
-                            sampler="ode", method="euler", steps=rng.choice((14, 20, 26)),
-                            cfg_scale=rng.choice((1.5, 2.0, 3.0)), schedule=rng.choice(schedules))
+        yield SampleRequest(
+            [rng.randrange(num_classes) for _ in range(images)],
+            seed=seed * 1_000_003 + i,
+            sampler="ode",
+            method="euler",
+            steps=rng.choice((14, 20, 26)),
+            cfg_scale=rng.choice((1.5, 2.0, 3.0)),
+            schedule=rng.choice(schedules),
+        )
 
 
 def baseline(bundle: str, threads: int, runs: int) -> dict:
@@ -95,11 +101,18 @@ def drive(server: SamplingServer, clients: int, seconds: float, counts: list[int
     elapsed = time.perf_counter() - start
     stats = server.scheduler.stats.to_dict()
     lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
-    return {"clients": clients, "images_per_s": images[0] / elapsed, "requests": len(latencies),
-            "errors": len(errors), "p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
-            "p99": float(np.percentile(lat, 99)), "rows_per_forward": stats["rows_per_forward"],
-            "per_count": {n: c["rows_per_forward"] for n, c in stats["counts"].items()},
-            "engine_share": sum(c["ms"] for c in stats["counts"].values()) / 1e3 / elapsed}
+    return {
+        "clients": clients,
+        "images_per_s": images[0] / elapsed,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "p50": float(np.percentile(lat, 50)),
+        "p95": float(np.percentile(lat, 95)),
+        "p99": float(np.percentile(lat, 99)),
+        "rows_per_forward": stats["rows_per_forward"],
+        "per_count": {n: c["rows_per_forward"] for n, c in stats["counts"].items()},
+        "engine_share": sum(c["ms"] for c in stats["counts"].values()) / 1e3 / elapsed,
+    }
 
 
 def main() -> None:
@@ -114,32 +127,41 @@ def main() -> None:
     args = ap.parse_args()
 
     base = baseline(args.bundle, args.threads, args.baseline_runs)
-    print(f"in-process {base['kind']} batch 16, {args.threads} threads: {base['images_per_s']:.2f} images/s, "
-          f"lone batch-16 latency {base['latency_s']:.3f} s")
+    print(
+        f"in-process {base['kind']} batch 16, {args.threads} threads: {base['images_per_s']:.2f} images/s, "
+        f"lone batch-16 latency {base['latency_s']:.3f} s"
+    )
     limits = SchedulerLimits(max_batch=args.max_batch, max_queue=1024, max_active=64)
     server = SamplingServer.from_bundle(args.bundle, threads=args.threads, limits=limits)
     sched = server.scheduler
     counts = sched.counts
-    print(f"server ready: counts {counts}, rows per forward at most {sched.max_batch}, warm-up "
-          f"{sum(server.warmup_seconds.values()):.1f} s")
+    print(
+        f"server ready: counts {counts}, rows per forward at most {sched.max_batch}, warm-up "
+        f"{sum(server.warmup_seconds.values()):.1f} s"
+    )
     rows = []
     try:
         for clients in (int(c) for c in args.clients.split(",")):
             r = drive(server, clients, args.seconds, counts, sched.shape.num_classes)
             rows.append(r)
             per = " ".join(f"{n}:{v:.1f}" for n, v in r["per_count"].items())
-            print(f"{clients:>3} clients: {r['images_per_s']:6.2f} images/s ({r['images_per_s'] / base['images_per_s']:.2f}x "
-                  f"batch 16) | p50 {r['p50']:.3f} p95 {r['p95']:.3f} p99 {r['p99']:.3f} s | rows/forward "
-                  f"{r['rows_per_forward']:.1f} ({per}) | {r['requests']} requests, {r['errors']} errors, engines busy {r['engine_share']:.0%}", flush=True)
+            print(
+                f"{clients:>3} clients: {r['images_per_s']:6.2f} images/s ({r['images_per_s'] / base['images_per_s']:.2f}x "
+                f"batch 16) | p50 {r['p50']:.3f} p95 {r['p95']:.3f} p99 {r['p99']:.3f} s | rows/forward "
+                f"{r['rows_per_forward']:.1f} ({per}) | {r['requests']} requests, {r['errors']} errors, engines busy {r['engine_share']:.0%}",
+                flush=True,
+            )
     finally:
         server.stop()
     by = {r["clients"]: r for r in rows}
     if 1 in by and 16 in by:
         r16 = by[16]
-        print(f"16 clients: {r16['images_per_s'] / by[1]['images_per_s']:.2f}x one client (target >= 2), "
-              f"{r16['images_per_s'] / base['images_per_s']:.2f}x in-process batch 16 (>= 0.9), "
-              f"{r16['rows_per_forward']:.1f} rows per forward (>= 10), p99 {r16['p99'] / base['latency_s']:.2f}x "
-              f"the lone batch-16 request (<= 2)")
+        print(
+            f"16 clients: {r16['images_per_s'] / by[1]['images_per_s']:.2f}x one client (target >= 2), "
+            f"{r16['images_per_s'] / base['images_per_s']:.2f}x in-process batch 16 (>= 0.9), "
+            f"{r16['rows_per_forward']:.1f} rows per forward (>= 10), p99 {r16['p99'] / base['latency_s']:.2f}x "
+            f"the lone batch-16 request (<= 2)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"threads": args.threads, "baseline": base, "levels": rows}, indent=2))
 

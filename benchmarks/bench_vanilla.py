@@ -73,42 +73,72 @@ def measure_here(model: str, size: int, n: int, precision: str, args) -> dict:
     mine, twin = bundles(model, size, n, precision, args.engines)
     # End to end: 2 ODE Euler evaluations of 1 image with guidance (a forward batch of 2), the steps' cost only.
     request = SampleRequest([1], seed=0, sampler="ode", method="euler", steps=3, cfg_scale=2.0, cfg_channels="all")
-    report = run_bench(mine, twin, request, backend="onnxruntime", threads=args.threads, batch=args.batch,
-                       rounds=args.rounds, runs=1, warmup=0)
+    report = run_bench(
+        mine,
+        twin,
+        request,
+        backend="onnxruntime",
+        threads=args.threads,
+        batch=args.batch,
+        rounds=args.rounds,
+        runs=1,
+        warmup=0,
+    )
     rows = {r["mediators"]: r for r in report["forward"]}
     e2e = report["end_to_end"]
-    return {"model": model, "image_size": size, "tokens": report["tokens"], "mediators": n, "precision": precision,
-            "threads": args.threads, "batch": report["forward_batch"], "rounds": args.rounds,
-            "mediator_ms": rows[str(n)]["ms"], "vanilla_ms": rows["full"]["ms"],
-            "mediator_ms_all": rows[str(n)]["ms_all"], "vanilla_ms_all": rows["full"]["ms_all"],
-            "predicted_ratio": rows[str(n)]["predicted_ratio"], "measured_ratio": rows[str(n)]["measured_ratio"],
-            "end_to_end_ratio": e2e["measured_ratio"],
-            "mediator_peak_mib": round((e2e["medexport"]["peak_memory_bytes"] or 0) / 2**20),
-            "vanilla_peak_mib": round((e2e["vanilla"]["peak_memory_bytes"] or 0) / 2**20)}
+    return {
+        "model": model,
+        "image_size": size,
+        "tokens": report["tokens"],
+        "mediators": n,
+        "precision": precision,
+        "threads": args.threads,
+        "batch": report["forward_batch"],
+        "rounds": args.rounds,
+        "mediator_ms": rows[str(n)]["ms"],
+        "vanilla_ms": rows["full"]["ms"],
+        "mediator_ms_all": rows[str(n)]["ms_all"],
+        "vanilla_ms_all": rows["full"]["ms_all"],
+        "predicted_ratio": rows[str(n)]["predicted_ratio"],
+        "measured_ratio": rows[str(n)]["measured_ratio"],
+        "end_to_end_ratio": e2e["measured_ratio"],
+        "mediator_peak_mib": round((e2e["medexport"]["peak_memory_bytes"] or 0) / 2**20),
+        "vanilla_peak_mib": round((e2e["vanilla"]["peak_memory_bytes"] or 0) / 2**20),
+    }
 
 
 def tables(results: dict) -> str:
-    lines = ["# CPU: the mediator engine against the vanilla SiT engine", "",
-             "Written by `python benchmarks/bench_vanilla.py` (random weights: speed does not depend on them). Per",
-             "configuration: one mediator bundle and its vanilla twin (`medexport build --attention full`), the same",
-             "exporter, backend (ONNX Runtime, CPU) and precision; int8 is dynamic int8 of the MatMul/Gemm weights for",
-             "both. ms: median of the per-forward rounds, the two engines called alternately in one process.",
-             "`FLOPs predict` = full / mediator multiply-adds per forward; `measured` = vanilla ms / mediator ms;",
-             "`% of predicted` = measured / predicted. `end to end`: a 2-evaluation ODE run of each, alternating.",
-             "Peak MiB: what each pipeline added to the process's peak resident memory with all its engines open",
-             "(one fresh process per row; the vanilla pipeline is opened second, beside the mediator one).", ""]
+    lines = [
+        "# CPU: the mediator engine against the vanilla SiT engine",
+        "",
+        "Written by `python benchmarks/bench_vanilla.py` (random weights: speed does not depend on them). Per",
+        "configuration: one mediator bundle and its vanilla twin (`medexport build --attention full`), the same",
+        "exporter, backend (ONNX Runtime, CPU) and precision; int8 is dynamic int8 of the MatMul/Gemm weights for",
+        "both. ms: median of the per-forward rounds, the two engines called alternately in one process.",
+        "`FLOPs predict` = full / mediator multiply-adds per forward; `measured` = vanilla ms / mediator ms;",
+        "`% of predicted` = measured / predicted. `end to end`: a 2-evaluation ODE run of each, alternating.",
+        "Peak MiB: what each pipeline added to the process's peak resident memory with all its engines open",
+        "(one fresh process per row; the vanilla pipeline is opened second, beside the mediator one).",
+        "",
+    ]
     for machine, entry in results.items():
-        lines += [f"## {machine}", "", f"CPU flags: {entry['cpu_flags']}; {entry['environment']}; measured "
-                  f"{entry['date']}.", "",
-                  "| model | image | tokens | precision | threads | batch | mediators | mediator ms | vanilla ms | "
-                  "FLOPs predict | measured | % of predicted | end to end | peak MiB mediator / vanilla |",
-                  "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"## {machine}",
+            "",
+            f"CPU flags: {entry['cpu_flags']}; {entry['environment']}; measured {entry['date']}.",
+            "",
+            "| model | image | tokens | precision | threads | batch | mediators | mediator ms | vanilla ms | "
+            "FLOPs predict | measured | % of predicted | end to end | peak MiB mediator / vanilla |",
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in sorted(entry["rows"], key=lambda r: (r["model"], r["image_size"], r["precision"], r["threads"])):
-            lines.append(f"| {r['model']} | {r['image_size']} | {r['tokens']} | {r['precision']} | {r['threads']} | "
-                         f"{r['batch']} | {r['mediators']} | {r['mediator_ms']:.1f} | {r['vanilla_ms']:.1f} | "
-                         f"{r['predicted_ratio']:.2f}x | {r['measured_ratio']:.2f}x | "
-                         f"{100 * r['measured_ratio'] / r['predicted_ratio']:.0f}% | {r['end_to_end_ratio']:.2f}x | "
-                         f"{r['mediator_peak_mib']} / {r['vanilla_peak_mib']} |")
+            lines.append(
+                f"| {r['model']} | {r['image_size']} | {r['tokens']} | {r['precision']} | {r['threads']} | "
+                f"{r['batch']} | {r['mediators']} | {r['mediator_ms']:.1f} | {r['vanilla_ms']:.1f} | "
+                f"{r['predicted_ratio']:.2f}x | {r['measured_ratio']:.2f}x | "
+                f"{100 * r['measured_ratio'] / r['predicted_ratio']:.0f}% | {r['end_to_end_ratio']:.2f}x | "
+                f"{r['mediator_peak_mib']} / {r['vanilla_peak_mib']} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -131,9 +161,11 @@ def main() -> None:
     entry = results.setdefault(machine, {"rows": []})
     import onnxruntime
 
-    entry.update(cpu_flags=cpu_flags(), date=time.strftime("%Y-%m-%d"),
-                 environment=f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
-                             f"{platform.python_version()}")
+    entry.update(
+        cpu_flags=cpu_flags(),
+        date=time.strftime("%Y-%m-%d"),
+        environment=f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {platform.python_version()}",
+    )
     skip = set(filter(None, args.skip.split(",")))
     print(f"{machine}, {args.threads} thread(s)", flush=True)
     for model in args.models.split(","):
@@ -144,14 +176,20 @@ def main() -> None:
                 t0 = time.perf_counter()
                 row = measure(model, size, args.mediators, precision, args)
                 key = (row["model"], row["image_size"], row["precision"], row["threads"], row["mediators"])
-                entry["rows"] = [r for r in entry["rows"] if (r["model"], r["image_size"], r["precision"],
-                                                             r["threads"], r["mediators"]) != key] + [row]
+                entry["rows"] = [
+                    r
+                    for r in entry["rows"]
+                    if (r["model"], r["image_size"], r["precision"], r["threads"], r["mediators"]) != key
+                ] + [row]
                 write_json(RESULTS, results)  # after every row: an interrupted run keeps what it measured
                 write_text(TABLES, tables(results) + "\n")
-                print(f"{model} {size} {precision}: mediator {row['mediator_ms']:.1f} ms, vanilla "
-                      f"{row['vanilla_ms']:.1f} ms, measured {row['measured_ratio']:.2f}x, FLOPs predict "
-                      f"{row['predicted_ratio']:.2f}x ({100 * row['measured_ratio'] / row['predicted_ratio']:.0f}%), "
-                      f"end to end {row['end_to_end_ratio']:.2f}x [{time.perf_counter() - t0:.0f} s]", flush=True)
+                print(
+                    f"{model} {size} {precision}: mediator {row['mediator_ms']:.1f} ms, vanilla "
+                    f"{row['vanilla_ms']:.1f} ms, measured {row['measured_ratio']:.2f}x, FLOPs predict "
+                    f"{row['predicted_ratio']:.2f}x ({100 * row['measured_ratio'] / row['predicted_ratio']:.0f}%), "
+                    f"end to end {row['end_to_end_ratio']:.2f}x [{time.perf_counter() - t0:.0f} s]",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,11 @@ def one(tokens: int, mediators: int, heads: int, head_dim: int, dtype: str, devi
 
     start = time.perf_counter()
     failed = precompile(tokens, mediators, heads, head_dim, getattr(torch, dtype), device)
-    print(f"N={tokens} n={mediators}: {time.perf_counter() - start:.1f} s"
-          + ("".join(f"\n  not compiled: {f}" for f in failed)), flush=True)
+    print(
+        f"N={tokens} n={mediators}: {time.perf_counter() - start:.1f} s"
+        + ("".join(f"\n  not compiled: {f}" for f in failed)),
+        flush=True,
+    )
     return 0
 
 
@@ -65,8 +68,23 @@ def main() -> int:
     for N, n in todo:
         while len(running) >= args.jobs:
             failed += running.pop(0).wait() != 0
-        running.append(subprocess.Popen([sys.executable, __file__, "--one", str(N), str(n), "--heads",
-                                         str(args.heads), "--head-dim", str(args.head_dim), "--dtype", args.dtype]))
+        running.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    str(N),
+                    str(n),
+                    "--heads",
+                    str(args.heads),
+                    "--head-dim",
+                    str(args.head_dim),
+                    "--dtype",
+                    args.dtype,
+                ]
+            )
+        )
     failed += sum(proc.wait() != 0 for proc in running)
     print(f"precompiled {len(todo) - failed} of {len(todo)} shapes in {time.perf_counter() - start:.1f} s")
     return 1 if failed else 0

@@ -12,10 +12,18 @@ from .errors import MedexportError
 from .version import __version__
 
 _LAZY = {
-    "Pipeline": "runtime.pipeline", "SampleResult": "core.sampling", "TraceEntry": "core.sampling",
-    "SamplingSettings": "core.settings", "SampleRequest": "core.request",
-    "MODEL_NAMES": "model", "MediatorDiT": "model", "ModelConfig": "model", "create_model": "model",
-    "forward_flops": "model", "load_checkpoint": "model", "save_checkpoint": "model",
+    "Pipeline": "runtime.pipeline",
+    "SampleResult": "core.sampling",
+    "TraceEntry": "core.sampling",
+    "SamplingSettings": "core.settings",
+    "SampleRequest": "core.request",
+    "MODEL_NAMES": "model",
+    "MediatorDiT": "model",
+    "ModelConfig": "model",
+    "create_model": "model",
+    "forward_flops": "model",
+    "load_checkpoint": "model",
+    "save_checkpoint": "model",
 }
 
 
@@ -40,6 +48,19 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["MODEL_NAMES", "MediatorDiT", "MedexportError", "ModelConfig", "Pipeline", "SampleRequest",
-           "SampleResult", "SamplingSettings", "TraceEntry", "__version__", "create_model", "forward_flops", "load_checkpoint",
-           "save_checkpoint"]
+__all__ = [
+    "MODEL_NAMES",
+    "MediatorDiT",
+    "MedexportError",
+    "ModelConfig",
+    "Pipeline",
+    "SampleRequest",
+    "SampleResult",
+    "SamplingSettings",
+    "TraceEntry",
+    "__version__",
+    "create_model",
+    "forward_flops",
+    "load_checkpoint",
+    "save_checkpoint",
+]

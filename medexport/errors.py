@@ -89,8 +89,10 @@ def os_error_message(exc: OSError) -> str | None:
     name = exc.filename if exc.filename is not None else exc.filename2
     path = os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else "the output"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"no space left on the device holding {path}: free space or choose another --output; nothing was "
-                f"half-written")
+        return (
+            f"no space left on the device holding {path}: free space or choose another --output; nothing was "
+            f"half-written"
+        )
     if exc.errno == errno.EROFS:
         return f"{path} is on a read-only file system: choose another --output"
     if exc.errno in (errno.EACCES, errno.EPERM):

@@ -30,8 +30,9 @@ INSTALL = 'pip install -e ".[{extra}]" from a medexport checkout'
 
 def missing_extra_error(module: str, extra: str, purpose: str) -> MissingExtraError:
     """The error for ``purpose`` (e.g. "medexport build") needing ``module``, which ``extra`` installs."""
-    return MissingExtraError(f"{purpose} needs {module}, which is not installed: {INSTALL.format(extra=extra)}",
-                             module=module, extra=extra)
+    return MissingExtraError(
+        f"{purpose} needs {module}, which is not installed: {INSTALL.format(extra=extra)}", module=module, extra=extra
+    )
 
 
 def require(module: str, extra: str, purpose: str) -> ModuleType:

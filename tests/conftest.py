@@ -13,8 +13,7 @@ import medexport  # noqa: E402
 from medexport.core.config import ModelConfig  # noqa: E402
 
 #: A tiny mediator SiT: 2 blocks, width 64, 4 heads, 8x8 token grid (latent 16 at patch 2).
-TINY = ModelConfig(depth=2, hidden_size=64, num_heads=4, patch_size=2, input_size=16, mediators=16,
-                   num_classes=10)
+TINY = ModelConfig(depth=2, hidden_size=64, num_heads=4, patch_size=2, input_size=16, mediators=16, num_classes=10)
 
 
 @pytest.fixture
@@ -43,8 +42,9 @@ COUNTS = (16, 32, 64)
 def tiny_checkpoints(tmp_path_factory):
     """One tiny trainer checkpoint per mediator count (different weights each)."""
     folder = tmp_path_factory.mktemp("checkpoints")
-    return {n: medexport.save_checkpoint(tiny_model(n, seed=n), folder / f"tiny-m{n}.pt", form="trainer")
-            for n in COUNTS}
+    return {
+        n: medexport.save_checkpoint(tiny_model(n, seed=n), folder / f"tiny-m{n}.pt", form="trainer") for n in COUNTS
+    }
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +53,8 @@ def tiny_bundle(tmp_path_factory, tiny_checkpoints):
 
     Shared by many tests: do not modify it (copy it first, see ``copy_bundle``).
     """
-    from medexport.core.batch import BatchRange
     from medexport.bundle import BuildSettings, ModelSource, build_bundle
+    from medexport.core.batch import BatchRange
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     sources = [ModelSource(n, checkpoint=p) for n, p in tiny_checkpoints.items()]
@@ -75,11 +75,12 @@ def flip_byte_in_record(path, prefix="data/"):
     import zipfile
 
     with zipfile.ZipFile(path) as zf:
-        info = max((i for i in zf.infolist() if i.filename.split("/", 1)[-1].startswith(prefix)),
-                   key=lambda i: i.file_size)
+        info = max(
+            (i for i in zf.infolist() if i.filename.split("/", 1)[-1].startswith(prefix)), key=lambda i: i.file_size
+        )
     data = bytearray(path.read_bytes())
     head = info.header_offset  # a local file header: 30 bytes, then its name and extra field, then the data
-    name_len, extra_len = (int.from_bytes(data[i:i + 2], "little") for i in (head + 26, head + 28))
+    name_len, extra_len = (int.from_bytes(data[i : i + 2], "little") for i in (head + 26, head + 28))
     data[head + 30 + name_len + extra_len + info.file_size // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     return info.filename

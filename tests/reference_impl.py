@@ -31,8 +31,11 @@ class PatchEmbed(nn.Module):
 class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size, frequency_embedding_size=256):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size, bias=True), nn.SiLU(),
-                                 nn.Linear(hidden_size, hidden_size, bias=True))
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size, bias=True),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size, bias=True),
+        )
         self.frequency_embedding_size = frequency_embedding_size
 
     @staticmethod
@@ -71,12 +74,12 @@ class AgentAttention(nn.Module):
         super().__init__()
         self.dim, self.num_patches, self.num_heads = dim, num_patches, num_heads
         head_dim = dim // num_heads
-        self.scale = head_dim ** -0.5
+        self.scale = head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
         self.softmax = nn.Softmax(dim=-1)
         self.agent_num = agent_num
-        window = int(num_patches ** 0.5)
+        window = int(num_patches**0.5)
         self.window_size = (window, window)
         self.dwc = nn.Conv2d(in_channels=dim, out_channels=dim, kernel_size=(3, 3), padding=1, groups=dim)
         self.an_bias = nn.Parameter(torch.zeros(num_heads, agent_num, 7, 7))
@@ -86,14 +89,14 @@ class AgentAttention(nn.Module):
         self.ha_bias = nn.Parameter(torch.zeros(1, num_heads, window, 1, agent_num))
         self.wa_bias = nn.Parameter(torch.zeros(1, num_heads, 1, window, agent_num))
         for p in (self.an_bias, self.na_bias, self.ah_bias, self.aw_bias, self.ha_bias, self.wa_bias):
-            nn.init.trunc_normal_(p, std=.02)
-        pool_size = int(agent_num ** 0.5)
+            nn.init.trunc_normal_(p, std=0.02)
+        pool_size = int(agent_num**0.5)
         self.pool = nn.AdaptiveAvgPool2d(output_size=(pool_size, pool_size))
 
     def forward(self, x):
         b, n, c = x.shape
-        h = int(n ** 0.5)
-        w = int(n ** 0.5)
+        h = int(n**0.5)
+        w = int(n**0.5)
         num_heads = self.num_heads
         head_dim = c // num_heads
         qkv = self.qkv(x).reshape(b, n, 3, c).permute(2, 0, 1, 3)
@@ -104,14 +107,14 @@ class AgentAttention(nn.Module):
         v = v.reshape(b, n, num_heads, head_dim).permute(0, 2, 1, 3)
         agent_tokens = agent_tokens.reshape(b, self.agent_num, num_heads, head_dim).permute(0, 2, 1, 3)
 
-        position_bias1 = nn.functional.interpolate(self.an_bias, size=self.window_size, mode='bilinear')
+        position_bias1 = nn.functional.interpolate(self.an_bias, size=self.window_size, mode="bilinear")
         position_bias1 = position_bias1.reshape(1, num_heads, self.agent_num, -1).repeat(b, 1, 1, 1)
         position_bias2 = (self.ah_bias + self.aw_bias).reshape(1, num_heads, self.agent_num, -1).repeat(b, 1, 1, 1)
         position_bias = position_bias1 + position_bias2
         agent_attn = self.softmax((agent_tokens * self.scale) @ k.transpose(-2, -1) + position_bias)
         agent_v = agent_attn @ v
 
-        agent_bias1 = nn.functional.interpolate(self.na_bias, size=self.window_size, mode='bilinear')
+        agent_bias1 = nn.functional.interpolate(self.na_bias, size=self.window_size, mode="bilinear")
         agent_bias1 = agent_bias1.reshape(1, num_heads, self.agent_num, -1).permute(0, 1, 3, 2).repeat(b, 1, 1, 1)
         agent_bias2 = (self.ha_bias + self.wa_bias).reshape(1, num_heads, -1, self.agent_num).repeat(b, 1, 1, 1)
         agent_bias = agent_bias1 + agent_bias2
@@ -164,15 +167,27 @@ def get_2d_sincos_pos_embed(embed_dim, grid_size):
 
 def get_1d(embed_dim, pos):
     omega = np.arange(embed_dim // 2, dtype=np.float64)
-    omega /= embed_dim / 2.
-    omega = 1. / 10000 ** omega
-    out = np.einsum('m,d->md', pos.reshape(-1), omega)
+    omega /= embed_dim / 2.0
+    omega = 1.0 / 10000**omega
+    out = np.einsum("m,d->md", pos.reshape(-1), omega)
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
 
 class SiT(nn.Module):
-    def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
-                 mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True, agent_num=64):
+    def __init__(
+        self,
+        input_size=32,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=1152,
+        depth=28,
+        num_heads=16,
+        mlp_ratio=4.0,
+        class_dropout_prob=0.1,
+        num_classes=1000,
+        learn_sigma=True,
+        agent_num=64,
+    ):
         super().__init__()
         self.learn_sigma = learn_sigma
         self.in_channels = in_channels
@@ -183,10 +198,11 @@ class SiT(nn.Module):
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         num_patches = self.x_embedder.num_patches
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, hidden_size), requires_grad=False)
-        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, num_patches, agent_num, mlp_ratio)
-                                     for _ in range(depth)])
+        self.blocks = nn.ModuleList(
+            [DiTBlock(hidden_size, num_heads, num_patches, agent_num, mlp_ratio) for _ in range(depth)]
+        )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
-        pos = get_2d_sincos_pos_embed(hidden_size, int(num_patches ** 0.5))
+        pos = get_2d_sincos_pos_embed(hidden_size, int(num_patches**0.5))
         self.pos_embed.data.copy_(torch.from_numpy(pos).float().unsqueeze(0))
 
     def unpatchify(self, x):
@@ -194,7 +210,7 @@ class SiT(nn.Module):
         p = self.x_embedder.patch_size[0]
         h = w = int(x.shape[1] ** 0.5)
         x = x.reshape(shape=(x.shape[0], h, w, p, p, c))
-        x = torch.einsum('nhwpqc->nchpwq', x)
+        x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(shape=(x.shape[0], c, h * p, h * p))
 
     def forward(self, x, t, y):
@@ -228,5 +244,9 @@ def randomize(model, seed=0):
         for name, p in model.named_parameters():
             if name == "pos_embed":
                 continue
-            p.copy_(torch.randn(p.shape, generator=g) * (0.02 if p.dim() != 1 else 0.01) * (5 if "bias" in name and p.dim() > 1 else 1))
+            p.copy_(
+                torch.randn(p.shape, generator=g)
+                * (0.02 if p.dim() != 1 else 0.01)
+                * (5 if "bias" in name and p.dim() > 1 else 1)
+            )
     return model

@@ -24,14 +24,32 @@ def load(name: str):
 def run_of(seed: int, accs: dict[str, float], fds: dict[str, float], **env) -> dict:
     rows = []
     for schedule in ("4", "48", "4:0.5,48"):
-        rows.append({"kind": "static" if "," not in schedule else "fixed", "schedule": schedule, "images": 100,
-                     "gflops_per_image": {"4": 1.0, "48": 1.2, "4:0.5,48": 1.1}[schedule],
-                     "steps_per_count": {"4": 19} if schedule == "4" else {"48": 19}, "seeds": [seed],
-                     "accuracy_per_seed": [accs[schedule]], "fd_per_seed": [fds[schedule]],
-                     "ms_per_image_per_seed": [10.0 + seed]})
-    environment = {"bundle": "fashion-mnist-p2-demo", "sampling": "ode euler, 20 steps, cfg 3 (all channels), "
-                   "schedule 4:0.5,48", "tokens": 196, "counts": [4, 48], "images_per_seed": 100, "backend": "onnxruntime",
-                   "threads": 1, "seeds": [seed], "seconds": 5.0, "full_attention_gflops_per_image": 1.5, **env}
+        rows.append(
+            {
+                "kind": "static" if "," not in schedule else "fixed",
+                "schedule": schedule,
+                "images": 100,
+                "gflops_per_image": {"4": 1.0, "48": 1.2, "4:0.5,48": 1.1}[schedule],
+                "steps_per_count": {"4": 19} if schedule == "4" else {"48": 19},
+                "seeds": [seed],
+                "accuracy_per_seed": [accs[schedule]],
+                "fd_per_seed": [fds[schedule]],
+                "ms_per_image_per_seed": [10.0 + seed],
+            }
+        )
+    environment = {
+        "bundle": "fashion-mnist-p2-demo",
+        "sampling": "ode euler, 20 steps, cfg 3 (all channels), schedule 4:0.5,48",
+        "tokens": 196,
+        "counts": [4, 48],
+        "images_per_seed": 100,
+        "backend": "onnxruntime",
+        "threads": 1,
+        "seeds": [seed],
+        "seconds": 5.0,
+        "full_attention_gflops_per_image": 1.5,
+        **env,
+    }
     return {"environment": environment, "rows": rows, "real_floor": {"images": 100, "accuracy": 0.9, "fd": 4.0}}
 
 
@@ -67,8 +85,11 @@ def test_more_seeds_of_some_schedules_merge_over_those_seeds():
     rows = {r["schedule"]: r for r in out["rows"]}
     assert rows["4"]["seeds"] == [0, 1, 2] and rows["4:0.5,48"]["seeds"] == [0, 1]
     assert rows["4"]["fd"] == pytest.approx(37 / 3) and rows["48"]["accuracy_se"] == pytest.approx(
-        math.sqrt(0.9 * 0.1 / 300))
-    assert "| static | 4 | 300 |" in bench.markdown(out) and "| fixed | 4:0.5,48 (the default) | 200 |" in bench.markdown(out)
+        math.sqrt(0.9 * 0.1 / 300)
+    )
+    assert "| static | 4 | 300 |" in bench.markdown(
+        out
+    ) and "| fixed | 4:0.5,48 (the default) | 200 |" in bench.markdown(out)
     assert bench.paired(rows["4"], rows["48"])[:2] == ([2.0, 2.0, 3.0], pytest.approx(7 / 3))
     assert [kind for kind, _ in bench.plans([4, 16, 48], False, ("static",))] == ["static"] * 3
 
@@ -83,8 +104,18 @@ def test_tradeoff_merge_refuses_runs_that_do_not_belong_together(tmp_path):
     # from the command line: an unreadable file is an error naming it, nothing written
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_demo_tradeoff.py"), "--merge", str(bad),
-                        "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_demo_tradeoff.py"),
+            "--merge",
+            str(bad),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0 and f"cannot read {bad}" in r.stderr and not (tmp_path / "out").exists()
 
 
@@ -96,9 +127,34 @@ def test_gpu_pipeline_script_measures_schedule_and_twin_on_the_cpu(tmp_path, cap
     bench = load("bench_gpu_pipeline")
     threads = torch.get_num_threads()
     try:
-        rc = bench.main(["--model", "SiT-S/2", "--depth", "1", "--device", "cpu", "--precision", "fp32", "--sizes",
-                         "128", "--batch", "1", "--steps", "2", "--runs", "1", "--rounds", "1", "--threads", "1",
-                         "--schedule", "16:0.5,64", "--out", str(tmp_path)])
+        rc = bench.main(
+            [
+                "--model",
+                "SiT-S/2",
+                "--depth",
+                "1",
+                "--device",
+                "cpu",
+                "--precision",
+                "fp32",
+                "--sizes",
+                "128",
+                "--batch",
+                "1",
+                "--steps",
+                "2",
+                "--runs",
+                "1",
+                "--rounds",
+                "1",
+                "--threads",
+                "1",
+                "--schedule",
+                "16:0.5,64",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
@@ -109,19 +165,27 @@ def test_gpu_pipeline_script_measures_schedule_and_twin_on_the_cpu(tmp_path, cap
     assert e2e["schedule"] == "16:0.5,64" and e2e["steps_per_count"] == {"16": 1, "64": 1}
     assert [r["mediators"] for r in report["forward"]] == ["16", "64", "full"]
     assert report["ceilings"]["matmul_tflops"] > 0 and len(report["attention"]) == 3
-    row = (f"| 128 | torch | 1 | 2 | {e2e['medexport']['images_per_second']:.2f} | "
-           f"{e2e['vanilla']['images_per_second']:.2f} | {e2e['measured_ratio']:.2f}x | "
-           f"{e2e['predicted_ratio']:.2f}x |")
+    row = (
+        f"| 128 | torch | 1 | 2 | {e2e['medexport']['images_per_second']:.2f} | "
+        f"{e2e['vanilla']['images_per_second']:.2f} | {e2e['measured_ratio']:.2f}x | "
+        f"{e2e['predicted_ratio']:.2f}x |"
+    )
     assert row in (tmp_path / "summary-torch.md").read_text() and f"ROW {row}" in printed
-    for title in ("ceilings measured in this run on cpu", "per forward: torch fp32 on cpu", "attention part",
-                  "end to end: 1 images, ode euler 3 steps, cfg 4"):
+    for title in (
+        "ceilings measured in this run on cpu",
+        "per forward: torch fp32 on cpu",
+        "attention part",
+        "end to end: 1 images, ode euler 3 steps, cfg 4",
+    ):
         assert title in printed, title
 
 
 def test_gpu_pipeline_script_refuses_bad_input(capsys):
     bench = load("bench_gpu_pipeline")
-    assert bench.parse_size_settings("1024:batch=4,steps=20;512:steps=30") == {1024: {"batch": 4, "steps": 20},
-                                                                              512: {"steps": 30}}
+    assert bench.parse_size_settings("1024:batch=4,steps=20;512:steps=30") == {
+        1024: {"batch": 4, "steps": 20},
+        512: {"steps": 30},
+    }
     for bad in ("1024:batch=0", "1024:frames=3", "big:batch=4", "1024:batch"):
         with pytest.raises(SystemExit):
             bench.parse_args(["--size-settings", bad])

@@ -41,8 +41,14 @@ INSTALL_BUILD = 'pip install -e ".[build]" from a medexport checkout'
 
 
 def base(*args, cwd=REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300, env={**os.environ, "COLUMNS": "100", "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "100", "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -51,15 +57,25 @@ def test_every_help_works_without_torch_and_is_fast(command):
     assert out.returncode == 0 and "Usage:" in out.stdout, out.stderr
     # the import time of the command alone, in this process's interpreter (the subprocess above adds start-up)
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(REPO / "cli.py"), command, "--help"], capture_output=True, cwd=REPO,
-                   timeout=60, check=False)
+    subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), command, "--help"],
+        capture_output=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
     assert time.perf_counter() - start < 1.5, f"medexport {command} --help is slow"  # < 0.5 s measured; CI margin
 
 
 def _sample_both(bundle: Path, tmp_path: Path, args: list[str]) -> tuple[Path, Path]:
     """``medexport sample`` with torch and without it (the base install), into tmp_path/torch and tmp_path/base."""
-    with_torch = subprocess.run([sys.executable, str(REPO / "cli.py"), "sample", str(bundle), *args, "-o",
-                                 str(tmp_path / "torch")], capture_output=True, text=True, cwd=REPO, timeout=300)
+    with_torch = subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), "sample", str(bundle), *args, "-o", str(tmp_path / "torch")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert with_torch.returncode == 0, with_torch.stderr
     out = base("sample", bundle, *args, "-o", tmp_path / "base")
     assert out.returncode == 0, out.stderr
@@ -97,8 +113,22 @@ def test_sample_on_the_base_install_makes_the_same_images_and_grid(tmp_path):
 def test_sample_labels_are_the_same_with_and_without_torch(tiny_bundle, tmp_path):
     import json
 
-    out = base("sample", tiny_bundle, "--num", "5", "--seed", "9", "--sampler", "ode", "--method", "euler",
-               "--steps", "3", "-o", tmp_path / "b")
+    out = base(
+        "sample",
+        tiny_bundle,
+        "--num",
+        "5",
+        "--seed",
+        "9",
+        "--sampler",
+        "ode",
+        "--method",
+        "euler",
+        "--steps",
+        "3",
+        "-o",
+        tmp_path / "b",
+    )
     assert out.returncode == 0, out.stderr
     labels = json.loads((tmp_path / "b" / "report.json").read_text())["request"]["labels"]
     assert labels == np.random.default_rng(9).integers(0, 10, 5).tolist()
@@ -120,8 +150,16 @@ def test_export_triton_without_torch(tiny_bundle, tmp_path):
     assert {"medexport_sampler", "medexport-triton.json"} <= {p.name for p in (tmp_path / "repo").iterdir()}
 
 
-@pytest.mark.parametrize("command", [["eval", "x"], ["tune", "x", "--budget-fraction", "0.8"], ["bench", "x"],
-                                     ["build"], ["sample", "x", "--backend", "torch"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "x"],
+        ["tune", "x", "--budget-fraction", "0.8"],
+        ["bench", "x"],
+        ["build"],
+        ["sample", "x", "--backend", "torch"],
+    ],
+)
 def test_what_needs_torch_says_so_in_one_line(command):
     out = base(*command)
     assert out.returncode == 1
@@ -131,7 +169,8 @@ def test_what_needs_torch_says_so_in_one_line(command):
 
 
 def test_the_api_names_the_extra_without_torch():
-    out = base("-c", "import medexport\ntry:\n    medexport.Pipeline\nexcept medexport.MedexportError as e:\n"
-                     "    print(e)\n")
+    out = base(
+        "-c", "import medexport\ntry:\n    medexport.Pipeline\nexcept medexport.MedexportError as e:\n    print(e)\n"
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"medexport.Pipeline needs torch, which is not installed: {INSTALL_BUILD}"

@@ -4,10 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-import medexport.errors
 from click.testing import CliRunner
 
+import medexport.errors
 from medexport.bundle import MANIFEST
 from medexport.cli import cli
 from tests.conftest import copy_bundle
@@ -19,14 +18,36 @@ def run(*args):
 
 def test_build_verify_inspect(tiny_checkpoints, tmp_path):
     out = tmp_path / "bundle"
-    r = run("build", "--checkpoint", f"16={tiny_checkpoints[16]}", "--checkpoint", f"32={tiny_checkpoints[32]}",
-            "--backend", "onnxruntime", "--batch", "1:2:4", "-o", out)
+    r = run(
+        "build",
+        "--checkpoint",
+        f"16={tiny_checkpoints[16]}",
+        "--checkpoint",
+        f"32={tiny_checkpoints[32]}",
+        "--backend",
+        "onnxruntime",
+        "--batch",
+        "1:2:4",
+        "-o",
+        out,
+    )
     assert r.exit_code == 0, r.output
     assert "exported" in r.output and "onnxruntime built" in r.output
     m = json.loads((out / MANIFEST).read_text())
     assert sorted(m["counts"]) == ["16", "32"]
-    r = run("build", "--checkpoint", f"16={tiny_checkpoints[16]}", "--checkpoint", f"32={tiny_checkpoints[32]}",
-            "--backend", "onnxruntime", "--batch", "1:2:4", "-o", out)
+    r = run(
+        "build",
+        "--checkpoint",
+        f"16={tiny_checkpoints[16]}",
+        "--checkpoint",
+        f"32={tiny_checkpoints[32]}",
+        "--backend",
+        "onnxruntime",
+        "--batch",
+        "1:2:4",
+        "-o",
+        out,
+    )
     assert r.exit_code == 0 and r.output.count("up to date") >= 4
     r = run("verify", out)
     assert r.exit_code == 0, r.output
@@ -45,22 +66,25 @@ def test_verify_exits_nonzero_on_failure(tiny_bundle, tmp_path):
     assert r.exit_code == 1 and "FAIL" in r.output and "does not match the hash" in r.output
 
 
-@pytest.mark.parametrize("args,code,message", [
-    (["--checkpoint", "16=/nonexistent/m16.pt"], 1, "does not exist"),
-    (["--checkpoint", "16:{c16}"], 2, "is not COUNT=PATH"),
-    (["--checkpoint", "16={c16}", "--checkpoint", "16={c16}"], 1, "given more than once"),
-    (["--checkpoint", "16={c32}"], 1, "holds a 32-mediator model, not 16"),
-    (["--checkpoint", "16={c16}", "--mediators", "16,32"], 1, "does not match the counts"),
-    (["--mediators", "16,16"], 2, "more than once"),
-    (["--mediators", "13", "--model", "SiT-S/8", "--image-size", "256"], 1, "does not fit the 4x4 token grid"),
-    (["--backend", "tensorrt", "--checkpoint", "16={c16}"], 1, "TensorRT is not installed"),
-    (["--batch", "4:2:1", "--checkpoint", "16={c16}"], 2, "min <= opt <= max"),
-    (["--batch", "a:b", "--checkpoint", "16={c16}"], 2, "MIN:OPT:MAX"),
-    (["--model", "SiT-Q/2"], 1, "unknown model"),
-    (["--model", "SiT-S/8", "--seed", "99999999999999999999999"], 2, "not in the range 0<=x<=9223372036854775807"),
-    (["--model", "SiT-S/8", "--init-seed", str(2**63)], 2, "not in the range 0<=x<=9223372036854775807"),
-    (["--model", "SiT-S/8", "--init-seed", "-1"], 2, "not in the range 0<=x<=9223372036854775807"),
-])
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["--checkpoint", "16=/nonexistent/m16.pt"], 1, "does not exist"),
+        (["--checkpoint", "16:{c16}"], 2, "is not COUNT=PATH"),
+        (["--checkpoint", "16={c16}", "--checkpoint", "16={c16}"], 1, "given more than once"),
+        (["--checkpoint", "16={c32}"], 1, "holds a 32-mediator model, not 16"),
+        (["--checkpoint", "16={c16}", "--mediators", "16,32"], 1, "does not match the counts"),
+        (["--mediators", "16,16"], 2, "more than once"),
+        (["--mediators", "13", "--model", "SiT-S/8", "--image-size", "256"], 1, "does not fit the 4x4 token grid"),
+        (["--backend", "tensorrt", "--checkpoint", "16={c16}"], 1, "TensorRT is not installed"),
+        (["--batch", "4:2:1", "--checkpoint", "16={c16}"], 2, "min <= opt <= max"),
+        (["--batch", "a:b", "--checkpoint", "16={c16}"], 2, "MIN:OPT:MAX"),
+        (["--model", "SiT-Q/2"], 1, "unknown model"),
+        (["--model", "SiT-S/8", "--seed", "99999999999999999999999"], 2, "not in the range 0<=x<=9223372036854775807"),
+        (["--model", "SiT-S/8", "--init-seed", str(2**63)], 2, "not in the range 0<=x<=9223372036854775807"),
+        (["--model", "SiT-S/8", "--init-seed", "-1"], 2, "not in the range 0<=x<=9223372036854775807"),
+    ],
+)
 def test_build_bad_input(tiny_checkpoints, tmp_path, args, code, message):
     args = [a.format(c16=tiny_checkpoints[16], c32=tiny_checkpoints[32]) for a in args]
     r = run("build", *args, "-o", tmp_path / "out")
@@ -127,11 +151,14 @@ def _looks_complete(folder):
     return sorted(p.name for p in folder.rglob("*") if p.name == MANIFEST or p.suffix in (".onnx", ".plan"))
 
 
-@pytest.mark.parametrize("code, message", [
-    ("ENOSPC", "no space left on the device holding"),
-    ("EROFS", "is on a read-only file system: choose another --output"),
-    ("EACCES", "permission denied for"),
-])
+@pytest.mark.parametrize(
+    "code, message",
+    [
+        ("ENOSPC", "no space left on the device holding"),
+        ("EROFS", "is on a read-only file system: choose another --output"),
+        ("EACCES", "permission denied for"),
+    ],
+)
 def test_build_output_write_errors_are_clear(tiny_checkpoints, tmp_path, monkeypatch, code, message):
     import errno
     import os
@@ -147,10 +174,13 @@ def test_build_output_write_errors_are_clear(tiny_checkpoints, tmp_path, monkeyp
     assert not out.exists() or _looks_complete(out) == []
 
 
-@pytest.mark.parametrize("where, message", [
-    (lambda tmp: tmp / "notes.txt" / "bundle", "is a file, not a folder: choose another --output"),
-    (lambda tmp: tmp / ("x" * 300), "is too long for the file system: choose a shorter --output"),
-])
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        (lambda tmp: tmp / "notes.txt" / "bundle", "is a file, not a folder: choose another --output"),
+        (lambda tmp: tmp / ("x" * 300), "is too long for the file system: choose a shorter --output"),
+    ],
+)
 def test_build_output_paths_the_file_system_refuses(tiny_checkpoints, tmp_path, where, message):
     (tmp_path / "notes.txt").write_text("a file, not a folder")
     r = run("build", "--checkpoint", f"16={tiny_checkpoints[16]}", "--backend", "onnxruntime", "-o", where(tmp_path))
@@ -172,7 +202,8 @@ def test_other_os_errors_keep_their_traceback(tiny_checkpoints, tmp_path, monkey
     with pytest.raises(OSError, match="Input/output error"):  # a bug or a broken disk: not the user's to fix
         run("build", "--checkpoint", f"16={tiny_checkpoints[16]}", "--backend", "onnxruntime", "-o", tmp_path / "o")
     assert os_error_message(OSError(errno.ENOSPC, "No space left on device")).startswith(
-        "no space left on the device holding the output")
+        "no space left on the device holding the output"
+    )
     assert os_error_message(FileNotFoundError(errno.ENOENT, "No such file", "x")) is None
 
 
@@ -181,8 +212,20 @@ def test_paths_print_as_text_not_markup(tiny_checkpoints, tmp_path, monkeypatch)
     verify's table and inspect's lines."""
     monkeypatch.chdir(tmp_path)  # a short relative path: the tables do not wrap it
     out = Path("odd[/]name") / "[bold]bundle"
-    r = CliRunner().invoke(cli, ["build", "--checkpoint", f"16={tiny_checkpoints[16]}", "--backend", "onnxruntime",
-                                 "--batch", "1:2:4", "-o", str(out)])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "build",
+            "--checkpoint",
+            f"16={tiny_checkpoints[16]}",
+            "--backend",
+            "onnxruntime",
+            "--batch",
+            "1:2:4",
+            "-o",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "Traceback" not in r.output and "[/]" in r.output and "[bold]bundle" in r.output.replace("\n", "")
     for command in ("inspect", "verify"):

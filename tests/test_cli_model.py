@@ -18,7 +18,10 @@ def test_flops_table_figures():
     assert r.exit_code == 0, r.output
     rows = re.findall(r"│\s+(\d+) │\s+(\dx\d) │\s+([\d.]+) │\s+([\d.]+) │\s+([\d.]+)%", r.output)
     assert [(n, g, f, full) for n, g, f, full, _ in rows] == [
-        ("16", "4x4", "459.3", "524.5"), ("32", "4x8", "461.4", "524.5"), ("64", "8x8", "465.6", "524.5")]
+        ("16", "4x4", "459.3", "524.5"),
+        ("32", "4x8", "461.4", "524.5"),
+        ("64", "8x8", "465.6", "524.5"),
+    ]
 
 
 def test_flops_bad_input_exits_without_traceback():
@@ -52,8 +55,7 @@ def test_info_reports_architecture(tmp_path):
     st = medexport.save_checkpoint(tiny_model(16), tmp_path / "m.safetensors", form="safetensors")
     r = run("info", str(st))
     assert r.exit_code == 0 and "safetensors" in r.output and "16 (4 x 4 grid)" in r.output
-    vanilla = medexport.save_checkpoint(tiny_model(0, attention="full"), tmp_path / "v.safetensors",
-                                        form="safetensors")
+    vanilla = medexport.save_checkpoint(tiny_model(0, attention="full"), tmp_path / "v.safetensors", form="safetensors")
     r = run("info", str(vanilla))
     assert r.exit_code == 0 and "none: full attention" in r.output and "--attention full" in r.output
 

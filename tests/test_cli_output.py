@@ -85,14 +85,23 @@ def test_an_adaptive_schedule_says_what_it_did():
     from medexport.cli.sample_cmd import adaptive_in_words
     from medexport.core.schedule import Switch
 
-    never = SimpleNamespace(switches=[], counts=(4, 8, 16), per_sample=False, d0=2.0, warmup=3,
-                            distances=[9, 2, 2, 2, 1.8, 1.62, 1.7], ratios=(0.5, 0.2))
+    never = SimpleNamespace(
+        switches=[],
+        counts=(4, 8, 16),
+        per_sample=False,
+        d0=2.0,
+        warmup=3,
+        distances=[9, 2, 2, 2, 1.8, 1.62, 1.7],
+        ratios=(0.5, 0.2),
+    )
     assert adaptive_in_words(never) == (
         "adaptive schedule: never switched, 4 mediators throughout: the smallest step change was 0.81 of the "
-        "warm-up's (d_i / d_0), above the first ratio 0.5 by 0.31; a ratio above 0.81 would switch")
+        "warm-up's (d_i / d_0), above the first ratio 0.5 by 0.31; a ratio above 0.81 would switch"
+    )
     switched = SimpleNamespace(switches=[Switch(4, 4, 8), Switch(13, 8, 16)], counts=(4, 8, 16))
-    assert adaptive_in_words(switched) == ("adaptive schedule: 4 -> 8 mediators after step 4, 8 -> 16 mediators "
-                                           "after step 13")
+    assert adaptive_in_words(switched) == (
+        "adaptive schedule: 4 -> 8 mediators after step 4, 8 -> 16 mediators after step 13"
+    )
 
 
 def _demo():
@@ -113,9 +122,12 @@ def test_last_step_means_the_same_in_every_command(tmp_path):
 
     demo = _demo()
     runner = CliRunner()
-    for args in (["sample", demo, "-o", tmp_path / "s"], ["eval", demo, "--report", tmp_path / "e" / "eval.json"],
-                 ["tune", demo, "--budget-fraction", "0.8", "--report", tmp_path / "t" / "tune.json"],
-                 ["generate", demo, "--num", "2", "-o", tmp_path / "g"]):
+    for args in (
+        ["sample", demo, "-o", tmp_path / "s"],
+        ["eval", demo, "--report", tmp_path / "e" / "eval.json"],
+        ["tune", demo, "--budget-fraction", "0.8", "--report", tmp_path / "t" / "tune.json"],
+        ["generate", demo, "--num", "2", "-o", tmp_path / "g"],
+    ):
         r = runner.invoke(cli, [*map(str, args), "--last-step", "euler"])
         assert r.exit_code == 1, (args[0], r.output)
         assert "--last-step euler applies to the SDE sampler only" in r.output, (args[0], r.output)
@@ -128,8 +140,22 @@ def test_sample_keeps_the_raw_latents_when_asked(tmp_path):
     from PIL import Image
 
     demo = _demo()
-    r = CliRunner().invoke(cli, ["sample", str(demo), "--labels", "0,1", "--steps", "6", "--threads", "1",
-                                 "--save-latents", "-o", str(tmp_path / "s")])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "sample",
+            str(demo),
+            "--labels",
+            "0,1",
+            "--steps",
+            "6",
+            "--threads",
+            "1",
+            "--save-latents",
+            "-o",
+            str(tmp_path / "s"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     raw = np.load(tmp_path / "s" / "latents.npy")
     assert raw.shape == (2, 1, 28, 28)

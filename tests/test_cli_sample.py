@@ -15,8 +15,24 @@ def run(*args):
 
 def test_sample_writes_latents_report_and_plot(tiny_bundle, tmp_path):
     out = tmp_path / "out"
-    r = run("sample", tiny_bundle, "--labels", "1,2", "--sampler", "ode", "--method", "euler", "--steps", "6",
-            "--cfg-scale", "4", "--schedule", "16:0.3,32:0.7,64", "--out", out)
+    r = run(
+        "sample",
+        tiny_bundle,
+        "--labels",
+        "1,2",
+        "--sampler",
+        "ode",
+        "--method",
+        "euler",
+        "--steps",
+        "6",
+        "--cfg-scale",
+        "4",
+        "--schedule",
+        "16:0.3,32:0.7,64",
+        "--out",
+        out,
+    )
     assert r.exit_code == 0, r.output
     assert np.load(out / "latents.npy").shape == (2, 4, 16, 16)
     report = json.loads((out / "report.json").read_text())
@@ -33,11 +49,40 @@ def test_sample_writes_latents_report_and_plot(tiny_bundle, tmp_path):
 
 def test_sample_benchmark_against_reference(tiny_bundle, tmp_path):
     out = tmp_path / "bench"
-    r = run("sample", tiny_bundle, "--num", "2", "--sampler", "ode", "--method", "euler", "--steps", "5",
-            "--cfg-scale", "2", "--schedule", "16:0.5,64", "--benchmark", "--warmup", "1", "--runs", "2", "--out", out)
+    r = run(
+        "sample",
+        tiny_bundle,
+        "--num",
+        "2",
+        "--sampler",
+        "ode",
+        "--method",
+        "euler",
+        "--steps",
+        "5",
+        "--cfg-scale",
+        "2",
+        "--schedule",
+        "16:0.5,64",
+        "--benchmark",
+        "--warmup",
+        "1",
+        "--runs",
+        "2",
+        "--out",
+        out,
+    )
     assert r.exit_code == 0, r.output
-    for text in ("steps served", "onnxruntime", "torch", "images / s", "peak memory", "GFLOPs / image",
-                 "speed-up vs torch", "reference"):
+    for text in (
+        "steps served",
+        "onnxruntime",
+        "torch",
+        "images / s",
+        "peak memory",
+        "GFLOPs / image",
+        "speed-up vs torch",
+        "reference",
+    ):
         assert text in r.output, text
     report = json.loads((out / "report.json").read_text())
     s = report["summary"]
@@ -50,16 +95,42 @@ def test_sample_benchmark_against_reference(tiny_bundle, tmp_path):
 
 def test_sample_benchmark_against_another_precision(tiny_bundle, tiny_checkpoints, tmp_path):
     """An int8 bundle timed side by side with its fp32 bundle and the PyTorch reference, on the same inputs."""
-    from medexport.core.batch import BatchRange
     from medexport.bundle import BuildSettings, ModelSource, build_bundle
+    from medexport.core.batch import BatchRange
 
     int8 = tmp_path / "int8"
-    build_bundle([ModelSource(n, checkpoint=p) for n, p in tiny_checkpoints.items()], int8,
-                 BuildSettings(backend="onnxruntime", precision="int8", batch=BatchRange(1, 2, 4)), show_progress=False)
+    build_bundle(
+        [ModelSource(n, checkpoint=p) for n, p in tiny_checkpoints.items()],
+        int8,
+        BuildSettings(backend="onnxruntime", precision="int8", batch=BatchRange(1, 2, 4)),
+        show_progress=False,
+    )
     out = tmp_path / "bench"
-    r = run("sample", int8, "--num", "2", "--sampler", "ode", "--method", "euler", "--steps", "5", "--cfg-scale", "2",
-            "--schedule", "16:0.5,64", "--benchmark", "--warmup", "1", "--runs", "2", "--against", tiny_bundle,
-            "--out", out)
+    r = run(
+        "sample",
+        int8,
+        "--num",
+        "2",
+        "--sampler",
+        "ode",
+        "--method",
+        "euler",
+        "--steps",
+        "5",
+        "--cfg-scale",
+        "2",
+        "--schedule",
+        "16:0.5,64",
+        "--benchmark",
+        "--warmup",
+        "1",
+        "--runs",
+        "2",
+        "--against",
+        tiny_bundle,
+        "--out",
+        out,
+    )
     assert r.exit_code == 0, r.output
     assert "onnxruntime int8 (int8)" in r.output and "onnxruntime fp32 (tiny)" in r.output
     report = json.loads((out / "report.json").read_text())
@@ -73,25 +144,29 @@ def test_sample_benchmark_against_another_precision(tiny_bundle, tiny_checkpoint
     assert r.exit_code == 1 and "does not exist" in r.output
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--labels", "1,10"], "outside 0..9"),
-    (["--labels", "a,b"], "is not a class label: give numbers 0..9"),
-    (["--schedule", "16:0.3,32:x,64"], "at character"),
-    (["--schedule", "16:0.7,32:0.3,64"], "fractions must increase"),
-    (["--schedule", "16:0.5,48"], "48"),
-    (["--schedule", "adaptive:16,32:ratios=2,1"], "ratio"),
-    (["--steps", "1"], "steps"),
-    (["--cfg-scale", "0.5"], "below 1"),
-    (["--backend", "tensorrt"], "tensorrt"),
-    (["--labels", "-1"], "outside 0..9"),  # not the null class, whatever the engine would do with it
-    (["--num", "10000000"], "use `medexport generate`"),  # refused before memory is taken
-    (["--per-class", "1000000000"], "use `medexport generate`"),
-    (["--last-step", "tweedie"], "applies to the SDE sampler only"),
-    (["--device", "garbage"], "unknown device 'garbage'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--labels", "1,10"], "outside 0..9"),
+        (["--labels", "a,b"], "is not a class label: give numbers 0..9"),
+        (["--schedule", "16:0.3,32:x,64"], "at character"),
+        (["--schedule", "16:0.7,32:0.3,64"], "fractions must increase"),
+        (["--schedule", "16:0.5,48"], "48"),
+        (["--schedule", "adaptive:16,32:ratios=2,1"], "ratio"),
+        (["--steps", "1"], "steps"),
+        (["--cfg-scale", "0.5"], "below 1"),
+        (["--backend", "tensorrt"], "tensorrt"),
+        (["--labels", "-1"], "outside 0..9"),  # not the null class, whatever the engine would do with it
+        (["--num", "10000000"], "use `medexport generate`"),  # refused before memory is taken
+        (["--per-class", "1000000000"], "use `medexport generate`"),
+        (["--last-step", "tweedie"], "applies to the SDE sampler only"),
+        (["--device", "garbage"], "unknown device 'garbage'"),
+    ],
+)
 def test_sample_bad_input(tiny_bundle, tmp_path, args, message):
-    r = run("sample", tiny_bundle, "--sampler", "ode", "--method", "euler", "--steps", "4", *args,
-            "--out", tmp_path / "o")
+    r = run(
+        "sample", tiny_bundle, "--sampler", "ode", "--method", "euler", "--steps", "4", *args, "--out", tmp_path / "o"
+    )
     assert r.exit_code in (1, 2), r.output
     assert message in r.output, r.output
     assert "Traceback" not in r.output
@@ -128,7 +203,20 @@ def test_a_second_run_into_a_busy_folder_is_refused(tiny_bundle, tmp_path):
     import fcntl
 
     out = tmp_path / "out"
-    args = ["sample", tiny_bundle, "--labels", "1", "--sampler", "ode", "--method", "euler", "--steps", "3", "--out", out]
+    args = [
+        "sample",
+        tiny_bundle,
+        "--labels",
+        "1",
+        "--sampler",
+        "ode",
+        "--method",
+        "euler",
+        "--steps",
+        "3",
+        "--out",
+        out,
+    ]
     assert run(*args).exit_code == 0
     with open(out / ".medexport.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running sample holds it
@@ -186,10 +274,17 @@ def test_the_shared_options_load_neither_torch_nor_the_benchmark():
     import subprocess
     import sys
 
-    for module, light in (("options", True), ("calibrate_cmd", True), ("generate_cmd", True), ("eval_cmd", True),
-                          ("tune_cmd", True), ("sample_cmd", True), ("bench_cmd", True), ("model_cmds", True)):
-        probe = (f"import json, sys\nimport medexport.cli.{module}\n"
-                 f"print(json.dumps(sorted(sys.modules)))")
+    for module, light in (
+        ("options", True),
+        ("calibrate_cmd", True),
+        ("generate_cmd", True),
+        ("eval_cmd", True),
+        ("tune_cmd", True),
+        ("sample_cmd", True),
+        ("bench_cmd", True),
+        ("model_cmds", True),
+    ):
+        probe = f"import json, sys\nimport medexport.cli.{module}\nprint(json.dumps(sorted(sys.modules)))"
         out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
         mods = set(json.loads(out.strip().splitlines()[-1]))
         assert "medexport.runtime.benchmark" not in mods, module
@@ -201,7 +296,9 @@ def test_the_shared_options_load_neither_torch_nor_the_benchmark():
         assert "[auto|torch|inductor|onnxruntime|tensorrt]" in text and "[3|all]" in text, command
     assert "[3|all]" in run("calibrate", "--help").output
     r = run("sample", "nowhere", "--backend", "cuda")
-    assert r.exit_code == 2 and "'cuda' is not one of 'auto', 'torch', 'inductor', 'onnxruntime', 'tensorrt'" in r.output
+    assert (
+        r.exit_code == 2 and "'cuda' is not one of 'auto', 'torch', 'inductor', 'onnxruntime', 'tensorrt'" in r.output
+    )
     r = run("sample", "nowhere", "--cfg-channels", "2")
     assert r.exit_code == 2 and "'2' is not one of '3', 'all'" in r.output
 
@@ -216,8 +313,25 @@ def test_benchmark_runs_the_reference_where_the_engines_run(tiny_bundle, tmp_pat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine (this build of torch has none)
     monkeypatch.setattr(ort_session, "available_providers", lambda: ["CPUExecutionProvider"])
     out = tmp_path / "bench"
-    r = run("sample", tiny_bundle, "--num", "2", "--sampler", "ode", "--method", "euler", "--steps", "3",
-            "--benchmark", "--warmup", "1", "--runs", "1", "-o", out)
+    r = run(
+        "sample",
+        tiny_bundle,
+        "--num",
+        "2",
+        "--sampler",
+        "ode",
+        "--method",
+        "euler",
+        "--steps",
+        "3",
+        "--benchmark",
+        "--warmup",
+        "1",
+        "--runs",
+        "1",
+        "-o",
+        out,
+    )
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
     main, ref = report["summaries"]
@@ -232,8 +346,28 @@ def test_benchmark_columns_print_bundle_names_as_text_not_markup(tiny_bundle, tm
     import shutil
 
     other = shutil.copytree(tiny_bundle, tmp_path / "[bold]tiny")  # the --against bundle's name is a column
-    r = run("sample", tiny_bundle, "--num", "1", "--sampler", "ode", "--method", "euler", "--steps", "3",
-            "--schedule", "16", "--benchmark", "--warmup", "1", "--runs", "1", "--against", other,
-            "--out", tmp_path / "bench")
+    r = run(
+        "sample",
+        tiny_bundle,
+        "--num",
+        "1",
+        "--sampler",
+        "ode",
+        "--method",
+        "euler",
+        "--steps",
+        "3",
+        "--schedule",
+        "16",
+        "--benchmark",
+        "--warmup",
+        "1",
+        "--runs",
+        "1",
+        "--against",
+        other,
+        "--out",
+        tmp_path / "bench",
+    )
     assert r.exit_code == 0, r.output
     assert "onnxruntime fp32 ([bold]tiny)" in r.output

@@ -20,9 +20,11 @@ def test_pipeline_imports_no_exporter():
 
 
 def test_cli_help_imports_no_torch():
-    mods = loaded_after("from click.testing import CliRunner\nfrom medexport.cli import cli\n"
-                        "r = CliRunner().invoke(cli, ['--help'])\nassert r.exit_code == 0, r.output\n"
-                        "assert all(c in r.output for c in ('build', 'verify', 'inspect', 'sample', 'eval', 'flops', 'info'))")
+    mods = loaded_after(
+        "from click.testing import CliRunner\nfrom medexport.cli import cli\n"
+        "r = CliRunner().invoke(cli, ['--help'])\nassert r.exit_code == 0, r.output\n"
+        "assert all(c in r.output for c in ('build', 'verify', 'inspect', 'sample', 'eval', 'flops', 'info'))"
+    )
     assert "torch" not in mods and "onnxscript" not in mods
 
 
@@ -35,10 +37,14 @@ def test_import_medexport_is_light_and_lazy():
 
 
 def test_build_help_and_the_torch_free_runtime_load_no_torch():
-    mods = loaded_after("from click.testing import CliRunner\nfrom medexport.cli import cli\n"
-                        "r = CliRunner().invoke(cli, ['build', '--help'])\nassert r.exit_code == 0, r.output\n"
-                        "assert '--plugin' in r.output and '--trt-optimization-level' in r.output")
+    mods = loaded_after(
+        "from click.testing import CliRunner\nfrom medexport.cli import cli\n"
+        "r = CliRunner().invoke(cli, ['build', '--help'])\nassert r.exit_code == 0, r.output\n"
+        "assert '--plugin' in r.output and '--trt-optimization-level' in r.output"
+    )
     assert "torch" not in mods and "medexport.bundle.manifest" not in mods
-    mods = loaded_after("import medexport.lite, medexport.core.sampling, medexport.core.manifest\n"
-                        "from medexport.backend import registry\nregistry.discover()")
+    mods = loaded_after(
+        "import medexport.lite, medexport.core.sampling, medexport.core.manifest\n"
+        "from medexport.backend import registry\nregistry.discover()"
+    )
     assert not {"torch", "onnx", "onnxscript", "polygraphy", "matplotlib"} & mods

@@ -102,8 +102,10 @@ def test_require_imports_or_names_the_extra():
         require("medexport_no_such_package.sub", "build", "medexport build")
     e = info.value
     assert isinstance(e, MedexportError) and isinstance(e, ImportError)
-    assert str(e) == ('medexport build needs medexport_no_such_package.sub, which is not installed: '
-                      'pip install -e ".[build]" from a medexport checkout')
+    assert str(e) == (
+        "medexport build needs medexport_no_such_package.sub, which is not installed: "
+        'pip install -e ".[build]" from a medexport checkout'
+    )
     assert (e.module, e.extra) == ("medexport_no_such_package.sub", "build")
 
 
@@ -118,8 +120,9 @@ def test_an_installed_module_that_fails_to_import_keeps_its_own_error(tmp_path, 
 
 def test_explain_knows_the_extras_packages_only():
     e = explain(ModuleNotFoundError("No module named 'torch'", name="torch"), "medexport build")
-    assert str(e) == ('medexport build needs torch, which is not installed: pip install -e ".[build]" from a '
-                      'medexport checkout')
+    assert str(e) == (
+        'medexport build needs torch, which is not installed: pip install -e ".[build]" from a medexport checkout'
+    )
     assert explain(ModuleNotFoundError(name="torchdiffeq"), "p").extra == "ode"
     assert explain(ModuleNotFoundError(name="torch._C"), "p") is None  # torch is there, broken or another version
     assert explain(ModuleNotFoundError(name="yaml"), "p") is None
@@ -143,8 +146,9 @@ WITHOUT_TORCH = textwrap.dedent("""
 
 
 def run_without_torch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, *args], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
 
 
 @pytest.mark.parametrize("command", [["build"], ["info", "x.pt"]])
@@ -152,8 +156,10 @@ def test_a_command_that_needs_torch_says_which_extra_to_install(command):
     out = run_without_torch(*command)
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr + out.stdout
-    assert out.stderr.strip() == (f'error: medexport {command[0]} needs torch, which is not installed: '
-                                  f'pip install -e ".[build]" from a medexport checkout')
+    assert out.stderr.strip() == (
+        f"error: medexport {command[0]} needs torch, which is not installed: "
+        f'pip install -e ".[build]" from a medexport checkout'
+    )
 
 
 def test_help_and_version_work_without_torch():
@@ -173,13 +179,19 @@ def test_help_and_version_work_without_torch():
 
 
 def _pip(python: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [str(python), "-m", "pip", "--disable-pip-version-check", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _index_reachable(python: Path, where: Path) -> bool:
     try:
-        return _pip(python, "download", "--no-deps", "-q", "-d", str(where), "setuptools>=68", timeout=180).returncode == 0
+        return (
+            _pip(python, "download", "--no-deps", "-q", "-d", str(where), "setuptools>=68", timeout=180).returncode == 0
+        )
     except subprocess.TimeoutExpired:
         return False
 
@@ -203,8 +215,9 @@ def base_venv(request, tmp_path_factory):
     stamp = root / "medexport-deps.sha256"
     if not (python.exists() and stamp.exists() and stamp.read_text() == key):
         try:
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(root)], check=True, capture_output=True,
-                           timeout=300)
+            subprocess.run(
+                [sys.executable, "-m", "venv", "--clear", str(root)], check=True, capture_output=True, timeout=300
+            )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
             pytest.skip(f"python -m venv does not work here ({e}): the packaging tests need it")
     # The wheel of the working tree as it is now, built from a copy (building writes build/ and egg-info).
@@ -212,8 +225,9 @@ def base_venv(request, tmp_path_factory):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
-    shutil.copytree(REPO / "medexport", src / "medexport",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    shutil.copytree(
+        REPO / "medexport", src / "medexport", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    )
     wheels = work / "wheels"
     out = _pip(python, "wheel", "--no-deps", "-q", "-w", str(wheels), str(src))
     _needs_index("building the wheel", out, python, work)
@@ -227,8 +241,10 @@ def base_venv(request, tmp_path_factory):
 
 
 def test_the_base_install_has_no_torch(base_venv):
-    script = ("import importlib.util as u; print(*[m for m in ('torch', 'onnx', 'onnxscript', 'polygraphy', "
-              "'matplotlib') if u.find_spec(m)])")
+    script = (
+        "import importlib.util as u; print(*[m for m in ('torch', 'onnx', 'onnxscript', 'polygraphy', "
+        "'matplotlib') if u.find_spec(m)])"
+    )
     out = subprocess.run([str(base_venv), "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
@@ -237,8 +253,9 @@ def test_the_base_install_has_no_torch(base_venv):
 
 
 def test_the_base_install_imports_the_torch_free_runtime(base_venv, tmp_path):
-    out = subprocess.run([str(base_venv), "-c", "import medexport.lite"], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=120)  # cwd: not the checkout, so the installed copy is imported
+    out = subprocess.run(
+        [str(base_venv), "-c", "import medexport.lite"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )  # cwd: not the checkout, so the installed copy is imported
     assert out.returncode == 0, out.stderr
 
 
@@ -251,10 +268,12 @@ def test_the_base_install_samples_a_bundle_as_pipeline_does(base_venv, tiny_bund
     request = SampleRequest([1, 2], seed=4, sampler="ode", method="euler", steps=4, cfg_scale=2.0)
     want = Pipeline.from_bundle(tiny_bundle, backend="onnxruntime", threads=1).run(request).latents.numpy()
     (tmp_path / "request.json").write_text(json.dumps(request.to_dict()))  # the request as a server gets it
-    script = ("import json, sys\nimport numpy as np\nfrom medexport.lite import LitePipeline, SampleRequest\n"
-              "request = SampleRequest.from_dict(json.load(open('request.json')))\n"
-              f"result = LitePipeline.from_bundle({str(tiny_bundle)!r}, threads=1).run(request)\n"
-              "np.save('got.npy', result.latents)\nassert 'torch' not in sys.modules\n")
+    script = (
+        "import json, sys\nimport numpy as np\nfrom medexport.lite import LitePipeline, SampleRequest\n"
+        "request = SampleRequest.from_dict(json.load(open('request.json')))\n"
+        f"result = LitePipeline.from_bundle({str(tiny_bundle)!r}, threads=1).run(request)\n"
+        "np.save('got.npy', result.latents)\nassert 'torch' not in sys.modules\n"
+    )
     out = subprocess.run([str(base_venv), "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "got.npy"), want)
@@ -270,5 +289,7 @@ def test_the_base_install_says_building_needs_the_build_extra(base_venv, tmp_pat
     out = subprocess.run([str(exe), "build"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 1
     assert "Traceback" not in out.stderr + out.stdout
-    assert out.stderr.strip() == ('error: medexport build needs torch, which is not installed: '
-                                  'pip install -e ".[build]" from a medexport checkout')
+    assert out.stderr.strip() == (
+        "error: medexport build needs torch, which is not installed: "
+        'pip install -e ".[build]" from a medexport checkout'
+    )

@@ -36,7 +36,7 @@ def medexport_commands() -> list[list[str]]:
             for part in line.split("&&"):
                 words = shlex.split(part)
                 if "--" in words and "torchrun" in words:  # torchrun ... --no-python -- medexport ...
-                    words = words[words.index("--") + 1:]
+                    words = words[words.index("--") + 1 :]
                 if words[:1] == ["medexport"]:
                     out.append(words[1:])
     return out
@@ -64,34 +64,47 @@ def test_every_readme_command_parses(args):
 
 
 def _run_python(code: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
-@pytest.mark.skipif(not (DEMO / "manifest.json").is_file(),
-                    reason="needs the demo bundle: medexport build (the README's first command)")
+@pytest.mark.skipif(
+    not (DEMO / "manifest.json").is_file(), reason="needs the demo bundle: medexport build (the README's first command)"
+)
 def test_the_python_api_block_runs():
     (api,) = [b for b in blocks("python") if "medexport.Pipeline.from_bundle" in b and "serve" not in b]
-    check = ("\nassert tuple(v.shape) == (2, 4, 32, 32)\nassert tuple(result.latents.shape) == (2, 1, 28, 28)\n"
-             "assert result.trace and abs(float(result.latents.abs().max()) - 1) < 0.5\n")
+    check = (
+        "\nassert tuple(v.shape) == (2, 4, 32, 32)\nassert tuple(result.latents.shape) == (2, 1, 28, 28)\n"
+        "assert result.trace and abs(float(result.latents.abs().max()) - 1) < 0.5\n"
+    )
     out = _run_python(api + check, REPO)
     assert out.returncode == 0, out.stderr[-3000:]
 
 
-@pytest.mark.skipif(not (DEMO / "manifest.json").is_file(),
-                    reason="needs the demo bundle: medexport build (the README's first command)")
+@pytest.mark.skipif(
+    not (DEMO / "manifest.json").is_file(), reason="needs the demo bundle: medexport build (the README's first command)"
+)
 def test_the_torch_free_block_runs_without_torch():
     (lite,) = [b for b in blocks("python") if "LitePipeline" in b]
-    guard = ("import sys\nclass Absent:\n    def find_spec(self, name, path=None, target=None):\n"
-             "        if name.split('.')[0] == 'torch':\n            raise ModuleNotFoundError(name=name)\n"
-             "sys.meta_path.insert(0, Absent())\n")
+    guard = (
+        "import sys\nclass Absent:\n    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n            raise ModuleNotFoundError(name=name)\n"
+        "sys.meta_path.insert(0, Absent())\n"
+    )
     check = "\nassert images.shape == (3, 1, 28, 28) and str(images.dtype) == 'float32'\n"
     out = _run_python(guard + lite + check, REPO)
     assert out.returncode == 0, out.stderr[-3000:]
 
 
-@pytest.mark.skipif(not (DEMO / "manifest.json").is_file(),
-                    reason="needs the demo bundle: medexport build (the README's first command)")
+@pytest.mark.skipif(
+    not (DEMO / "manifest.json").is_file(), reason="needs the demo bundle: medexport build (the README's first command)"
+)
 def test_the_in_process_server_block_runs():
     (server,) = [b for b in blocks("python") if "SamplingServer" in b]
     check = "\nassert [i.shape for i in images] == [(1, 1, 28, 28)] * 2 and not server.ready\n"
@@ -108,8 +121,13 @@ def test_the_quick_start_runs_in_a_fresh_folder(tmp_path):
     assert [s.split()[1] for s in steps] == ["build", "verify", "sample"]
     exe = [sys.executable, str(REPO / "cli.py")]
     for step in steps:
-        out = subprocess.run(exe + shlex.split(step)[1:] + (["--threads", "1"] if " sample " in f" {step} " else []),
-                             capture_output=True, text=True, cwd=tmp_path, timeout=900)
+        out = subprocess.run(
+            exe + shlex.split(step)[1:] + (["--threads", "1"] if " sample " in f" {step} " else []),
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=900,
+        )
         assert out.returncode == 0, f"{step}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
     assert (tmp_path / "out" / "sample" / "grid.png").is_file()
     assert len(list((tmp_path / "out" / "sample" / "images").glob("*.png"))) == 20

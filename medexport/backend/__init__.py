@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import importlib
 
-_LAZY = {"Runner": ".base", "EngineBackend": ".registry", "OnnxrtRunner": ".onnxrt.runner",
-         "session_from_onnx": ".onnxrt.session", "TorchRunner": ".pytorch.runner"}
+_LAZY = {
+    "Runner": ".base",
+    "EngineBackend": ".registry",
+    "OnnxrtRunner": ".onnxrt.runner",
+    "session_from_onnx": ".onnxrt.session",
+    "TorchRunner": ".pytorch.runner",
+}
 
 
 def __getattr__(name: str):

@@ -26,8 +26,16 @@ class Runner(abc.ABC):
 
     backend: str = ""
 
-    def __init__(self, mediators: int, *, precision: str = "fp32", device: str = "cpu",
-                 batch_range: BatchRange | None = None, name: str | None = None, shape: ModelShape | None = None):
+    def __init__(
+        self,
+        mediators: int,
+        *,
+        precision: str = "fp32",
+        device: str = "cpu",
+        batch_range: BatchRange | None = None,
+        name: str | None = None,
+        shape: ModelShape | None = None,
+    ):
         """``shape``: the model's state and classes, which inputs are checked against (None: unknown, then only
         what holds for every model is checked)."""
         self.mediators = mediators
@@ -60,8 +68,9 @@ class Runner(abc.ABC):
         """One forward for any batch: split into chunks the engine accepts, padded up to its minimum. InputError,
         before anything runs, for inputs that are not (:func:`check_inputs`)."""
         # A sampling run passes the same labels at every step: their values are read (a device sync) once
-        labels_known = self._labels_checked is not None and self._labels_checked[0] is y \
-            and self._labels_checked[1] == y._version
+        labels_known = (
+            self._labels_checked is not None and self._labels_checked[0] is y and self._labels_checked[1] == y._version
+        )
         check_inputs(x, t, y, self.shape, where=f"the {self.name} runner", labels=not labels_known)
         self._labels_checked = (y, y._version)
         if not self.is_active:
@@ -73,8 +82,9 @@ class Runner(abc.ABC):
         return None
 
 
-def check_inputs(x: Tensor, t: Tensor, y: Tensor, shape: ModelShape | None, *, where: str = "the runner",
-                 labels: bool = True) -> None:
+def check_inputs(
+    x: Tensor, t: Tensor, y: Tensor, shape: ModelShape | None, *, where: str = "the runner", labels: bool = True
+) -> None:
     """Refuse inputs that a runner of any backend cannot take, alike for all: InputError naming the input and what
     it must be.
 
@@ -106,6 +116,9 @@ def check_inputs(x: Tensor, t: Tensor, y: Tensor, shape: ModelShape | None, *, w
     outside = (y < 0) | (y > top) if top is not None else y < 0
     if bool(outside.any()):
         bad = y[outside].unique()[:5].tolist()
-        classes = (f"0..{top} (classes 0..{top - 1}, and {top}, the null class that guidance passes)"
-                   if top is not None else "0 and up")
+        classes = (
+            f"0..{top} (classes 0..{top - 1}, and {top}, the null class that guidance passes)"
+            if top is not None
+            else "0 and up"
+        )
         raise InputError(f"{where}: labels {bad} are outside {classes}")

@@ -49,11 +49,15 @@ class BackendOption:
         if self.kind == "flag":
             if not isinstance(value, bool):
                 raise ConfigError(f"--{self.flag} is a switch (true or false), got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, int) or (
-                self.choices and not self.choices[0] <= value <= self.choices[1]):
+        elif (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or (self.choices and not self.choices[0] <= value <= self.choices[1])
+        ):
             lo, hi = self.choices or ("", "")
-            raise ConfigError(f"--{self.flag} must be an integer{f' in {lo}..{hi}' if self.choices else ''}, "
-                              f"got {value!r}")
+            raise ConfigError(
+                f"--{self.flag} must be an integer{f' in {lo}..{hi}' if self.choices else ''}, got {value!r}"
+            )
         return value
 
 
@@ -281,12 +285,16 @@ def resolve(requested: str, precision: str | None = None) -> tuple[EngineBackend
     if requested != "auto":
         backend = get(requested)
         if not backend.builds_engine:
-            raise BackendUnavailableError(f"--backend {requested} builds no engine (it runs the PyTorch models): "
-                                          f"build with one of {', '.join(engine_names())}")
+            raise BackendUnavailableError(
+                f"--backend {requested} builds no engine (it runs the PyTorch models): "
+                f"build with one of {', '.join(engine_names())}"
+            )
         ok, why = backend.status()
         if not ok:
-            raise BackendUnavailableError(f"--backend {requested} is not available here: {why}. Use --backend "
-                                          f"auto, or one of {', '.join(n for n in preference() if n != requested)}.")
+            raise BackendUnavailableError(
+                f"--backend {requested} is not available here: {why}. Use --backend "
+                f"auto, or one of {', '.join(n for n in preference() if n != requested)}."
+            )
         if precision is not None:
             backend.check_precision(precision)
         return backend, why
@@ -305,6 +313,23 @@ def resolve(requested: str, precision: str | None = None) -> tuple[EngineBackend
     raise BackendUnavailableError(f"no engine backend can build here: {'; '.join(reasons)}")
 
 
-__all__ = ["BackendOption", "BuildInputs", "EngineBackend", "RunnerInputs", "TritonVariant", "build_choices",
-           "discover", "engine_names", "get", "names", "options", "preference", "reference", "register", "resolve",
-           "sample_choices", "triton_variants", "unregister"]
+__all__ = [
+    "BackendOption",
+    "BuildInputs",
+    "EngineBackend",
+    "RunnerInputs",
+    "TritonVariant",
+    "build_choices",
+    "discover",
+    "engine_names",
+    "get",
+    "names",
+    "options",
+    "preference",
+    "reference",
+    "register",
+    "resolve",
+    "sample_choices",
+    "triton_variants",
+    "unregister",
+]

@@ -19,6 +19,21 @@ from .plot import plot_bench
 from .tables import TextTable, bench_tables
 from .twin import check_bench_backend, check_twin, open_bundle_pipeline, run_bench
 
-__all__ = ["SHARED_FIELDS", "BenchSettings", "Ceilings", "ForwardTimes", "TextTable", "bench_tables",
-           "check_bench_backend", "check_twin", "compare_pipelines", "measure_ceilings", "median_ms",
-           "open_bundle_pipeline", "plot_bench", "run_bench", "time_forwards", "torch_runners"]
+__all__ = [
+    "SHARED_FIELDS",
+    "BenchSettings",
+    "Ceilings",
+    "ForwardTimes",
+    "TextTable",
+    "bench_tables",
+    "check_bench_backend",
+    "check_twin",
+    "compare_pipelines",
+    "measure_ceilings",
+    "median_ms",
+    "open_bundle_pipeline",
+    "plot_bench",
+    "run_bench",
+    "time_forwards",
+    "torch_runners",
+]

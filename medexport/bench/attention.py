@@ -34,15 +34,21 @@ def attention_row(model, batch: int, device: torch.device, copy_gbps: float | No
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(batch, cfg.num_tokens, cfg.hidden_size, generator=g, device=device).to(dtype)  # (B, N, D)
     module_ms = median_ms(lambda: attn(x), device, reps=reps)
-    linears_ms = median_ms(lambda: attn.qkv(x), device, reps=reps) + median_ms(lambda: attn.proj(x), device,
-                                                                              reps=reps)
+    linears_ms = median_ms(lambda: attn.qkv(x), device, reps=reps) + median_ms(lambda: attn.proj(x), device, reps=reps)
     between_ms = module_ms - linears_ms
     nbytes = attention_bytes(cfg, batch, dtype.itemsize)
     gbps = nbytes / (between_ms * 1e-3) / 1e9 if between_ms > 0 else None
-    return {"mediators": count_name(cfg.mediators), "tokens": cfg.num_tokens,
-            "batch": batch, "module_ms": significant(module_ms), "linears_ms": significant(linears_ms),
-            "between_ms": significant(between_ms), "bytes": nbytes,
-            "gbps": significant(gbps), "copy_fraction": significant(gbps / copy_gbps) if gbps and copy_gbps else None}
+    return {
+        "mediators": count_name(cfg.mediators),
+        "tokens": cfg.num_tokens,
+        "batch": batch,
+        "module_ms": significant(module_ms),
+        "linears_ms": significant(linears_ms),
+        "between_ms": significant(between_ms),
+        "bytes": nbytes,
+        "gbps": significant(gbps),
+        "copy_fraction": significant(gbps / copy_gbps) if gbps and copy_gbps else None,
+    }
 
 
 __all__ = ["attention_bytes", "attention_row"]

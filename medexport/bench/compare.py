@@ -42,8 +42,17 @@ from .device import measure_ceilings, significant
 from .profile import profile_pair
 
 #: Model fields a mediator model and its vanilla twin share (all but the attention and the mediator count).
-SHARED_FIELDS = ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels", "num_classes",
-                 "learn_sigma", "mlp_ratio")
+SHARED_FIELDS = (
+    "depth",
+    "hidden_size",
+    "num_heads",
+    "patch_size",
+    "input_size",
+    "in_channels",
+    "num_classes",
+    "learn_sigma",
+    "mlp_ratio",
+)
 
 
 @dataclass(frozen=True)
@@ -75,8 +84,9 @@ class BenchSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.batch is not None and (isinstance(self.batch, bool) or not isinstance(self.batch, int)
-                                       or self.batch < 1):
+        if self.batch is not None and (
+            isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1
+        ):
             raise ConfigError(f"batch must be a positive integer or None, got {self.batch!r}")
 
     def to_dict(self) -> dict:
@@ -93,8 +103,16 @@ class ForwardTimes:
         return statistics.median(self.ms[n])
 
 
-def time_forwards(runners: dict[int, object], config, batch: int, *, rounds: int, warmup: int = 1,
-                  device: torch.device = torch.device("cpu"), progress=None) -> ForwardTimes:
+def time_forwards(
+    runners: dict[int, object],
+    config,
+    batch: int,
+    *,
+    rounds: int,
+    warmup: int = 1,
+    device: torch.device = torch.device("cpu"),
+    progress=None,
+) -> ForwardTimes:
     """Time one forward of every runner (keyed by count, FULL for the vanilla engine) on the same inputs,
     ``rounds`` times after ``warmup`` untimed rounds, one call of each per round."""
     g = torch.Generator().manual_seed(0)
@@ -135,10 +153,12 @@ def check_forward_batch(batch: int | None, config, device: torch.device) -> None
     need, free = forward_bytes(config, batch), available_memory(device)
     if free is not None and need > free:
         fits = max(1, batch * free // max(need, 1) // 2)  # half of what is free: the engines need room too
-        raise ConfigError(f"--forward-batch {batch} needs at least {need / 2**30:.1f} GiB on {device.type} for one "
-                          f"forward of the vanilla model ({config.num_tokens} tokens, hidden {config.hidden_size}), "
-                          f"and {free / 2**30:.1f} GiB is available: use --forward-batch {fits} or less "
-                          f"(nothing was timed)")
+        raise ConfigError(
+            f"--forward-batch {batch} needs at least {need / 2**30:.1f} GiB on {device.type} for one "
+            f"forward of the vanilla model ({config.num_tokens} tokens, hidden {config.hidden_size}), "
+            f"and {free / 2**30:.1f} GiB is available: use --forward-batch {fits} or less "
+            f"(nothing was timed)"
+        )
 
 
 def torch_runners(pipe: Pipeline) -> bool:
@@ -146,8 +166,14 @@ def torch_runners(pipe: Pipeline) -> bool:
     return all(isinstance(r, TorchRunner) for r in pipe.runners.values())
 
 
-def compare_pipelines(open_mine: Callable[[], Pipeline], open_theirs: Callable[[Pipeline], Pipeline],
-                      request: SampleRequest, settings: BenchSettings | None = None, *, progress=None) -> dict:
+def compare_pipelines(
+    open_mine: Callable[[], Pipeline],
+    open_theirs: Callable[[Pipeline], Pipeline],
+    request: SampleRequest,
+    settings: BenchSettings | None = None,
+    *,
+    progress=None,
+) -> dict:
     """Measure the mediator pipeline ``open_mine()`` against the vanilla one ``open_theirs(mine)`` (which runs
     the same backend on the same device); the report (a JSON-ready dict, see the module docstring)."""
     settings = settings or BenchSettings()
@@ -161,16 +187,18 @@ def compare_pipelines(open_mine: Callable[[], Pipeline], open_theirs: Callable[[
             pipe = factory()
             opened[name] = time.perf_counter() - t0
             return pipe
+
         return make
 
     # Each pipeline is opened, its engines warmed and ``warmup`` untimed runs made, with its peak memory measured
     # from what was in use before it existed (the other's engines stay resident, as a server holds them).
     mine, ours = open_and_warm(timed("medexport", open_mine), request, warmup=settings.warmup)
     if settings.profile and not torch_runners(mine):
-        raise ConfigError(f"--profile records PyTorch's ops and kernels, and the {mine.backend} engines run "
-                          f"outside PyTorch: profile with --backend torch or --backend inductor")
-    theirs, base = open_and_warm(timed("vanilla", lambda: open_theirs(mine)), vanilla_request,
-                                 warmup=settings.warmup)
+        raise ConfigError(
+            f"--profile records PyTorch's ops and kernels, and the {mine.backend} engines run "
+            f"outside PyTorch: profile with --backend torch or --backend inductor"
+        )
+    theirs, base = open_and_warm(timed("vanilla", lambda: open_theirs(mine)), vanilla_request, warmup=settings.warmup)
     for _ in range(settings.runs):  # alternating run by run
         ours.results.append(mine.run(request))
         base.results.append(theirs.run(vanilla_request))
@@ -179,8 +207,7 @@ def compare_pipelines(open_mine: Callable[[], Pipeline], open_theirs: Callable[[
     device, cfg = mine.device, mine.config
     chosen = request.settings.over(mine.defaults).resolved()
     batch = settings.batch or len(request.labels) * (2 if chosen.cfg_scale != 1.0 else 1)
-    ceilings = measure_ceilings(device, TORCH_DTYPES.get(mine.precision, torch.float32)) if settings.ceilings \
-        else None
+    ceilings = measure_ceilings(device, TORCH_DTYPES.get(mine.precision, torch.float32)) if settings.ceilings else None
     peak_tflops = ceilings.matmul_tflops if ceilings else None
 
     runners = {**mine.runners, FULL: theirs.runners[FULL]}
@@ -192,11 +219,18 @@ def compare_pipelines(open_mine: Callable[[], Pipeline], open_theirs: Callable[[
         flops = forward_flops(cfg.with_mediators(n))
         ms = forwards.median(n)
         tflops = 2 * flops * batch / (ms * 1e-3) / 1e12  # forward_flops counts multiply-adds
-        forward_rows.append({"mediators": count_name(n), "ms": round(ms, 3),
-                             "ms_all": [round(v, 3) for v in forwards.ms[n]], "gflops": round(flops / 1e9, 4),
-                             "predicted_ratio": round(full_flops / flops, 4),
-                             "measured_ratio": round(vanilla_ms / ms, 4), "tflops": significant(tflops),
-                             "mfu": significant(tflops / peak_tflops) if peak_tflops else None})
+        forward_rows.append(
+            {
+                "mediators": count_name(n),
+                "ms": round(ms, 3),
+                "ms_all": [round(v, 3) for v in forwards.ms[n]],
+                "gflops": round(flops / 1e9, 4),
+                "predicted_ratio": round(full_flops / flops, 4),
+                "measured_ratio": round(vanilla_ms / ms, 4),
+                "tflops": significant(tflops),
+                "mfu": significant(tflops / peak_tflops) if peak_tflops else None,
+            }
+        )
 
     attention = None
     if torch_runners(mine) and torch_runners(theirs):
@@ -220,13 +254,26 @@ def compare_pipelines(open_mine: Callable[[], Pipeline], open_theirs: Callable[[
         "predicted_ratio": round(base_flops / ours_flops, 4),
         "measured_ratio": round(base.batch_seconds() / ours.batch_seconds(), 4),
     }
-    return {"kind": "medexport-bench", "backend": mine.backend, "precision": mine.precision, "device": str(device),
-            "model": {k: getattr(cfg, k) for k in SHARED_FIELDS}, "tokens": cfg.num_tokens,
-            "image_size": cfg.image_size if mine.data is None else cfg.input_size, "forward_batch": batch,
-            "rounds": settings.rounds, "runs": settings.runs,
-            "bench_settings": settings.to_dict(), "settings": chosen.to_dict(),
-            "ceilings": ceilings.to_dict() if ceilings else None, "forward": forward_rows, "attention": attention,
-            "end_to_end": end_to_end, "startup": _startup(opened, ours, base, mine, theirs), "profile": profile}
+    return {
+        "kind": "medexport-bench",
+        "backend": mine.backend,
+        "precision": mine.precision,
+        "device": str(device),
+        "model": {k: getattr(cfg, k) for k in SHARED_FIELDS},
+        "tokens": cfg.num_tokens,
+        "image_size": cfg.image_size if mine.data is None else cfg.input_size,
+        "forward_batch": batch,
+        "rounds": settings.rounds,
+        "runs": settings.runs,
+        "bench_settings": settings.to_dict(),
+        "settings": chosen.to_dict(),
+        "ceilings": ceilings.to_dict() if ceilings else None,
+        "forward": forward_rows,
+        "attention": attention,
+        "end_to_end": end_to_end,
+        "startup": _startup(opened, ours, base, mine, theirs),
+        "profile": profile,
+    }
 
 
 def _profiled(runner):
@@ -248,20 +295,27 @@ def _pipeline_row(stats: BackendStats, flops: float, peak_tflops: float | None) 
     images_per_second = stats.images_per_second()
     # guidance doubles each evaluation: flops_per_image already counts both halves
     tflops = 2 * flops * images_per_second / 1e12
-    return {"batch_seconds": round(stats.batch_seconds(), 4), "images_per_second": round(images_per_second, 4),
-            "gflops_per_image": significant(flops / 1e9), "tflops": significant(tflops),
-            "mfu": significant(tflops / peak_tflops) if peak_tflops else None,
-            "peak_memory_bytes": stats.peak_memory_bytes,
-            "warmup_seconds": round(stats.warmup_seconds or 0.0, 3),
-            "seconds_all": [round(r.seconds, 4) for r in stats.results]}
+    return {
+        "batch_seconds": round(stats.batch_seconds(), 4),
+        "images_per_second": round(images_per_second, 4),
+        "gflops_per_image": significant(flops / 1e9),
+        "tflops": significant(tflops),
+        "mfu": significant(tflops / peak_tflops) if peak_tflops else None,
+        "peak_memory_bytes": stats.peak_memory_bytes,
+        "warmup_seconds": round(stats.warmup_seconds or 0.0, 3),
+        "seconds_all": [round(r.seconds, 4) for r in stats.results],
+    }
 
 
-def _startup(opened: dict[str, float], ours: BackendStats, base: BackendStats, mine: Pipeline,
-             theirs: Pipeline) -> dict:
+def _startup(
+    opened: dict[str, float], ours: BackendStats, base: BackendStats, mine: Pipeline, theirs: Pipeline
+) -> dict:
     """Open (runners made) and warm (every engine's first calls: graphs captured, compiled graphs compiled)
     seconds of each side, and what the compiled runners found in inductor's persistent cache."""
-    out = {name: {"open_seconds": round(opened[name], 3), "warm_seconds": round(stats.warmup_seconds or 0.0, 3)}
-           for name, stats in (("medexport", ours), ("vanilla", base))}
+    out = {
+        name: {"open_seconds": round(opened[name], 3), "warm_seconds": round(stats.warmup_seconds or 0.0, 3)}
+        for name, stats in (("medexport", ours), ("vanilla", base))
+    }
     compiled = [r for p in (mine, theirs) for r in p.runners.values() if isinstance(r, CompiledRunner)]
     if compiled:
         from ..backend.inductor.cache import cache_stats
@@ -270,5 +324,13 @@ def _startup(opened: dict[str, float], ours: BackendStats, base: BackendStats, m
     return out
 
 
-__all__ = ["SHARED_FIELDS", "BenchSettings", "ForwardTimes", "check_forward_batch", "compare_pipelines",
-           "forward_bytes", "time_forwards", "torch_runners"]
+__all__ = [
+    "SHARED_FIELDS",
+    "BenchSettings",
+    "ForwardTimes",
+    "check_forward_batch",
+    "compare_pipelines",
+    "forward_bytes",
+    "time_forwards",
+    "torch_runners",
+]

@@ -32,8 +32,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_ms(fn: Callable[[], object], device: torch.device, *, reps: int = 20, warmup: int = 3,
-              graph: bool = True) -> float:
+def median_ms(
+    fn: Callable[[], object], device: torch.device, *, reps: int = 20, warmup: int = 3, graph: bool = True
+) -> float:
     """Median milliseconds of ``fn()`` on ``device``: ``warmup`` untimed calls, then ``reps`` timed ones (on
     CUDA, with ``graph``, replays of one CUDA graph of ``fn``, each between two CUDA events)."""
     device = torch.device(device)
@@ -93,8 +94,14 @@ class Ceilings:
         return {k: significant(v) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def measure_ceilings(device: torch.device, dtype: torch.dtype, *, matmul_side: int | None = None,
-                     copy_bytes: int | None = None, reps: int = 10) -> Ceilings:
+def measure_ceilings(
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    matmul_side: int | None = None,
+    copy_bytes: int | None = None,
+    reps: int = 10,
+) -> Ceilings:
     """The dense matmul rate in ``dtype`` and the copy bandwidth of ``device`` (random data, median of ``reps``)."""
     device = torch.device(device)
     side = matmul_side or MATMUL_SIDE[device.type]
@@ -108,8 +115,9 @@ def measure_ceilings(device: torch.device, dtype: torch.dtype, *, matmul_side: i
     dst = torch.empty_like(src)
     ms_copy = median_ms(lambda: dst.copy_(src), device, reps=reps, warmup=2)
     del src, dst
-    return Ceilings(str(device), str(dtype).removeprefix("torch."), side, tflops, nbytes,
-                    2 * nbytes / (ms_copy * 1e-3) / 1e9)
+    return Ceilings(
+        str(device), str(dtype).removeprefix("torch."), side, tflops, nbytes, 2 * nbytes / (ms_copy * 1e-3) / 1e9
+    )
 
 
 __all__ = ["COPY_BYTES", "Ceilings", "MATMUL_SIDE", "measure_ceilings", "median_ms", "significant", "synchronize"]

@@ -35,9 +35,12 @@ def plot_bench(path: Path, report: dict) -> Path:
     ax2.set_ylabel("speed-up over the vanilla engine")
     ax2.legend(frameon=False, fontsize=8)
     ax2.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{Path(report['bundle']).name} vs {Path(report['vanilla']).name}: {report['backend']} "
-                 f"{report['precision']} on {report['device']}, {report['tokens']} tokens, "
-                 f"{report.get('threads') or 'all'} threads", fontsize=10)
+    fig.suptitle(
+        f"{Path(report['bundle']).name} vs {Path(report['vanilla']).name}: {report['backend']} "
+        f"{report['precision']} on {report['device']}, {report['tokens']} tokens, "
+        f"{report.get('threads') or 'all'} threads",
+        fontsize=10,
+    )
     fig.tight_layout()
     with replacing(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

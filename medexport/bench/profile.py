@@ -43,8 +43,9 @@ def op_times(forward: Callable[[], object], device: torch.device, *, warmup: int
     return rows
 
 
-def profile_pair(mine: Callable[[], object], theirs: Callable[[], object], device: torch.device, *,
-                 rows: int = 15) -> dict:
+def profile_pair(
+    mine: Callable[[], object], theirs: Callable[[], object], device: torch.device, *, rows: int = 15
+) -> dict:
     """One forward of each side profiled; the ``rows`` largest entries (by the larger side), merged by name,
     and each side's total over all of its entries."""
     ours, base = op_times(mine, device), op_times(theirs, device)
@@ -54,11 +55,15 @@ def profile_pair(mine: Callable[[], object], theirs: Callable[[], object], devic
         ms, calls = table.get(name, (None, 0))
         return {"ms": round(ms, 4) if ms is not None else None, "calls": calls}
 
-    return {"unit": "GPU kernels, device time" if device.type == "cuda" else "CPU ops, self time",
-            "rows": [{"name": k, "medexport": side(ours, k), "vanilla": side(base, k)} for k in names[:rows]],
-            "total_ms": {"medexport": round(sum(ms for ms, _ in ours.values()), 4),
-                         "vanilla": round(sum(ms for ms, _ in base.values()), 4)},
-            "entries": {"medexport": len(ours), "vanilla": len(base)}}
+    return {
+        "unit": "GPU kernels, device time" if device.type == "cuda" else "CPU ops, self time",
+        "rows": [{"name": k, "medexport": side(ours, k), "vanilla": side(base, k)} for k in names[:rows]],
+        "total_ms": {
+            "medexport": round(sum(ms for ms, _ in ours.values()), 4),
+            "vanilla": round(sum(ms for ms, _ in base.values()), 4),
+        },
+        "entries": {"medexport": len(ours), "vanilla": len(base)},
+    }
 
 
 __all__ = ["op_times", "profile_pair"]

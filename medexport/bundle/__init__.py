@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import importlib
 
-_LAZY = {"MANIFEST": "manifest", "Bundle": "manifest", "open_bundle": "manifest",
-         "engine_runner": "runners", "runnable_here": "runners", "sampling_backend": "runners",
-         "BuildSettings": "settings", "ModelSource": "settings",
-         "BuildReport": "build", "build_bundle": "build", "resolve_backend": "build",
-         "VerifyResult": "verify", "verify_bundle": "verify"}
+_LAZY = {
+    "MANIFEST": "manifest",
+    "Bundle": "manifest",
+    "open_bundle": "manifest",
+    "engine_runner": "runners",
+    "runnable_here": "runners",
+    "sampling_backend": "runners",
+    "BuildSettings": "settings",
+    "ModelSource": "settings",
+    "BuildReport": "build",
+    "build_bundle": "build",
+    "resolve_backend": "build",
+    "VerifyResult": "verify",
+    "verify_bundle": "verify",
+}
 
 
 def __getattr__(name: str):
@@ -22,6 +32,18 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["MANIFEST", "Bundle", "BuildReport", "BuildSettings", "ModelSource", "VerifyResult",
-           "build_bundle", "engine_runner", "open_bundle", "resolve_backend", "runnable_here", "sampling_backend",
-           "verify_bundle"]
+__all__ = [
+    "MANIFEST",
+    "Bundle",
+    "BuildReport",
+    "BuildSettings",
+    "ModelSource",
+    "VerifyResult",
+    "build_bundle",
+    "engine_runner",
+    "open_bundle",
+    "resolve_backend",
+    "runnable_here",
+    "sampling_backend",
+    "verify_bundle",
+]

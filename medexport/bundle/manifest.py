@@ -8,8 +8,8 @@ adds what needs the model layer: :meth:`Bundle.torch_model`, the reference the e
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..core.artifact import Artifact
 from ..core.config import ModelConfig
@@ -73,8 +73,10 @@ class Bundle:
     def engine(self, n: int, backend: str) -> Artifact:
         engines = self.entry(n).engines
         if backend not in engines:
-            raise BundleError(f"bundle {self.path} has no {backend} engine for {n} mediators (it has "
-                              f"{', '.join(engines) or 'none'}): rebuild with --backend {backend}")
+            raise BundleError(
+                f"bundle {self.path} has no {backend} engine for {n} mediators (it has "
+                f"{', '.join(engines) or 'none'}): rebuild with --backend {backend}"
+            )
         return engines[backend]
 
     def file(self, name: str) -> Path:
@@ -94,18 +96,28 @@ class Bundle:
         entry = self.entry(n)
         src, cfg = entry.source, entry.config
         if src.kind == "random":
-            model = create_model(src.model, mediators=n, image_size=src.image_size, seed=src.seed,
-                                 num_classes=cfg.num_classes, learn_sigma=cfg.learn_sigma, init=src.init)
+            model = create_model(
+                src.model,
+                mediators=n,
+                image_size=src.image_size,
+                seed=src.seed,
+                num_classes=cfg.num_classes,
+                learn_sigma=cfg.learn_sigma,
+                init=src.init,
+            )
             if model.config != cfg:
                 raise BundleError(f"the random model recorded for {n} mediators no longer matches the manifest")
             return model
         path = Path(src.path)
         if not path.is_file():
-            raise BundleError(f"the checkpoint {path} that {n} mediators were built from is gone: the PyTorch "
-                              f"reference needs it (put it back or rebuild the bundle)")
+            raise BundleError(
+                f"the checkpoint {path} that {n} mediators were built from is gone: the PyTorch "
+                f"reference needs it (put it back or rebuild the bundle)"
+            )
         if file_sha256(path) != src.sha256:
-            raise BundleError(f"the checkpoint {path} changed since the bundle was built: rebuild with "
-                              f"`medexport build`")
+            raise BundleError(
+                f"the checkpoint {path} changed since the bundle was built: rebuild with `medexport build`"
+            )
         try:
             return load_checkpoint(path, weights=src.weights)
         except CheckpointError as e:
@@ -116,8 +128,10 @@ def open_bundle(path: str | os.PathLike) -> Bundle:
     """The bundle at ``path``, refusing an incomplete one with what to do."""
     bundle = Bundle(path)
     if not bundle.counts:
-        raise BundleError(f"bundle {path} holds no complete mediator count (interrupted build?): run "
-                          f"`medexport build` again with the same options to finish it")
+        raise BundleError(
+            f"bundle {path} holds no complete mediator count (interrupted build?): run "
+            f"`medexport build` again with the same options to finish it"
+        )
     return bundle
 
 

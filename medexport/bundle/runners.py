@@ -11,8 +11,9 @@ from ..errors import BackendUnavailableError
 from .manifest import Bundle
 
 
-def engine_runner(bundle: Bundle, n: int, backend: str, *, shared=None, device: str | None = None,
-                  threads: int | None = None):
+def engine_runner(
+    bundle: Bundle, n: int, backend: str, *, shared=None, device: str | None = None, threads: int | None = None
+):
     """A runner for the ``backend`` engine of ``n`` mediators, after checking every file's hash (a backend that
     builds nothing runs the count's PyTorch model). It checks its inputs against the count's model, whichever
     backend made it."""
@@ -20,17 +21,39 @@ def engine_runner(bundle: Bundle, n: int, backend: str, *, shared=None, device: 
     shape = ModelShape.of(bundle.config(n))
     if not engine_backend.builds_engine:
         onnx = bundle.onnx(n)  # the bundle's precision: a backend that compiles the model may run it in it
-        runner = engine_backend.runner(RunnerInputs(n, None, onnx.precision, onnx.batch, {}, device=device,
-                                                    threads=threads, shared=shared, model=lambda: bundle.torch_model(n),
-                                                    shape=shape))
+        runner = engine_backend.runner(
+            RunnerInputs(
+                n,
+                None,
+                onnx.precision,
+                onnx.batch,
+                {},
+                device=device,
+                threads=threads,
+                shared=shared,
+                model=lambda: bundle.torch_model(n),
+                shape=shape,
+            )
+        )
     else:
         engine = bundle.engine(n, backend)
         path = engine.check(bundle.path)
         single = len(engine.files) == 1  # a runner that rereads one file can check the very bytes it uses
-        runner = engine_backend.runner(RunnerInputs(n, path, engine.precision, engine.batch, engine.record,
-                                                    sha256=engine.sha256 if single else None, device=device,
-                                                    threads=threads, shared=shared,
-                                                    model=lambda: bundle.torch_model(n), shape=shape))
+        runner = engine_backend.runner(
+            RunnerInputs(
+                n,
+                path,
+                engine.precision,
+                engine.batch,
+                engine.record,
+                sha256=engine.sha256 if single else None,
+                device=device,
+                threads=threads,
+                shared=shared,
+                model=lambda: bundle.torch_model(n),
+                shape=shape,
+            )
+        )
     if getattr(runner, "shape", None) is None:  # a backend (a plug-in's, say) that did not pass it on
         runner.shape = shape
     return runner
@@ -60,9 +83,11 @@ def sampling_backend(bundle: Bundle, requested: str = "auto") -> str:
         return requested
     for n in counts:
         if requested not in bundle.backends(n):
-            raise BackendUnavailableError(f"bundle {bundle.path} has no {requested} engine for {n} mediators (it "
-                                          f"has {', '.join(bundle.backends(n)) or 'none'}): rebuild it with "
-                                          f"--backend {requested}")
+            raise BackendUnavailableError(
+                f"bundle {bundle.path} has no {requested} engine for {n} mediators (it "
+                f"has {', '.join(bundle.backends(n)) or 'none'}): rebuild it with "
+                f"--backend {requested}"
+            )
         ok, why = runnable_here(bundle.engine(n, requested), requested)
         if not ok:
             raise BackendUnavailableError(f"the {requested} engine for {n} mediators cannot run here: {why}")

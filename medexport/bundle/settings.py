@@ -7,11 +7,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.batch import BatchRange
 from ..backend import registry
-from ..errors import ConfigError
+from ..core.batch import BatchRange
 from ..core.config import DEFAULT_IMAGE_SIZE, FULL
 from ..core.manifest import Source
+from ..errors import ConfigError
 from ..quant import ALL_PRECISIONS, quantization
 
 PRECISION_CHOICES = ALL_PRECISIONS
@@ -51,34 +51,48 @@ class BuildSettings:
 
     def __post_init__(self) -> None:
         if self.backend != "auto" and self.backend not in registry.engine_names():
-            raise ConfigError(f"unknown backend {self.backend!r}: choose auto or one of "
-                              f"{', '.join(registry.engine_names())}")
+            raise ConfigError(
+                f"unknown backend {self.backend!r}: choose auto or one of {', '.join(registry.engine_names())}"
+            )
         declared = {o.name: o for _, o in registry.options()}
         unknown = sorted(set(self.backend_options) - set(declared))
         if unknown:
-            raise ConfigError(f"unknown backend option(s) {', '.join(unknown)}: the backends declare "
-                              f"{', '.join(sorted(declared)) or 'none'}")
-        object.__setattr__(self, "backend_options", {name: o.check(self.backend_options.get(name, o.default))
-                                                     for name, o in declared.items()})
+            raise ConfigError(
+                f"unknown backend option(s) {', '.join(unknown)}: the backends declare "
+                f"{', '.join(sorted(declared)) or 'none'}"
+            )
+        object.__setattr__(
+            self,
+            "backend_options",
+            {name: o.check(self.backend_options.get(name, o.default)) for name, o in declared.items()},
+        )
         if self.precision not in PRECISION_CHOICES:
             raise ConfigError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISION_CHOICES)}")
         q = quantization(self.precision)
         if q is not None and q.calibrated and self.calibration is None:
-            raise ConfigError(f"--precision {self.precision} is calibrated on the inputs its engines really receive: "
-                              f"record them from the fp32 bundle of these weights with `medexport calibrate "
-                              f"BUNDLE` (e.g. engines/fashion-mnist-demo), then pass --calibration with the folder it "
-                              f"wrote (e.g. calibration/fashion-mnist-demo)")
+            raise ConfigError(
+                f"--precision {self.precision} is calibrated on the inputs its engines really receive: "
+                f"record them from the fp32 bundle of these weights with `medexport calibrate "
+                f"BUNDLE` (e.g. engines/fashion-mnist-demo), then pass --calibration with the folder it "
+                f"wrote (e.g. calibration/fashion-mnist-demo)"
+            )
         if self.calibration is not None and (q is None or not q.calibrated):
-            raise ConfigError(f"--calibration applies to the calibrated precisions (int8-static, fp8), not "
-                              f"{self.precision}: drop it")
+            raise ConfigError(
+                f"--calibration applies to the calibrated precisions (int8-static, fp8), not {self.precision}: drop it"
+            )
 
     def options_for(self, backend) -> dict:
         """The options ``backend`` (an :class:`EngineBackend`) declares, with their values."""
         return {o.name: self.backend_options[o.name] for o in backend.options}
 
     def to_dict(self) -> dict:
-        d = {"backend": self.backend, "precision": self.precision, "batch": str(self.batch), "opset": self.opset,
-             **self.backend_options}
+        d = {
+            "backend": self.backend,
+            "precision": self.precision,
+            "batch": str(self.batch),
+            "opset": self.opset,
+            **self.backend_options,
+        }
         if self.calibration is not None:
             d["calibration"] = str(Path(self.calibration).resolve())
         if self.onnx_only:
@@ -112,8 +126,14 @@ class ModelSource:
         """The manifest's record of this source (a checkpoint's ``sha256`` given by the builder, which hashes
         it once)."""
         if self.is_random:
-            return Source("random", model=self.model_name, image_size=self.image_size, seed=self.seed,
-                          init="random", attention="full" if self.mediators == FULL else "mediator")
+            return Source(
+                "random",
+                model=self.model_name,
+                image_size=self.image_size,
+                seed=self.seed,
+                init="random",
+                attention="full" if self.mediators == FULL else "mediator",
+            )
         return Source("checkpoint", path=str(Path(self.checkpoint).resolve()), sha256=sha256, weights=self.weights)
 
 

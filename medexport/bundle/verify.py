@@ -61,8 +61,12 @@ def _poly_runner(runner: Runner, name: str):
             runner.activate()
 
         def get_input_metadata_impl(self):
-            return (TensorMetadata().add("x", np.float32, (-1, -1, -1, -1)).add("t", np.float32, (-1,))
-                    .add("y", np.int64, (-1,)))
+            return (
+                TensorMetadata()
+                .add("x", np.float32, (-1, -1, -1, -1))
+                .add("t", np.float32, (-1,))
+                .add("y", np.int64, (-1,))
+            )
 
         def infer_impl(self, feed_dict):
             start = time.perf_counter()
@@ -107,8 +111,12 @@ def _calibration_inputs(bundle: Bundle, n: int, batch: BatchRange | None, seed: 
         return None
     path = Path(cal["path"]) / cal["file"]
     if not path.is_file() or file_sha256(path) != cal["sha256"]:
-        log.warning("%d mediators: the calibration data %s is gone or changed; verifying on random inputs, which "
-                    "lie outside the calibrated ranges (expect larger errors)", n, path)
+        log.warning(
+            "%d mediators: the calibration data %s is gone or changed; verifying on random inputs, which "
+            "lie outside the calibrated ranges (expect larger errors)",
+            n,
+            path,
+        )
         return None
     with np.load(path) as z:
         x, t, y = z["x"], z["t"], z["y"]
@@ -121,8 +129,9 @@ def _calibration_inputs(bundle: Bundle, n: int, batch: BatchRange | None, seed: 
     return feeds
 
 
-def verify_bundle(bundle: Bundle, *, backends: list[str] | None = None, counts: list[int] | None = None,
-                  seed: int = 0) -> list[VerifyResult]:
+def verify_bundle(
+    bundle: Bundle, *, backends: list[str] | None = None, counts: list[int] | None = None, seed: int = 0
+) -> list[VerifyResult]:
     """Compare every engine (or those of ``backends`` / ``counts``) with the PyTorch reference."""
     from polygraphy.comparator import Comparator
     from polygraphy.logger import G_LOGGER
@@ -150,8 +159,10 @@ def verify_bundle(bundle: Bundle, *, backends: list[str] | None = None, counts: 
                 if not np.isfinite(a).all() or not np.isfinite(b).all():
                     # NaN compares as neither larger nor smaller: never let it through as a small error
                     which = "the PyTorch reference" if not np.isfinite(a).all() else f"the {backend} engine"
-                    error = error or (f"{which} output NaN/inf: the weights or the engine are broken (rebuild from "
-                                      f"a checkpoint with finite weights)")
+                    error = error or (
+                        f"{which} output NaN/inf: the weights or the engine are broken (rebuild from "
+                        f"a checkpoint with finite weights)"
+                    )
                     max_abs = max_rel = float("inf")
                     continue
                 err = float(np.abs(a - b).max())

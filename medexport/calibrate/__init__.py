@@ -28,9 +28,19 @@ log = logging.getLogger(__name__)
 __all__ = ["record"]
 
 
-def record(bundle_path: str | os.PathLike, out: str | os.PathLike, *, schedule: str | None = None, num: int = 64,
-           seed: int = 0, mode: str = "schedule", max_rows: int = 2048, threads: int | None = None,
-           force: bool = False, sampling: dict | None = None) -> CalibrationSet:
+def record(
+    bundle_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    schedule: str | None = None,
+    num: int = 64,
+    seed: int = 0,
+    mode: str = "schedule",
+    max_rows: int = 2048,
+    threads: int | None = None,
+    force: bool = False,
+    sampling: dict | None = None,
+) -> CalibrationSet:
     """Sample ``num`` images (labels cycling through the classes) with the bundle's fp32 ONNX Runtime engines
     and its recommended settings (``schedule`` overrides its schedule), record what each count's engine
     receives, keep at most ``max_rows`` rows per count (a seeded random subset), and write the set to ``out``.
@@ -51,23 +61,30 @@ def record(bundle_path: str | os.PathLike, out: str | os.PathLike, *, schedule: 
     for n in bundle.counts:
         precision = bundle.onnx(n).precision
         if precision != "fp32":
-            raise CalibrationError(f"calibration records what the fp32 engines receive, but {bundle_path} holds "
-                                   f"{precision} engines: calibrate the fp32 bundle of these weights (`medexport "
-                                   f"build` with --precision fp32)")
+            raise CalibrationError(
+                f"calibration records what the fp32 engines receive, but {bundle_path} holds "
+                f"{precision} engines: calibrate the fp32 bundle of these weights (`medexport "
+                f"build` with --precision fp32)"
+            )
     pipe = Pipeline.from_bundle(bundle_path, backend="onnxruntime", threads=threads)
     counts = pipe.counts
     rows: dict[int, list[tuple]] = {n: [] for n in counts}
 
     def record(e: Evaluation) -> None:  # what each engine receives, guidance doubling included, before it runs
-        item = (e.x.detach().cpu().numpy().astype(np.float32), e.t.detach().cpu().numpy().astype(np.float32),
-                e.y.detach().cpu().numpy().astype(np.int64), e.step.index)
-        for k in (counts if mode == "trajectory" else [e.mediators]):
+        item = (
+            e.x.detach().cpu().numpy().astype(np.float32),
+            e.t.detach().cpu().numpy().astype(np.float32),
+            e.y.detach().cpu().numpy().astype(np.int64),
+            e.step.index,
+        )
+        for k in counts if mode == "trajectory" else [e.mediators]:
             rows[k].append(item)
 
     labels = [i % pipe.config.num_classes for i in range(num)]
     with pipe.hooked(record):
-        result = pipe.sample(labels, seed=seed, schedule=schedule,
-                             **{k: v for k, v in (sampling or {}).items() if v is not None})
+        result = pipe.sample(
+            labels, seed=seed, schedule=schedule, **{k: v for k, v in (sampling or {}).items() if v is not None}
+        )
 
     tmp = partial_folder(out, CalibrationError)
     rng = np.random.default_rng(seed)
@@ -75,7 +92,9 @@ def record(bundle_path: str | os.PathLike, out: str | os.PathLike, *, schedule: 
     try:
         for n in counts:
             if not rows[n]:
-                log.info("%d mediators serve no step under %s: no calibration data for them", n, result.settings["schedule"])
+                log.info(
+                    "%d mediators serve no step under %s: no calibration data for them", n, result.settings["schedule"]
+                )
                 continue
             x = np.concatenate([r[0] for r in rows[n]])
             t = np.concatenate([r[1] for r in rows[n]])
@@ -87,15 +106,33 @@ def record(bundle_path: str | os.PathLike, out: str | os.PathLike, *, schedule: 
             name = f"m{n}.npz"
             with replacing(tmp / name) as part, open(part, "wb") as f:
                 np.savez(f, x=x, t=t, y=y, step=step)
-            entries[str(n)] = {"file": name, "sha256": file_sha256(tmp / name), "rows": int(len(t)),
-                               "steps": sorted({int(s) for s in step}), "evaluations": len(rows[n]),
-                               "source": source_key(bundle.entry(n).source), "onnx_sha256": bundle.onnx(n).sha256}
+            entries[str(n)] = {
+                "file": name,
+                "sha256": file_sha256(tmp / name),
+                "rows": int(len(t)),
+                "steps": sorted({int(s) for s in step}),
+                "evaluations": len(rows[n]),
+                "source": source_key(bundle.entry(n).source),
+                "onnx_sha256": bundle.onnx(n).sha256,
+            }
         s = result.settings
-        write_json(tmp / MANIFEST, {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "medexport_version": __version__,
-            "bundle": str(Path(bundle_path).resolve()), "mode": mode, "schedule": s["schedule"],
-            "sampling": {k: s[k] for k in ("sampler", "method", "steps", "cfg_scale", "cfg_channels")},
-            "seed": seed, "images": num, "max_rows": max_rows, "counts": entries}, durable=True)
+        write_json(
+            tmp / MANIFEST,
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "medexport_version": __version__,
+                "bundle": str(Path(bundle_path).resolve()),
+                "mode": mode,
+                "schedule": s["schedule"],
+                "sampling": {k: s[k] for k in ("sampler", "method", "steps", "cfg_scale", "cfg_channels")},
+                "seed": seed,
+                "images": num,
+                "max_rows": max_rows,
+                "counts": entries,
+            },
+            durable=True,
+        )
         replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -104,8 +141,9 @@ def record(bundle_path: str | os.PathLike, out: str | os.PathLike, *, schedule: 
 
 
 def _check_output(out: Path, force: bool) -> None:
-    check_output_folder(out, marker=MANIFEST, force=force, kind="a calibration set", error=CalibrationError,
-                        written=_written)
+    check_output_folder(
+        out, marker=MANIFEST, force=force, kind="a calibration set", error=CalibrationError, written=_written
+    )
 
 
 def _written(out: Path) -> set[str]:

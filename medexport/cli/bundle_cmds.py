@@ -11,16 +11,22 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..backend import registry
+from ..bundle.settings import (
+    DEFAULT_BATCH,
+    DEFAULT_OUTPUT_ROOT,
+    DEMO_BATCH,
+    PRECISION_CHOICES,
+    BuildSettings,
+    ModelSource,
+)
 from ..core.batch import BatchRange
+from ..core.config import DEFAULT_IMAGE_SIZE, FULL, MODEL_NAMES, count_name
 from ..core.precision import precision
-from ..bundle.settings import BuildSettings, ModelSource
-from ..bundle.settings import DEFAULT_BATCH, DEFAULT_OUTPUT_ROOT, DEMO_BATCH, PRECISION_CHOICES
-from ..core.config import DEFAULT_IMAGE_SIZE, FULL, count_name
+from ..demo import DEFAULT_DEMO, demo_names
+from ..demo import NAME as DEMO_NAME
 from ..errors import BundleError, ConfigError
-from ..core.config import MODEL_NAMES
 from .main import cli, console, parse_int_list, short_help
 from .tables import print_table
-from ..demo import DEFAULT_DEMO, NAME as DEMO_NAME, demo_names
 
 log = logging.getLogger("medexport")
 DEFAULT_MEDIATORS = "16,32,64"
@@ -33,26 +39,36 @@ def _parse_checkpoints(values: tuple[str, ...], attention: str = "mediator") -> 
     model of --attention full."""
     if attention == "full":
         if len(values) > 1:
-            raise click.BadParameter(f"--attention full builds one full-attention model; {len(values)} checkpoints "
-                                     f"were given", param_hint="--checkpoint")
+            raise click.BadParameter(
+                f"--attention full builds one full-attention model; {len(values)} checkpoints were given",
+                param_hint="--checkpoint",
+            )
         out = []
         for v in values:
             m = re.fullmatch(r"\s*(\d+)\s*=\s*(.+)", v)
             if m and not Path(v).exists():
-                raise click.BadParameter(f"{v!r}: a full-attention model has no mediator count; give the path alone "
-                                         f"(--checkpoint {m.group(2)})", param_hint="--checkpoint")
+                raise click.BadParameter(
+                    f"{v!r}: a full-attention model has no mediator count; give the path alone "
+                    f"(--checkpoint {m.group(2)})",
+                    param_hint="--checkpoint",
+                )
             out.append((FULL, Path(v)))
         return out
     out = []
     for v in values:
         m = re.fullmatch(r"\s*(\d+)\s*=\s*(.+)", v)
         if not m:
-            raise click.BadParameter(f"{v!r} is not COUNT=PATH (e.g. 16=models/sit-m16.pt); a vanilla DiT/SiT "
-                                     f"checkpoint is built with --attention full --checkpoint PATH",
-                                     param_hint="--checkpoint")
+            raise click.BadParameter(
+                f"{v!r} is not COUNT=PATH (e.g. 16=models/sit-m16.pt); a vanilla DiT/SiT "
+                f"checkpoint is built with --attention full --checkpoint PATH",
+                param_hint="--checkpoint",
+            )
         if int(m.group(1)) == FULL:
-            raise click.BadParameter(f"{v!r}: 0 is not a mediator count; a full-attention model is built with "
-                                     f"--attention full --checkpoint {m.group(2)}", param_hint="--checkpoint")
+            raise click.BadParameter(
+                f"{v!r}: 0 is not a mediator count; a full-attention model is built with "
+                f"--attention full --checkpoint {m.group(2)}",
+                param_hint="--checkpoint",
+            )
         out.append((int(m.group(1)), Path(m.group(2))))
     return out
 
@@ -73,8 +89,14 @@ def demo_twin_weights(demo: str | None, seed: int) -> Path:
     return save_checkpoint(create_model(config, init="random", seed=seed), path, form="safetensors")
 
 
-def default_output(model_name: str | None, image_size: int, checkpoints: list[tuple[int, Path]],
-                   precision: str = "fp32", attention: str = "mediator", demo: str | None = None) -> Path:
+def default_output(
+    model_name: str | None,
+    image_size: int,
+    checkpoints: list[tuple[int, Path]],
+    precision: str = "fp32",
+    attention: str = "mediator",
+    demo: str | None = None,
+) -> Path:
     """engines/<name>, with ``-full`` for a vanilla twin and ``-<precision>`` for any precision but fp32 (one
     bundle per precision)."""
     base = _default_name(model_name, image_size, checkpoints, demo)
@@ -83,8 +105,9 @@ def default_output(model_name: str | None, image_size: int, checkpoints: list[tu
     return base if precision == "fp32" else base.with_name(f"{base.name}-{precision}")
 
 
-def _default_name(model_name: str | None, image_size: int, checkpoints: list[tuple[int, Path]],
-                  demo: str | None = None) -> Path:
+def _default_name(
+    model_name: str | None, image_size: int, checkpoints: list[tuple[int, Path]], demo: str | None = None
+) -> Path:
     if checkpoints:
         # Named by content too: trainers name checkpoints by step (0400000.pt), so two runs share file names.
         from ..bundle.settings import content_key
@@ -104,54 +127,135 @@ def backend_options(command):
     """The build options each backend declares (``EngineBackend.options``), one click option each."""
     for _, option in reversed(registry.options()):
         if option.kind == "flag":
-            decl = click.option(f"--{option.flag}/--no-{option.flag}", option.name, default=option.default,
-                                show_default=True, help=option.help)
+            decl = click.option(
+                f"--{option.flag}/--no-{option.flag}",
+                option.name,
+                default=option.default,
+                show_default=True,
+                help=option.help,
+            )
         else:
             lo, hi = option.choices or (None, None)
-            decl = click.option(f"--{option.flag}", option.name, default=option.default, show_default=True,
-                                type=click.IntRange(lo, hi), help=option.help)
+            decl = click.option(
+                f"--{option.flag}",
+                option.name,
+                default=option.default,
+                show_default=True,
+                type=click.IntRange(lo, hi),
+                help=option.help,
+            )
         command = decl(command)
     return command
 
 
 @cli.command(short_help=short_help("build"))
-@click.option("--checkpoint", "checkpoints", multiple=True, metavar="N=PATH",
-              help="Checkpoint of the N-mediator model (repeat per count); with --attention full, the PATH of a "
-                   "vanilla DiT/SiT checkpoint.")
-@click.option("--attention", type=click.Choice(["mediator", "full"]), default="mediator", show_default=True,
-              help="full: the vanilla twin, full self-attention DiT/SiT of the same size (random weights with "
-                   "--model, or a public DiT/SiT checkpoint), to compare against with `medexport bench`.")
-@click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
-              help="Which weights of trainer checkpoints to take.")
-@click.option("--model", "model_name", default=None, metavar="NAME",
-              help=f"Random weights of a named config ({', '.join(n for n in MODEL_NAMES if n.startswith('SiT'))}), "
-                   f"for benchmarking. Without --model and --checkpoint: the shipped Fashion-MNIST demo model.")
-@click.option("--demo", "demo_name", type=click.Choice(demo_names()), default=DEFAULT_DEMO, show_default=True,
-              help="Which shipped demo model family to build when neither --model nor --checkpoint is given.")
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    metavar="N=PATH",
+    help="Checkpoint of the N-mediator model (repeat per count); with --attention full, the PATH of a "
+    "vanilla DiT/SiT checkpoint.",
+)
+@click.option(
+    "--attention",
+    type=click.Choice(["mediator", "full"]),
+    default="mediator",
+    show_default=True,
+    help="full: the vanilla twin, full self-attention DiT/SiT of the same size (random weights with "
+    "--model, or a public DiT/SiT checkpoint), to compare against with `medexport bench`.",
+)
+@click.option(
+    "--weights",
+    type=click.Choice(["ema", "model"]),
+    default="ema",
+    show_default=True,
+    help="Which weights of trainer checkpoints to take.",
+)
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    metavar="NAME",
+    help=f"Random weights of a named config ({', '.join(n for n in MODEL_NAMES if n.startswith('SiT'))}), "
+    f"for benchmarking. Without --model and --checkpoint: the shipped Fashion-MNIST demo model.",
+)
+@click.option(
+    "--demo",
+    "demo_name",
+    type=click.Choice(demo_names()),
+    default=DEFAULT_DEMO,
+    show_default=True,
+    help="Which shipped demo model family to build when neither --model nor --checkpoint is given.",
+)
 @click.option("--image-size", default=DEFAULT_IMAGE_SIZE, show_default=True, help="Image side (random weights).")
-@click.option("--mediators", default=None, help=f"Counts to build [default: those of --checkpoint, the demo's, or "
-                                                f"{DEFAULT_MEDIATORS} with --model].")
-@click.option("--init-seed", "seed", default=0, show_default=True, type=SEED,
-              help="Seed of the random weights (--model).")
+@click.option(
+    "--mediators",
+    default=None,
+    help=f"Counts to build [default: those of --checkpoint, the demo's, or {DEFAULT_MEDIATORS} with --model].",
+)
+@click.option(
+    "--init-seed", "seed", default=0, show_default=True, type=SEED, help="Seed of the random weights (--model)."
+)
 @click.option("--seed", "seed_alias", type=SEED, default=None, hidden=True)
-@click.option("--backend", type=click.Choice(registry.build_choices()), default="auto", show_default=True,
-              help="auto: the fastest that builds here (TensorRT with a CUDA GPU, else ONNX Runtime).")
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
-              help="fp32/fp16/bf16: the exported dtype. int8: dynamic int8, the fastest on a CPU. int8-static, fp8: "
-                   "calibrated Q/DQ (need --calibration); fp8 builds only with TensorRT on Ada/Hopper.")
-@click.option("--calibration", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Calibration set for int8-static / fp8, from `medexport calibrate`.")
+@click.option(
+    "--backend",
+    type=click.Choice(registry.build_choices()),
+    default="auto",
+    show_default=True,
+    help="auto: the fastest that builds here (TensorRT with a CUDA GPU, else ONNX Runtime).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISION_CHOICES),
+    default="fp32",
+    show_default=True,
+    help="fp32/fp16/bf16: the exported dtype. int8: dynamic int8, the fastest on a CPU. int8-static, fp8: "
+    "calibrated Q/DQ (need --calibration); fp8 builds only with TensorRT on Ada/Hopper.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Calibration set for int8-static / fp8, from `medexport calibrate`.",
+)
 @click.option("--onnx-only", is_flag=True, help="Export (and quantise) the ONNX graphs only: no engines.")
-@click.option("--batch", default=None, metavar="MIN:OPT:MAX",
-              help=f"Batch sizes the engines accept, counting the CFG doubling [default: {DEFAULT_BATCH}; "
-                   f"{DEMO_BATCH} for the demo].")
+@click.option(
+    "--batch",
+    default=None,
+    metavar="MIN:OPT:MAX",
+    help=f"Batch sizes the engines accept, counting the CFG doubling [default: {DEFAULT_BATCH}; "
+    f"{DEMO_BATCH} for the demo].",
+)
 @backend_options
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help=f"Bundle folder [default: engines/{DEMO_NAME}, engines/<model>-<size>-random or "
-                   f"engines/<checkpoint>-<content hash>].")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"Bundle folder [default: engines/{DEMO_NAME}, engines/<model>-<size>-random or "
+    f"engines/<checkpoint>-<content hash>].",
+)
 @click.option("--force", is_flag=True, help="Redo every export and engine, even those up to date.")
-def build(checkpoints, attention, weights, model_name, demo_name, image_size, mediators, seed, seed_alias, backend, precision,
-          calibration, onnx_only, batch, output, force, **backend_settings) -> None:
+def build(
+    checkpoints,
+    attention,
+    weights,
+    model_name,
+    demo_name,
+    image_size,
+    mediators,
+    seed,
+    seed_alias,
+    backend,
+    precision,
+    calibration,
+    onnx_only,
+    batch,
+    output,
+    force,
+    **backend_settings,
+) -> None:
     """Export each mediator count to ONNX and build engines into a bundle.
 
     With no model arguments it builds the demo model that ships with medexport (Fashion-MNIST, 4, 8 and 16
@@ -165,12 +269,16 @@ def build(checkpoints, attention, weights, model_name, demo_name, image_size, me
     ctx = click.get_current_context()
     size_given = ctx.get_parameter_source("image_size") is not click.core.ParameterSource.DEFAULT
     if not demo and ctx.get_parameter_source("demo_name") is not click.core.ParameterSource.DEFAULT:
-        raise ConfigError(f"--demo {demo_name} builds a shipped demo model; --model and --checkpoint build other "
-                          f"weights: give one of them")
+        raise ConfigError(
+            f"--demo {demo_name} builds a shipped demo model; --model and --checkpoint build other "
+            f"weights: give one of them"
+        )
     if full and mediators is not None:
-        raise ConfigError(f"--attention full builds the vanilla model, which has no mediators: drop --mediators "
-                          f"{mediators} (a mediator bundle and its vanilla twin are two bundles; `medexport bench "
-                          f"BUNDLE --against VANILLA` compares them)")
+        raise ConfigError(
+            f"--attention full builds the vanilla model, which has no mediators: drop --mediators "
+            f"{mediators} (a mediator bundle and its vanilla twin are two bundles; `medexport bench "
+            f"BUNDLE --against VANILLA` compares them)"
+        )
     twin_of_demo = full and demo
     if twin_of_demo:  # the demo's vanilla twin: its architecture with full attention and random weights
         ckpts = [(FULL, demo_twin_weights(demo_name, seed))]
@@ -183,9 +291,7 @@ def build(checkpoints, attention, weights, model_name, demo_name, image_size, me
     if ckpts and model_name is not None:
         raise ConfigError("--model (random weights) and --checkpoint exclude each other: give one of them")
     if demo:
-        from ..demo import demo_checkpoints, demo_counts
-
-        from ..demo import demo_folder
+        from ..demo import demo_checkpoints, demo_counts, demo_folder
 
         folder = demo_folder(demo_name)
         counts = parse_int_list(mediators, "--mediators") if mediators else demo_counts(folder)
@@ -193,18 +299,31 @@ def build(checkpoints, attention, weights, model_name, demo_name, image_size, me
     if ckpts:
         counts = [n for n, _ in ckpts]
         if mediators is not None and sorted(parse_int_list(mediators, "--mediators")) != sorted(counts):
-            raise ConfigError(f"--mediators {mediators} does not match the counts of --checkpoint "
-                              f"({', '.join(map(str, counts))}): drop --mediators or give one checkpoint per count")
-        sources = [ModelSource(n, checkpoint=p, weights=weights, expect_image_size=image_size if size_given else None)
-                   for n, p in ckpts]
+            raise ConfigError(
+                f"--mediators {mediators} does not match the counts of --checkpoint "
+                f"({', '.join(map(str, counts))}): drop --mediators or give one checkpoint per count"
+            )
+        sources = [
+            ModelSource(n, checkpoint=p, weights=weights, expect_image_size=image_size if size_given else None)
+            for n, p in ckpts
+        ]
     else:
         counts = [FULL] if full else parse_int_list(mediators or DEFAULT_MEDIATORS, "--mediators")
         if not full and FULL in counts:
-            raise click.BadParameter("0 is not a mediator count; the vanilla model (full attention) is built "
-                                     "into a bundle of its own with --attention full", param_hint="--mediators")
+            raise click.BadParameter(
+                "0 is not a mediator count; the vanilla model (full attention) is built "
+                "into a bundle of its own with --attention full",
+                param_hint="--mediators",
+            )
         sources = [ModelSource(n, model_name=model_name, image_size=image_size, seed=seed) for n in counts]
-    settings = BuildSettings(backend=backend, precision=precision, batch=batch_range, backend_options=backend_settings,
-                             calibration=calibration, onnx_only=onnx_only)
+    settings = BuildSettings(
+        backend=backend,
+        precision=precision,
+        batch=batch_range,
+        backend_options=backend_settings,
+        calibration=calibration,
+        onnx_only=onnx_only,
+    )
     out = output or default_output(model_name, image_size, [] if demo else ckpts, precision, attention, demo_name)
     from ..bundle.build import build_bundle
 
@@ -213,9 +332,12 @@ def build(checkpoints, attention, weights, model_name, demo_name, image_size, me
     for col in ("mediators", "onnx", "engine", "seconds"):
         table.add_column(col, justify="right" if col != "engine" else "left")
     for r in report.counts:
-        table.add_row(count_name(r.mediators), "exported" if r.exported else "up to date",
-                      ", ".join([f"{b} built" for b in r.engines_built] + [f"{b} up to date" for b in r.engines_kept]),
-                      f"{r.seconds:.1f}")
+        table.add_row(
+            count_name(r.mediators),
+            "exported" if r.exported else "up to date",
+            ", ".join([f"{b} built" for b in r.engines_built] + [f"{b} up to date" for b in r.engines_kept]),
+            f"{r.seconds:.1f}",
+        )
     print_table(table)
     console.print(escape(f"backend: {report.backend_reason}"), highlight=False, soft_wrap=True)
     if twin_of_demo:  # sampled as the demo is (its schedule aside: the twin has one model), so bench compares alike
@@ -225,18 +347,25 @@ def build(checkpoints, attention, weights, model_name, demo_name, image_size, me
         recommended = dict(demo_card(demo_folder(demo_name)).get("sampling") or {})
         recommended.pop("schedule", None)
         record_sampling(report.path, recommended)
-        console.print("[yellow]the demo's vanilla twin has random weights: it is for speed comparisons only "
-                      "(`medexport bench`), its images are noise[/]", soft_wrap=True)
+        console.print(
+            "[yellow]the demo's vanilla twin has random weights: it is for speed comparisons only "
+            "(`medexport bench`), its images are noise[/]",
+            soft_wrap=True,
+        )
     if report.random_weights:
         console.print("[yellow]warning: random weights — for benchmarking only; outputs are noise.[/]")
 
 
 @cli.command(short_help=short_help("verify"))
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--backend", "backends", type=click.Choice(registry.engine_names()), multiple=True,
-              help="Only engines of this backend (repeatable) [default: all].")
-@click.option("--input-seed", "seed", default=0, show_default=True, type=SEED,
-              help="Seed of the random test inputs.")
+@click.option(
+    "--backend",
+    "backends",
+    type=click.Choice(registry.engine_names()),
+    multiple=True,
+    help="Only engines of this backend (repeatable) [default: all].",
+)
+@click.option("--input-seed", "seed", default=0, show_default=True, type=SEED, help="Seed of the random test inputs.")
 @click.option("--seed", "seed_alias", type=SEED, default=None, hidden=True)
 def verify(bundle: Path, backends: tuple[str, ...], seed: int, seed_alias: int | None) -> None:
     """Run every engine against the PyTorch model it was built from; exit 1 on any failure."""
@@ -255,21 +384,40 @@ def verify(bundle: Path, backends: tuple[str, ...], seed: int, seed_alias: int |
         table.add_column(col, justify="right")
     for r in results:
         verdict = "[green]PASS[/]" if r.passed else "[red]FAIL[/]"
-        table.add_row(count_name(r.mediators), r.backend, r.precision, str(r.cases), f"{r.max_abs:.3g}", f"{r.max_rel:.3g}",
-                      f"{r.tolerance:g}", verdict)
+        table.add_row(
+            count_name(r.mediators),
+            r.backend,
+            r.precision,
+            str(r.cases),
+            f"{r.max_abs:.3g}",
+            f"{r.max_rel:.3g}",
+            f"{r.tolerance:g}",
+            verdict,
+        )
     print_table(table)
     precisions = sorted({r.precision for r in results})
-    console.print(f"tolerance: the largest relative error (max |engine - reference| / max |reference| per batch) "
-                  f"accepted for {', '.join(f'{p} {precision(p).tolerance:g}' for p in precisions)}"
-                  + ("; calibrated engines run on rows of their calibration data, the rest on random inputs"
-                     if any(p in ("int8-static", "fp8") for p in precisions) else ""), highlight=False, soft_wrap=True)
+    console.print(
+        f"tolerance: the largest relative error (max |engine - reference| / max |reference| per batch) "
+        f"accepted for {', '.join(f'{p} {precision(p).tolerance:g}' for p in precisions)}"
+        + (
+            "; calibrated engines run on rows of their calibration data, the rest on random inputs"
+            if any(p in ("int8-static", "fp8") for p in precisions)
+            else ""
+        ),
+        highlight=False,
+        soft_wrap=True,
+    )
     for r in results:
         if r.error:
-            console.print(f"[red]{escape(r.backend)} {r.mediators}:[/] {escape(r.error)}", highlight=False,
-                          soft_wrap=True)
+            console.print(
+                f"[red]{escape(r.backend)} {r.mediators}:[/] {escape(r.error)}", highlight=False, soft_wrap=True
+            )
     if b.missing:
-        console.print(f"[yellow]incomplete bundle: {', '.join(map(str, b.missing))} mediators were requested but "
-                      f"not built; run the build again[/]", soft_wrap=True)
+        console.print(
+            f"[yellow]incomplete bundle: {', '.join(map(str, b.missing))} mediators were requested but "
+            f"not built; run the build again[/]",
+            soft_wrap=True,
+        )
     if not results or not all(r.passed for r in results):
         raise SystemExit(1)
 
@@ -304,15 +452,27 @@ def _verify_without_reference(bundle: Path, backends: tuple[str, ...], seed: int
         v = np.asarray(forward(x, t, y))
         ok = v.shape == x.shape and bool(np.isfinite(v).all())
         failed |= not ok
-        table.add_row(count_name(n), "onnxruntime", "hashes match", f"{tuple(v.shape)}, finite" if ok
-                      else f"{tuple(v.shape)}, {'finite' if np.isfinite(v).all() else 'not finite'}",
-                      "[green]PASS[/]" if ok else "[red]FAIL[/]")
+        table.add_row(
+            count_name(n),
+            "onnxruntime",
+            "hashes match",
+            f"{tuple(v.shape)}, finite"
+            if ok
+            else f"{tuple(v.shape)}, {'finite' if np.isfinite(v).all() else 'not finite'}",
+            "[green]PASS[/]" if ok else "[red]FAIL[/]",
+        )
     print_table(table)
-    console.print(escape(f"the comparison with PyTorch was skipped: it needs torch ({INSTALL.format(extra='build')})"),
-                  highlight=False, soft_wrap=True)
+    console.print(
+        escape(f"the comparison with PyTorch was skipped: it needs torch ({INSTALL.format(extra='build')})"),
+        highlight=False,
+        soft_wrap=True,
+    )
     if manifest.missing:
-        console.print(f"[yellow]incomplete bundle: {', '.join(map(str, manifest.missing))} mediators were requested "
-                      f"but not built; run the build again[/]", soft_wrap=True)
+        console.print(
+            f"[yellow]incomplete bundle: {', '.join(map(str, manifest.missing))} mediators were requested "
+            f"but not built; run the build again[/]",
+            soft_wrap=True,
+        )
     if failed:
         raise SystemExit(1)
 
@@ -347,18 +507,37 @@ def inspect(bundle: Path) -> None:
     m = b.raw
     cfg = m["model"]
     # Paths and the manifest's texts are printed as text, not markup: a folder named "[/]" prints as it is
-    console.print(f"[bold]{escape(str(bundle))}[/]" + escape(f"  format {b.format_version}, medexport "
-                                                            f"{b.medexport_version or 'unknown'}, updated "
-                                                            f"{b.updated or 'unknown'}"),
-                  soft_wrap=True)
-    console.print(escape(f"model: depth {cfg['depth']}, width {cfg['hidden_size']}, heads {cfg['num_heads']}, patch "
-                         f"{cfg['patch_size']}, latent {cfg['in_channels']}x{cfg['input_size']}x{cfg['input_size']}, "
-                         f"{cfg['num_classes']} classes"), soft_wrap=True)
+    console.print(
+        f"[bold]{escape(str(bundle))}[/]"
+        + escape(
+            f"  format {b.format_version}, medexport "
+            f"{b.medexport_version or 'unknown'}, updated "
+            f"{b.updated or 'unknown'}"
+        ),
+        soft_wrap=True,
+    )
+    console.print(
+        escape(
+            f"model: depth {cfg['depth']}, width {cfg['hidden_size']}, heads {cfg['num_heads']}, patch "
+            f"{cfg['patch_size']}, latent {cfg['in_channels']}x{cfg['input_size']}x{cfg['input_size']}, "
+            f"{cfg['num_classes']} classes"
+        ),
+        soft_wrap=True,
+    )
     console.print(escape(f"build: {build_in_words(b.build)}"), highlight=False, soft_wrap=True)
     data = b.data
-    console.print(escape("generates: " + (f"{data.get('dataset')} images in pixel space ({cfg['in_channels']}x"
-                                          f"{cfg['input_size']}x{cfg['input_size']})" if data else "sd-vae latents "
-                                          "(decode with `sample --vae`)")), highlight=False)
+    console.print(
+        escape(
+            "generates: "
+            + (
+                f"{data.get('dataset')} images in pixel space ({cfg['in_channels']}x"
+                f"{cfg['input_size']}x{cfg['input_size']})"
+                if data
+                else "sd-vae latents (decode with `sample --vae`)"
+            )
+        ),
+        highlight=False,
+    )
     console.print(escape(f"recommended sampling: {b.sampling.describe()}"), highlight=False)
     table = Table()
     for col in ("mediators", "grid", "backend", "precision", "batch", "MB", "runs here"):
@@ -372,16 +551,29 @@ def inspect(bundle: Path) -> None:
         quant = e.onnx.quantization
         if quant:
             cal = quant.calibration
-            details.append(f"  quantisation: {e.onnx.precision} = {quant.mode} {quant.dtype}, "
-                           f"{quant.quantized_layers} quantised linear layers, "
-                           f"{'per-channel' if quant.per_channel_weights else 'per-tensor'} weights; "
-                           + (f"calibrated on {cal['path']} ({cal.get('mode')} mode, schedule {cal.get('schedule')}, "
-                              f"{cal['rows']} rows)" if cal else "no calibration (dynamic)"))
+            details.append(
+                f"  quantisation: {e.onnx.precision} = {quant.mode} {quant.dtype}, "
+                f"{quant.quantized_layers} quantised linear layers, "
+                f"{'per-channel' if quant.per_channel_weights else 'per-tensor'} weights; "
+                + (
+                    f"calibrated on {cal['path']} ({cal.get('mode')} mode, schedule {cal.get('schedule')}, "
+                    f"{cal['rows']} rows)"
+                    if cal
+                    else "no calibration (dynamic)"
+                )
+            )
         if not e.engines:
             onnx_art = e.onnx
             details.append(f"  no engine: ONNX only ({', '.join(onnx_art.files)}), built with --onnx-only")
-            table.add_row(count_name(n), _grid(e.config), "onnx only", onnx_art.precision,
-                          "-", f"{onnx_art.bytes(Path(bundle)) / 1e6:.1f}", "[yellow]no engine[/]")
+            table.add_row(
+                count_name(n),
+                _grid(e.config),
+                "onnx only",
+                onnx_art.precision,
+                "-",
+                f"{onnx_art.bytes(Path(bundle)) / 1e6:.1f}",
+                "[yellow]no engine[/]",
+            )
         for backend in e.backends:
             eng = e.engines[backend]
             ok, why = registry.get(backend).runnable(eng.record, eng.precision)
@@ -391,11 +583,19 @@ def inspect(bundle: Path) -> None:
                 except BundleError as err:
                     ok, why = False, str(err)
             record = eng.record
-            versions = ", ".join(f"{k} {v}" for k, v in {**record.get("versions", {}), **record.get("hardware", {})}.items())
+            versions = ", ".join(
+                f"{k} {v}" for k, v in {**record.get("versions", {}), **record.get("hardware", {})}.items()
+            )
             details.append(f"  {backend}: {', '.join(eng.files)} ({versions})")
-            table.add_row(count_name(n), _grid(e.config), backend, eng.precision,
-                          str(eng.batch or "-"), f"{eng.bytes(Path(bundle)) / 1e6:.1f}",
-                          "[green]yes[/]" if ok else f"[red]no[/]: {escape(why)}")
+            table.add_row(
+                count_name(n),
+                _grid(e.config),
+                backend,
+                eng.precision,
+                str(eng.batch or "-"),
+                f"{eng.bytes(Path(bundle)) / 1e6:.1f}",
+                "[green]yes[/]" if ok else f"[red]no[/]: {escape(why)}",
+            )
     print_table(table)
     for line in details:
         console.print(escape(line), highlight=False, soft_wrap=True)

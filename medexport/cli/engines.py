@@ -64,9 +64,11 @@ class EngineChoice:
         lacking = [n for n, e in manifest.counts.items() if LITE_BACKEND not in e.engines]
         if lacking:
             have = sorted({b for e in manifest.counts.values() for b in e.engines}) or ["none"]
-            raise BundleError(f"{bundle} holds {', '.join(have)} engines (none of {LITE_BACKEND} for "
-                              f"{', '.join(map(str, lacking))} mediators): running them needs torch, which is not "
-                              f"installed: {INSTALL.format(extra='build')}")
+            raise BundleError(
+                f"{bundle} holds {', '.join(have)} engines (none of {LITE_BACKEND} for "
+                f"{', '.join(map(str, lacking))} mediators): running them needs torch, which is not "
+                f"installed: {INSTALL.format(extra='build')}"
+            )
         return True
 
     def open(self, bundle: Path):
@@ -81,4 +83,3 @@ class EngineChoice:
 
         check_device(self.device)
         return Pipeline.from_bundle(bundle, backend=self.backend, device=self.device, threads=self.threads)
-

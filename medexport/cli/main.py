@@ -9,12 +9,13 @@ import sys
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.logging import RichHandler
+from rich.markup import escape
 
-from ..version import __version__
 from ..errors import MedexportError, os_error_message
 from ..extras import explain
+from ..version import __version__
+
 
 # Output to a file or a pipe is 100 columns wide (rich would otherwise assume 80); tables fold long cells
 # (overflow="fold") rather than cut them.
@@ -70,8 +71,10 @@ class MedexportGroup(click.Group):
         return self.commands.get(name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, COMMANDS[name][1] if name in COMMANDS else self.commands[name].get_short_help_str())
-                for name in self.list_commands(ctx)]
+        rows = [
+            (name, COMMANDS[name][1] if name in COMMANDS else self.commands[name].get_short_help_str())
+            for name in self.list_commands(ctx)
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -108,20 +111,26 @@ def cli(verbose: int, quiet: bool) -> None:
     # Quiet by default: medexport's own progress at INFO; other libraries' INFO lines (ONNX Runtime's quantiser
     # logs one per tensor through the root logger) only with -v, their DEBUG with -vv.
     others = logging.WARNING if quiet or not verbose else level
-    logging.basicConfig(level=others, format="%(message)s", datefmt="[%X]", force=True,
-                        handlers=[RichHandler(console=err_console, show_path=verbose > 1, markup=False)])
+    logging.basicConfig(
+        level=others,
+        format="%(message)s",
+        datefmt="[%X]",
+        force=True,
+        handlers=[RichHandler(console=err_console, show_path=verbose > 1, markup=False)],
+    )
     logging.getLogger("medexport").setLevel(level)
     for noisy in ("onnxscript", "onnx_ir", "torch", "polygraphy"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING) if verbose < 2 else level)
 
 
 def parse_int_list(value: str, what: str) -> list[int]:
-    """"16,32,64" -> [16, 32, 64]; a clear error for anything else (counts given twice included)."""
+    """ "16,32,64" -> [16, 32, 64]; a clear error for anything else (counts given twice included)."""
     try:
         items = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 16,32,64",
-                                 param_hint=what) from None
+        raise click.BadParameter(
+            f"{value!r} is not a comma-separated list of integers, e.g. 16,32,64", param_hint=what
+        ) from None
     if not items:
         raise click.BadParameter("give at least one value", param_hint=what)
     dup = sorted({v for v in items if items.count(v) > 1})
@@ -131,7 +140,7 @@ def parse_int_list(value: str, what: str) -> list[int]:
 
 
 def parse_name_list(value: str, what: str, example: str) -> list[str]:
-    """"euler,heun" -> ["euler", "heun"]; a clear error for an empty list or a name given twice (``example``: a
+    """ "euler,heun" -> ["euler", "heun"]; a clear error for an empty list or a name given twice (``example``: a
     valid value, for the message)."""
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:

@@ -51,34 +51,66 @@ BACKEND_CHOICE = DeferredChoice("..backend.registry", "sample_choices")
 CFG_CHANNELS_CHOICE = DeferredChoice("..core.settings", "CFG_CHANNELS")
 
 SAMPLER_OPTIONS = [
-    click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
-                 help="sde or ode [default: the bundle's recommendation, else sde]."),
-    click.option("--method", type=click.Choice(ALL_METHODS), default=None,
-                 help="sde: euler (Euler-Maruyama) | heun; ode: euler | heun | dopri5 [default: the bundle's, "
-                      "else euler / dopri5]."),
-    click.option("--steps", type=int, default=None,
-                 help="SDE: steps (default 250). ODE: grid points as in the reference, so euler with 50 makes "
-                      "49 evaluations (default 50). [default: the bundle's]"),
-    click.option("--last-step", type=click.Choice(LAST_STEPS), default=None,
-                 help="SDE last step [default: the bundle's, else mean]; the ODE has none (refused with it)."),
-    click.option("--cfg-scale", type=float, default=None,
-                 help="Guidance scale (1: none) [default: the bundle's, else 1]."),
-    click.option("--cfg-channels", type=CFG_CHANNELS_CHOICE, default=None,
-                 help="Guide the first 3 channels (the reference) or all [default: the bundle's, else 3]."),
+    click.option(
+        "--sampler",
+        type=click.Choice(SAMPLERS),
+        default=None,
+        help="sde or ode [default: the bundle's recommendation, else sde].",
+    ),
+    click.option(
+        "--method",
+        type=click.Choice(ALL_METHODS),
+        default=None,
+        help="sde: euler (Euler-Maruyama) | heun; ode: euler | heun | dopri5 [default: the bundle's, "
+        "else euler / dopri5].",
+    ),
+    click.option(
+        "--steps",
+        type=int,
+        default=None,
+        help="SDE: steps (default 250). ODE: grid points as in the reference, so euler with 50 makes "
+        "49 evaluations (default 50). [default: the bundle's]",
+    ),
+    click.option(
+        "--last-step",
+        type=click.Choice(LAST_STEPS),
+        default=None,
+        help="SDE last step [default: the bundle's, else mean]; the ODE has none (refused with it).",
+    ),
+    click.option(
+        "--cfg-scale", type=float, default=None, help="Guidance scale (1: none) [default: the bundle's, else 1]."
+    ),
+    click.option(
+        "--cfg-channels",
+        type=CFG_CHANNELS_CHOICE,
+        default=None,
+        help="Guide the first 3 channels (the reference) or all [default: the bundle's, else 3].",
+    ),
 ]
-THREADS_OPTION = click.option("--threads", type=click.IntRange(min=1), default=None,
-                              help="CPU threads of PyTorch and ONNX Runtime [default: all cores].")
+THREADS_OPTION = click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads of PyTorch and ONNX Runtime [default: all cores].",
+)
 ENGINE_OPTIONS = [
-    click.option("--backend", type=BACKEND_CHOICE, default="auto", show_default=True,
-                 help="Which engines run: auto = the fastest that runs here; torch = the PyTorch models the "
-                      "engines were built from."),
+    click.option(
+        "--backend",
+        type=BACKEND_CHOICE,
+        default="auto",
+        show_default=True,
+        help="Which engines run: auto = the fastest that runs here; torch = the PyTorch models the "
+        "engines were built from.",
+    ),
     click.option("--device", default=None, help="cpu or cuda (default: the backend's)."),
     THREADS_OPTION,
 ]
 
-SCHEDULE_HELP = ('Mediator schedule: "16:0.3,32:0.7,64" (fractions of the steps), "64" (static), or '
-                 '"adaptive:16,32,64:ratios=0.5,0.2[:warmup=3][:distance=mae]" [default: the bundle\'s, else the '
-                 'largest count].')
+SCHEDULE_HELP = (
+    'Mediator schedule: "16:0.3,32:0.7,64" (fractions of the steps), "64" (static), or '
+    '"adaptive:16,32,64:ratios=0.5,0.2[:warmup=3][:distance=mae]" [default: the bundle\'s, else the '
+    "largest count]."
+)
 
 
 def _apply(options, f):

@@ -28,17 +28,26 @@ def output_folder(path: Path, kind: str, names: set[str]) -> Iterator[Path]:
         present = {p.name for p in path.iterdir()} - {LOCK}
         foreign = sorted(n for n in present if n not in names and not n.endswith((".partial", ".old", ".partial.npy")))
         if foreign:
-            raise MedexportError(f"{path} holds files that {kind} did not write ({', '.join(foreign[:5])}): choose an "
-                                 f"empty or new --output folder (nothing was written)")
+            raise MedexportError(
+                f"{path} holds files that {kind} did not write ({', '.join(foreign[:5])}): choose an "
+                f"empty or new --output folder (nothing was written)"
+            )
         if present & names and not _is_report_of(path / "report.json", kind):
-            raise MedexportError(f"{path} is not the output of an earlier `medexport {kind}` (no report.json of "
-                                 f"one): choose an empty or new --output folder (nothing was written)")
+            raise MedexportError(
+                f"{path} is not the output of an earlier `medexport {kind}` (no report.json of "
+                f"one): choose an empty or new --output folder (nothing was written)"
+            )
     created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     try:
-        with holding_lock(path / LOCK, error=MedexportError, busy=lambda holder: (
+        with holding_lock(
+            path / LOCK,
+            error=MedexportError,
+            busy=lambda holder: (
                 f"another `medexport {kind}` is writing {path} ({holder} holds {path / LOCK}): wait for it or "
-                f"choose another --output")):
+                f"choose another --output"
+            ),
+        ):
             yield path
     except BaseException:
         if created:  # a run refused or failed before writing anything leaves no folder behind

@@ -11,13 +11,13 @@ from rich.markup import escape
 
 from ..core.files import replacing
 from ..core.request import MAX_IMAGES, SampleRequest
-from ..errors import SamplingError
 from ..core.settings import SamplingSettings
+from ..errors import SamplingError
 from .engines import EngineChoice, needs_extra
 from .main import cli, console, err_console, short_help
-from .tables import print_table
 from .options import SCHEDULE_HELP, settings_options
 from .outputs import output_folder, remove_stale
+from .tables import print_table
 
 log = logging.getLogger("medexport")
 
@@ -28,36 +28,92 @@ SAMPLE_OUTPUTS = {"images", "grid.png", "latents.npy", "report.json", "step_late
 
 @cli.command("sample", short_help=short_help("sample"))
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--labels", default=None,
-              help="Comma-separated class labels, one per image: numbers, or class names where the bundle records "
-                   "them (e.g. sneaker,bag).")
+@click.option(
+    "--labels",
+    default=None,
+    help="Comma-separated class labels, one per image: numbers, or class names where the bundle records "
+    "them (e.g. sneaker,bag).",
+)
 @click.option("--num", default=4, show_default=True, help="Images, with random labels (when --labels is not given).")
-@click.option("--per-class", type=int, default=None,
-              help="Instead of --num: this many images of every class (each grid row then holds every class).")
+@click.option(
+    "--per-class",
+    type=int,
+    default=None,
+    help="Instead of --num: this many images of every class (each grid row then holds every class).",
+)
 @click.option("--seed", default=0, show_default=True, help="Seeds labels, initial noise and SDE noise.")
 @settings_options
 @click.option("--schedule", default=None, help=SCHEDULE_HELP)
-@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for the images (pixel-space models) or latents (.npy), report.json and the step-latency "
-                   "plot [default: out/sample].")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the images (pixel-space models) or latents (.npy), report.json and the step-latency "
+    "plot [default: out/sample].",
+)
 @click.option("--out", "out_alias", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True)
-@click.option("--vae", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Local diffusers AutoencoderKL folder: decode latents to a PNG grid.")
-@click.option("--save-latents", is_flag=True,
-              help="Pixel-space models: also keep the raw samples, unclamped, as latents.npy (the images are "
-                   "clamped to [-1, 1]).")
+@click.option(
+    "--vae",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Local diffusers AutoencoderKL folder: decode latents to a PNG grid.",
+)
+@click.option(
+    "--save-latents",
+    is_flag=True,
+    help="Pixel-space models: also keep the raw samples, unclamped, as latents.npy (the images are "
+    "clamped to [-1, 1]).",
+)
 @click.option("--benchmark", is_flag=True, help="Warm-up, timed runs, and the PyTorch reference side by side.")
-@click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Untimed runs per backend before timing; they also measure peak memory (--benchmark).")
-@click.option("--runs", default=3, show_default=True, type=click.IntRange(min=1),
-              help="Timed runs per backend, alternating between backends (--benchmark).")
-@click.option("--reference/--no-reference", default=True, show_default=True,
-              help="With --benchmark, also time the PyTorch reference on the same inputs.")
-@click.option("--against", "against", multiple=True, type=click.Path(path_type=Path),
-              help="With --benchmark, also time this bundle (another precision of the same model, say) side by "
-                   "side (repeatable).")
-def sample_cmd(bundle, labels, num, per_class, seed, settings: SamplingSettings, engines: EngineChoice, schedule,
-               out_dir, out_alias, vae, save_latents, benchmark, warmup, runs, reference, against) -> None:
+@click.option(
+    "--warmup",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Untimed runs per backend before timing; they also measure peak memory (--benchmark).",
+)
+@click.option(
+    "--runs",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Timed runs per backend, alternating between backends (--benchmark).",
+)
+@click.option(
+    "--reference/--no-reference",
+    default=True,
+    show_default=True,
+    help="With --benchmark, also time the PyTorch reference on the same inputs.",
+)
+@click.option(
+    "--against",
+    "against",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="With --benchmark, also time this bundle (another precision of the same model, say) side by "
+    "side (repeatable).",
+)
+def sample_cmd(
+    bundle,
+    labels,
+    num,
+    per_class,
+    seed,
+    settings: SamplingSettings,
+    engines: EngineChoice,
+    schedule,
+    out_dir,
+    out_alias,
+    vae,
+    save_latents,
+    benchmark,
+    warmup,
+    runs,
+    reference,
+    against,
+) -> None:
     """Generate images (pixel-space models) or latents from a bundle with a mediator schedule.
 
     Settings not given come from the bundle's recommended sampling settings. --benchmark times the engines
@@ -69,8 +125,10 @@ def sample_cmd(bundle, labels, num, per_class, seed, settings: SamplingSettings,
     out_dir = out_dir or out_alias or Path("out/sample")  # --out: the earlier spelling
     backend, device, threads = engines.backend, engines.device, engines.threads
     if engines.lite(bundle) and (benchmark or vae is not None):
-        raise needs_extra("medexport sample " + ("--benchmark" if benchmark else "--vae"),
-                          *(("build",) if benchmark else ("vae", "diffusers")))
+        raise needs_extra(
+            "medexport sample " + ("--benchmark" if benchmark else "--vae"),
+            *(("build",) if benchmark else ("vae", "diffusers")),
+        )
     if benchmark:
         from ..runtime.pipeline import check_device
 
@@ -100,9 +158,12 @@ def sample_cmd(bundle, labels, num, per_class, seed, settings: SamplingSettings,
             results = {pipe.backend: result}
             summaries = [run_summary(pipe, result) | {"warmup_seconds": round(sum(warm.values()), 3)}]
             ref_result = None
-            console.print(f"{len(label_list)} images in {result.seconds:.2f} s on {pipe.backend} (engines opened and "
-                          f"warmed before, in {sum(warm.values()):.2f} s); steps per mediator count: "
-                          f"{steps_in_words(result.steps_per_count())}", highlight=False)
+            console.print(
+                f"{len(label_list)} images in {result.seconds:.2f} s on {pipe.backend} (engines opened and "
+                f"warmed before, in {sum(warm.values()):.2f} s); steps per mediator count: "
+                f"{steps_in_words(result.steps_per_count())}",
+                highlight=False,
+            )
             if adaptive is not None:
                 console.print(escape(adaptive_in_words(adaptive)), highlight=False, soft_wrap=True)
         else:
@@ -122,20 +183,33 @@ def sample_cmd(bundle, labels, num, per_class, seed, settings: SamplingSettings,
             factories.update({label: (lambda p=p: p) for label, p in others.items()})
             ref = registry.reference().name
             if reference and pipe.backend != ref:  # on the device the engines turned out to run on
-                factories[ref] = lambda: Pipeline.from_bundle(bundle, backend=ref, device=str(pipe.device),
-                                                              threads=threads)
+                factories[ref] = lambda: Pipeline.from_bundle(
+                    bundle, backend=ref, device=str(pipe.device), threads=threads
+                )
             total = (max(1, warmup) + runs) * len(factories)
-            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=err_console) as progress:
+            with Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err_console,
+            ) as progress:
                 task = progress.add_task(escape(f"benchmark {' vs '.join(factories)}"), total=total)
-                pipelines, stats = run_benchmarks(factories, request, warmup=warmup, runs=runs,
-                                                  baselines={main: in_use.get(pipe.device.type),
-                                                             **{label: in_use.get(p.device.type)
-                                                                for label, p in others.items()}},
-                                                  progress=lambda: progress.advance(task))
+                pipelines, stats = run_benchmarks(
+                    factories,
+                    request,
+                    warmup=warmup,
+                    runs=runs,
+                    baselines={
+                        main: in_use.get(pipe.device.type),
+                        **{label: in_use.get(p.device.type) for label, p in others.items()},
+                    },
+                    progress=lambda: progress.advance(task),
+                )
             ref_stats = stats.get(ref) if pipe.backend != ref else None
-            summaries = [summary(pipelines[label], stats[label], ref_stats) | {"label": label}
-                         for label in (main, *others)]
+            summaries = [
+                summary(pipelines[label], stats[label], ref_stats) | {"label": label} for label in (main, *others)
+            ]
             if ref_stats is not None:
                 summaries.append(summary(pipelines[ref], ref_stats, None) | {"label": ref})
             result = stats[main].last
@@ -147,21 +221,34 @@ def sample_cmd(bundle, labels, num, per_class, seed, settings: SamplingSettings,
         if pipe.data is not None:  # pixel space: the samples are images
             names = pipe.data.get("class_names") or []
             files = save_images(result.latents, out_dir / "images")
-            extra["images"] = [{"index": i, "label": y, "class_name": names[y] if y < len(names) else str(y),
-                                "seed": seed, "file": str(f.relative_to(out_dir))}
-                               for i, (y, f) in enumerate(zip(label_list, files))]
+            extra["images"] = [
+                {
+                    "index": i,
+                    "label": y,
+                    "class_name": names[y] if y < len(names) else str(y),
+                    "seed": seed,
+                    "file": str(f.relative_to(out_dir)),
+                }
+                for i, (y, f) in enumerate(zip(label_list, files))
+            ]
             captions = [e["class_name"] for e in extra["images"]]
-            grid = labelled_grid(result.latents, captions, out_dir / "grid.png",
-                                 title=f"{Path(bundle).name}: {chosen.describe()}")
+            grid = labelled_grid(
+                result.latents, captions, out_dir / "grid.png", title=f"{Path(bundle).name}: {chosen.describe()}"
+            )
             written += [out_dir / "images", grid]
             if save_latents:
                 written.append(_save_latents(result.latents, out_dir / "latents.npy"))
         else:
             written.append(_save_latents(result.latents, out_dir / "latents.npy"))
-        report = write_report(out_dir / "report.json", {**result.settings, "bundle": str(bundle),
-                                                       "benchmark": benchmark, "warmup": warmup, "runs": runs},
-                              env, summaries, result, ref_result,
-                              extra={"kind": "medexport-sample", "request": request.to_dict(), **extra})
+        report = write_report(
+            out_dir / "report.json",
+            {**result.settings, "bundle": str(bundle), "benchmark": benchmark, "warmup": warmup, "runs": runs},
+            env,
+            summaries,
+            result,
+            ref_result,
+            extra={"kind": "medexport-sample", "request": request.to_dict(), **extra},
+        )
         written += [report, *filter(None, [plot_trace(out_dir / "step_latency.png", results)])]
         if vae is not None:
             from ..runtime.vae import decode, load_vae, save_grid
@@ -198,21 +285,29 @@ def adaptive_in_words(sched) -> str:
     """What an adaptive schedule did in the run just made: its switches, or that it never switched and how far
     the closest step stayed from the first ratio (d_i / d_0 against r1)."""
     if sched.switches:
-        return "adaptive schedule: " + ", ".join(f"{s.from_count} -> {s.to_count} mediators after step {s.after_step}"
-                                                 for s in sched.switches[:6]) + (
-            f" (and {len(sched.switches) - 6} more switches)" if len(sched.switches) > 6 else "")
+        return (
+            "adaptive schedule: "
+            + ", ".join(
+                f"{s.from_count} -> {s.to_count} mediators after step {s.after_step}" for s in sched.switches[:6]
+            )
+            + (f" (and {len(sched.switches) - 6} more switches)" if len(sched.switches) > 6 else "")
+        )
     first = sched.counts[0]
     if sched.per_sample:
         return f"adaptive schedule: never switched, every image stayed on {first} mediators"
     d0 = sched.d0
     after = [d for i, d in enumerate(sched.distances) if i >= sched.warmup + 1]
     if not after or not d0:
-        return (f"adaptive schedule: never switched, {first} mediators throughout (too few steps after the "
-                f"{sched.warmup}-step warm-up to compare)")
+        return (
+            f"adaptive schedule: never switched, {first} mediators throughout (too few steps after the "
+            f"{sched.warmup}-step warm-up to compare)"
+        )
     closest = min(after) / d0
-    return (f"adaptive schedule: never switched, {first} mediators throughout: the smallest step change was "
-            f"{closest:.2f} of the warm-up's (d_i / d_0), above the first ratio {sched.ratios[0]:g} by "
-            f"{closest - sched.ratios[0]:.2f}; a ratio above {closest:.2f} would switch")
+    return (
+        f"adaptive schedule: never switched, {first} mediators throughout: the smallest step change was "
+        f"{closest:.2f} of the warm-up's (d_i / d_0), above the first ratio {sched.ratios[0]:g} by "
+        f"{closest - sched.ratios[0]:.2f}; a ratio above {closest:.2f} would switch"
+    )
 
 
 def _save_latents(latents, path: Path) -> Path:
@@ -260,14 +355,17 @@ def _labels(labels: str | None, num: int, per_class: int | None, seed: int, pipe
                 out.append(names.index(token.lower()))
             else:
                 known = f" or one of the class names: {', '.join(pipe.data['class_names'])}" if names else ""
-                raise click.BadParameter(f"{token!r} is not a class label: give numbers 0..{classes - 1}{known}",
-                                         param_hint="--labels")
+                raise click.BadParameter(
+                    f"{token!r} is not a class label: give numbers 0..{classes - 1}{known}", param_hint="--labels"
+                )
         return out
     total = classes * per_class if per_class is not None else num
     if total > MAX_IMAGES:  # refused before any memory is taken
-        raise SamplingError(f"{total} images is more than one sample run makes (at most {MAX_IMAGES}, all held in "
-                            f"memory at once): for large sets use `medexport generate`, which samples block by "
-                            f"block into shards and resumes")
+        raise SamplingError(
+            f"{total} images is more than one sample run makes (at most {MAX_IMAGES}, all held in "
+            f"memory at once): for large sets use `medexport generate`, which samples block by "
+            f"block into shards and resumes"
+        )
     if per_class is not None:
         if per_class < 1:
             raise SamplingError(f"--per-class {per_class}: give at least 1 image per class")
@@ -307,18 +405,23 @@ def _print_benchmark(stats: dict, summaries: list[dict], main: str, ref: str) ->
     table.add_column("")
     for s in summaries:
         table.add_column(escape(s.get("label", s["backend"])), justify="right")
-    rows = [("images", lambda s: str(s["images"])),
-            ("latency per batch (s)", lambda s: f"{s['batch_seconds']:.3f}"),
-            ("images / s", lambda s: f"{s['images_per_second']:.3f}"),
-            ("peak memory of backend (MiB)", lambda s: f"{s['peak_memory_bytes'] / 2**20:.0f}"),
-            ("engines opened, warmed (s)", lambda s: f"{s['warmup_seconds']:.2f}"),
-            ("GFLOPs / image", lambda s: f"{s['gflops_per_image']:.1f}"),
-            ("runtime overhead", lambda s: f"{100 * s['runtime_overhead_fraction']:.2f}%"),
-            (f"speed-up vs {ref}", lambda s: f"{s['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in s
-             else "reference")]
+    rows = [
+        ("images", lambda s: str(s["images"])),
+        ("latency per batch (s)", lambda s: f"{s['batch_seconds']:.3f}"),
+        ("images / s", lambda s: f"{s['images_per_second']:.3f}"),
+        ("peak memory of backend (MiB)", lambda s: f"{s['peak_memory_bytes'] / 2**20:.0f}"),
+        ("engines opened, warmed (s)", lambda s: f"{s['warmup_seconds']:.2f}"),
+        ("GFLOPs / image", lambda s: f"{s['gflops_per_image']:.1f}"),
+        ("runtime overhead", lambda s: f"{100 * s['runtime_overhead_fraction']:.2f}%"),
+        (
+            f"speed-up vs {ref}",
+            lambda s: f"{s['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in s else "reference",
+        ),
+    ]
     for label, fmt in rows:
         table.add_row(label, *[fmt(s) for s in summaries])
     print_table(table)
     if "max_rel_diff_vs_reference" in summaries[0]:
-        console.print(f"final latents vs reference: max relative difference "
-                      f"{summaries[0]['max_rel_diff_vs_reference']:.2e}")
+        console.print(
+            f"final latents vs reference: max relative difference {summaries[0]['max_rel_diff_vs_reference']:.2e}"
+        )

@@ -49,8 +49,10 @@ class FiniteCheck:
 
     @staticmethod
     def fail(backend: str, n: int, step):
-        raise SamplingError(f"the {backend} engine for {n} mediators produced NaN/inf at step {step.index} "
-                            f"(t={step.t:.4f}): rebuild it in fp32 or check the model")
+        raise SamplingError(
+            f"the {backend} engine for {n} mediators produced NaN/inf at step {step.index} "
+            f"(t={step.t:.4f}): rebuild it in fp32 or check the model"
+        )
 
 
 class Arrays:
@@ -140,5 +142,6 @@ def adapter_of(a) -> Arrays:
     for kind, make in _ADAPTERS.items():
         if isinstance(a, kind):
             return make(a)
-    raise SamplingError(f"no array adapter for {type(a).__name__}: use numpy arrays, or torch tensors with "
-                        f"medexport.runtime loaded")
+    raise SamplingError(
+        f"no array adapter for {type(a).__name__}: use numpy arrays, or torch tensors with medexport.runtime loaded"
+    )

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .batch import BatchRange
 from ..errors import BundleError
+from .batch import BatchRange
 from .files import file_sha256
 from .precision import NAMES as ALL_PRECISIONS
 
@@ -52,13 +52,19 @@ class Quantization:
         if not isinstance(d, dict):
             raise ArtifactError("'quantization' is not an object")
         mode, dtype, layers = d.get("mode"), d.get("dtype"), d.get("quantized_layers")
-        if not (isinstance(mode, str) and isinstance(dtype, str) and isinstance(layers, int)
-                and not isinstance(layers, bool)):
+        if not (
+            isinstance(mode, str)
+            and isinstance(dtype, str)
+            and isinstance(layers, int)
+            and not isinstance(layers, bool)
+        ):
             raise ArtifactError("'quantization' needs 'mode', 'dtype' (text) and 'quantized_layers' (an integer)")
         cal = d.get("calibration")
-        if cal is not None and not (isinstance(cal, dict) and all(isinstance(cal.get(k), str)
-                                                                   for k in ("path", "file", "sha256"))
-                                    and isinstance(cal.get("rows"), int)):
+        if cal is not None and not (
+            isinstance(cal, dict)
+            and all(isinstance(cal.get(k), str) for k in ("path", "file", "sha256"))
+            and isinstance(cal.get("rows"), int)
+        ):
             raise ArtifactError("'quantization.calibration' needs 'path', 'file', 'sha256' (text) and 'rows'")
         return cls(mode, dtype, layers, bool(d.get("per_channel_weights", False)), cal)
 
@@ -96,15 +102,22 @@ class Artifact:
         if not (plain_name(file) and isinstance(sha, str)):
             raise ArtifactError("lacks a plain 'file' name or its 'sha256'")
         files, hashes = d.get("files", [file]), d.get("hashes", [sha])
-        if not (isinstance(files, list) and isinstance(hashes, list) and len(files) == len(hashes) >= 1
-                and all(plain_name(f) for f in files) and all(isinstance(h, str) for h in hashes)):
+        if not (
+            isinstance(files, list)
+            and isinstance(hashes, list)
+            and len(files) == len(hashes) >= 1
+            and all(plain_name(f) for f in files)
+            and all(isinstance(h, str) for h in hashes)
+        ):
             raise ArtifactError("'files' and 'hashes' must be lists of the same length of plain file names and hashes")
         if files[0] != file or hashes[0] != sha:
             raise ArtifactError("'files' / 'hashes' must start with 'file' / 'sha256'")
         precision = d.get("precision")
         if precision not in ALL_PRECISIONS:
-            raise ArtifactError(f"precision {precision!r} is not one of {', '.join(ALL_PRECISIONS)} (a bundle made by "
-                                f"another medexport version?)")
+            raise ArtifactError(
+                f"precision {precision!r} is not one of {', '.join(ALL_PRECISIONS)} (a bundle made by "
+                f"another medexport version?)"
+            )
         batch = d.get("batch")
         if batch is not None:
             try:
@@ -112,18 +125,22 @@ class Artifact:
             except ValueError as e:
                 raise ArtifactError(str(e)) from None
             if batch is None:
-                raise ArtifactError(f"batch {d.get('batch')!r} is not a \"min:opt:max\" string")
+                raise ArtifactError(f'batch {d.get("batch")!r} is not a "min:opt:max" string')
         key = d.get("key")
         if key is not None and not isinstance(key, str):
             raise ArtifactError("'key' must be a string")
         if d.get("quantization") is not None:
             Quantization.from_dict(d["quantization"])
-        return cls(tuple(files), tuple(hashes), precision, batch, key,
-                   {k: v for k, v in d.items() if k not in _TYPED})
+        return cls(tuple(files), tuple(hashes), precision, batch, key, {k: v for k, v in d.items() if k not in _TYPED})
 
     def to_dict(self) -> dict:
-        d = {"file": self.file, "sha256": self.sha256, "files": list(self.files), "hashes": list(self.hashes),
-             "precision": self.precision}
+        d = {
+            "file": self.file,
+            "sha256": self.sha256,
+            "files": list(self.files),
+            "hashes": list(self.hashes),
+            "precision": self.precision,
+        }
         if self.batch is not None:
             d["batch"] = str(self.batch)
         if self.key is not None:
@@ -131,12 +148,25 @@ class Artifact:
         return d | self.record
 
     @classmethod
-    def from_files(cls, paths: Iterable[Path], precision: str, *, batch: BatchRange | None = None,
-                   key: str | None = None, record: dict | None = None) -> Artifact:
+    def from_files(
+        cls,
+        paths: Iterable[Path],
+        precision: str,
+        *,
+        batch: BatchRange | None = None,
+        key: str | None = None,
+        record: dict | None = None,
+    ) -> Artifact:
         """An artifact for files just written (hashed now)."""
         paths = list(paths)
-        return cls(tuple(p.name for p in paths), tuple(file_sha256(p) for p in paths), precision, batch, key,
-                   dict(record or {}))
+        return cls(
+            tuple(p.name for p in paths),
+            tuple(file_sha256(p) for p in paths),
+            precision,
+            batch,
+            key,
+            dict(record or {}),
+        )
 
     # -- on disk ----------------------------------------------------------------------------------------------
     def bytes(self, folder: Path) -> int:
@@ -148,14 +178,20 @@ class Artifact:
         for name, sha256 in zip(self.files, self.hashes):
             path = folder / name
             if path.is_symlink():
-                raise BundleError(f"{path} is a symbolic link: a bundle's engines must be its own files (remove "
-                                  f"the link and rebuild with `medexport build ... --force`)")
+                raise BundleError(
+                    f"{path} is a symbolic link: a bundle's engines must be its own files (remove "
+                    f"the link and rebuild with `medexport build ... --force`)"
+                )
             if not path.is_file():
-                raise BundleError(f"bundle {folder} lacks {name}, which its manifest lists: rebuild with "
-                                  f"`medexport build` (add --force to redo everything)")
+                raise BundleError(
+                    f"bundle {folder} lacks {name}, which its manifest lists: rebuild with "
+                    f"`medexport build` (add --force to redo everything)"
+                )
             if file_sha256(path) != sha256:
-                raise BundleError(f"{path} does not match the hash in the manifest (edited, swapped or truncated): "
-                                  f"rebuild it with `medexport build ... --force`")
+                raise BundleError(
+                    f"{path} does not match the hash in the manifest (edited, swapped or truncated): "
+                    f"rebuild it with `medexport build ... --force`"
+                )
         return folder / self.file
 
     def up_to_date(self, folder: Path, key: str) -> bool:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .files import file_sha256, write_text
 from ..errors import MedexportError
+from .files import file_sha256, write_text
 
 SUMS = "SHA256SUMS"
 
@@ -34,8 +34,10 @@ def read_sums(folder: Path) -> dict[str, str]:
         parts = line.split(maxsplit=1)
         digest = parts[0].lower()
         if len(parts) != 2 or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise AssetError(f"{sums}, line {number}: {line.strip()[:80]!r} is not '<sha256>  <file name>' (64 hex "
-                             f"digits, then the name): the file is damaged; reinstall medexport")
+            raise AssetError(
+                f"{sums}, line {number}: {line.strip()[:80]!r} is not '<sha256>  <file name>' (64 hex "
+                f"digits, then the name): the file is damaged; reinstall medexport"
+            )
         out[parts[1].lstrip("*")] = digest
     return out
 
@@ -55,10 +57,13 @@ def verified_file(folder: Path, name: str, what: str) -> Path:
         raise AssetError(f"the shipped {what} {str(path)!r} is missing: reinstall medexport")
     expected = read_sums(Path(folder)).get(name)
     if expected is None:
-        raise AssetError(f"no sha256 is recorded for the shipped {what} {str(path)!r} in {Path(folder) / SUMS}: "
-                         f"reinstall medexport")
+        raise AssetError(
+            f"no sha256 is recorded for the shipped {what} {str(path)!r} in {Path(folder) / SUMS}: reinstall medexport"
+        )
     actual = file_sha256(path)
     if actual != expected:
-        raise AssetError(f"the shipped {what} {str(path)!r} is damaged or was changed: its sha256 is "
-                         f"{actual[:16]}..., expected {expected[:16]}... Reinstall medexport.")
+        raise AssetError(
+            f"the shipped {what} {str(path)!r} is damaged or was changed: its sha256 is "
+            f"{actual[:16]}..., expected {expected[:16]}... Reinstall medexport."
+        )
     return path

@@ -19,7 +19,7 @@ class BatchRange:
 
     @classmethod
     def parse(cls, text: str) -> BatchRange:
-        """"1:2:8" -> BatchRange(1, 2, 8); "4" -> BatchRange(4, 4, 4)."""
+        """ "1:2:8" -> BatchRange(1, 2, 8); "4" -> BatchRange(4, 4, 4)."""
         try:
             parts = [int(p) for p in text.split(":")]
         except ValueError:
@@ -54,6 +54,6 @@ def run_in_range(run, batch: BatchRange | None, x, t, y, cat):
         return run(*(cat([a] + [a[-1:]] * pad) for a in (x, t, y)))[:B]
     outs, start = [], 0
     for size in batch.chunks(B):
-        outs.append(run(x[start:start + size], t[start:start + size], y[start:start + size]))
+        outs.append(run(x[start : start + size], t[start : start + size], y[start : start + size]))
         start += size
     return cat(outs)

@@ -17,9 +17,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
 PATCHES = (2, 4, 8)
 FAMILIES = ("SiT", "DiT")
 #: Every named config, e.g. "SiT-XL/2"; the CLI's --model choices.
-MODEL_NAMES: tuple[str, ...] = tuple(
-    f"{family}-{size}/{p}" for family in FAMILIES for size in SIZES for p in PATCHES
-)
+MODEL_NAMES: tuple[str, ...] = tuple(f"{family}-{size}/{p}" for family in FAMILIES for size in SIZES for p in PATCHES)
 VAE_DOWNSAMPLE = 8  # sd-vae latents are 1/8 of the image side, 4 channels
 #: The image side of named configs when none is given (the paper's ImageNet 256x256).
 DEFAULT_IMAGE_SIZE = 256
@@ -87,8 +85,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.attention not in ATTENTIONS:
             raise ConfigError(f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
-        for name in ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels",
-                     "num_classes"):
+        for name in ("depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels", "num_classes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -104,8 +101,10 @@ class ModelConfig:
         n, N, G = self.mediators, self.num_tokens, self.grid_size
         if self.attention == "full":
             if n != FULL:
-                raise ConfigError(f"a full-attention model has no mediators (count {FULL}), got {n!r}: a "
-                                  f"vanilla DiT/SiT is built with --attention full and no --mediators")
+                raise ConfigError(
+                    f"a full-attention model has no mediators (count {FULL}), got {n!r}: a "
+                    f"vanilla DiT/SiT is built with --attention full and no --mediators"
+                )
             return
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ConfigError(f"mediator count must be a positive integer, got {n!r}")
@@ -158,8 +157,13 @@ class ModelConfig:
         d = asdict(self)
         if not self.is_full:
             d.pop("attention")
-        d.update(head_dim=self.head_dim, grid_size=self.grid_size, num_tokens=self.num_tokens,
-                 mediator_grid=list(self.mediator_grid), out_channels=self.out_channels)
+        d.update(
+            head_dim=self.head_dim,
+            grid_size=self.grid_size,
+            num_tokens=self.num_tokens,
+            mediator_grid=list(self.mediator_grid),
+            out_channels=self.out_channels,
+        )
         return d
 
     @classmethod
@@ -171,8 +175,15 @@ class ModelConfig:
             raise ConfigError(f"incomplete model config {d!r}: {e}") from None
 
 
-def config_from_name(name: str, *, mediators: int, image_size: int = DEFAULT_IMAGE_SIZE, num_classes: int = 1000,
-                     learn_sigma: bool = True, **overrides) -> ModelConfig:
+def config_from_name(
+    name: str,
+    *,
+    mediators: int,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    num_classes: int = 1000,
+    learn_sigma: bool = True,
+    **overrides,
+) -> ModelConfig:
     """The config of a named model ("SiT-XL/2", "DiT-S/4", ...) at an image size; ``mediators=FULL`` (0) gives
     the vanilla model (full attention).
 
@@ -190,13 +201,22 @@ def config_from_name(name: str, *, mediators: int, image_size: int = DEFAULT_IMA
     step = VAE_DOWNSAMPLE * patch_size
     if not isinstance(image_size, int) or image_size < 1 or image_size % step:
         nearest = max(step, round(image_size / step) * step) if isinstance(image_size, int) else 256
-        raise ConfigError(f"image size {image_size} is not a multiple of {step} (8 x patch size {patch_size}): "
-                          f"use e.g. {nearest}")
+        raise ConfigError(
+            f"image size {image_size} is not a multiple of {step} (8 x patch size {patch_size}): use e.g. {nearest}"
+        )
     unknown = set(overrides) - set(ModelConfig.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"unknown model config fields {sorted(unknown)}")
-    fields = dict(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch_size,
-                  input_size=image_size // VAE_DOWNSAMPLE, mediators=mediators, num_classes=num_classes,
-                  learn_sigma=learn_sigma, attention="full" if mediators == FULL else "mediator")
+    fields = dict(
+        depth=depth,
+        hidden_size=hidden,
+        num_heads=heads,
+        patch_size=patch_size,
+        input_size=image_size // VAE_DOWNSAMPLE,
+        mediators=mediators,
+        num_classes=num_classes,
+        learn_sigma=learn_sigma,
+        attention="full" if mediators == FULL else "mediator",
+    )
     fields.update(overrides)
     return ModelConfig(**fields)

@@ -99,8 +99,9 @@ def write_json(path: str | os.PathLike, data: object, *, durable: bool = False) 
     return write_text(path, json.dumps(data, indent=2) + "\n", durable=durable)
 
 
-def check_output_folder(out: Path, *, marker: str, force: bool, kind: str, error: type,
-                        written: Callable[[Path], set[str]]) -> None:
+def check_output_folder(
+    out: Path, *, marker: str, force: bool, kind: str, error: type, written: Callable[[Path], set[str]]
+) -> None:
     """Refuse an output folder that is not ours to write: a file; a non-empty folder without ``marker`` (someone
     else's); an earlier output of ours without ``force``; or one to which files were added that the earlier
     output did not write (``written(out)``: the names it wrote), which ``force`` would delete. ``error``: the
@@ -112,15 +113,18 @@ def check_output_folder(out: Path, *, marker: str, force: bool, kind: str, error
     if not (out.is_dir() and any(out.iterdir())):
         return
     if not (out / marker).is_file():
-        raise error(f"{out} is not empty and not {kind}: choose an empty or new --output (nothing was written or "
-                    f"deleted)")
+        raise error(
+            f"{out} is not empty and not {kind}: choose an empty or new --output (nothing was written or deleted)"
+        )
     if not force:
         raise error(f"{out} holds {kind} already: add --force to replace it")
     foreign = sorted(set(os.listdir(out)) - written(out) - {marker})
     if foreign:
-        raise error(f"{out} holds files medexport did not write there ({', '.join(foreign[:5])}"
-                    f"{', ...' if len(foreign) > 5 else ''}); --force replaces only what medexport wrote: move them "
-                    f"out, or choose another --output (nothing was written or deleted)")
+        raise error(
+            f"{out} holds files medexport did not write there ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}); --force replaces only what medexport wrote: move them "
+            f"out, or choose another --output (nothing was written or deleted)"
+        )
 
 
 def partial_folder(out: Path, error: type) -> Path:
@@ -135,8 +139,9 @@ def partial_folder(out: Path, error: type) -> Path:
     try:
         tmp.mkdir(parents=True)
     except FileExistsError:
-        raise error(f"{tmp} appeared while it was being prepared (another run writing the same output?): try "
-                    f"again") from None
+        raise error(
+            f"{tmp} appeared while it was being prepared (another run writing the same output?): try again"
+        ) from None
     return tmp
 
 
@@ -163,8 +168,14 @@ def replace_folder(complete: str | os.PathLike, target: str | os.PathLike) -> Pa
 _POLL_S = 0.05  # how often a taken lock is tried again while it is waited for
 
 
-def take_lock(path: str | os.PathLike, *, error: type, busy: Callable[[str], str], wait: float = 0.0,
-              fix: str = "remove it, or choose another --output") -> int:
+def take_lock(
+    path: str | os.PathLike,
+    *,
+    error: type,
+    busy: Callable[[str], str],
+    wait: float = 0.0,
+    fix: str = "remove it, or choose another --output",
+) -> int:
     """An exclusive ``flock`` on the lock file ``path``: the open descriptor, which holds the lock until
     :func:`release_lock` (or the process's end) lets it go.
 

@@ -32,6 +32,7 @@ def flops_table(cfg: ModelConfig, mediators: list[int]) -> list[dict]:
     rows = []
     for n in mediators:
         f = forward_flops(cfg.with_mediators(n))
-        rows.append({"mediators": n, "gflops": f / 1e9, "full_gflops": full / 1e9,
-                     "reduction_pct": 100.0 * (1 - f / full)})
+        rows.append(
+            {"mediators": n, "gflops": f / 1e9, "full_gflops": full / 1e9, "reduction_pct": 100.0 * (1 - f / full)}
+        )
     return rows

@@ -101,8 +101,7 @@ class Source:
     def to_dict(self) -> dict:
         if self.kind == "checkpoint":
             return {"kind": "checkpoint", "path": self.path, "weights": self.weights, "sha256": self.sha256}
-        d = {"kind": "random", "model": self.model, "image_size": self.image_size, "seed": self.seed,
-             "init": self.init}
+        d = {"kind": "random", "model": self.model, "image_size": self.image_size, "seed": self.seed, "init": self.init}
         return d | ({"attention": self.attention} if self.attention != "mediator" else {})
 
     def describe(self) -> str:
@@ -158,8 +157,13 @@ class CountEntry:
         return cls(n, cfg, source, artifacts["onnx"], engines)
 
     def to_dict(self) -> dict:
-        return {"mediators": self.mediators, "config": self.config.to_dict(), "source": self.source.to_dict(),
-                "onnx": self.onnx.to_dict(), "engines": {k: a.to_dict() for k, a in self.engines.items()}}
+        return {
+            "mediators": self.mediators,
+            "config": self.config.to_dict(),
+            "source": self.source.to_dict(),
+            "onnx": self.onnx.to_dict(),
+            "engines": {k: a.to_dict() for k, a in self.engines.items()},
+        }
 
 
 @dataclass(frozen=True)
@@ -197,25 +201,45 @@ class Manifest:
             return self.counts[int(n)]
         except (KeyError, ValueError, TypeError):
             if self.is_full:
-                raise BundleError(f"{where} is a vanilla twin: it holds one full-attention model, not {n} "
-                                  f"mediators") from None
-            raise BundleError(f"{where} has no engines for {n} mediators; it has "
-                              f"{', '.join(map(count_name, self.count_list)) or 'none'}") from None
+                raise BundleError(
+                    f"{where} is a vanilla twin: it holds one full-attention model, not {n} mediators"
+                ) from None
+            raise BundleError(
+                f"{where} has no engines for {n} mediators; it has "
+                f"{', '.join(map(count_name, self.count_list)) or 'none'}"
+            ) from None
 
     @classmethod
-    def new(cls, model_config: dict, build: dict, requested: list[int], data: dict | None = None,
-            sampling: dict | None = None) -> Manifest:
+    def new(
+        cls,
+        model_config: dict,
+        build: dict,
+        requested: list[int],
+        data: dict | None = None,
+        sampling: dict | None = None,
+    ) -> Manifest:
         """A new manifest without counts (a builder adds them, :meth:`with_count`)."""
-        recommended = SamplingSettings.from_dict(sampling or SamplingSettings().recommendation(),
-                                                 what="the checkpoint's recommended sampling settings")
+        recommended = SamplingSettings.from_dict(
+            sampling or SamplingSettings().recommendation(), what="the checkpoint's recommended sampling settings"
+        )
         stamp = now()
-        return cls(model=model_config, build=build, requested=tuple(sorted(requested)), counts={},
-                   sampling=recommended, data=data, created=stamp, updated=stamp, medexport_version=__version__)
+        return cls(
+            model=model_config,
+            build=build,
+            requested=tuple(sorted(requested)),
+            counts={},
+            sampling=recommended,
+            data=data,
+            created=stamp,
+            updated=stamp,
+            medexport_version=__version__,
+        )
 
     def with_count(self, entry: CountEntry) -> Manifest:
         """This manifest with ``entry`` complete (replacing the count's earlier entry), stamped now."""
-        return replace(self, counts={**self.counts, entry.mediators: entry}, updated=now(),
-                       medexport_version=__version__)
+        return replace(
+            self, counts={**self.counts, entry.mediators: entry}, updated=now(), medexport_version=__version__
+        )
 
     def same_content(self, other: Manifest) -> bool:
         """Whether the two say the same, but for the time of their last write."""
@@ -226,10 +250,19 @@ class Manifest:
         sampling record always names the :data:`~medexport.core.settings.RECOMMENDED` fields, and any other that
         is set."""
         sampling = {k: v for k, v in self.sampling.to_dict().items() if k in RECOMMENDED or v is not None}
-        return {"format": FORMAT, "format_version": self.format_version, "medexport_version": self.medexport_version,
-                "created": self.created, "updated": self.updated, "model": self.model, "build": self.build,
-                "requested": list(self.requested), "data": self.data, "sampling": sampling,
-                "counts": {str(n): e.to_dict() for n, e in sorted(self.counts.items())}}
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "medexport_version": self.medexport_version,
+            "created": self.created,
+            "updated": self.updated,
+            "model": self.model,
+            "build": self.build,
+            "requested": list(self.requested),
+            "data": self.data,
+            "sampling": sampling,
+            "counts": {str(n): e.to_dict() for n, e in sorted(self.counts.items())},
+        }
 
     @classmethod
     def from_dict(cls, data: object, where: object = "manifest.json") -> Manifest:
@@ -237,16 +270,19 @@ class Manifest:
         try:
             return cls._parse(data)
         except _Bad as e:
-            raise BundleError(f"{where} is not a valid medexport manifest: {e}. Rebuild the bundle with "
-                              f"`medexport build --force`") from None
+            raise BundleError(
+                f"{where} is not a valid medexport manifest: {e}. Rebuild the bundle with `medexport build --force`"
+            ) from None
 
     @classmethod
     def _parse(cls, data: object) -> Manifest:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise _Bad(f"'format' must be {FORMAT!r}")
         if data.get("format_version") != FORMAT_VERSION:
-            raise _Bad(f"format_version {data.get('format_version')!r} is not {FORMAT_VERSION} (made by another "
-                       f"medexport version?)")
+            raise _Bad(
+                f"format_version {data.get('format_version')!r} is not {FORMAT_VERSION} (made by another "
+                f"medexport version?)"
+            )
         for key, kind in (("model", dict), ("build", dict), ("counts", dict), ("requested", list)):
             if not isinstance(data.get(key), kind):
                 raise _Bad(f"{key!r} must be a{'n' if kind is dict else ''} {'object' if kind is dict else 'list'}")
@@ -265,9 +301,12 @@ class Manifest:
             raise _Bad(f"'requested' must list mediator counts (positive integers), got {requested[:5]!r}")
         info = data.get("data")
         if info is not None and not (isinstance(info, dict) and info.get("space") == "pixel"):
-            raise _Bad("'data' must be null or an object with \"space\": \"pixel\"")
-        if info is not None and "class_names" in info and not (
-                isinstance(info["class_names"], list) and all(isinstance(c, str) for c in info["class_names"])):
+            raise _Bad('\'data\' must be null or an object with "space": "pixel"')
+        if (
+            info is not None
+            and "class_names" in info
+            and not (isinstance(info["class_names"], list) and all(isinstance(c, str) for c in info["class_names"]))
+        ):
             raise _Bad("'data.class_names' must be a list of names")
         sampling = data.get("sampling")
         if sampling is not None and not isinstance(sampling, dict):
@@ -279,16 +318,27 @@ class Manifest:
         counts = {}
         for key, entry in data["counts"].items():
             if not (isinstance(key, str) and key.isdigit() and (int(key) == FULL if full else int(key) > 0)):
-                raise _Bad(f"counts key {key!r} is not " + (f"{FULL!r} (the full-attention model)" if full else
-                                                            "a mediator count"))
+                raise _Bad(
+                    f"counts key {key!r} is not "
+                    + (f"{FULL!r} (the full-attention model)" if full else "a mediator count")
+                )
             try:
                 counts[int(key)] = CountEntry.from_dict(int(key), entry, data["model"])
             except _Bad as e:
                 raise _Bad(f"counts[{key!r}] {e}") from None
-        return cls(model=data["model"], build=data["build"], requested=tuple(sorted(requested)), counts=counts,
-                   sampling=recommended, data=info, created=data.get("created", ""),
-                   updated=data.get("updated", ""), medexport_version=data.get("medexport_version", ""),
-                   format_version=FORMAT_VERSION, raw=data)
+        return cls(
+            model=data["model"],
+            build=data["build"],
+            requested=tuple(sorted(requested)),
+            counts=counts,
+            sampling=recommended,
+            data=info,
+            created=data.get("created", ""),
+            updated=data.get("updated", ""),
+            medexport_version=data.get("medexport_version", ""),
+            format_version=FORMAT_VERSION,
+            raw=data,
+        )
 
     @classmethod
     def read(cls, folder: str | os.PathLike) -> Manifest:
@@ -298,13 +348,15 @@ class Manifest:
             raise BundleError(f"{folder} does not exist: build a bundle with `medexport build` first")
         path = folder / MANIFEST
         if not folder.is_dir() or not path.is_file():
-            raise BundleError(f"{folder} is not an engine bundle (no {MANIFEST}): point to a folder made by "
-                              f"`medexport build`")
+            raise BundleError(
+                f"{folder} is not an engine bundle (no {MANIFEST}): point to a folder made by `medexport build`"
+            )
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BundleError(f"{path} is not valid JSON ({e}): rebuild the bundle with `medexport build --force`"
-                              ) from None
+            raise BundleError(
+                f"{path} is not valid JSON ({e}): rebuild the bundle with `medexport build --force`"
+            ) from None
         except OSError as e:
             raise BundleError(f"{path} cannot be read ({e.strerror or e})") from None
         return cls.from_dict(data, path)
@@ -314,6 +366,8 @@ def read_complete(folder: str | os.PathLike) -> Manifest:
     """The manifest of ``folder``, refusing a bundle that holds no complete count (with what to do)."""
     m = Manifest.read(folder)
     if not m.counts:
-        raise BundleError(f"bundle {folder} holds no complete mediator count (interrupted build?): run "
-                          f"`medexport build` again with the same options to finish it")
+        raise BundleError(
+            f"bundle {folder} holds no complete mediator count (interrupted build?): run "
+            f"`medexport build` again with the same options to finish it"
+        )
     return m

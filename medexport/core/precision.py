@@ -63,19 +63,50 @@ class Precision:
         return "fp32" if self.quantized else self.name
 
 
-PRECISIONS: dict[str, Precision] = {p.name: p for p in (
-    Precision("fp32", "float32", 1e-4, summary="float32"),
-    Precision("fp16", "float16", 2e-2, summary="float16 weights and activations"),
-    Precision("bf16", "bfloat16", 2e-2, backends=("tensorrt", "onnxruntime-gpu", "torch"),
-              summary="bfloat16 weights and activations", opset=22),
-    Precision("int8", "float32", 6e-2, "dynamic", "int8", backends=("onnxruntime",),
-              summary="dynamic int8 (int8 weights, activations quantised at run time)"),
-    Precision("int8-static", "float32", 2e-1, "static-qdq", "int8", calibrated=True,
-              backends=("onnxruntime", "tensorrt"),
-              summary="static int8 Q/DQ, symmetric, per-channel weights, calibrated"),
-    Precision("fp8", "float32", 3e-1, "static-qdq", "float8e4m3fn", calibrated=True, backends=("tensorrt",),
-              summary="static fp8 (E4M3) Q/DQ, calibrated"),
-)}
+PRECISIONS: dict[str, Precision] = {
+    p.name: p
+    for p in (
+        Precision("fp32", "float32", 1e-4, summary="float32"),
+        Precision("fp16", "float16", 2e-2, summary="float16 weights and activations"),
+        Precision(
+            "bf16",
+            "bfloat16",
+            2e-2,
+            backends=("tensorrt", "onnxruntime-gpu", "torch"),
+            summary="bfloat16 weights and activations",
+            opset=22,
+        ),
+        Precision(
+            "int8",
+            "float32",
+            6e-2,
+            "dynamic",
+            "int8",
+            backends=("onnxruntime",),
+            summary="dynamic int8 (int8 weights, activations quantised at run time)",
+        ),
+        Precision(
+            "int8-static",
+            "float32",
+            2e-1,
+            "static-qdq",
+            "int8",
+            calibrated=True,
+            backends=("onnxruntime", "tensorrt"),
+            summary="static int8 Q/DQ, symmetric, per-channel weights, calibrated",
+        ),
+        Precision(
+            "fp8",
+            "float32",
+            3e-1,
+            "static-qdq",
+            "float8e4m3fn",
+            calibrated=True,
+            backends=("tensorrt",),
+            summary="static fp8 (E4M3) Q/DQ, calibrated",
+        ),
+    )
+}
 
 #: Every precision's name, float precisions first: the CLI's choices.
 NAMES = tuple(PRECISIONS)

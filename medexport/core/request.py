@@ -41,13 +41,17 @@ def _labels(labels: object) -> tuple[int, ...]:
     labels = list(labels)
     wrong = [v for v in labels if not _is_int(v)]
     if wrong:
-        raise SamplingError(f"labels must be integers (class indices), got {wrong[:5]!r}: a float label would be "
-                            f"truncated, a name must be mapped to its index first")
+        raise SamplingError(
+            f"labels must be integers (class indices), got {wrong[:5]!r}: a float label would be "
+            f"truncated, a name must be mapped to its index first"
+        )
     if not labels:
         raise SamplingError("no labels given: pass at least one class label")
     if len(labels) > MAX_IMAGES:
-        raise SamplingError(f"{len(labels)} images in one request is more than {MAX_IMAGES}: split it (medexport "
-                            f"generate makes large sets block by block)")
+        raise SamplingError(
+            f"{len(labels)} images in one request is more than {MAX_IMAGES}: split it (medexport "
+            f"generate makes large sets block by block)"
+        )
     return tuple(int(v) for v in labels)
 
 
@@ -76,12 +80,22 @@ class SampleRequest:
     settings: SamplingSettings
     check_finite: bool
 
-    def __init__(self, labels, *, seed: int | None = None, image_seeds=None, settings: SamplingSettings | None = None,
-                 check_finite: bool = True, **options):
+    def __init__(
+        self,
+        labels,
+        *,
+        seed: int | None = None,
+        image_seeds=None,
+        settings: SamplingSettings | None = None,
+        check_finite: bool = True,
+        **options,
+    ):
         unknown = sorted(set(options) - set(_SETTINGS))
         if unknown:
-            raise SamplingError(f"unknown request field(s) {', '.join(unknown)}; known: "
-                                f"{', '.join(sorted(('labels', 'seed', 'image_seeds', 'check_finite', *_SETTINGS)))}")
+            raise SamplingError(
+                f"unknown request field(s) {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(('labels', 'seed', 'image_seeds', 'check_finite', *_SETTINGS)))}"
+            )
         if settings is not None and options:
             raise SamplingError("give the sampling settings as settings= or as keywords, not both")
         if settings is not None and not isinstance(settings, SamplingSettings):
@@ -99,8 +113,10 @@ class SampleRequest:
             if seed is not None:
                 raise SamplingError("give seed or image_seeds, not both")
             if len(seeds) != len(self.labels) or not all(_is_int(v) and 0 <= v < 2**63 for v in seeds):
-                raise SamplingError(f"image_seeds must be one integer in [0, 2**63) per label ({len(self.labels)}), "
-                                    f"got {seeds[:5]!r}{'...' if len(seeds) > 5 else ''}")
+                raise SamplingError(
+                    f"image_seeds must be one integer in [0, 2**63) per label ({len(self.labels)}), "
+                    f"got {seeds[:5]!r}{'...' if len(seeds) > 5 else ''}"
+                )
             image_seeds = tuple(int(v) for v in seeds)
         put("image_seeds", image_seeds)
         put("settings", settings)
@@ -122,9 +138,13 @@ class SampleRequest:
         return tuple(image_seed(self.seed, i) for i in range(len(self.labels)))
 
     def to_dict(self) -> dict:
-        return {"labels": list(self.labels), "seed": self.seed,
-                "image_seeds": None if self.image_seeds is None else list(self.image_seeds),
-                **self.settings.to_dict(), "check_finite": self.check_finite}
+        return {
+            "labels": list(self.labels),
+            "seed": self.seed,
+            "image_seeds": None if self.image_seeds is None else list(self.image_seeds),
+            **self.settings.to_dict(),
+            "check_finite": self.check_finite,
+        }
 
     @classmethod
     def from_dict(cls, d: object) -> SampleRequest:
@@ -134,8 +154,10 @@ class SampleRequest:
         if "labels" not in d:
             raise SamplingError("a sample request needs 'labels'")
         if "settings" in d:
-            raise SamplingError("a sample request's JSON form is flat: give the settings' fields (steps, "
-                                "schedule, ...) beside the labels, not under 'settings'")
+            raise SamplingError(
+                "a sample request's JSON form is flat: give the settings' fields (steps, "
+                "schedule, ...) beside the labels, not under 'settings'"
+            )
         return cls(**d)
 
 

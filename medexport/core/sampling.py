@@ -25,7 +25,8 @@ import numpy as np
 from ..errors import SamplingError
 from .arrays import Arrays
 from .request import INITIAL, MAX_IMAGES, SDE_COND, SDE_UNCOND, RowNoise, SampleRequest
-from .samplers import Run, get as get_sampler
+from .samplers import Run
+from .samplers import get as get_sampler
 from .schedule import FixedSchedule, Schedule
 from .schedule_text import parse_schedule
 from .settings import SamplingSettings
@@ -113,8 +114,10 @@ class SampleResult:
         return [s for prev, s in zip(order, order[1:]) if steps[s][0] != steps[prev][0]]
 
     def trace_dicts(self) -> list[dict]:
-        return [{"step": e.step, "t": e.t, "mediators": e.mediators, "backend": e.backend, "ms": e.ms,
-                 "batch": e.batch} for e in self.trace]
+        return [
+            {"step": e.step, "t": e.t, "mediators": e.mediators, "backend": e.backend, "ms": e.ms, "batch": e.batch}
+            for e in self.trace
+        ]
 
 
 def guide(out, cfg_scale: float, channels: int | None, cat) -> object:
@@ -147,8 +150,10 @@ def resolve_schedule(schedule: Schedule | str | None, counts: Sequence[int]) -> 
 def check_labels(labels: Sequence[int], num_classes: int) -> None:
     bad = [int(v) for v in labels if not 0 <= v < num_classes]
     if bad:
-        raise SamplingError(f"labels {bad[:10]} are outside 0..{num_classes - 1} (the model has {num_classes} "
-                            f"classes; the null class {num_classes} is added by guidance)")
+        raise SamplingError(
+            f"labels {bad[:10]} are outside 0..{num_classes - 1} (the model has {num_classes} "
+            f"classes; the null class {num_classes} is added by guidance)"
+        )
 
 
 #: Calls per engine and batch size in :func:`warmup`. ONNX Runtime plans a session's memory for a shape on its
@@ -168,12 +173,17 @@ def check_batches(batches: object) -> list[int]:
     a request of that size would be)."""
     if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence):
         raise SamplingError(f"batches must be a list of batch sizes (e.g. [1, 8]), got {batches!r}")
-    bad = [b for b in batches if isinstance(b, bool) or not isinstance(b, numbers.Integral)
-           or not 1 <= b <= MAX_ENGINE_BATCH]
+    bad = [
+        b
+        for b in batches
+        if isinstance(b, bool) or not isinstance(b, numbers.Integral) or not 1 <= b <= MAX_ENGINE_BATCH
+    ]
     if bad or not batches:
-        raise SamplingError(f"batches takes engine batch sizes in 1..{MAX_ENGINE_BATCH} (images, doubled with "
-                            f"guidance), got {bad[:5] if bad else 'an empty list'}: give e.g. batches=[1, 8], or a "
-                            f"request to warm up at the sizes it will use")
+        raise SamplingError(
+            f"batches takes engine batch sizes in 1..{MAX_ENGINE_BATCH} (images, doubled with "
+            f"guidance), got {bad[:5] if bad else 'an empty list'}: give e.g. batches=[1, 8], or a "
+            f"request to warm up at the sizes it will use"
+        )
     return [int(b) for b in batches]
 
 
@@ -194,8 +204,9 @@ def warmup(forwards: Mapping[int, Forward], *, xp: Arrays, shape: ModelShape, ba
     return seconds
 
 
-def warmup_batches(request: SampleRequest | None, defaults: SamplingSettings | None,
-                   batches: Sequence[int] | None = None) -> list[int]:
+def warmup_batches(
+    request: SampleRequest | None, defaults: SamplingSettings | None, batches: Sequence[int] | None = None
+) -> list[int]:
     """The batch sizes to warm up at: ``batches`` as given, else those a request's engine calls have (its images,
     doubled with guidance), else 1; SamplingError for both or for a request that is not one."""
     if request is not None and batches is not None:
@@ -249,9 +260,18 @@ class RequestRun:
         backends: the name each count's engine reports in the trace.
     """
 
-    def __init__(self, request: SampleRequest, *, counts: Sequence[int], xp: Arrays, shape: ModelShape,
-                 defaults: SamplingSettings | None = None, schedule: Schedule | None = None, noise=None,
-                 backends: Mapping[int, str] | None = None):
+    def __init__(
+        self,
+        request: SampleRequest,
+        *,
+        counts: Sequence[int],
+        xp: Arrays,
+        shape: ModelShape,
+        defaults: SamplingSettings | None = None,
+        schedule: Schedule | None = None,
+        noise=None,
+        backends: Mapping[int, str] | None = None,
+    ):
         if not isinstance(request, SampleRequest):
             raise SamplingError(f"expected a SampleRequest, got {type(request).__name__}")
         counts = sorted(counts)
@@ -260,8 +280,10 @@ class RequestRun:
         self.sampler = get_sampler(settings, xp)
         self.schedule = sched = resolve_schedule(schedule if schedule is not None else settings.schedule, counts)
         if sched.adaptive and settings.num_model_steps is None:
-            raise SamplingError("an adaptive schedule needs a fixed-step sampler (not dopri5): use --method euler/heun "
-                                "or a fixed schedule")
+            raise SamplingError(
+                "an adaptive schedule needs a fixed-step sampler (not dopri5): use --method euler/heun "
+                "or a fixed schedule"
+            )
         check_labels(request.labels, shape.num_classes)
         self.guided = settings.guided
         # 3 on a 1-channel model: all
@@ -273,8 +295,10 @@ class RequestRun:
             x0 = xp.from_numpy(RowNoise.for_request(seeds, INITIAL, B)((B, *state)))
         else:
             if tuple(getattr(noise, "shape", ())) != (B, *state):
-                raise SamplingError(f"noise must be {(B, *state)} for {B} labels, got "
-                                    f"{tuple(getattr(noise, 'shape', ())) or type(noise).__name__}")
+                raise SamplingError(
+                    f"noise must be {(B, *state)} for {B} labels, got "
+                    f"{tuple(getattr(noise, 'shape', ())) or type(noise).__name__}"
+                )
             x0 = xp.from_numpy(np.asarray(xp.to_numpy(noise), dtype=np.float32))
         sde_noise = RowNoise.for_request(seeds, SDE_COND, B)
         y = xp.labels(request.labels)
@@ -333,8 +357,12 @@ class RequestRun:
                 for n in sorted(set(chosen)):
                     rows = [i for i, k in enumerate(chosen) if k == n]
                     groups.append((n, rows + [r + B for r in rows] if guided else rows))
-            calls = [call(n, x, t, y, step) if rows is None else
-                     call(n, xp.take(x, rows), xp.take(t, rows), xp.take(y, rows), step) for n, rows in groups]
+            calls = [
+                call(n, x, t, y, step)
+                if rows is None
+                else call(n, xp.take(x, rows), xp.take(t, rows), xp.take(y, rows), step)
+                for n, rows in groups
+            ]
             outs = []
             for c, (out, ms) in zip(calls, dispatch(calls)):
                 backend = self.backend(c.mediators)
@@ -359,15 +387,28 @@ class RequestRun:
             trace[i] = TraceEntry(e.step, e.t, e.mediators, e.backend, ms, e.batch)
         seconds = time.perf_counter() - start
         request, names = self.request, self.names
-        ran = {**self.settings.to_dict(), "schedule": str(sched), "seed": request.seed,
-               "labels": list(request.labels),
-               "backend": ",".join(sorted(set(names.values()))) if names else xp.name}
+        ran = {
+            **self.settings.to_dict(),
+            "schedule": str(sched),
+            "seed": request.seed,
+            "labels": list(request.labels),
+            "backend": ",".join(sorted(set(names.values()))) if names else xp.name,
+        }
         return SampleResult(x[:B], trace, seconds, ran)
 
 
-def run_request(request: SampleRequest, *, forwards: Mapping[int, Forward], xp: Arrays, shape: ModelShape,
-                defaults: SamplingSettings | None = None, schedule: Schedule | None = None, noise=None,
-                hooks: Sequence[Hook] = (), backends: Mapping[int, str] | None = None) -> SampleResult:
+def run_request(
+    request: SampleRequest,
+    *,
+    forwards: Mapping[int, Forward],
+    xp: Arrays,
+    shape: ModelShape,
+    defaults: SamplingSettings | None = None,
+    schedule: Schedule | None = None,
+    noise=None,
+    hooks: Sequence[Hook] = (),
+    backends: Mapping[int, str] | None = None,
+) -> SampleResult:
     """Run one request, its engines called in place (:class:`RequestRun` with :meth:`RequestRun.direct`).
 
     Args:
@@ -381,6 +422,14 @@ def run_request(request: SampleRequest, *, forwards: Mapping[int, Forward], xp: 
         hooks: called with each :class:`Evaluation` before the engine runs it.
         backends: the name each count's engine reports in the trace.
     """
-    run = RequestRun(request, counts=list(forwards), xp=xp, shape=shape, defaults=defaults, schedule=schedule,
-                     noise=noise, backends=backends)
+    run = RequestRun(
+        request,
+        counts=list(forwards),
+        xp=xp,
+        shape=shape,
+        defaults=defaults,
+        schedule=schedule,
+        noise=noise,
+        backends=backends,
+    )
     return run.run(run.direct(forwards, hooks))

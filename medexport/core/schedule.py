@@ -72,7 +72,8 @@ class Schedule(abc.ABC):
             raise ScheduleError(
                 f"the schedule {str(self)!r} uses mediator count(s) {', '.join(map(str, missing))}, but this is a "
                 f"vanilla (full-attention) bundle: it runs its one model, with no --schedule. Sample the mediator "
-                f"bundle for a schedule")
+                f"bundle for a schedule"
+            )
         if missing:
             raise ScheduleError(
                 f"the schedule {str(self)!r} uses mediator count(s) {', '.join(map(str, missing))}, which the "
@@ -92,8 +93,12 @@ def _check_counts(counts: tuple, hint: str = "") -> None:
         if c == 0 and not isinstance(c, bool) and len(counts) == 1:
             continue
         if c == 0 and not isinstance(c, bool):
-            raise ScheduleError("0 is the full-attention model of a vanilla twin, which is another model than the "
-                                "mediator counts: it cannot share a schedule with them", item=i, part="count")
+            raise ScheduleError(
+                "0 is the full-attention model of a vanilla twin, which is another model than the "
+                "mediator counts: it cannot share a schedule with them",
+                item=i,
+                part="count",
+            )
         if not isinstance(c, int) or isinstance(c, bool) or c < 1:
             raise ScheduleError(f"mediator counts must be positive integers, got {c!r}", item=i, part="count")
         if c in counts[:i]:
@@ -137,8 +142,11 @@ class FixedSchedule(Schedule):
             if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or not 0 < b < 1:
                 raise ScheduleError(f"the fraction {b!r} is not in (0, 1)", item=i, part="fraction")
             if b <= previous:
-                raise ScheduleError(f"the fraction {b!r} does not come after the previous one ({previous!r}); "
-                                    f"fractions must increase", item=i, part="fraction")
+                raise ScheduleError(
+                    f"the fraction {b!r} does not come after the previous one ({previous!r}); fractions must increase",
+                    item=i,
+                    part="fraction",
+                )
             previous = b
 
     @classmethod
@@ -217,16 +225,22 @@ class AdaptiveSchedule(Schedule):
 
     adaptive = True
 
-    def __init__(self, counts: Sequence[int], ratios: Sequence[float], *, warmup: int = 3,
-                 distance: str = "mae", per_sample: bool = False):
+    def __init__(
+        self,
+        counts: Sequence[int],
+        ratios: Sequence[float],
+        *,
+        warmup: int = 3,
+        distance: str = "mae",
+        per_sample: bool = False,
+    ):
         counts, ratios = tuple(counts), tuple(ratios)
         if not 2 <= len(counts) <= 3:
             raise ScheduleError(f"an adaptive schedule switches between 2 or 3 mediator counts, got {counts}")
         _check_counts(counts)
         if len(ratios) != len(counts) - 1:
             raise ScheduleError(
-                f"{len(counts)} counts need {len(counts) - 1} ratio(s) (one per switch), got {len(ratios)}: "
-                f"{ratios}"
+                f"{len(counts)} counts need {len(counts) - 1} ratio(s) (one per switch), got {len(ratios)}: {ratios}"
             )
         for r in ratios:
             if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
@@ -256,8 +270,10 @@ class AdaptiveSchedule(Schedule):
         return self._counts
 
     def __str__(self) -> str:
-        text = (f"{ADAPTIVE_PREFIX}:{','.join(map(str, self._counts))}"
-                f":ratios={','.join(repr(r) for r in self.ratios)}:warmup={self.warmup}:distance={self.distance}")
+        text = (
+            f"{ADAPTIVE_PREFIX}:{','.join(map(str, self._counts))}"
+            f":ratios={','.join(repr(r) for r in self.ratios)}:warmup={self.warmup}:distance={self.distance}"
+        )
         return text + (":per-sample" if self.per_sample else "")
 
     def __repr__(self) -> str:
@@ -328,8 +344,9 @@ class AdaptiveSchedule(Schedule):
                 for stage, ratio in enumerate(self.ratios):  # stage 0: m1 -> m2, stage 1: m2 -> m3
                     if self._current[row] == stage and float(d[row]) < ratio * float(self._d0[row]):
                         self._current[row] = stage + 1
-                        self.switches.append(Switch(i, self._counts[stage], self._counts[stage + 1],
-                                                    row if self.per_sample else None))
+                        self.switches.append(
+                            Switch(i, self._counts[stage], self._counts[stage + 1], row if self.per_sample else None)
+                        )
 
     @property
     def d0(self) -> np.ndarray | float:

@@ -16,13 +16,16 @@ _INT = re.compile(r"[0-9]+")
 
 
 def _fail(text: str, pos: int, message: str, hint: str) -> ScheduleError:
-    return ScheduleError(f"bad mediator schedule {text!r} at character {pos + 1}: {message}\n"
-                         f"    {text}\n    {' ' * pos}^\n{hint}")
+    return ScheduleError(
+        f"bad mediator schedule {text!r} at character {pos + 1}: {message}\n    {text}\n    {' ' * pos}^\n{hint}"
+    )
 
 
 _FIXED_HINT = "write COUNT:FRACTION,...,COUNT, e.g. '16:0.3,32:0.7,64' (or one count, e.g. '64')"
-_ADAPTIVE_HINT = ("write adaptive:COUNTS:ratios=R1[,R2][:warmup=K][:distance=mae|mse][:per-sample], "
-                  "e.g. 'adaptive:16,32,64:ratios=0.5,0.2'")
+_ADAPTIVE_HINT = (
+    "write adaptive:COUNTS:ratios=R1[,R2][:warmup=K][:distance=mae|mse][:per-sample], "
+    "e.g. 'adaptive:16,32,64:ratios=0.5,0.2'"
+)
 
 
 def _parse_int(text: str, pos: int, token: str, what: str, hint: str) -> int:
@@ -67,11 +70,19 @@ def _parse_fixed(text: str) -> FixedSchedule:
         where["count", n - 1] = (pos, seg)
         frac_pos = pos + segment.index(":") + 1 if colon else pos + len(segment)
         if last and colon:
-            raise _fail(text, frac_pos, f"{seg} is the last and has a fraction: the last segment runs to the "
-                        "end, drop its ':FRACTION'", _FIXED_HINT)
+            raise _fail(
+                text,
+                frac_pos,
+                f"{seg} is the last and has a fraction: the last segment runs to the end, drop its ':FRACTION'",
+                _FIXED_HINT,
+            )
         if not last and not colon:
-            raise _fail(text, frac_pos, f"{seg} has no fraction: every segment but the last ends at one, "
-                        f"e.g. '{count}:0.5'", _FIXED_HINT)
+            raise _fail(
+                text,
+                frac_pos,
+                f"{seg} has no fraction: every segment but the last ends at one, e.g. '{count}:0.5'",
+                _FIXED_HINT,
+            )
         counts.append(count)
         if last:
             break
@@ -109,17 +120,28 @@ def _parse_adaptive(text: str) -> AdaptiveSchedule:
                 raise _fail(text, value_pos, f"unknown distance {value!r}: choose mae or mse", _ADAPTIVE_HINT)
             options[key] = value.lower()
         elif key == "ratios" and eq:
-            ratios = tuple(_parse_float(text, p, token, "ratio", _ADAPTIVE_HINT)
-                           for p, token in _split(text, ",", value_pos, value_pos + len(value)))
+            ratios = tuple(
+                _parse_float(text, p, token, "ratio", _ADAPTIVE_HINT)
+                for p, token in _split(text, ",", value_pos, value_pos + len(value))
+            )
         else:
             raise _fail(text, pos, f"unknown option {option!r}", _ADAPTIVE_HINT)
     if ratios is None:
-        raise _fail(text, len(text), "the ratios are missing (ratios=R1 for 2 counts, ratios=R1,R2 for 3)",
-                    _ADAPTIVE_HINT)
-    return _checked(text, lambda: AdaptiveSchedule(counts, ratios, warmup=options.get("warmup", 3),
-                                                   distance=options.get("distance", "mae"),
-                                                   per_sample=options.get("per-sample", False)),
-                    where, _ADAPTIVE_HINT)
+        raise _fail(
+            text, len(text), "the ratios are missing (ratios=R1 for 2 counts, ratios=R1,R2 for 3)", _ADAPTIVE_HINT
+        )
+    return _checked(
+        text,
+        lambda: AdaptiveSchedule(
+            counts,
+            ratios,
+            warmup=options.get("warmup", 3),
+            distance=options.get("distance", "mae"),
+            per_sample=options.get("per-sample", False),
+        ),
+        where,
+        _ADAPTIVE_HINT,
+    )
 
 
 def _checked(text: str, make, where: dict, hint: str):

@@ -89,14 +89,18 @@ class SchedulerLimits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise SamplingError(f"scheduler limit {name} must be an integer >= 1, got {value!r}")
-        if self.max_batch is not None and (isinstance(self.max_batch, bool)
-                                           or not isinstance(self.max_batch, (int, np.integer)) or self.max_batch < 1):
+        if self.max_batch is not None and (
+            isinstance(self.max_batch, bool) or not isinstance(self.max_batch, (int, np.integer)) or self.max_batch < 1
+        ):
             raise SamplingError(f"scheduler limit max_batch must be an integer >= 1 or None, got {self.max_batch!r}")
-        if self.timeout_s is not None and (isinstance(self.timeout_s, bool)
-                                           or not isinstance(self.timeout_s, (int, float))
-                                           or not 0 < self.timeout_s < float("inf")):
-            raise SamplingError(f"scheduler limit timeout_s must be a number of seconds > 0 or None, got "
-                                f"{self.timeout_s!r}")
+        if self.timeout_s is not None and (
+            isinstance(self.timeout_s, bool)
+            or not isinstance(self.timeout_s, (int, float))
+            or not 0 < self.timeout_s < float("inf")
+        ):
+            raise SamplingError(
+                f"scheduler limit timeout_s must be a number of seconds > 0 or None, got {self.timeout_s!r}"
+            )
 
 
 class RequestHandle:
@@ -258,11 +262,24 @@ class SchedulerStats:
         return sum(c.rows for c in self.counts.values()) / forwards if forwards else 0.0
 
     def to_dict(self) -> dict:
-        return {"ticks": self.ticks, "submitted": self.submitted, "completed": self.completed,
-                "failed": self.failed, "cancelled": self.cancelled, "refused": self.refused,
-                "rows_per_forward": round(self.rows_per_forward(), 3),
-                "counts": {n: {"forwards": c.forwards, "rows": c.rows, "rows_per_forward": round(c.rows_per_forward, 3),
-                               "ms": round(c.ms, 3)} for n, c in sorted(self.counts.items())}}
+        return {
+            "ticks": self.ticks,
+            "submitted": self.submitted,
+            "completed": self.completed,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "refused": self.refused,
+            "rows_per_forward": round(self.rows_per_forward(), 3),
+            "counts": {
+                n: {
+                    "forwards": c.forwards,
+                    "rows": c.rows,
+                    "rows_per_forward": round(c.rows_per_forward, 3),
+                    "ms": round(c.ms, 3),
+                }
+                for n, c in sorted(self.counts.items())
+            },
+        }
 
 
 class StepScheduler:
@@ -283,10 +300,17 @@ class StepScheduler:
         xp: the array adapter of the forwards (numpy).
     """
 
-    def __init__(self, forwards: Mapping[int, Forward], shape: ModelShape, *,
-                 defaults: SamplingSettings | None = None, limits: SchedulerLimits | None = None,
-                 batch_ranges: Mapping[int, BatchRange | None] | None = None,
-                 backends: Mapping[int, str] | None = None, xp: Arrays = NUMPY):
+    def __init__(
+        self,
+        forwards: Mapping[int, Forward],
+        shape: ModelShape,
+        *,
+        defaults: SamplingSettings | None = None,
+        limits: SchedulerLimits | None = None,
+        batch_ranges: Mapping[int, BatchRange | None] | None = None,
+        backends: Mapping[int, str] | None = None,
+        xp: Arrays = NUMPY,
+    ):
         if not forwards:
             raise SamplingError("a scheduler needs at least one mediator count's forward")
         self.forwards = dict(sorted(forwards.items()))
@@ -318,21 +342,35 @@ class StepScheduler:
         if not isinstance(request, SampleRequest):
             raise SamplingError(f"expected a SampleRequest, got {type(request).__name__}")
         if len(request.labels) > self.limits.max_images:
-            raise SamplingError(f"labels: {len(request.labels)} images in one request is more than this server's "
-                                f"limit of {self.limits.max_images}: split it into smaller requests")
+            raise SamplingError(
+                f"labels: {len(request.labels)} images in one request is more than this server's "
+                f"limit of {self.limits.max_images}: split it into smaller requests"
+            )
         steps = request.settings.over(self.defaults).resolved().resolved_steps
         if steps > self.limits.max_steps:
-            raise SamplingError(f"steps: {steps} is more than this server's limit of {self.limits.max_steps}: ask "
-                                f"for fewer steps")
-        run = RequestRun(request, counts=self.counts, xp=self.xp, shape=self.shape, defaults=self.defaults,
-                         schedule=schedule, noise=noise, backends=self.backends)
+            raise SamplingError(
+                f"steps: {steps} is more than this server's limit of {self.limits.max_steps}: ask for fewer steps"
+            )
+        run = RequestRun(
+            request,
+            counts=self.counts,
+            xp=self.xp,
+            shape=self.shape,
+            defaults=self.defaults,
+            schedule=schedule,
+            noise=noise,
+            backends=self.backends,
+        )
         if run.settings.num_model_steps is None:
-            raise SamplingError(f"method: {run.settings.method} chooses its own steps; the scheduler runs the "
-                                f"fixed-step samplers (euler, heun)")
+            raise SamplingError(
+                f"method: {run.settings.method} chooses its own steps; the scheduler runs the "
+                f"fixed-step samplers (euler, heun)"
+            )
         return run
 
-    def submit(self, request: SampleRequest, *, noise=None, schedule: Schedule | None = None,
-               timeout: float | None = None) -> RequestHandle:
+    def submit(
+        self, request: SampleRequest, *, noise=None, schedule: Schedule | None = None, timeout: float | None = None
+    ) -> RequestHandle:
         """Queue a request; it starts at the next tick with room. Returns its handle.
 
         Raises (before queueing): SamplingError (or another MedexportError) naming a bad field; :class:`Unavailable`
@@ -350,10 +388,10 @@ class StepScheduler:
                 raise Unavailable("the scheduler is stopping and takes no requests: retry on another server")
             if len(self._queue) >= self.limits.max_queue:
                 self.stats.refused += 1
-                raise Unavailable(f"the server is busy: {len(self._queue)} requests are waiting (its limit): retry "
-                                  f"later")
-            handle = RequestHandle(next(self._ids), request,
-                                   None if limit is None else time.perf_counter() + limit)
+                raise Unavailable(
+                    f"the server is busy: {len(self._queue)} requests are waiting (its limit): retry later"
+                )
+            handle = RequestHandle(next(self._ids), request, None if limit is None else time.perf_counter() + limit)
             self._queue.append(_Flight(handle, run))
             self.stats.submitted += 1
             self._work.notify_all()
@@ -381,8 +419,9 @@ class StepScheduler:
     def wait_for_work(self, timeout: float | None = None) -> bool:
         """Block until a request is waiting or in flight (or ``timeout``); True when there is work."""
         with self._work:
-            return self._work.wait_for(lambda: self._queue or self._active or self._closed, timeout) and \
-                bool(self._queue or self._active)
+            return self._work.wait_for(lambda: self._queue or self._active or self._closed, timeout) and bool(
+                self._queue or self._active
+            )
 
     def close(self, reason: str = "the server stopped before the request finished") -> None:
         """Refuse new requests and fail every waiting and running one with :class:`Unavailable` (at once)."""
@@ -524,9 +563,9 @@ class StepScheduler:
         start = 0
         for size in chunks:
             t0 = time.perf_counter()
-            v = self.forwards[n](x[start:start + size], t[start:start + size], y[start:start + size])
+            v = self.forwards[n](x[start : start + size], t[start : start + size], y[start : start + size])
             ms.append((time.perf_counter() - t0) * 1e3)
-            if not xp.is_array(v) or tuple(v.shape) != tuple(x[start:start + size].shape):
+            if not xp.is_array(v) or tuple(v.shape) != tuple(x[start : start + size].shape):
                 got = tuple(v.shape) if hasattr(v, "shape") else type(v).__name__
                 raise SamplingError(f"the engine for {n} mediators returned {got} for {size} rows")
             outs.append(v)
@@ -542,6 +581,6 @@ class StepScheduler:
         for size in sizes:  # each call: its rows, and the time of the forwards its rows were in
             first = next(i for i, e in enumerate(ends) if e > start)
             last = next(i for i, e in enumerate(ends) if e >= start + size)
-            done.append((v[start:start + size], float(sum(ms[first:last + 1]))))
+            done.append((v[start : start + size], float(sum(ms[first : last + 1]))))
             start += size
         return done

@@ -28,8 +28,16 @@ MAX_STEPS = 100_000
 #: The fields a bundle records as its model's recommendation (the manifest's ``sampling`` object).
 RECOMMENDED = ("sampler", "method", "steps", "cfg_scale", "cfg_channels", "schedule")
 #: What the reference uses where nothing is chosen.
-REFERENCE = dict(sampler="sde", cfg_scale=1.0, cfg_channels="3", last_step="mean", last_step_size=0.04,
-                 diffusion_norm=1.0, atol=1e-6, rtol=1e-3)
+REFERENCE = dict(
+    sampler="sde",
+    cfg_scale=1.0,
+    cfg_channels="3",
+    last_step="mean",
+    last_step_size=0.04,
+    diffusion_norm=1.0,
+    atol=1e-6,
+    rtol=1e-3,
+)
 
 
 def _registry():
@@ -79,8 +87,11 @@ def linspace_f32(end: float, n: int) -> np.ndarray:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, (bool, np.bool_)) \
+    return (
+        isinstance(value, (int, float, np.floating, np.integer))
+        and not isinstance(value, (bool, np.bool_))
         and math.isfinite(value)
+    )
 
 
 def _name(field: str, value: object) -> str:
@@ -138,30 +149,40 @@ class SamplingSettings:
         if self.sampler is not None:
             sampler = _name("sampler", self.sampler)
             if sampler not in registry.families():
-                raise SamplingError(f"unknown sampler {self.sampler!r}: choose one of "
-                                    f"{', '.join(registry.families())}")
+                raise SamplingError(f"unknown sampler {self.sampler!r}: choose one of {', '.join(registry.families())}")
             put("sampler", sampler)
         if self.method is not None:
             method = _name("method", self.method)
-            allowed = registry.methods(self.sampler) if self.sampler else tuple(dict.fromkeys(
-                m for f in registry.families() for m in registry.methods(f)))
+            allowed = (
+                registry.methods(self.sampler)
+                if self.sampler
+                else tuple(dict.fromkeys(m for f in registry.families() for m in registry.methods(f)))
+            )
             if method not in allowed:
                 owners = [f for f in registry.families() if method in registry.methods(f)]
                 raise SamplingError(
                     f"unknown {self.sampler + ' ' if self.sampler else ''}method {self.method!r}: choose one of "
-                    f"{', '.join(allowed)}" + (f" ({method} is an {owners[0]} method: use --sampler {owners[0]})"
-                                               if owners else ""))
+                    f"{', '.join(allowed)}"
+                    + (f" ({method} is an {owners[0]} method: use --sampler {owners[0]})" if owners else "")
+                )
             put("method", method)
         if self.steps is not None:
-            if isinstance(self.steps, (bool, np.bool_)) or not isinstance(self.steps, (int, np.integer)) \
-                    or not 2 <= self.steps <= MAX_STEPS:
-                raise SamplingError(f"steps must be an integer in 2..{MAX_STEPS} (it counts grid points, ends "
-                                    f"included), got {self.steps!r}")
+            if (
+                isinstance(self.steps, (bool, np.bool_))
+                or not isinstance(self.steps, (int, np.integer))
+                or not 2 <= self.steps <= MAX_STEPS
+            ):
+                raise SamplingError(
+                    f"steps must be an integer in 2..{MAX_STEPS} (it counts grid points, ends "
+                    f"included), got {self.steps!r}"
+                )
             put("steps", int(self.steps))
         if self.cfg_scale is not None:
             if not _is_number(self.cfg_scale) or self.cfg_scale < 1:
-                raise SamplingError(f"cfg scale {self.cfg_scale!r} is below 1 or not a finite number: use 1 (no "
-                                    f"guidance) or more (e.g. 4.0)")
+                raise SamplingError(
+                    f"cfg scale {self.cfg_scale!r} is below 1 or not a finite number: use 1 (no "
+                    f"guidance) or more (e.g. 4.0)"
+                )
             put("cfg_scale", float(self.cfg_scale))
         if self.cfg_channels is not None:
             channels = str(self.cfg_channels).strip().lower()
@@ -181,10 +202,10 @@ class SamplingSettings:
             if last not in LAST_STEPS:
                 raise SamplingError(f"unknown last step {self.last_step!r}: choose one of {', '.join(LAST_STEPS)}")
             put("last_step", last)
-        if self.last_step_size is not None and (not _is_number(self.last_step_size)
-                                                or not 0 < self.last_step_size < 1):
-            raise SamplingError(f"last_step_size must be in (0, 1), got {self.last_step_size!r}; the reference "
-                                f"uses 0.04")
+        if self.last_step_size is not None and (not _is_number(self.last_step_size) or not 0 < self.last_step_size < 1):
+            raise SamplingError(
+                f"last_step_size must be in (0, 1), got {self.last_step_size!r}; the reference uses 0.04"
+            )
         if self.diffusion_norm is not None and (not _is_number(self.diffusion_norm) or self.diffusion_norm < 0):
             raise SamplingError(f"diffusion_norm must be a finite number >= 0, got {self.diffusion_norm!r}")
         for name in ("atol", "rtol"):
@@ -215,8 +236,10 @@ class SamplingSettings:
         largest count", which only the runtime knows). A last step other than the default with the ODE is
         refused: the last step is the SDE's."""
         if self.sampler == "ode" and self.last_step not in (None, "mean"):
-            raise SamplingError(f"--last-step {self.last_step} applies to the SDE sampler only (the ODE integrates to "
-                                f"t = 1): drop it, or use --sampler sde")
+            raise SamplingError(
+                f"--last-step {self.last_step} applies to the SDE sampler only (the ODE integrates to "
+                f"t = 1): drop it, or use --sampler sde"
+            )
         if all(v is not None for k, v in asdict(self).items() if k != "schedule"):
             return self  # resolved already (a run resolves once; the sampler and its Run see the same object)
         d = {**REFERENCE, **{k: v for k, v in asdict(self).items() if v is not None}}

@@ -74,22 +74,30 @@ def demo_checkpoints(counts: list[int] | None = None, folder: str | os.PathLike 
     wanted = sorted(files) if counts is None else list(counts)
     missing = [n for n in wanted if n not in files]
     if missing:
-        raise AssetError(f"the demo model has no {', '.join(map(str, missing))}-mediator weights: it ships "
-                         f"{', '.join(map(str, sorted(files)))} mediators")
+        raise AssetError(
+            f"the demo model has no {', '.join(map(str, missing))}-mediator weights: it ships "
+            f"{', '.join(map(str, sorted(files)))} mediators"
+        )
     return {n: verified_file(folder, files[n], f"demo weights ({n} mediators)") for n in wanted}
 
 
-def write_weights(checkpoints: list[str | os.PathLike], dest: str | os.PathLike | None = None, *,
-                  sampling: dict | None = None, train: dict | None = None, name: str = NAME,
-                  dtype: str = "fp32") -> list[Path]:
+def write_weights(
+    checkpoints: list[str | os.PathLike],
+    dest: str | os.PathLike | None = None,
+    *,
+    sampling: dict | None = None,
+    train: dict | None = None,
+    name: str = NAME,
+    dtype: str = "fp32",
+) -> list[Path]:
     """Ship trainer checkpoints: their EMA weights as safetensors in ``dest`` (default: the package), with the
     data record, the recommended ``sampling`` settings and the training record as metadata, plus ``demo.json``
     (``name``: the bundle name it builds into) and the sha256 of every file. ``dtype`` "fp16" stores the
     weights in half precision (half the package; they load as float32)."""
     from safetensors.torch import save_file
 
-    from ..model import read_checkpoint
     from ..core.settings import SamplingSettings
+    from ..model import read_checkpoint
 
     dest = Path(dest) if dest else WEIGHTS_DIR
     dest.mkdir(parents=True, exist_ok=True)
@@ -102,8 +110,11 @@ def write_weights(checkpoints: list[str | os.PathLike], dest: str | os.PathLike 
             raise AssetError(f"{ckpt} is not a pixel-space demo checkpoint (its args do not name the data set)")
         n = info.config.mediators
         file = f"fashion-sit-m{n}.safetensors"
-        meta = {"medexport_data": json.dumps(info.data), "medexport_config": json.dumps(info.config.to_dict()),
-                "medexport_train": json.dumps({"train_steps": info.train_steps, **(train or {})})}
+        meta = {
+            "medexport_data": json.dumps(info.data),
+            "medexport_config": json.dumps(info.config.to_dict()),
+            "medexport_train": json.dumps({"train_steps": info.train_steps, **(train or {})}),
+        }
         if sampling is not None:
             meta["medexport_sampling"] = json.dumps(sampling)
         cast = (lambda v: v.half() if v.is_floating_point() else v) if dtype == "fp16" else (lambda v: v)
@@ -112,13 +123,30 @@ def write_weights(checkpoints: list[str | os.PathLike], dest: str | os.PathLike 
         files[str(n)] = file
         record[str(n)] = info.train_steps
         written.append(dest / file)
-    card = {"name": name, "files": dict(sorted(files.items(), key=lambda kv: int(kv[0]))), "sampling": sampling,
-            "train_steps": record, **({"train": train} if train else {}),
-            "card": f"models/{name}.md", **({"dtype": dtype} if dtype != "fp32" else {})}
+    card = {
+        "name": name,
+        "files": dict(sorted(files.items(), key=lambda kv: int(kv[0]))),
+        "sampling": sampling,
+        "train_steps": record,
+        **({"train": train} if train else {}),
+        "card": f"models/{name}.md",
+        **({"dtype": dtype} if dtype != "fp32" else {}),
+    }
     write_json(dest / CARD_FILE, card)
     record_sums(dest, [*files.values(), CARD_FILE])
     return written
 
 
-__all__ = ["DEFAULT_DEMO", "DEMOS", "NAME", "WEIGHTS_DIR", "demo_bundle_name", "demo_card", "demo_checkpoints",
-           "demo_counts", "demo_folder", "demo_names", "write_weights"]
+__all__ = [
+    "DEFAULT_DEMO",
+    "DEMOS",
+    "NAME",
+    "WEIGHTS_DIR",
+    "demo_bundle_name",
+    "demo_card",
+    "demo_checkpoints",
+    "demo_counts",
+    "demo_folder",
+    "demo_names",
+    "write_weights",
+]

@@ -24,11 +24,11 @@ _medexport = onnxscript.values.Opset(DOMAIN, 1)
 
 
 @onnxscript.script(opset=opset20, default_opset=opset20)
-def translate_mediator_attention(q: TFloat, k: TFloat, v: TFloat, m: TFloat, bias_mk: TFloat, bias_qm: TFloat,
-                                 scale: float) -> TFloat:
+def translate_mediator_attention(
+    q: TFloat, k: TFloat, v: TFloat, m: TFloat, bias_mk: TFloat, bias_qm: TFloat, scale: float
+) -> TFloat:
     """Exporter translation of ``torch.ops.medexport.mediator_attention``: one custom-domain node."""
-    return _medexport.MediatorAttention(q, k, v, m, bias_mk, bias_qm, scale=scale,
-                                        plugin_namespace=PLUGIN_NAMESPACE)
+    return _medexport.MediatorAttention(q, k, v, m, bias_mk, bias_qm, scale=scale, plugin_namespace=PLUGIN_NAMESPACE)
 
 
 def _attend(tag: str, query: str, key: str, bias: str, value: str, out: str) -> list[onnx.NodeProto]:
@@ -49,13 +49,20 @@ def mediator_attention_function(opset: int) -> onnx.FunctionProto:
     Softmax and the matmuls run in the inputs' dtype; ``scale`` (an attribute) is cast like ``q``.
     """
     scale = helper.make_node("Constant", [], ["scale_f"])
-    scale.attribute.append(onnx.AttributeProto(name="value_float", ref_attr_name="scale",
-                                               type=onnx.AttributeProto.FLOAT))
+    scale.attribute.append(
+        onnx.AttributeProto(name="value_float", ref_attr_name="scale", type=onnx.AttributeProto.FLOAT)
+    )
     nodes = [scale, helper.make_node("CastLike", ["scale_f", "q"], ["scale_c"])]
     nodes += _attend("mk", "m", "k", "bias_mk", "v", "v_m")  # mediators gather: softmax over the N keys
     nodes += _attend("qm", "q", "m", "bias_qm", "v_m", "o")  # queries read: softmax over the n mediators
-    return helper.make_function(DOMAIN, OP_TYPE, list(INPUTS), ["o"], nodes,
-                                opset_imports=[helper.make_opsetid("", opset)],
-                                attributes=["scale", "plugin_namespace"],
-                                doc_string="Mediator attention (medexport): softmax_N((m*scale) k^T + bias_mk) v, "
-                                           "then softmax_n((q*scale) m^T + bias_qm) of that.")
+    return helper.make_function(
+        DOMAIN,
+        OP_TYPE,
+        list(INPUTS),
+        ["o"],
+        nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=["scale", "plugin_namespace"],
+        doc_string="Mediator attention (medexport): softmax_N((m*scale) k^T + bias_mk) v, "
+        "then softmax_n((q*scale) m^T + bias_qm) of that.",
+    )

@@ -112,8 +112,9 @@ def check_onnx(path: Path, *, expected_mediator_nodes: int | None = None) -> onn
     return proto
 
 
-def export_onnx(model: MediatorDiT, path: str | os.PathLike, *, precision: str = "fp32",
-                spec: ExportSpec = ExportSpec()) -> ExportResult:
+def export_onnx(
+    model: MediatorDiT, path: str | os.PathLike, *, precision: str = "fp32", spec: ExportSpec = ExportSpec()
+) -> ExportResult:
     """Export ``model`` to ``path`` (written under a temporary name, then renamed) and check the file."""
     if precision not in TORCH_DTYPES:
         raise ExportError(f"unknown precision {precision!r}: choose one of {', '.join(TORCH_DTYPES)}")
@@ -132,24 +133,37 @@ def export_onnx(model: MediatorDiT, path: str | os.PathLike, *, precision: str =
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
-                graph, example, dynamo=True, opset_version=opset, input_names=list(spec.input_names),
-                output_names=list(spec.output_names), dynamic_shapes=dynamic, optimize=True, verbose=False,
-                custom_translation_table={torch.ops.medexport.mediator_attention.default:
-                                          translate_mediator_attention})
+                graph,
+                example,
+                dynamo=True,
+                opset_version=opset,
+                input_names=list(spec.input_names),
+                output_names=list(spec.output_names),
+                dynamic_shapes=dynamic,
+                optimize=True,
+                verbose=False,
+                custom_translation_table={torch.ops.medexport.mediator_attention.default: translate_mediator_attention},
+            )
         except Exception as e:  # the exporter raises many types; keep the cause visible
             what = "the full-attention model" if model.config.is_full else f"{model.config.mediators} mediators"
             raise ExportError(f"torch.onnx.export failed for {what}: {e}") from e
     if not model.config.is_full:  # a vanilla model's attention is plain ONNX ops
         _attach_function_body(program, opset)
-    model_proto_size = sum(v.const_value.nbytes for v in program.model.graph.initializers.values()
-                           if v.const_value is not None)
+    model_proto_size = sum(
+        v.const_value.nbytes for v in program.model.graph.initializers.values() if v.const_value is not None
+    )
     external = model_proto_size >= EXTERNAL_DATA_THRESHOLD - (64 << 20)
     files = _save_atomically(program, path, external)
     proto = check_onnx(path, expected_mediator_nodes=0 if model.config.is_full else model.config.depth)
     counts = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in proto.graph.node)
     seconds = time.perf_counter() - t0
-    log.info("exported %s (%s) to %s in %.1f s", "full attention" if model.config.is_full else
-             f"{model.config.mediators} mediators", precision, path.name, seconds)
+    log.info(
+        "exported %s (%s) to %s in %.1f s",
+        "full attention" if model.config.is_full else f"{model.config.mediators} mediators",
+        precision,
+        path.name,
+        seconds,
+    )
     return ExportResult(path, files, mediator_node_count(proto), dict(counts), seconds)
 
 

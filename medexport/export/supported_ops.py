@@ -5,7 +5,8 @@ so that the same file builds into a TensorRT engine. The list is deliberately th
 happens to appear in today's exports: a new op in the exporter's output fails the test that checks it.
 """
 
-TENSORRT_ONNX_OPS: frozenset[str] = frozenset("""
+TENSORRT_ONNX_OPS: frozenset[str] = frozenset(
+    """
 Abs Acos Acosh Add AffineGrid And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool
 BatchNormalization BitShift BlackmanWindow Cast CastLike Ceil Celu Clip Compress Concat ConcatFromSequence
 Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DFT DeformConv DepthToSpace DequantizeLinear Det
@@ -22,7 +23,8 @@ RotaryEmbedding Round STFT ScaledTanh Scan Scatter ScatterElements ScatterND Sel
 SequenceConstruct SequenceEmpty SequenceErase SequenceInsert SequenceLength Shape Shrink Sigmoid Sign Sin
 Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split SplitToSequence Sqrt Squeeze Sub Sum Tan Tanh
 ThresholdedRelu Tile TopK Transpose Trilu Unique Unsqueeze Upsample Where Xor
-""".split())
+""".split()
+)
 
 #: Highest opset the TensorRT 10.15 parser reads.
 TENSORRT_MAX_OPSET = 24

@@ -64,7 +64,7 @@ def load_judge(folder: str | os.PathLike | None = None) -> Judge:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         meta = json.loads((f.metadata() or {}).get("medexport_judge", "{}"))
     model = FashionJudge()
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     judge = Judge(model.eval(), tensors["stats.mu"].double().numpy(), tensors["stats.sigma"].double().numpy(), meta)
     _CACHE[key] = judge
     return judge
@@ -124,8 +124,14 @@ def score(images: torch.Tensor | np.ndarray, labels, judge: Judge | None = None)
     hit = probs.argmax(1) == labels
     per_class = [float(hit[labels == c].mean()) if (labels == c).any() else float("nan") for c in range(10)]
     mu, sigma = feature_stats(feats)
-    return JudgeScore(JUDGE_NAME, len(arr), float(hit.mean()), float(probs[np.arange(len(arr)), labels].mean()),
-                      frechet_distance(mu, sigma, judge.mu, judge.sigma), per_class)
+    return JudgeScore(
+        JUDGE_NAME,
+        len(arr),
+        float(hit.mean()),
+        float(probs[np.arange(len(arr)), labels].mean()),
+        frechet_distance(mu, sigma, judge.mu, judge.sigma),
+        per_class,
+    )
 
 
 def real_floor(num: int, seed: int = 0, data_dir=None, judge: Judge | None = None) -> JudgeScore:
@@ -136,16 +142,19 @@ def real_floor(num: int, seed: int = 0, data_dir=None, judge: Judge | None = Non
 
     per_class = max(1, num // 10)
     if per_class > REAL_PER_CLASS:
-        raise JudgeError(f"the real-vs-real floor of {num} images needs {per_class} training images per class; "
-                         f"Fashion-MNIST has {REAL_PER_CLASS}: judge at most {10 * REAL_PER_CLASS} images")
+        raise JudgeError(
+            f"the real-vs-real floor of {num} images needs {per_class} training images per class; "
+            f"Fashion-MNIST has {REAL_PER_CLASS}: judge at most {10 * REAL_PER_CLASS} images"
+        )
     images, labels = load_fashion_mnist("train", data_dir, genuine=True)
     rng = np.random.default_rng(seed)
     idx = np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)])
     return score(images[idx], labels[idx], judge)
 
 
-def write_judge(model: FashionJudge, test_images: torch.Tensor, folder: str | os.PathLike | None = None,
-                meta: dict | None = None) -> Path:
+def write_judge(
+    model: FashionJudge, test_images: torch.Tensor, folder: str | os.PathLike | None = None, meta: dict | None = None
+) -> Path:
     """Save the judge's weights with the feature statistics of ``test_images`` (float, [-1, 1]) and its sha256."""
     from safetensors.torch import save_file
 
@@ -165,5 +174,14 @@ def write_judge(model: FashionJudge, test_images: torch.Tensor, folder: str | os
     return folder / JUDGE_FILE
 
 
-__all__ = ["Judge", "JudgeError", "JudgeScore", "frechet_distance", "load_judge", "real_floor", "score", "to_uint8",
-           "write_judge"]
+__all__ = [
+    "Judge",
+    "JudgeError",
+    "JudgeScore",
+    "frechet_distance",
+    "load_judge",
+    "real_floor",
+    "score",
+    "to_uint8",
+    "write_judge",
+]

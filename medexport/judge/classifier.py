@@ -16,9 +16,14 @@ class FashionJudge(nn.Module):
     def __init__(self, num_classes: int = 10, feature_dim: int = FEATURE_DIM):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, 14, 14)
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, 7, 7)
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),  # (B, 64, 7, 7)
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, 32, 14, 14)
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, 64, 7, 7)
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.ReLU(),  # (B, 64, 7, 7)
         )
         self.fc = nn.Linear(64 * 7 * 7, feature_dim)
         self.head = nn.Sequential(nn.ReLU(), nn.Dropout(0.3), nn.Linear(feature_dim, num_classes))

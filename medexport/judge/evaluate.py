@@ -21,12 +21,16 @@ def check_applies(pipe) -> None:
     c = pipe.config
     if not data or data.get("dataset") != DATASET:
         what = "sd-vae latents" if not data else f"{data.get('dataset')!r} images"
-        raise JudgeError(f"the judge scores pixel-space Fashion-MNIST models; this bundle's model generates {what}, "
-                         f"so the judge does not apply. Evaluate such models with a standard FID tool on "
-                         f"`medexport sample` output.")
+        raise JudgeError(
+            f"the judge scores pixel-space Fashion-MNIST models; this bundle's model generates {what}, "
+            f"so the judge does not apply. Evaluate such models with a standard FID tool on "
+            f"`medexport sample` output."
+        )
     if (c.in_channels, c.input_size, c.num_classes) != (1, 28, 10):
-        raise JudgeError(f"the judge scores 1x28x28 images of 10 classes; this model makes "
-                         f"{c.in_channels}x{c.input_size}x{c.input_size} images of {c.num_classes} classes")
+        raise JudgeError(
+            f"the judge scores 1x28x28 images of 10 classes; this model makes "
+            f"{c.in_channels}x{c.input_size}x{c.input_size} images of {c.num_classes} classes"
+        )
 
 
 @dataclass
@@ -59,13 +63,22 @@ def check_per_class(per_class: int) -> None:
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
         raise JudgeError(f"--per-class {per_class!r}: give at least 1 image per class (50 or more for a stable FD)")
     if per_class > MAX_PER_CLASS:
-        raise JudgeError(f"--per-class {per_class}: at most {MAX_PER_CLASS} images per class (the real-vs-real floor "
-                         f"compares them with as many real training images, and Fashion-MNIST has {REAL_PER_CLASS} "
-                         f"per class); for a larger set use `medexport generate` and an FID tool")
+        raise JudgeError(
+            f"--per-class {per_class}: at most {MAX_PER_CLASS} images per class (the real-vs-real floor "
+            f"compares them with as many real training images, and Fashion-MNIST has {REAL_PER_CLASS} "
+            f"per class); for a larger set use `medexport generate` and an FID tool"
+        )
 
 
-def evaluate(pipe, sampling: SamplingSettings, *, per_class: int, seed: int = 0, batch: int = 100,
-             on_batch: Callable[[int], None] | None = None) -> EvalResult:
+def evaluate(
+    pipe,
+    sampling: SamplingSettings,
+    *,
+    per_class: int,
+    seed: int = 0,
+    batch: int = 100,
+    on_batch: Callable[[int], None] | None = None,
+) -> EvalResult:
     """Generate ``per_class`` images of each class with ``sampling`` (its schedule included) and judge them."""
     check_per_class(per_class)
     if batch < 1:
@@ -77,9 +90,18 @@ def evaluate(pipe, sampling: SamplingSettings, *, per_class: int, seed: int = 0,
 
     run = sample_in_batches(pipe, labels, sampling, seed=seed, batch=batch, on_batch=on_batch)
     s: JudgeScore = score(run.latents, labels, judge)
-    return EvalResult(run.schedule, s.images, s.accuracy, s.confidence, s.fd,
-                      run.flops_per_image / 1e9, 1e3 * run.seconds / len(labels), run.steps_per_count,
-                      s.per_class_accuracy, {**sampling.to_dict(), "seed": seed, "backend": pipe.backend})
+    return EvalResult(
+        run.schedule,
+        s.images,
+        s.accuracy,
+        s.confidence,
+        s.fd,
+        run.flops_per_image / 1e9,
+        1e3 * run.seconds / len(labels),
+        run.steps_per_count,
+        s.per_class_accuracy,
+        {**sampling.to_dict(), "seed": seed, "backend": pipe.backend},
+    )
 
 
 def floor_for(images: int, data_dir=None) -> JudgeScore | None:
@@ -96,5 +118,13 @@ def floor_for(images: int, data_dir=None) -> JudgeScore | None:
     return real_floor(images, data_dir=data_dir)
 
 
-__all__ = ["DATASET", "EvalResult", "JUDGE_NAME", "MAX_PER_CLASS", "check_applies", "check_per_class", "evaluate",
-           "floor_for"]
+__all__ = [
+    "DATASET",
+    "EvalResult",
+    "JUDGE_NAME",
+    "MAX_PER_CLASS",
+    "check_applies",
+    "check_per_class",
+    "evaluate",
+    "floor_for",
+]

@@ -48,13 +48,22 @@ class LitePipeline:
     the per-count models (``medexport export-triton``).
     """
 
-    def __init__(self, forwards: Mapping[int, Callable], config, defaults: SamplingSettings | dict | None = None,
-                 data: dict | None = None, *, backend: str = ENGINE):
+    def __init__(
+        self,
+        forwards: Mapping[int, Callable],
+        config,
+        defaults: SamplingSettings | dict | None = None,
+        data: dict | None = None,
+        *,
+        backend: str = ENGINE,
+    ):
         """``config``: the model config (its JSON dict, a ModelConfig or a :class:`ModelShape`); ``defaults``: the
         settings used where a request gives none (a bundle's recommendation, or its JSON object)."""
         self.forwards = dict(sorted(forwards.items()))
         self.shape = config if isinstance(config, ModelShape) else ModelShape.of(config)
-        self.defaults = defaults if isinstance(defaults, SamplingSettings) else SamplingSettings.from_dict(defaults or {})
+        self.defaults = (
+            defaults if isinstance(defaults, SamplingSettings) else SamplingSettings.from_dict(defaults or {})
+        )
         self.data = data
         self.backend = backend
         #: The model config (its JSON dict or a ModelConfig) where known: the FLOPs of a run are counted from it.
@@ -65,8 +74,9 @@ class LitePipeline:
         self.hooks: list[Hook] = []
 
     @classmethod
-    def from_bundle(cls, path: str | os.PathLike, *, threads: int | None = None,
-                    providers: list[str] | None = None) -> LitePipeline:
+    def from_bundle(
+        cls, path: str | os.PathLike, *, threads: int | None = None, providers: list[str] | None = None
+    ) -> LitePipeline:
         """ONNX Runtime sessions for every count of a bundle, after checking every engine file's hash."""
         from ..backend.onnxrt.session import engine_session
 
@@ -75,12 +85,18 @@ class LitePipeline:
         for n, entry in manifest.counts.items():
             engine = entry.engines.get(ENGINE)
             if engine is None:
-                raise BundleError(f"bundle {path} has no {ENGINE} engine for {n} mediators: the torch-free runtime "
-                                  f"runs ONNX Runtime engines (build with --backend {ENGINE})")
+                raise BundleError(
+                    f"bundle {path} has no {ENGINE} engine for {n} mediators: the torch-free runtime "
+                    f"runs ONNX Runtime engines (build with --backend {ENGINE})"
+                )
             main = engine.check(Path(path))
             single = len(engine.files) == 1  # a session made from one file can check the very bytes it uses
-            session = engine_session(main, sha256=engine.sha256 if single else None,
-                                     providers=providers or ["CPUExecutionProvider"], threads=threads)
+            session = engine_session(
+                main,
+                sha256=engine.sha256 if single else None,
+                providers=providers or ["CPUExecutionProvider"],
+                threads=threads,
+            )
             forwards[n] = chunked(lambda x, t, y, s=session: s.run(None, {"x": x, "t": t, "y": y})[0], engine.batch)
         first = manifest.counts[manifest.count_list[0]].config
         pipe = cls(forwards, first, manifest.sampling, manifest.data)
@@ -110,24 +126,46 @@ class LitePipeline:
         per_count = {n: forward_flops(config.with_mediators(n)) for n in self.counts}
         return sum(per_count[e.mediators] * e.batch for e in result.trace) / len(result.latents)
 
-    def run(self, request: SampleRequest, *, noise: np.ndarray | None = None,
-            schedule: Schedule | None = None) -> SampleResult:
+    def run(
+        self, request: SampleRequest, *, noise: np.ndarray | None = None, schedule: Schedule | None = None
+    ) -> SampleResult:
         """Run one :class:`SampleRequest`; the result's latents are numpy float32 (B, C, S, S)."""
-        return run_request(request, forwards=self.forwards, xp=NUMPY, shape=self.shape, defaults=self.defaults,
-                           schedule=schedule, noise=noise, hooks=self.hooks,
-                           backends=dict.fromkeys(self.forwards, self.backend))
+        return run_request(
+            request,
+            forwards=self.forwards,
+            xp=NUMPY,
+            shape=self.shape,
+            defaults=self.defaults,
+            schedule=schedule,
+            noise=noise,
+            hooks=self.hooks,
+            backends=dict.fromkeys(self.forwards, self.backend),
+        )
 
     def warmup(self, request: SampleRequest | None = None, *, batches: list[int] | None = None) -> dict[int, float]:
         """Run every engine once before sampling, as :meth:`medexport.Pipeline.warmup`."""
         sizes = warmup_batches(request, self.defaults, batches)
         return warmup(self.forwards, xp=NUMPY, shape=self.shape, batches=sizes)
 
-    def sample(self, labels, *, noise: np.ndarray | None = None, seed: int | None = None,
-               schedule: Schedule | str | None = None, image_seeds=None, check_finite: bool = True,
-               **settings) -> SampleResult:
+    def sample(
+        self,
+        labels,
+        *,
+        noise: np.ndarray | None = None,
+        seed: int | None = None,
+        schedule: Schedule | str | None = None,
+        image_seeds=None,
+        check_finite: bool = True,
+        **settings,
+    ) -> SampleResult:
         """The keyword form of :meth:`run`, as :meth:`medexport.Pipeline.sample`."""
         sched_obj = schedule if isinstance(schedule, Schedule) else None
-        request = SampleRequest(labels, seed=seed, image_seeds=image_seeds, check_finite=check_finite,
-                                schedule=None if sched_obj else schedule, **settings)
+        request = SampleRequest(
+            labels,
+            seed=seed,
+            image_seeds=image_seeds,
+            check_finite=check_finite,
+            schedule=None if sched_obj else schedule,
+            **settings,
+        )
         return self.run(request, noise=noise, schedule=sched_obj)
-

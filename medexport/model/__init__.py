@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import CheckpointInfo, infer_config, load_checkpoint, read_checkpoint, save_checkpoint
 from ..core.config import DEFAULT_IMAGE_SIZE, MODEL_NAMES, ModelConfig, config_from_name, mediator_grid
+from .checkpoint import CheckpointInfo, infer_config, load_checkpoint, read_checkpoint, save_checkpoint
 from .flops import flops_table, forward_flops
 from .mediator_dit import MediatorDiT
 
 
-def create_model(name: str | ModelConfig, *, mediators: int | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
-                 num_classes: int = 1000, learn_sigma: bool = True, seed: int | None = None,
-                 init: str = "reference", **overrides) -> MediatorDiT:
+def create_model(
+    name: str | ModelConfig,
+    *,
+    mediators: int | None = None,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    num_classes: int = 1000,
+    learn_sigma: bool = True,
+    seed: int | None = None,
+    init: str = "reference",
+    **overrides,
+) -> MediatorDiT:
     """A randomly initialised mediator DiT/SiT in eval mode.
 
     Args:
@@ -35,8 +43,14 @@ def create_model(name: str | ModelConfig, *, mediators: int | None = None, image
     else:
         if mediators is None:
             raise ConfigError("create_model needs mediators=<count> with a named config")
-        cfg = config_from_name(name, mediators=mediators, image_size=image_size, num_classes=num_classes,
-                               learn_sigma=learn_sigma, **overrides)
+        cfg = config_from_name(
+            name,
+            mediators=mediators,
+            image_size=image_size,
+            num_classes=num_classes,
+            learn_sigma=learn_sigma,
+            **overrides,
+        )
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
@@ -48,6 +62,19 @@ def create_model(name: str | ModelConfig, *, mediators: int | None = None, image
     return model
 
 
-__all__ = ["DEFAULT_IMAGE_SIZE", "MODEL_NAMES", "CheckpointInfo", "MediatorDiT", "ModelConfig", "config_from_name", "create_model",
-           "flops_table", "forward_flops", "infer_config", "load_checkpoint", "mediator_grid", "read_checkpoint",
-           "save_checkpoint"]
+__all__ = [
+    "DEFAULT_IMAGE_SIZE",
+    "MODEL_NAMES",
+    "CheckpointInfo",
+    "MediatorDiT",
+    "ModelConfig",
+    "config_from_name",
+    "create_model",
+    "flops_table",
+    "forward_flops",
+    "infer_config",
+    "load_checkpoint",
+    "mediator_grid",
+    "read_checkpoint",
+    "save_checkpoint",
+]

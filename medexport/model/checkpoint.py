@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..core.files import file_key as _file_key, file_sha256  # noqa: F401  (file_sha256: re-exported)
-from ..errors import CheckpointError, ConfigError, NotAMediatorModelError
 from ..core.config import FULL, SIZES, ModelConfig
+from ..core.files import file_key as _file_key  # noqa: F401  (file_sha256: re-exported)
+from ..core.files import file_sha256
+from ..errors import CheckpointError, ConfigError, NotAMediatorModelError
 from .mediator_dit import MediatorDiT, pooling_matrix
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,10 @@ def _read_raw(path: Path) -> tuple[object, str]:
         try:
             return _SafetensorsState(load_file(str(path), device="cpu"), _safetensors_metadata(path)), "safetensors"
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{str(path)!r} looks like safetensors but cannot be read ({e}): "
-                                  f"the file may be truncated; re-download or re-save it") from None
+            raise CheckpointError(
+                f"{str(path)!r} looks like safetensors but cannot be read ({e}): "
+                f"the file may be truncated; re-download or re-save it"
+            ) from None
     is_zip = zipfile.is_zipfile(path)
     if not is_zip:
         with open(path, "rb") as f:
@@ -99,8 +102,10 @@ def _read_raw(path: Path) -> tuple[object, str]:
             f"torch.save(model.state_dict(), path) or as safetensors."
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"cannot read {str(path)!r} as a checkpoint ({str(e).splitlines()[0]}): the file "
-                              f"may be truncated or not a checkpoint") from None
+        raise CheckpointError(
+            f"cannot read {str(path)!r} as a checkpoint ({str(e).splitlines()[0]}): the file "
+            f"may be truncated or not a checkpoint"
+        ) from None
 
 
 def _check_zip(path: Path, chunk: int = 1 << 24) -> None:
@@ -122,8 +127,9 @@ def _check_zip(path: Path, chunk: int = 1 << 24) -> None:
                         pass
     except (zipfile.BadZipFile, EOFError) as e:
         where = f"the record {record!r}" if record else "its zip directory"
-        raise CheckpointError(f"{str(path)!r} is damaged: {where} fails its checksum test ({e}). Re-download or "
-                              f"re-save the file") from None
+        raise CheckpointError(
+            f"{str(path)!r} is damaged: {where} fails its checksum test ({e}). Re-download or re-save the file"
+        ) from None
     _ZIPS_CHECKED.add(key)
 
 
@@ -172,7 +178,7 @@ def _strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
             changed = False
             for prefix in PREFIXES:
                 if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
+                    key, changed = key[len(prefix) :], True
         out[key] = value
     return out
 
@@ -187,21 +193,32 @@ def _pick_state_dict(raw: object, kind: str, weights: str, path: Path) -> tuple[
         meta = raw.metadata
         train = _json_meta(meta, "medexport_train", path) or {}
         config = _json_meta(meta, "medexport_config", path) or {}
-        return dict(raw), "safetensors", "state_dict", {"data": _json_meta(meta, "medexport_data", path),
-                                                         "sampling": _json_meta(meta, "medexport_sampling", path),
-                                                         "train_steps": train.get("train_steps"),
-                                                         "num_heads": config.get("num_heads")}
+        return (
+            dict(raw),
+            "safetensors",
+            "state_dict",
+            {
+                "data": _json_meta(meta, "medexport_data", path),
+                "sampling": _json_meta(meta, "medexport_sampling", path),
+                "train_steps": train.get("train_steps"),
+                "num_heads": config.get("num_heads"),
+            },
+        )
     if "model" in raw or "ema" in raw:
         if weights not in raw:
             other = "model" if weights == "ema" else "ema"
-            raise CheckpointError(f"{str(path)!r} is a trainer checkpoint without {weights!r} weights: "
-                                  f"use weights={other!r}")
+            raise CheckpointError(
+                f"{str(path)!r} is a trainer checkpoint without {weights!r} weights: use weights={other!r}"
+            )
         state = raw[weights]
         if not isinstance(state, dict):
             raise CheckpointError(f"{str(path)!r}: the {weights!r} entry is not a state dict")
         args = raw.get("args")
-        extras = {"train_steps": raw.get("train_steps"), "data": _data_from_args(args),
-                  "model_name": getattr(args, "model", None) if isinstance(args, argparse.Namespace) else None}
+        extras = {
+            "train_steps": raw.get("train_steps"),
+            "data": _data_from_args(args),
+            "model_name": getattr(args, "model", None) if isinstance(args, argparse.Namespace) else None,
+        }
         return state, "trainer", weights, extras
     return raw, "state_dict", "state_dict", {}
 
@@ -226,17 +243,21 @@ def _full_attention_heads(depth: int, width: int, model_name: str | None, num_he
         if size and size.group(1) in SIZES:
             d, w, heads = SIZES[size.group(1)]
             if (d, w) != (depth, width):
-                raise CheckpointError(f"the file says it holds {model_name} ({d} blocks of width {w}), but its weights "
-                                      f"are {depth} blocks of width {width}: the checkpoint is damaged or mislabelled")
+                raise CheckpointError(
+                    f"the file says it holds {model_name} ({d} blocks of width {w}), but its weights "
+                    f"are {depth} blocks of width {width}: the checkpoint is damaged or mislabelled"
+                )
             return heads
     for d, w, heads in SIZES.values():
         if (d, w) == (depth, width):
             return heads
     names = ", ".join(f"{k} ({d} blocks, width {w})" for k, (d, w, _) in SIZES.items())
-    raise CheckpointError(f"this is a plain (full-attention) DiT/SiT, without mediator attention, of {depth} blocks "
-                          f"of width {width}, which is none of the "
-                          f"named sizes ({names}), and its file does not name its model: its number of heads "
-                          f"cannot be read off the weights")
+    raise CheckpointError(
+        f"this is a plain (full-attention) DiT/SiT, without mediator attention, of {depth} blocks "
+        f"of width {width}, which is none of the "
+        f"named sizes ({names}), and its file does not name its model: its number of heads "
+        f"cannot be read off the weights"
+    )
 
 
 def infer_config(state: dict[str, Tensor], model_name: str | None = None, num_heads: int | None = None) -> ModelConfig:
@@ -250,8 +271,11 @@ def infer_config(state: dict[str, Tensor], model_name: str | None = None, num_he
     present = [k for k in MEDIATOR_KEYS if f"blocks.0.attn.{k}" in state]
     if present and len(present) < len(MEDIATOR_KEYS):
         missing = [f"blocks.0.attn.{k}" for k in MEDIATOR_KEYS if k not in present]
-        raise CheckpointError("the blocks hold some of the mediator-attention parameters but not "
-                              + ", ".join(missing) + ": the file is neither a mediator model nor a vanilla DiT/SiT")
+        raise CheckpointError(
+            "the blocks hold some of the mediator-attention parameters but not "
+            + ", ".join(missing)
+            + ": the file is neither a mediator model nor a vanilla DiT/SiT"
+        )
     full = not present
     D, c_in, p, p2 = _shape(state, "x_embedder.proj.weight")
     if p != p2:
@@ -260,18 +284,34 @@ def infer_config(state: dict[str, Tensor], model_name: str | None = None, num_he
     G = math.isqrt(N)
     if G * G != N or D_pos != D:
         raise CheckpointError(f"pos_embed {(1, N, D_pos)} does not fit a square token grid of width {D}")
-    H, n, *_ = (_full_attention_heads(depth, D, model_name, num_heads), FULL) if full else _shape(state, "blocks.0.attn.an_bias")
+    H, n, *_ = (
+        (_full_attention_heads(depth, D, model_name, num_heads), FULL)
+        if full
+        else _shape(state, "blocks.0.attn.an_bias")
+    )
     out_features, _ = _shape(state, "final_layer.linear.weight")
     c_out, rem = divmod(out_features, p * p)
     if rem or c_out not in (c_in, 2 * c_in):
-        raise CheckpointError(f"final_layer.linear has {out_features} outputs, which is neither "
-                              f"{p * p * c_in} nor {2 * p * p * c_in} for patch {p} and {c_in} channels")
+        raise CheckpointError(
+            f"final_layer.linear has {out_features} outputs, which is neither "
+            f"{p * p * c_in} nor {2 * p * p * c_in} for patch {p} and {c_in} channels"
+        )
     rows, _ = _shape(state, "y_embedder.embedding_table.weight")
     hidden_mlp, _ = _shape(state, "blocks.0.mlp.fc1.weight")
     try:
-        return ModelConfig(depth=depth, hidden_size=D, num_heads=H, patch_size=p, input_size=G * p, mediators=n,
-                           in_channels=c_in, num_classes=rows - 1, learn_sigma=c_out == 2 * c_in,
-                           mlp_ratio=hidden_mlp / D, attention="full" if full else "mediator")
+        return ModelConfig(
+            depth=depth,
+            hidden_size=D,
+            num_heads=H,
+            patch_size=p,
+            input_size=G * p,
+            mediators=n,
+            in_channels=c_in,
+            num_classes=rows - 1,
+            learn_sigma=c_out == 2 * c_in,
+            mlp_ratio=hidden_mlp / D,
+            attention="full" if full else "mediator",
+        )
     except ConfigError as e:
         raise CheckpointError(f"the checkpoint's shapes do not fit together: {e}") from None
 
@@ -284,20 +324,27 @@ def _check_values(model: MediatorDiT, state: dict[str, Tensor], path) -> None:
         if not isinstance(value, Tensor):
             raise CheckpointError(f"{str(path)!r}: {key!r} holds a {type(value).__name__}, not a tensor")
         if expected[key].is_floating_point() and not value.is_floating_point():
-            raise CheckpointError(f"{str(path)!r}: {key!r} holds {value.dtype} values where the model has "
-                                  f"{expected[key].dtype} weights: the file was not saved from a trained model")
+            raise CheckpointError(
+                f"{str(path)!r}: {key!r} holds {value.dtype} values where the model has "
+                f"{expected[key].dtype} weights: the file was not saved from a trained model"
+            )
         if not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
-            raise CheckpointError(f"{str(path)!r}: {key!r} holds {bad} NaN/inf value(s): the training diverged or "
-                                  f"the file is damaged; use an earlier checkpoint")
+            raise CheckpointError(
+                f"{str(path)!r}: {key!r} holds {bad} NaN/inf value(s): the training diverged or "
+                f"the file is damaged; use an earlier checkpoint"
+            )
 
 
 def _check_keys(model: MediatorDiT, state: dict[str, Tensor]) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
-             if k in state and isinstance(state[k], Tensor) and state[k].shape != v.shape]
+    wrong = [
+        f"{k}: {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and isinstance(state[k], Tensor) and state[k].shape != v.shape
+    ]
     problems = []
     if missing:
         problems.append(f"missing keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
@@ -308,7 +355,8 @@ def _check_keys(model: MediatorDiT, state: dict[str, Tensor]) -> None:
     if problems:
         raise CheckpointError(
             f"the state dict does not match the architecture it describes ({model.config.depth} blocks, "
-            f"width {model.config.hidden_size}, {model.config.mediators} mediators) — " + " | ".join(problems)
+            f"width {model.config.hidden_size}, {model.config.mediators} mediators) — "
+            + " | ".join(problems)
             + ". Is the file from a mediator DiT/SiT trained with the reference code?"
         )
 
@@ -326,8 +374,16 @@ def read_checkpoint(path: str | os.PathLike, *, weights: str = "ema") -> tuple[d
     config = infer_config(state, name if isinstance(name, str) else None, extras.get("num_heads"))
     n_params = sum(v.numel() for k, v in state.items() if isinstance(v, Tensor) and k != "pos_embed")
     steps = extras.get("train_steps")
-    return state, CheckpointInfo(str(path), fmt, taken, config, n_params, steps if isinstance(steps, int) else None,
-                                 extras.get("data"), extras.get("sampling"))
+    return state, CheckpointInfo(
+        str(path),
+        fmt,
+        taken,
+        config,
+        n_params,
+        steps if isinstance(steps, int) else None,
+        extras.get("data"),
+        extras.get("sampling"),
+    )
 
 
 def check_attention(info: CheckpointInfo, attention: str | None, mediators: int | None = None) -> None:
@@ -340,14 +396,18 @@ def check_attention(info: CheckpointInfo, attention: str | None, mediators: int 
             f"{info.path} is a plain (full-attention) DiT/SiT checkpoint, not {want}: its blocks have no "
             f"mediator-attention parameters ({', '.join(MEDIATOR_KEYS[:3])}, ...). Build it as the vanilla baseline "
             f"with `medexport build --attention full --checkpoint {info.path}`; mediator counts need models trained "
-            f"with attention mediators (one checkpoint per count)")
+            f"with attention mediators (one checkpoint per count)"
+        )
     if attention == "full" and not cfg.is_full:
-        raise CheckpointError(f"{info.path} holds a {cfg.mediators}-mediator model, not a full-attention DiT/SiT: "
-                              f"drop --attention full and give it as --checkpoint {cfg.mediators}={info.path}")
+        raise CheckpointError(
+            f"{info.path} holds a {cfg.mediators}-mediator model, not a full-attention DiT/SiT: "
+            f"drop --attention full and give it as --checkpoint {cfg.mediators}={info.path}"
+        )
 
 
-def load_checkpoint(path: str | os.PathLike, *, weights: str = "ema", device: str | torch.device = "cpu",
-                    attention: str | None = None) -> MediatorDiT:
+def load_checkpoint(
+    path: str | os.PathLike, *, weights: str = "ema", device: str | torch.device = "cpu", attention: str | None = None
+) -> MediatorDiT:
     """A mediator DiT/SiT (or a vanilla one) in eval mode with the weights of ``path``; the architecture is read
     off the file.
 
@@ -377,8 +437,14 @@ def load_checkpoint(path: str | os.PathLike, *, weights: str = "ema", device: st
     return model
 
 
-def save_checkpoint(model: MediatorDiT, path: str | os.PathLike, *, form: str = "state_dict",
-                    ema: MediatorDiT | None = None, args: argparse.Namespace | None = None) -> Path:
+def save_checkpoint(
+    model: MediatorDiT,
+    path: str | os.PathLike,
+    *,
+    form: str = "state_dict",
+    ema: MediatorDiT | None = None,
+    args: argparse.Namespace | None = None,
+) -> Path:
     """Write ``model`` as a "trainer" dict (with ``ema``, default: the same weights), a bare "state_dict", or
     "safetensors". Writes to a temporary name, then renames."""
     if form not in FORMATS:

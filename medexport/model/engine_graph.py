@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .mediator_dit import MediatorDiT
-
 from ..core.precision import PRECISIONS
+from .mediator_dit import MediatorDiT
 
 #: The float precisions' torch dtype of the weights inside; inputs and outputs stay float32.
 TORCH_DTYPES = {n: getattr(torch, p.dtype) for n, p in PRECISIONS.items() if not p.quantized}

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import mediator_attention, mediator_block
 from ..core.config import ModelConfig
+from ..ops import mediator_attention, mediator_block
 
 BIAS_SIDE = 7  # an_bias / na_bias are stored on a 7x7 grid and resized to the token grid
 
@@ -48,8 +48,9 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
         super().__init__()
         self.frequency_embedding_size = frequency_embedding_size
-        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(),
-                                 nn.Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
 
     @staticmethod
     def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -172,8 +173,16 @@ class MediatorAttention(nn.Module):
         if qkv.is_cuda and not (self.training or torch.compiler.is_exporting()):
             # One op for everything between the projections: on CUDA, Triton kernels that read qkv once and
             # write o once (the reference elsewhere, which is exactly the decomposed form below).
-            o = mediator_block(qkv, self.pool, bias_mk.to(qkv.dtype), bias_qm.to(qkv.dtype), self.dwc.weight,
-                               self.dwc.bias, H, self.scale)  # (B, N, D)
+            o = mediator_block(
+                qkv,
+                self.pool,
+                bias_mk.to(qkv.dtype),
+                bias_qm.to(qkv.dtype),
+                self.dwc.weight,
+                self.dwc.bias,
+                H,
+                self.scale,
+            )  # (B, N, D)
             return self.proj(o)
         # One permute splits q, k, v and the heads; the pooling and the dwc input work per head, so no other
         # layout change is needed.
@@ -271,8 +280,9 @@ class MediatorDiT(nn.Module):
         self.t_embedder = TimestepEmbedder(D)
         self.y_embedder = LabelEmbedder(config.num_classes, D)
         # Fixed, stored in checkpoints, never trained (as in the reference).
-        self.pos_embed = nn.Parameter(torch.from_numpy(sincos_pos_embed(D, config.grid_size))[None],
-                                      requires_grad=False)  # (1, N, D)
+        self.pos_embed = nn.Parameter(
+            torch.from_numpy(sincos_pos_embed(D, config.grid_size))[None], requires_grad=False
+        )  # (1, N, D)
         self.blocks = nn.ModuleList(MediatorBlock(config) for _ in range(config.depth))
         self.final_layer = FinalLayer(D, p, config.out_channels)
         self.initialize_weights()

@@ -27,8 +27,9 @@ ONNX_OP_TYPE = "MediatorAttention"
 PLUGIN_NAMESPACE = "medexport"
 
 
-def mediator_attention_reference(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor,
-                                 scale: float) -> Tensor:
+def mediator_attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor, scale: float
+) -> Tensor:
     """Plain-PyTorch mediator attention, written as the reference computes it."""
     gather = torch.softmax((m * scale) @ k.transpose(-2, -1) + bias_mk, dim=-1)  # (B, H, n, N)
     v_m = gather @ v  # (B, H, n, d)
@@ -39,20 +40,24 @@ def mediator_attention_reference(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bia
 def check_shapes(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor) -> None:
     """Raise ValueError unless the operands have the shapes the op documents."""
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k, v must share one (B, H, N, d) shape, got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"q, k, v must share one (B, H, N, d) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     B, H, N, d = q.shape
     n = m.shape[2] if m.dim() == 4 else -1
     if m.dim() != 4 or m.shape[:2] != (B, H) or m.shape[3] != d:
         raise ValueError(f"m must be (B={B}, H={H}, n, d={d}), got {tuple(m.shape)}")
     if tuple(bias_mk.shape) != (H, n, N) or tuple(bias_qm.shape) != (H, N, n):
-        raise ValueError(f"bias_mk must be {(H, n, N)} and bias_qm {(H, N, n)}, got "
-                         f"{tuple(bias_mk.shape)} and {tuple(bias_qm.shape)}")
+        raise ValueError(
+            f"bias_mk must be {(H, n, N)} and bias_qm {(H, N, n)}, got "
+            f"{tuple(bias_mk.shape)} and {tuple(bias_qm.shape)}"
+        )
 
 
 @torch.library.custom_op("medexport::mediator_attention", mutates_args=())
-def mediator_attention(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor,
-                       scale: float) -> Tensor:
+def mediator_attention(
+    q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor, scale: float
+) -> Tensor:
     """Fused mediator attention (see the module docstring); the reference runs on every device."""
     return mediator_attention_reference(q, k, v, m, bias_mk, bias_qm, scale)
 

@@ -41,8 +41,9 @@ def grid_side(num_tokens: int) -> int:
     return side
 
 
-def check_block_shapes(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: Tensor, dwc_weight: Tensor,
-                       dwc_bias: Tensor, num_heads: int) -> tuple[int, int, int, int, int]:
+def check_block_shapes(
+    qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: Tensor, dwc_weight: Tensor, dwc_bias: Tensor, num_heads: int
+) -> tuple[int, int, int, int, int]:
     """(B, N, D, n, d) of valid operands; ValueError saying which operand is off otherwise."""
     if qkv.dim() != 3 or qkv.shape[2] % 3:
         raise ValueError(f"qkv must be (B, N, 3 D), got {tuple(qkv.shape)}")
@@ -56,16 +57,28 @@ def check_block_shapes(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: Tens
         raise ValueError(f"pool must be (n, N={N}), got {tuple(pool.shape)}")
     H = num_heads
     if tuple(bias_mk.shape) != (H, n, N) or tuple(bias_qm.shape) != (H, N, n):
-        raise ValueError(f"bias_mk must be {(H, n, N)} and bias_qm {(H, N, n)}, got {tuple(bias_mk.shape)} and "
-                         f"{tuple(bias_qm.shape)}")
+        raise ValueError(
+            f"bias_mk must be {(H, n, N)} and bias_qm {(H, N, n)}, got {tuple(bias_mk.shape)} and "
+            f"{tuple(bias_qm.shape)}"
+        )
     if tuple(dwc_weight.shape) != (D, 1, 3, 3) or tuple(dwc_bias.shape) != (D,):
-        raise ValueError(f"dwc_weight must be {(D, 1, 3, 3)} and dwc_bias {(D,)}, got {tuple(dwc_weight.shape)} "
-                         f"and {tuple(dwc_bias.shape)}")
+        raise ValueError(
+            f"dwc_weight must be {(D, 1, 3, 3)} and dwc_bias {(D,)}, got {tuple(dwc_weight.shape)} "
+            f"and {tuple(dwc_bias.shape)}"
+        )
     return B, N, D, n, D // H
 
 
-def mediator_block_reference(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: Tensor, dwc_weight: Tensor,
-                             dwc_bias: Tensor, num_heads: int, scale: float) -> Tensor:
+def mediator_block_reference(
+    qkv: Tensor,
+    pool: Tensor,
+    bias_mk: Tensor,
+    bias_qm: Tensor,
+    dwc_weight: Tensor,
+    dwc_bias: Tensor,
+    num_heads: int,
+    scale: float,
+) -> Tensor:
     """The decomposed block: pooling, ``mediator_attention``, the conv of v and the residual add."""
     B, N, D3 = qkv.shape
     H, D = num_heads, D3 // 3
@@ -80,8 +93,16 @@ def mediator_block_reference(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm
 
 
 @torch.library.custom_op("medexport::mediator_block", mutates_args=())
-def mediator_block(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: Tensor, dwc_weight: Tensor,
-                   dwc_bias: Tensor, num_heads: int, scale: float) -> Tensor:
+def mediator_block(
+    qkv: Tensor,
+    pool: Tensor,
+    bias_mk: Tensor,
+    bias_qm: Tensor,
+    dwc_weight: Tensor,
+    dwc_bias: Tensor,
+    num_heads: int,
+    scale: float,
+) -> Tensor:
     """The mediator block between its projections (see the module docstring); the reference on every device."""
     return mediator_block_reference(qkv, pool, bias_mk, bias_qm, dwc_weight, dwc_bias, num_heads, scale)
 

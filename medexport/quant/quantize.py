@@ -32,8 +32,7 @@ TOKEN_LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 def token_layer_nodes(graph) -> list[str]:
     """Names of the MatMul/Gemm nodes of :data:`TOKEN_LAYERS` (found by their weight's name)."""
     suffixes = tuple(f".{layer}.weight" for layer in TOKEN_LAYERS)
-    return [n.name for n in graph.node
-            if n.op_type in OP_TYPES and len(n.input) > 1 and n.input[1].endswith(suffixes)]
+    return [n.name for n in graph.node if n.op_type in OP_TYPES and len(n.input) > 1 and n.input[1].endswith(suffixes)]
 
 
 class _Reader:
@@ -55,8 +54,7 @@ def quantize_graph(src: list[Path], dst: Path, precision: str, calibration=None)
     ``calibration``: a :class:`~medexport.quant.calibration.CountData` for the calibrated forms. Returns what the
     manifest records about the quantisation (mode, dtype, symmetric, per-channel, quantised node count).
     """
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     q = quantization(precision)
     if q is None:
@@ -67,16 +65,25 @@ def quantize_graph(src: list[Path], dst: Path, precision: str, calibration=None)
     graph = onnx.load(str(src[0]), load_external_data=False).graph
     nodes = token_layer_nodes(graph)
     if not nodes:
-        raise ConfigError(f"{src[0].name} has no linear layers named like {', '.join(TOKEN_LAYERS)}: is it a "
-                          f"medexport export?")
+        raise ConfigError(
+            f"{src[0].name} has no linear layers named like {', '.join(TOKEN_LAYERS)}: is it a medexport export?"
+        )
     # Biases stay float: TensorRT reads Q/DQ only on weights and activations (it rejects int32 biases).
     options = {"MatMulConstBOnly": True, "ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
     with replacing(dst) as tmp, _quiet_quantizer():
         tmp_data = tmp.with_name(tmp.name + ".data")
         if q.mode == "dynamic":
             # ORT's dynamic quantiser first rewrites each Gemm as MatMul + Add, naming the MatMul "<gemm>_MatMul"
-            quantize_dynamic(src[0], tmp, weight_type=QuantType.QInt8, op_types_to_quantize=OP_TYPES,
-                             nodes_to_quantize=nodes + [f"{n}_MatMul" for n in nodes], per_channel=False, use_external_data_format=external, extra_options=options)
+            quantize_dynamic(
+                src[0],
+                tmp,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=OP_TYPES,
+                nodes_to_quantize=nodes + [f"{n}_MatMul" for n in nodes],
+                per_channel=False,
+                use_external_data_format=external,
+                extra_options=options,
+            )
             per_channel = False
         else:
             qtype = QuantType.QInt8 if q.quant_dtype == "int8" else QuantType.QFLOAT8E4M3FN
@@ -84,10 +91,20 @@ def quantize_graph(src: list[Path], dst: Path, precision: str, calibration=None)
             method = CalibrationMethod.MinMax if q.quant_dtype == "int8" else CalibrationMethod.Distribution
             per_channel = q.quant_dtype == "int8"
             check_calibration(graph, calibration, src[0].name)
-            quantize_static(src[0], tmp, _Reader(calibration.batches()), quant_format=QuantFormat.QDQ,
-                            activation_type=qtype, weight_type=qtype, per_channel=per_channel,
-                            op_types_to_quantize=OP_TYPES, nodes_to_quantize=nodes, calibrate_method=method,
-                            use_external_data_format=external, extra_options=options)
+            quantize_static(
+                src[0],
+                tmp,
+                _Reader(calibration.batches()),
+                quant_format=QuantFormat.QDQ,
+                activation_type=qtype,
+                weight_type=qtype,
+                per_channel=per_channel,
+                op_types_to_quantize=OP_TYPES,
+                nodes_to_quantize=nodes,
+                calibrate_method=method,
+                use_external_data_format=external,
+                extra_options=options,
+            )
         if external:  # ORT names the data file after the temporary graph: rewrite it under the final name
             data = dst.with_name(dst.name + ".data")
             model = onnx.load(str(tmp), load_external_data=True)
@@ -96,13 +113,23 @@ def quantize_graph(src: list[Path], dst: Path, precision: str, calibration=None)
             tmp_data.unlink(missing_ok=True)
         quantized = _quantized_layers(onnx.load(str(tmp), load_external_data=False).graph)
         if quantized != len(nodes):  # an ONNX Runtime that names or picks nodes differently: never ship that quietly
-            raise ConfigError(f"ONNX Runtime's quantiser quantised {quantized} of the {len(nodes)} token layers of "
-                              f"{src[0].name} (onnxruntime {_ort_version()}): please report this")
+            raise ConfigError(
+                f"ONNX Runtime's quantiser quantised {quantized} of the {len(nodes)} token layers of "
+                f"{src[0].name} (onnxruntime {_ort_version()}): please report this"
+            )
     files = [dst, *([dst.with_name(dst.name + ".data")] if external else [])]
-    return {"files": files, "quantization": {"mode": q.mode, "dtype": q.quant_dtype, "symmetric": True,
-                                             "per_channel_weights": per_channel, "layers": list(TOKEN_LAYERS),
-                                             "quantized_layers": quantized,
-                                             "tool": "onnxruntime.quantization"}}
+    return {
+        "files": files,
+        "quantization": {
+            "mode": q.mode,
+            "dtype": q.quant_dtype,
+            "symmetric": True,
+            "per_channel_weights": per_channel,
+            "layers": list(TOKEN_LAYERS),
+            "quantized_layers": quantized,
+            "tool": "onnxruntime.quantization",
+        },
+    }
 
 
 def check_calibration(graph, calibration, name: str) -> None:
@@ -117,14 +144,20 @@ def check_calibration(graph, calibration, name: str) -> None:
         t = inp.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
         want = "x".join("B" if i == 0 else str(d) if d is not None else "?" for i, d in enumerate(dims))
-        fits = (a is not None and a.ndim == len(dims) and a.dtype == tensor_dtype_to_np_dtype(t.elem_type)
-                and all(d is None or d == k for d, k in zip(dims[1:], a.shape[1:])))
+        fits = (
+            a is not None
+            and a.ndim == len(dims)
+            and a.dtype == tensor_dtype_to_np_dtype(t.elem_type)
+            and all(d is None or d == k for d, k in zip(dims[1:], a.shape[1:]))
+        )
         if not fits:
             got = "nothing" if a is None else f"{a.dtype} {'x'.join(map(str, a.shape))}"
-            raise CalibrationError(f"{calibration.path}: its '{inp.name}' rows ({got}) do not fit the input "
-                                   f"'{inp.name}' of {name} ({tensor_dtype_to_np_dtype(t.elem_type)} {want}): the "
-                                   f"data was recorded for another model; record it from a bundle of this one: "
-                                   f"{calibration.again}")
+            raise CalibrationError(
+                f"{calibration.path}: its '{inp.name}' rows ({got}) do not fit the input "
+                f"'{inp.name}' of {name} ({tensor_dtype_to_np_dtype(t.elem_type)} {want}): the "
+                f"data was recorded for another model; record it from a bundle of this one: "
+                f"{calibration.again}"
+            )
 
 
 def _quantized_layers(graph) -> int:
@@ -132,14 +165,19 @@ def _quantized_layers(graph) -> int:
     weight input comes from a DequantizeLinear of a constant (Q/DQ)."""
     weights = {i.name for i in graph.initializer}
     dq_weights = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights}
-    return sum(1 for n in graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")
-               or (n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in dq_weights))
+    return sum(
+        1
+        for n in graph.node
+        if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")
+        or (n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in dq_weights)
+    )
 
 
 @contextlib.contextmanager
 def _quiet_quantizer():
     """ONNX Runtime's quantiser advises pre-processing on the root logger and prints calibration progress:
     neither is the user's concern (medexport's graphs are already shape-inferred and optimised)."""
+
     class _Drop(logging.Filter):
         def filter(self, record):
             return "pre-process" not in record.getMessage()

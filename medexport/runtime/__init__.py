@@ -10,12 +10,22 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "DEFAULT_METHOD": "..core.settings", "DEFAULT_STEPS": "..core.settings", "LAST_STEPS": "..core.settings",
-    "METHODS": "..core.settings", "SAMPLERS": "..core.settings", "SamplingSettings": "..core.settings",
-    "StepInfo": "..core.steps", "NonFiniteError": "..core.samplers", "OnStep": "..core.samplers",
-    "Velocity": "..core.samplers", "sample": ".samplers",
-    "AdaptiveSchedule": "..core.schedule", "FixedSchedule": "..core.schedule", "Schedule": "..core.schedule",
-    "Switch": "..core.schedule", "parse_schedule": "..core.schedule_text",
+    "DEFAULT_METHOD": "..core.settings",
+    "DEFAULT_STEPS": "..core.settings",
+    "LAST_STEPS": "..core.settings",
+    "METHODS": "..core.settings",
+    "SAMPLERS": "..core.settings",
+    "SamplingSettings": "..core.settings",
+    "StepInfo": "..core.steps",
+    "NonFiniteError": "..core.samplers",
+    "OnStep": "..core.samplers",
+    "Velocity": "..core.samplers",
+    "sample": ".samplers",
+    "AdaptiveSchedule": "..core.schedule",
+    "FixedSchedule": "..core.schedule",
+    "Schedule": "..core.schedule",
+    "Switch": "..core.schedule",
+    "parse_schedule": "..core.schedule_text",
 }
 
 

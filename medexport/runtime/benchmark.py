@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.request import SampleRequest
+from ..errors import SamplingError
 from .memory import current_memory, peak_memory, reset_peak_memory
 from .pipeline import Pipeline, SampleResult
 from .report import run_summary  # noqa: F401  (the summary a benchmark extends; here for its importers)
-from ..core.request import SampleRequest
-from ..errors import SamplingError
 
 
 def check_comparable(pipe: Pipeline, bundle, other: Pipeline, other_bundle) -> None:
@@ -23,13 +23,14 @@ def check_comparable(pipe: Pipeline, bundle, other: Pipeline, other_bundle) -> N
     mine, theirs = pipe.config, other.config
     if mine.is_full != theirs.is_full:
         full, mediator = (bundle, other_bundle) if mine.is_full else (other_bundle, bundle)
-        raise SamplingError(f"{full} is a vanilla (full-attention) bundle and {mediator} a mediator one: "
-                            f"`sample --benchmark --against` compares engines of the same counts (another precision "
-                            f"or backend); measure a mediator bundle against its vanilla twin with `medexport bench "
-                            f"{mediator} --against {full}`")
+        raise SamplingError(
+            f"{full} is a vanilla (full-attention) bundle and {mediator} a mediator one: "
+            f"`sample --benchmark --against` compares engines of the same counts (another precision "
+            f"or backend); measure a mediator bundle against its vanilla twin with `medexport bench "
+            f"{mediator} --against {full}`"
+        )
     if theirs.with_mediators(mine.mediators) != mine:
-        raise SamplingError(f"--against {other_bundle} holds another model than {bundle}: compare bundles of one "
-                            f"model")
+        raise SamplingError(f"--against {other_bundle} holds another model than {bundle}: compare bundles of one model")
 
 
 @dataclass
@@ -71,8 +72,14 @@ class BackendStats:
         return statistics.median(fr)
 
 
-def open_and_warm(factory: Callable[[], Pipeline], request: SampleRequest, *, warmup: int = 1,
-                  baseline: int | None = None, progress=None) -> tuple[Pipeline, BackendStats]:
+def open_and_warm(
+    factory: Callable[[], Pipeline],
+    request: SampleRequest,
+    *,
+    warmup: int = 1,
+    baseline: int | None = None,
+    progress=None,
+) -> tuple[Pipeline, BackendStats]:
     """Create a pipeline, open and warm every engine (``Pipeline.warmup``), make ``warmup`` untimed runs, and
     return it with its stats: the peak memory during all that minus what was in use before it was created
     (``baseline`` for a pipeline the caller created already), and the warm-up time."""
@@ -90,23 +97,31 @@ def open_and_warm(factory: Callable[[], Pipeline], request: SampleRequest, *, wa
         p.run(request)
         if progress is not None:
             progress()
-    stats = BackendStats(p.backend, peak_memory_bytes=max(0, peak_memory(p.device) - base),
-                         warmup_seconds=sum(opened.values()))
+    stats = BackendStats(
+        p.backend, peak_memory_bytes=max(0, peak_memory(p.device) - base), warmup_seconds=sum(opened.values())
+    )
     # e.g. TensorRT's shared activation buffer, outside torch's allocator (0 for the others)
     stats.peak_memory_bytes += registry.get(p.backend).memory_outside_torch(list(p.runners.values()))
     return p, stats
 
 
-def run_benchmarks(factories: dict[str, Callable[[], Pipeline]], request: SampleRequest, *, warmup: int = 1,
-                   runs: int = 3, baselines: dict[str, int] | None = None,
-                   progress=None) -> tuple[dict[str, Pipeline], dict[str, BackendStats]]:
+def run_benchmarks(
+    factories: dict[str, Callable[[], Pipeline]],
+    request: SampleRequest,
+    *,
+    warmup: int = 1,
+    runs: int = 3,
+    baselines: dict[str, int] | None = None,
+    progress=None,
+) -> tuple[dict[str, Pipeline], dict[str, BackendStats]]:
     """Create each pipeline and warm it up (:func:`open_and_warm`; ``baselines``: the memory in use before the
     pipelines the caller created already), then time ``runs`` runs of each on the same inputs, alternating
     between pipelines so that machine noise hits all alike."""
     pipelines, stats = {}, {}
     for name, factory in factories.items():
-        pipelines[name], stats[name] = open_and_warm(factory, request, warmup=max(1, warmup),
-                                                     baseline=(baselines or {}).get(name), progress=progress)
+        pipelines[name], stats[name] = open_and_warm(
+            factory, request, warmup=max(1, warmup), baseline=(baselines or {}).get(name), progress=progress
+        )
     for _ in range(runs):
         for name, p in pipelines.items():
             stats[name].results.append(p.run(request))
@@ -136,5 +151,3 @@ def summary(pipeline: Pipeline, stats: BackendStats, reference: BackendStats | N
         scale = reference.last.latents.abs().max().item()
         out["max_rel_diff_vs_reference"] = diff / max(scale, 1e-12)
     return out
-
-

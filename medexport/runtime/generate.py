@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from ..core.files import bytes_sha256, file_sha256, release_lock, replacing, take_lock, write_json
-from ..errors import MedexportError, SamplingError
 from ..core.request import SampleRequest, image_seed
+from ..errors import MedexportError, SamplingError
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +152,11 @@ def _manifest_sha(bundle: Path) -> str:
 
 
 def _busy_record(path: Path, waited: float) -> Callable[[str], str]:
-    return lambda holder: (f"{path} has been held for {waited:g} s by {holder}, and this run cannot add its shards "
-                           f"to the record while it is: if that is a stuck rank of an earlier run, end it, then run "
-                           f"this command again (the finished shards are kept)")
+    return lambda holder: (
+        f"{path} has been held for {waited:g} s by {holder}, and this run cannot add its shards "
+        f"to the record while it is: if that is a stuck rank of an earlier run, end it, then run "
+        f"this command again (the finished shards are kept)"
+    )
 
 
 def _read_record(out: Path) -> dict | None:
@@ -166,13 +168,19 @@ def _read_record(out: Path) -> dict | None:
         record = json.loads(run_file.read_text())
     except (OSError, ValueError, UnicodeDecodeError) as e:
         record = e
-    if (not isinstance(record, dict) or record.get("kind") != "medexport-generate"
-            or not isinstance(record.get("key"), str) or not isinstance(record.get("spec", {}), dict)
-            or not isinstance(record.get("shards", {}), dict)
-            or not all(isinstance(k, str) and isinstance(v, str) for k, v in record.get("shards", {}).items())):
+    if (
+        not isinstance(record, dict)
+        or record.get("kind") != "medexport-generate"
+        or not isinstance(record.get("key"), str)
+        or not isinstance(record.get("spec", {}), dict)
+        or not isinstance(record.get("shards", {}), dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in record.get("shards", {}).items())
+    ):
         what = f"cannot be read ({record})" if isinstance(record, Exception) else "is not a `medexport generate` record"
-        raise GenerateError(f"{run_file} {what}: it was edited or is not medexport's. Choose another --output, or, "
-                            f"if {out} is a run of yours to start over, remove the folder (nothing was written)")
+        raise GenerateError(
+            f"{run_file} {what}: it was edited or is not medexport's. Choose another --output, or, "
+            f"if {out} is a run of yours to start over, remove the folder (nothing was written)"
+        )
     return record
 
 
@@ -200,30 +208,46 @@ def _claim(out: Path, spec: GenerateSpec, key: str) -> int:
     if out.exists() and not out.is_dir():
         raise GenerateError(f"{out} is a file, not a folder: choose another --output")
     if not (out / RUN).is_file() and out.is_dir() and any(p.name not in (SHARDS, LOCK) for p in out.iterdir()):
-        raise GenerateError(f"{out} exists and is not a `medexport generate` folder: choose an empty or new --output "
-                            f"(nothing was written)")
+        raise GenerateError(
+            f"{out} exists and is not a `medexport generate` folder: choose an empty or new --output "
+            f"(nothing was written)"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    lock = take_lock(out / LOCK, error=GenerateError, busy=lambda holder: (
-        f"another `medexport generate` run is writing into {out} ({holder} holds {out / LOCK}): wait for it to "
-        f"finish (then run this command again to check and resume it), or choose another --output"))
+    lock = take_lock(
+        out / LOCK,
+        error=GenerateError,
+        busy=lambda holder: (
+            f"another `medexport generate` run is writing into {out} ({holder} holds {out / LOCK}): wait for it to "
+            f"finish (then run this command again to check and resume it), or choose another --output"
+        ),
+    )
     try:
         record_lock = out / SHARDS / RECORD_LOCK
         if (out / SHARDS).is_dir() and (record_lock.exists() or record_lock.is_symlink()):
             # a rank of an earlier run that outlived its rank 0 may still hold it: found now, before any sampling,
             # not after the first shard (its lock is free for the run's own ranks: they start after the claim)
-            release_lock(take_lock(record_lock, error=GenerateError, wait=CLAIM_RECORD_LOCK_WAIT,
-                                   busy=_busy_record(record_lock, CLAIM_RECORD_LOCK_WAIT)))
+            release_lock(
+                take_lock(
+                    record_lock,
+                    error=GenerateError,
+                    wait=CLAIM_RECORD_LOCK_WAIT,
+                    busy=_busy_record(record_lock, CLAIM_RECORD_LOCK_WAIT),
+                )
+            )
         old = _read_record(out)  # read under the lock: no other run changes it now
         if old is not None and old.get("key") != key:
             spec_old = old.get("spec", {})
             diff = sorted(k for k in set(spec_old) | set(asdict(spec)) if spec_old.get(k) != asdict(spec).get(k))
-            raise GenerateError(f"{out} holds the shards of another run (settings differ: "
-                                f"{', '.join(diff) or 'the bundle changed'}): resume it with its settings, or choose "
-                                f"another --output")
+            raise GenerateError(
+                f"{out} holds the shards of another run (settings differ: "
+                f"{', '.join(diff) or 'the bundle changed'}): resume it with its settings, or choose "
+                f"another --output"
+            )
         (out / SHARDS).mkdir(parents=True, exist_ok=True)
         if old is None:
-            write_json(out / RUN, {"kind": "medexport-generate", "key": key, "spec": asdict(spec), "shards": {}},
-                       durable=True)
+            write_json(
+                out / RUN, {"kind": "medexport-generate", "key": key, "spec": asdict(spec), "shards": {}}, durable=True
+            )
     except BaseException:
         release_lock(lock)
         raise
@@ -237,8 +261,9 @@ def _vouch(out: Path, key: str, name: str, sha: str) -> None:
     try:
         record = _read_record(out)
         if record is None or record.get("key") != key:
-            raise GenerateError(f"{out / RUN} changed while this run was writing (removed, or another run's): "
-                                f"choose another --output")
+            raise GenerateError(
+                f"{out / RUN} changed while this run was writing (removed, or another run's): choose another --output"
+            )
         record.setdefault("shards", {})[name] = sha
         write_json(out / RUN, record)
     finally:
@@ -259,8 +284,10 @@ def _load_vouched(path: Path, sha: str | None, indices: range) -> dict[str, np.n
     changed after the check would otherwise slip into the gather); SamplingError when it does not match."""
     data = path.read_bytes() if path.is_file() and not path.is_symlink() else None
     if data is None or sha is None or bytes_sha256(data) != sha:
-        raise SamplingError(f"{path} changed while the run was gathered (it no longer matches the run's record): "
-                            f"run the same command again to sample it anew")
+        raise SamplingError(
+            f"{path} changed while the run was gathered (it no longer matches the run's record): "
+            f"run the same command again to sample it anew"
+        )
     with np.load(io.BytesIO(data)) as z:
         arrays = {k: z[k] for k in ("samples", "labels", "index")}
     if list(arrays["index"]) != list(indices) or len(arrays["labels"]) != len(indices):
@@ -268,8 +295,17 @@ def _load_vouched(path: Path, sha: str | None, indices: range) -> dict[str, np.n
     return arrays
 
 
-def generate(bundle: str | os.PathLike, out: str | os.PathLike, spec: GenerateSpec, *, device: str | None = None,
-             threads: int | None = None, png: bool = False, vae: str | None = None, progress=None) -> dict | None:
+def generate(
+    bundle: str | os.PathLike,
+    out: str | os.PathLike,
+    spec: GenerateSpec,
+    *,
+    device: str | None = None,
+    threads: int | None = None,
+    png: bool = False,
+    vae: str | None = None,
+    progress=None,
+) -> dict | None:
     """Run this process's share of ``spec`` into ``out``; rank 0 returns the report (others None)."""
     from .images import save_images, to_uint8
     from .pipeline import Pipeline
@@ -281,9 +317,11 @@ def generate(bundle: str | os.PathLike, out: str | os.PathLike, spec: GenerateSp
         key = spec.key(_manifest_sha(bundle))
         keys = dist.gather(key)
         if len(set(keys)) > 1:
-            raise GenerateError(f"the {dist.world} ranks were given different settings or bundles (ranks "
-                                f"{[i for i, k in enumerate(keys) if k != keys[0]]} differ from rank 0): start "
-                                f"every rank with the same arguments")
+            raise GenerateError(
+                f"the {dist.world} ranks were given different settings or bundles (ranks "
+                f"{[i for i, k in enumerate(keys) if k != keys[0]]} differ from rank 0): start "
+                f"every rank with the same arguments"
+            )
         pipe = Pipeline.from_bundle(bundle, backend=spec.backend, device=dist.device, threads=threads)
         if pipe.data is None and vae is None:
             log.info("a latent model without --vae: the shards and the .npz hold latents, not images")
@@ -312,8 +350,12 @@ def generate(bundle: str | os.PathLike, out: str | os.PathLike, spec: GenerateSp
                 log.warning("%s does not match the run's record (edited, or another run's): sampling it again", path)
                 report.blocks_replaced += 1
             labels = [label_for(spec.seed, i, classes, spec.labels) for i in idx]
-            request = SampleRequest(labels, image_seeds=[image_seed(spec.seed, i) for i in idx],
-                                    schedule=spec.sampling.get("schedule"), **sampling)
+            request = SampleRequest(
+                labels,
+                image_seeds=[image_seed(spec.seed, i) for i in idx],
+                schedule=spec.sampling.get("schedule"),
+                **sampling,
+            )
             x = pipe.run(request).latents
             if vae_model is not None:
                 from .vae import decode
@@ -350,9 +392,11 @@ def _gather(out: Path, spec: GenerateSpec, reports: list[dict], pipe, world: int
     shards = (_read_record(out) or {}).get("shards", {})
     missing = [b for b in range(spec.blocks) if not _vouched(_shard(out, b), shards.get(_shard(out, b).name))]
     if missing:
-        raise SamplingError(f"{len(missing)} blocks are missing or do not match the run's record "
-                            f"({', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}): run the same "
-                            f"command again to finish them")
+        raise SamplingError(
+            f"{len(missing)} blocks are missing or do not match the run's record "
+            f"({', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}): run the same "
+            f"command again to finish them"
+        )
     first = _load_vouched(_shard(out, 0), shards.get(_shard(out, 0).name), spec.indices(0))
     item_shape, dtype = first["samples"].shape[1:], first["samples"].dtype  # every block has the first one's
     shape = (spec.num, *item_shape)
@@ -360,11 +404,20 @@ def _gather(out: Path, spec: GenerateSpec, reports: list[dict], pipe, world: int
     with replacing(out / name) as tmp:
         _write_npz(tmp, spec, out, shape, dtype, shards)
     total = sum(r["seconds"] for r in reports)
-    report = {"kind": "medexport-generate", "spec": asdict(spec), "world_size": world, "npz": name,
-              "images": spec.num, "dtype": str(dtype), "shape": list(shape), "backend": pipe.backend,
-              "ranks": reports,
-              "images_per_second": round(sum(r["images"] for r in reports) / max(r["seconds"] for r in reports), 3)
-              if total else None}
+    report = {
+        "kind": "medexport-generate",
+        "spec": asdict(spec),
+        "world_size": world,
+        "npz": name,
+        "images": spec.num,
+        "dtype": str(dtype),
+        "shape": list(shape),
+        "backend": pipe.backend,
+        "ranks": reports,
+        "images_per_second": round(sum(r["images"] for r in reports) / max(r["seconds"] for r in reports), 3)
+        if total
+        else None,
+    }
     write_json(out / "report.json", report)
     return report
 
@@ -377,14 +430,17 @@ def _write_npz(path: Path, spec: GenerateSpec, out: Path, shape: tuple, dtype, s
     labels = []
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         with zf.open("arr_0.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-                                                     "fortran_order": False, "shape": shape})
+            np.lib.format.write_array_header_2_0(
+                f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+            )
             for b in range(spec.blocks):
                 path = _shard(out, b)
                 z = _load_vouched(path, shards.get(path.name), spec.indices(b))
                 if z["samples"].shape[1:] != shape[1:]:
-                    raise SamplingError(f"{path} holds images of shape {z['samples'].shape[1:]}, the first block "
-                                        f"{shape[1:]}: run the same command again")
+                    raise SamplingError(
+                        f"{path} holds images of shape {z['samples'].shape[1:]}, the first block "
+                        f"{shape[1:]}: run the same command again"
+                    )
                 f.write(np.ascontiguousarray(z["samples"], dtype=dtype).tobytes())
                 labels.append(z["labels"])
         with zf.open("labels.npy", "w", force_zip64=True) as f:

@@ -74,8 +74,15 @@ def save_images(images, folder: Path) -> list[Path]:
     return [folder / n for n in names]
 
 
-def labelled_grid(images, captions: list[str], path: Path, *, scale: int | None = None,
-                  columns: int | None = None, title: str | None = None) -> Path:
+def labelled_grid(
+    images,
+    captions: list[str],
+    path: Path,
+    *,
+    scale: int | None = None,
+    columns: int | None = None,
+    title: str | None = None,
+) -> Path:
     """A grid PNG of the images, each enlarged (nearest neighbour) with its caption underneath."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -88,8 +95,9 @@ def labelled_grid(images, captions: list[str], path: Path, *, scale: int | None 
     font = ImageFont.load_default()
     cell_w, cell_h, caption_h, pad = w * scale, h * scale, 14, 4
     title_h = 18 if title else 0
-    grid = Image.new("RGB", (columns * (cell_w + pad) + pad, title_h + rows * (cell_h + caption_h + pad) + pad),
-                     "white")
+    grid = Image.new(
+        "RGB", (columns * (cell_w + pad) + pad, title_h + rows * (cell_h + caption_h + pad) + pad), "white"
+    )
     draw = ImageDraw.Draw(grid)
     if title:
         draw.text((pad, 3), title, fill="black", font=font)

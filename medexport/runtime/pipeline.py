@@ -32,8 +32,15 @@ from ..model.mediator_dit import MediatorDiT
 from . import samplers as _samplers  # noqa: F401  (registers dopri5 for torch arrays)
 from .arrays import TorchArrays
 
-__all__ = ["BatchedSamples", "Pipeline", "SampleResult", "TraceEntry", "check_device", "latents_to_file",
-           "sample_in_batches"]
+__all__ = [
+    "BatchedSamples",
+    "Pipeline",
+    "SampleResult",
+    "TraceEntry",
+    "check_device",
+    "latents_to_file",
+    "sample_in_batches",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +51,26 @@ class Pipeline:
     Build one with :meth:`from_bundle` (deployed engines) or :meth:`from_checkpoints` (PyTorch, no export).
     """
 
-    def __init__(self, runners: dict[int, Runner], config: ModelConfig, *, defaults: SamplingSettings | None = None,
-                 data: dict | None = None):
+    def __init__(
+        self,
+        runners: dict[int, Runner],
+        config: ModelConfig,
+        *,
+        defaults: SamplingSettings | None = None,
+        data: dict | None = None,
+    ):
         """``defaults``: the sampling settings used where a call gives none; ``data``: what the model generates
         (a bundle's ``data`` record: pixel space, data set, class names), None for latent models."""
         if not runners:
             raise ConfigError("a pipeline needs at least one runner")
         if FULL in runners and len(runners) > 1:  # another model, never part of a schedule
-            raise ConfigError(f"a full-attention model (count {FULL}) and mediator counts "
-                              f"({', '.join(str(n) for n in sorted(runners) if n != FULL)}) cannot share a "
-                              f"pipeline: a "
-                              f"schedule switches between mediator counts of one model. Open the vanilla twin as a "
-                              f"pipeline of its own")
+            raise ConfigError(
+                f"a full-attention model (count {FULL}) and mediator counts "
+                f"({', '.join(str(n) for n in sorted(runners) if n != FULL)}) cannot share a "
+                f"pipeline: a "
+                f"schedule switches between mediator counts of one model. Open the vanilla twin as a "
+                f"pipeline of its own"
+            )
         self.defaults = defaults or SamplingSettings()
         #: Called with every engine call's inputs before it runs (:class:`medexport.core.sampling.Evaluation`).
         self.hooks: list[Hook] = []
@@ -68,8 +83,9 @@ class Pipeline:
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
-    def from_bundle(cls, path: str | os.PathLike, backend: str = "auto", device: str | None = None,
-                    threads: int | None = None) -> Pipeline:
+    def from_bundle(
+        cls, path: str | os.PathLike, backend: str = "auto", device: str | None = None, threads: int | None = None
+    ) -> Pipeline:
         """Runners for every count of a built bundle.
 
         ``backend``: "auto" (the first backend of the registry's preference whose engines all run here: TensorRT
@@ -84,13 +100,21 @@ class Pipeline:
         bundle = open_bundle(path)
         backend = sampling_backend(bundle, backend)
         shared = registry.get(backend).shared_state()
-        runners = {n: engine_runner(bundle, n, backend, shared=shared, device=device, threads=threads)
-                   for n in bundle.counts}
+        runners = {
+            n: engine_runner(bundle, n, backend, shared=shared, device=device, threads=threads) for n in bundle.counts
+        }
         return cls(runners, bundle.config(bundle.counts[0]), defaults=bundle.sampling, data=bundle.data)
 
     @classmethod
-    def from_checkpoints(cls, checkpoints: dict[int, str | os.PathLike], *, device: str | None = None,
-                         weights: str = "ema", precision: str = "fp32", cuda_graph: bool = False) -> Pipeline:
+    def from_checkpoints(
+        cls,
+        checkpoints: dict[int, str | os.PathLike],
+        *,
+        device: str | None = None,
+        weights: str = "ema",
+        precision: str = "fp32",
+        cuda_graph: bool = False,
+    ) -> Pipeline:
         """PyTorch runners straight from checkpoints, one per mediator count (no export needed)."""
         models = {}
         for n, path in checkpoints.items():
@@ -101,8 +125,14 @@ class Pipeline:
         return cls.from_models(models, device=device, precision=precision, cuda_graph=cuda_graph)
 
     @classmethod
-    def from_models(cls, models: dict[int, MediatorDiT] | list[MediatorDiT], *, device: str | None = None,
-                    precision: str = "fp32", cuda_graph: bool = False) -> Pipeline:
+    def from_models(
+        cls,
+        models: dict[int, MediatorDiT] | list[MediatorDiT],
+        *,
+        device: str | None = None,
+        precision: str = "fp32",
+        cuda_graph: bool = False,
+    ) -> Pipeline:
         check_device(device)
         if isinstance(models, (list, tuple)):
             models = {m.config.mediators: m for m in models}
@@ -112,8 +142,10 @@ class Pipeline:
         for n, c in configs.items():
             if c.with_mediators(first.mediators) != first:
                 raise ConfigError(f"the {n}-mediator model has another architecture than the others")
-        return cls({n: TorchRunner(m, device=dev, precision=precision, cuda_graph=cuda_graph)
-                    for n, m in models.items()}, first)
+        return cls(
+            {n: TorchRunner(m, device=dev, precision=precision, cuda_graph=cuda_graph) for n, m in models.items()},
+            first,
+        )
 
     @property
     def counts(self) -> list[int]:
@@ -126,9 +158,17 @@ class Pipeline:
         return precisions.pop() if len(precisions) == 1 else "mixed"
 
     # -- sampling -----------------------------------------------------------------------------------------
-    def sample(self, labels, *, noise: Tensor | None = None, seed: int | None = None,
-               schedule: Schedule | str | None = None, image_seeds=None, check_finite: bool = True,
-               **settings) -> SampleResult:
+    def sample(
+        self,
+        labels,
+        *,
+        noise: Tensor | None = None,
+        seed: int | None = None,
+        schedule: Schedule | str | None = None,
+        image_seeds=None,
+        check_finite: bool = True,
+        **settings,
+    ) -> SampleResult:
         """Generate latents (or, for a pixel-space model, images in [-1, 1]) for ``labels``.
 
         The keyword form of :meth:`run`: the arguments are those of :class:`SampleRequest` (the settings: the
@@ -137,16 +177,31 @@ class Pipeline:
         :class:`Schedule` object. Settings left as None come from :attr:`defaults`.
         """
         sched_obj = schedule if isinstance(schedule, Schedule) else None
-        request = SampleRequest(labels, seed=seed, image_seeds=image_seeds, check_finite=check_finite,
-                                schedule=None if sched_obj else schedule, **settings)
+        request = SampleRequest(
+            labels,
+            seed=seed,
+            image_seeds=image_seeds,
+            check_finite=check_finite,
+            schedule=None if sched_obj else schedule,
+            **settings,
+        )
         return self.run(request, noise=noise, schedule=sched_obj)
 
-    def run(self, request: SampleRequest, *, noise: Tensor | None = None, schedule: Schedule | None = None
-            ) -> SampleResult:
+    def run(
+        self, request: SampleRequest, *, noise: Tensor | None = None, schedule: Schedule | None = None
+    ) -> SampleResult:
         """Run one :class:`SampleRequest`. ``schedule`` (an object) replaces the request's text schedule."""
-        result = run_request(request, forwards=self.runners, xp=self.arrays, shape=ModelShape.of(self.config),
-                             defaults=self.defaults, schedule=schedule, noise=noise, hooks=self.hooks,
-                             backends={n: r.backend for n, r in self.runners.items()})
+        result = run_request(
+            request,
+            forwards=self.runners,
+            xp=self.arrays,
+            shape=ModelShape.of(self.config),
+            defaults=self.defaults,
+            schedule=schedule,
+            noise=noise,
+            hooks=self.hooks,
+            backends={n: r.backend for n, r in self.runners.items()},
+        )
         result.latents = result.latents.float().cpu()
         return result
 
@@ -194,17 +249,19 @@ class BatchedSamples:
     schedule: str  # the schedule that ran, in its canonical text
 
 
-def sample_in_batches(pipe: Pipeline, labels: list[int], sampling: SamplingSettings, *, seed: int = 0,
-                      batch: int = 100, on_batch=None) -> BatchedSamples:
+def sample_in_batches(
+    pipe: Pipeline, labels: list[int], sampling: SamplingSettings, *, seed: int = 0, batch: int = 100, on_batch=None
+) -> BatchedSamples:
     """Sample ``labels`` with ``sampling`` in batches of ``batch``; image i's noise comes from (``seed``, i)
     alone, so runs with other settings (another schedule, say) or another batch size see the same noise and
     labels. ``on_batch(k)`` after each batch."""
     images, flops, seconds, steps = [], 0.0, 0.0, {}
     for start in range(0, len(labels), batch):
-        chunk = labels[start:start + batch]
+        chunk = labels[start : start + batch]
         t0 = time.perf_counter()
-        request = SampleRequest(chunk, image_seeds=[image_seed(seed, i) for i in range(start, start + len(chunk))],
-                                settings=sampling)
+        request = SampleRequest(
+            chunk, image_seeds=[image_seed(seed, i) for i in range(start, start + len(chunk))], settings=sampling
+        )
         result = pipe.run(request)
         seconds += time.perf_counter() - t0
         images.append(result.latents)
@@ -213,8 +270,9 @@ def sample_in_batches(pipe: Pipeline, labels: list[int], sampling: SamplingSetti
             steps[n] = max(steps.get(n, 0), k)
         if on_batch:
             on_batch(len(chunk))
-    return BatchedSamples(torch.cat(images), seconds, flops / len(labels), dict(sorted(steps.items())),
-                          str(result.settings["schedule"]))
+    return BatchedSamples(
+        torch.cat(images), seconds, flops / len(labels), dict(sorted(steps.items())), str(result.settings["schedule"])
+    )
 
 
 def check_device(device: str | None) -> None:
@@ -233,8 +291,9 @@ def check_device(device: str | None) -> None:
         if not torch.cuda.is_available():
             raise BackendUnavailableError(f"device {device!r} was asked for, but no CUDA GPU is visible here: use cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise BackendUnavailableError(f"device {device!r} does not exist: this machine has "
-                                          f"{torch.cuda.device_count()} CUDA GPU(s)")
+            raise BackendUnavailableError(
+                f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+            )
 
 
 def latents_to_file(latents: Tensor, path: str | Path) -> Path:

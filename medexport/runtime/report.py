@@ -38,10 +38,17 @@ def environment(device) -> dict:
     import onnxruntime
 
     torch = sys.modules.get("torch")  # loaded by a torch pipeline; the torch-free runtime never imports it
-    env = {"medexport": __version__, "python": platform.python_version(),
-           "torch": torch.__version__ if torch else None, "onnxruntime": onnxruntime.__version__,
-           "platform": platform.platform(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
-           "torch_threads": torch.get_num_threads() if torch else None, "device": str(device)}
+    env = {
+        "medexport": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__ if torch else None,
+        "onnxruntime": onnxruntime.__version__,
+        "platform": platform.platform(),
+        "cpu_flags": cpu_flags(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads() if torch else None,
+        "device": str(device),
+    }
     if torch is not None and str(device).startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(device)
     try:
@@ -53,10 +60,23 @@ def environment(device) -> dict:
     return env
 
 
-def write_report(path: Path, settings: dict, env: dict, summaries: list[dict], result: SampleResult,
-                 reference: SampleResult | None = None, extra: dict | None = None) -> Path:
-    data = {"settings": settings, "environment": env, "summary": summaries[0] if summaries else {},
-            "summaries": summaries, **(extra or {}), "trace": result.trace_dicts()}
+def write_report(
+    path: Path,
+    settings: dict,
+    env: dict,
+    summaries: list[dict],
+    result: SampleResult,
+    reference: SampleResult | None = None,
+    extra: dict | None = None,
+) -> Path:
+    data = {
+        "settings": settings,
+        "environment": env,
+        "summary": summaries[0] if summaries else {},
+        "summaries": summaries,
+        **(extra or {}),
+        "trace": result.trace_dicts(),
+    }
     if reference is not None:
         data["reference_trace"] = reference.trace_dicts()
     return write_json(path, data)
@@ -66,12 +86,16 @@ def run_summary(pipeline, result: SampleResult) -> dict:
     """What one run did: the report's summary of a plain ``sample`` (a benchmark's summary extends it).
     ``pipeline``: a :class:`~medexport.Pipeline` or a :class:`~medexport.lite.LitePipeline`."""
     steps = result.step_ms()
-    return {"backend": pipeline.backend, "images": len(result.latents), "seconds": round(result.seconds, 4),
-            "median_step_ms": round(statistics.median(ms for _, ms in steps.values()), 3),
-            "step_ms_after_switch": {str(s): round(steps[s][1], 3) for s in result.switch_steps()},
-            "steps_per_count": {str(k): v for k, v in result.steps_per_count().items()},
-            "evaluations": len(result.trace),
-            "gflops_per_image": round(pipeline.flops_per_image(result) / 1e9, 3)}
+    return {
+        "backend": pipeline.backend,
+        "images": len(result.latents),
+        "seconds": round(result.seconds, 4),
+        "median_step_ms": round(statistics.median(ms for _, ms in steps.values()), 3),
+        "step_ms_after_switch": {str(s): round(steps[s][1], 3) for s in result.switch_steps()},
+        "steps_per_count": {str(k): v for k, v in result.steps_per_count().items()},
+        "evaluations": len(result.trace),
+        "gflops_per_image": round(pipeline.flops_per_image(result) / 1e9, 3),
+    }
 
 
 def can_plot(what: str) -> bool:
@@ -113,9 +137,15 @@ def plot_trace(path: Path, results: dict[str, SampleResult]) -> Path | None:
                 ax.scatter(xs, ys, s=14, color=colours[n], label=f"{n} mediators", zorder=3)
         ax.set_ylabel("step latency (ms)")
         after = [steps[s][1] for s in switches]
-        ax.set_title(f"{backend}: {len(r.latents)} images, {r.seconds:.2f} s"
-                     + (f"; steps after a switch {', '.join(f'{ms:.0f}' for ms in after)} ms, median step "
-                        f"{median:.0f} ms" if after else ""), fontsize=10)
+        ax.set_title(
+            f"{backend}: {len(r.latents)} images, {r.seconds:.2f} s"
+            + (
+                f"; steps after a switch {', '.join(f'{ms:.0f}' for ms in after)} ms, median step {median:.0f} ms"
+                if after
+                else ""
+            ),
+            fontsize=10,
+        )
         ax.set_ylim(bottom=0, top=1.15 * max(ms for _, ms in steps.values()))
         ax.set_xlim(-0.5, max(steps) + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from ..core.samplers import NonFiniteError, OnStep, Run, Sampler, Velocity, register
-from ..core.samplers.ode_dopri5 import OdeDopri5
 from ..core.samplers import sample as _sample
+from ..core.samplers.ode_dopri5 import OdeDopri5
 from ..core.settings import SamplingSettings
 from ..core.steps import StepInfo
 from ..errors import SamplingError
@@ -75,8 +75,15 @@ def _torch_noise(generator: torch.Generator | None):
     return lambda shape: torch.randn(shape, generator=generator, dtype=torch.float32, device=device)
 
 
-def sample(velocity: Velocity, x0: Tensor, settings: SamplingSettings | None = None, *,
-           generator: torch.Generator | None = None, noise=None, on_step: OnStep | None = None) -> Tensor:
+def sample(
+    velocity: Velocity,
+    x0: Tensor,
+    settings: SamplingSettings | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    noise=None,
+    on_step: OnStep | None = None,
+) -> Tensor:
     """Integrate from the noise ``x0`` at t = 0 to data at t = 1 on torch tensors; returns the final state.
 
     ``generator`` draws the SDE's noise (z of the state's full shape, float32 on the generator's device, then

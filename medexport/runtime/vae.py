@@ -15,8 +15,12 @@ LATENT_SCALE = 0.18215  # sd-vae: latents are scaled by this factor before the d
 
 
 #: The weight files diffusers' ``from_pretrained`` reads (without a variant), whole or sharded.
-WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
-                "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.bin.index.json",
+)
 GET_VAE = "download e.g. stabilityai/sd-vae-ft-ema and point --vae at that folder"
 
 
@@ -33,15 +37,18 @@ def check_vae_folder(path: str | os.PathLike) -> Path:
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{config} is not valid JSON ({e}): the download may be incomplete; download the "
-                          f"folder again") from None
+        raise ConfigError(
+            f"{config} is not valid JSON ({e}): the download may be incomplete; download the folder again"
+        ) from None
     kind = data.get("_class_name") if isinstance(data, dict) else None
     if kind != "AutoencoderKL":
         what = f"a config of {kind!r}" if isinstance(kind, str) else "not a diffusers model config"
         raise ConfigError(f"{config} is {what}, not of a diffusers AutoencoderKL: {GET_VAE}")
     if not any((path / name).is_file() and (path / name).stat().st_size > 0 for name in WEIGHT_FILES):
-        raise ConfigError(f"{path} has no weights (none of {', '.join(WEIGHT_FILES[:2])}, or they are empty): "
-                          f"the download may be incomplete; download the folder again")
+        raise ConfigError(
+            f"{path} has no weights (none of {', '.join(WEIGHT_FILES[:2])}, or they are empty): "
+            f"the download may be incomplete; download the folder again"
+        )
     return path
 
 
@@ -57,8 +64,10 @@ def load_vae(path: str | os.PathLike, device: str = "cpu"):
         vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, RuntimeError) as e:
         first_line = (str(e) or type(e).__name__).splitlines()[0]
-        raise ConfigError(f"cannot load the AutoencoderKL in {path} ({first_line}): its files may be damaged; "
-                          f"download the folder again") from None
+        raise ConfigError(
+            f"cannot load the AutoencoderKL in {path} ({first_line}): its files may be damaged; "
+            f"download the folder again"
+        ) from None
     return vae.to(device).eval()
 
 
@@ -79,7 +88,7 @@ def save_grid(images: Tensor, path: str | os.PathLike, columns: int = 8) -> Path
     grid = torch.zeros(3, rows * H, cols * W, dtype=torch.uint8)
     for i in range(B):
         r, c = divmod(i, cols)
-        grid[:, r * H:(r + 1) * H, c * W:(c + 1) * W] = images[i]
+        grid[:, r * H : (r + 1) * H, c * W : (c + 1) * W] = images[i]
     path = Path(path)
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
     return path

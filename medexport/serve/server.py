@@ -47,9 +47,15 @@ class SamplingServer:
         self.warmup_seconds: dict[int, float] = {}
 
     @classmethod
-    def from_bundle(cls, path: str | os.PathLike, *, threads: int | None = None,
-                    limits: SchedulerLimits | None = None, warm_batches: Sequence[int] | None = None,
-                    start: bool = True) -> SamplingServer:
+    def from_bundle(
+        cls,
+        path: str | os.PathLike,
+        *,
+        threads: int | None = None,
+        limits: SchedulerLimits | None = None,
+        warm_batches: Sequence[int] | None = None,
+        start: bool = True,
+    ) -> SamplingServer:
         """A server over a bundle's ONNX Runtime engines (:class:`medexport.lite.LitePipeline`'s sessions, hash
         checked), each count's forwards capped by its engine's batch range; started (engines warmed) unless
         ``start=False``."""
@@ -58,8 +64,14 @@ class SamplingServer:
         pipe = LitePipeline.from_bundle(path, threads=threads)
         manifest = read_complete(path)
         ranges = {n: e.engines[ENGINE].batch for n, e in manifest.counts.items()}
-        scheduler = StepScheduler(pipe.forwards, pipe.shape, defaults=pipe.defaults, limits=limits,
-                                  batch_ranges=ranges, backends=dict.fromkeys(pipe.forwards, ENGINE))
+        scheduler = StepScheduler(
+            pipe.forwards,
+            pipe.shape,
+            defaults=pipe.defaults,
+            limits=limits,
+            batch_ranges=ranges,
+            backends=dict.fromkeys(pipe.forwards, ENGINE),
+        )
         server = cls(scheduler, warm_batches=warm_batches)
         if start:
             server.start()
@@ -114,8 +126,9 @@ class SamplingServer:
         self.stop()
 
     # -- requests --------------------------------------------------------------------------------------------
-    def submit(self, request: SampleRequest, *, noise=None, schedule: Schedule | None = None,
-               timeout: float | None = None) -> RequestHandle:
+    def submit(
+        self, request: SampleRequest, *, noise=None, schedule: Schedule | None = None, timeout: float | None = None
+    ) -> RequestHandle:
         """Queue ``request``; returns its handle. A bad request raises its MedexportError here, a full queue or
         a server that is not running :class:`Unavailable`."""
         if not self.ready:

@@ -50,14 +50,22 @@ def model_name(n: int) -> str:
     return f"medexport_m{n}"
 
 
-def count_config(n: int, variant: str | TritonVariant, shape: tuple[int, int, int], max_batch: int,
-                 instances: int, queue_delay_us: int, threads: int) -> str:
+def count_config(
+    n: int,
+    variant: str | TritonVariant,
+    shape: tuple[int, int, int],
+    max_batch: int,
+    instances: int,
+    queue_delay_us: int,
+    threads: int,
+) -> str:
     """config.pbtxt of one mediator count's model, served as ``variant`` (its name or the object)."""
     C, S, _ = shape
     tv = variant if isinstance(variant, TritonVariant) else _variant(variant)[1]
     head, kind = tv.header, tv.kind
-    params = (f'\nparameters: {{ key: "threads" value: {{ string_value: "{threads}" }} }}' if tv.threads_parameter
-              else "")
+    params = (
+        f'\nparameters: {{ key: "threads" value: {{ string_value: "{threads}" }} }}' if tv.threads_parameter else ""
+    )
     # t and y are (B,) in the engine: one element per batch item, reshaped away on the model side.
     return f'''name: "{model_name(n)}"
 {head}
@@ -100,9 +108,17 @@ instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
 '''
 
 
-def export_triton(bundle_path: str | os.PathLike, out: str | os.PathLike, *, variant: str = "python",
-                  force: bool = False, instances: int = 1, sampler_instances: int = 4, queue_delay_us: int = 500,
-                  threads: int = 1) -> Path:
+def export_triton(
+    bundle_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    variant: str = "python",
+    force: bool = False,
+    instances: int = 1,
+    sampler_instances: int = 4,
+    queue_delay_us: int = 500,
+    threads: int = 1,
+) -> Path:
     """Write the model repository for ``bundle_path`` into ``out``; returns ``out``."""
     from ..bundle import open_bundle
 
@@ -113,9 +129,11 @@ def export_triton(bundle_path: str | os.PathLike, out: str | os.PathLike, *, var
     backend = engine_backend.name
     for n in bundle.counts:
         if backend not in bundle.backends(n):
-            raise BackendUnavailableError(f"variant {variant} needs {backend} engines; bundle {bundle_path} has "
-                                          f"{', '.join(bundle.backends(n))} for {n} mediators: rebuild it with "
-                                          f"--backend {backend}, or choose another --variant")
+            raise BackendUnavailableError(
+                f"variant {variant} needs {backend} engines; bundle {bundle_path} has "
+                f"{', '.join(bundle.backends(n))} for {n} mediators: rebuild it with "
+                f"--backend {backend}, or choose another --variant"
+            )
     cfg = bundle.config(bundle.counts[0])
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
     tmp = partial_folder(out, TritonExportError)
@@ -132,24 +150,42 @@ def export_triton(bundle_path: str | os.PathLike, out: str | os.PathLike, *, var
                 shutil.copyfile(tv.python_model, version / "model.py")
             batch = engine.batch
             max_batch = batch.max if batch else 64
-            write_text(tmp / model_name(n) / "config.pbtxt",
-                       count_config(n, tv, shape, max_batch, instances, queue_delay_us, threads))
+            write_text(
+                tmp / model_name(n) / "config.pbtxt",
+                count_config(n, tv, shape, max_batch, instances, queue_delay_us, threads),
+            )
             models[str(n)] = {"model": model_name(n), "batch": str(batch) if batch else f"1:1:{max_batch}"}
         version = tmp / SAMPLER / "1"
         version.mkdir(parents=True)
         shutil.copyfile(TEMPLATES / "sampler_model.py", version / "model.py")
         package = Path(__file__).resolve().parents[1]
         for name in RUNTIME_PACKAGES:
-            shutil.copytree(package / name, version / "medexport" / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(
+                package / name, version / "medexport" / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            )
         for name in RUNTIME_MODULES:
             shutil.copyfile(package / name, version / "medexport" / name)
-        write_json(version / "sampler.json", {"models": models, "config": cfg.to_dict(), "backend": backend,
-                                              "sampling": bundle.sampling.to_dict(), "data": bundle.data})
+        write_json(
+            version / "sampler.json",
+            {
+                "models": models,
+                "config": cfg.to_dict(),
+                "backend": backend,
+                "sampling": bundle.sampling.to_dict(),
+                "data": bundle.data,
+            },
+        )
         write_text(tmp / SAMPLER / "config.pbtxt", sampler_config(shape, sampler_instances))
         write_text(tmp / "README.md", _readme(bundle_path, variant, bundle.counts, shape))
-        write_json(tmp / MARKER, {"kind": "medexport-triton", "bundle": str(Path(bundle_path).resolve()),
-                                  "variant": variant, "models": [model_name(n) for n in bundle.counts] + [SAMPLER]})
+        write_json(
+            tmp / MARKER,
+            {
+                "kind": "medexport-triton",
+                "bundle": str(Path(bundle_path).resolve()),
+                "variant": variant,
+                "models": [model_name(n) for n in bundle.counts] + [SAMPLER],
+            },
+        )
         replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -169,8 +205,9 @@ def _variant(name: str) -> tuple:
 
 
 def _check_output(out: Path, force: bool) -> None:
-    check_output_folder(out, marker=MARKER, force=force, kind="a medexport Triton repository",
-                        error=TritonExportError, written=_written)
+    check_output_folder(
+        out, marker=MARKER, force=force, kind="a medexport Triton repository", error=TritonExportError, written=_written
+    )
 
 
 def _written(out: Path) -> set[str]:

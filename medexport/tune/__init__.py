@@ -23,6 +23,20 @@ from .cost import CostModel, allocation_schedule, edge_allocations, evaluation_s
 from .results import METRICS, Candidate, TuneResult, quality_key
 from .search import ADAPTIVE_RATIOS, step_grid, tune
 
-__all__ = ["ADAPTIVE_RATIOS", "METRICS", "Budget", "Candidate", "Cost", "CostModel", "TuneError", "TuneResult",
-           "allocation_schedule", "check_budget_args", "edge_allocations", "evaluation_steps", "quality_key",
-           "step_grid", "tune"]
+__all__ = [
+    "ADAPTIVE_RATIOS",
+    "METRICS",
+    "Budget",
+    "Candidate",
+    "Cost",
+    "CostModel",
+    "TuneError",
+    "TuneResult",
+    "allocation_schedule",
+    "check_budget_args",
+    "edge_allocations",
+    "evaluation_steps",
+    "quality_key",
+    "step_grid",
+    "tune",
+]

@@ -40,8 +40,11 @@ class Budget:
             raise TuneError(f"the budget must be a positive number, got {self.value!r}")
 
     def describe(self) -> str:
-        return {"gflops": f"{self.value:g} GFLOPs / image", "ms": f"{self.value:g} ms / image",
-                "fraction": f"{100 * self.value:g}% of {self.reference}"}[self.kind]
+        return {
+            "gflops": f"{self.value:g} GFLOPs / image",
+            "ms": f"{self.value:g} ms / image",
+            "fraction": f"{100 * self.value:g}% of {self.reference}",
+        }[self.kind]
 
     @property
     def unit(self) -> str:
@@ -71,8 +74,10 @@ def check_budget_args(gflops: float | None, ms: float | None, fraction: float | 
         raise TuneError("give exactly one budget: --budget-gflops G, --budget-ms M or --budget-fraction F")
     kind, value = given[0]
     if kind == "fraction" and not 0 < value <= 1:
-        raise TuneError(f"--budget-fraction is a share in (0, 1] of a reference cost (the recommended settings' "
-                        f"GFLOPs when the steps are searched, the largest static schedule's with --steps), got {value}")
+        raise TuneError(
+            f"--budget-fraction is a share in (0, 1] of a reference cost (the recommended settings' "
+            f"GFLOPs when the steps are searched, the largest static schedule's with --steps), got {value}"
+        )
     if kind != "fraction" and not value > 0:
         raise TuneError(f"--budget-{kind} must be positive, got {value}")
     return Budget(kind, float(value))

@@ -21,8 +21,7 @@ from .budget import Cost, TuneError
 def evaluation_steps(settings: SamplingSettings) -> list[StepInfo]:
     """The StepInfo of every model evaluation a run makes, by dry-running the sampler with no model."""
     if settings.num_model_steps is None:
-        raise TuneError("tuning needs a fixed-step sampler: dopri5 chooses its own steps. Use --method euler or "
-                        "heun")
+        raise TuneError("tuning needs a fixed-step sampler: dopri5 chooses its own steps. Use --method euler or heun")
     seen: list[StepInfo] = []
 
     def velocity(x, t, step):
@@ -49,7 +48,7 @@ def _fraction(k: int, total: int) -> str:
     """The shortest decimal v with (k - 1)/total < v <= k/total: step i < k goes to the segment exactly when
     i/total < v, the schedule's own rule."""
     for digits in range(1, 12):
-        scale = 10 ** digits
+        scale = 10**digits
         value = math.floor(k * scale / total) / scale
         if (k - 1) / total < value <= k / total and value > 0:
             return f"{value:.{digits}f}".rstrip("0").rstrip(".")

@@ -59,23 +59,37 @@ class TuneResult:
 
     def frontier(self) -> list[Candidate]:
         """Candidates no other beats on both cost and quality, cheapest first."""
+
         def better(a: Candidate, b: Candidate) -> bool:
-            return (a.gflops <= b.gflops and quality_key(a, self.metric) >= quality_key(b, self.metric)
-                    and (a.gflops < b.gflops or quality_key(a, self.metric) > quality_key(b, self.metric)))
+            return (
+                a.gflops <= b.gflops
+                and quality_key(a, self.metric) >= quality_key(b, self.metric)
+                and (a.gflops < b.gflops or quality_key(a, self.metric) > quality_key(b, self.metric))
+            )
+
         front = [c for c in self.candidates if not any(better(o, c) for o in self.candidates)]
         return sorted(front, key=lambda c: c.gflops)
 
     def to_dict(self) -> dict:
-        return {"schedule": self.best.schedule, "steps": self.best.steps, "method": self.best.method,
-                "steps_searched": self.steps_searched,
-                "gflops_per_image": self.best.measured_gflops or self.best.gflops,
-                "quality": _quality_dict(self.best, self.metric), "metric": self.metric,
-                "budget": {"kind": self.budget.kind, "value": self.budget.value, "text": self.budget.describe()},
-                "best": self.best.to_dict(), "frontier": [c.to_dict() for c in self.frontier()],
-                "candidates": [c.to_dict() for c in self.candidates], "images_per_candidate": self.images,
-                "seconds": round(self.seconds, 1), "rank_agreement_trajectory_vs_judge": self.rank_agreement,
-                "reference_gflops": self.reference_gflops, "reference": self.budget.reference,
-                "settings": self.settings}
+        return {
+            "schedule": self.best.schedule,
+            "steps": self.best.steps,
+            "method": self.best.method,
+            "steps_searched": self.steps_searched,
+            "gflops_per_image": self.best.measured_gflops or self.best.gflops,
+            "quality": _quality_dict(self.best, self.metric),
+            "metric": self.metric,
+            "budget": {"kind": self.budget.kind, "value": self.budget.value, "text": self.budget.describe()},
+            "best": self.best.to_dict(),
+            "frontier": [c.to_dict() for c in self.frontier()],
+            "candidates": [c.to_dict() for c in self.candidates],
+            "images_per_candidate": self.images,
+            "seconds": round(self.seconds, 1),
+            "rank_agreement_trajectory_vs_judge": self.rank_agreement,
+            "reference_gflops": self.reference_gflops,
+            "reference": self.budget.reference,
+            "settings": self.settings,
+        }
 
 
 def _quality_dict(c: Candidate, metric: str) -> dict:

@@ -31,17 +31,21 @@ class Trials:
         session's start."""
         from ..core.request import SampleRequest
 
-        self.pipe.warmup(SampleRequest(self.labels[:self.batch], settings=self.sampling))
+        self.pipe.warmup(SampleRequest(self.labels[: self.batch], settings=self.sampling))
 
     def run(self, schedule: str, sampling: SamplingSettings | None = None) -> tuple[torch.Tensor, float, float, dict]:
         """(final samples, ms per image, measured GFLOPs per image, steps per count) of ``schedule`` under
         ``sampling`` (default: the tune's settings)."""
         from ..runtime.pipeline import sample_in_batches
 
-        run = sample_in_batches(self.pipe, self.labels, (sampling or self.sampling).override(schedule=schedule),
-                                seed=self.seed, batch=self.batch)
-        return (run.latents, 1e3 * run.seconds / len(self.labels), run.flops_per_image / 1e9,
-                run.steps_per_count)
+        run = sample_in_batches(
+            self.pipe,
+            self.labels,
+            (sampling or self.sampling).override(schedule=schedule),
+            seed=self.seed,
+            batch=self.batch,
+        )
+        return (run.latents, 1e3 * run.seconds / len(self.labels), run.flops_per_image / 1e9, run.steps_per_count)
 
     def score(self, c: Candidate, samples: torch.Tensor) -> None:
         """Judge ``samples``; the first samples scored (the largest static schedule's) are the trajectory

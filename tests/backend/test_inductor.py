@@ -33,11 +33,15 @@ def test_without_a_working_cxx_compiler_the_cpu_form_is_unavailable(tiny_bundle,
     from medexport.errors import BackendUnavailableError
 
     broken = tmp_path / "broken-c++"  # answers --version, compiles nothing
-    broken.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'broken 1.0'; exit 0; }\n"
-                      "echo 'broken: cannot compile' >&2\nexit 1\n")
+    broken.write_text(
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'broken 1.0'; exit 0; }\n"
+        "echo 'broken: cannot compile' >&2\nexit 1\n"
+    )
     broken.chmod(0o755)
-    cases = [((str(tmp_path / "absent-c++"),), "no working C++ compiler (tried"),
-             ((str(broken),), f"the C++ compiler {broken} cannot compile a program (broken: cannot compile)")]
+    cases = [
+        ((str(tmp_path / "absent-c++"),), "no working C++ compiler (tried"),
+        ((str(broken),), f"the C++ compiler {broken} cannot compile a program (broken: cannot compile)"),
+    ]
     for cxx, message in cases:
         monkeypatch.setattr(config.cpp, "cxx", cxx)
         ok, why = device_status("cpu")
@@ -47,8 +51,11 @@ def test_without_a_working_cxx_compiler_the_cpu_form_is_unavailable(tiny_bundle,
             assert not ok and message in why and "no CUDA GPU is visible" in why, why
         else:  # the CUDA form still works: the backend is usable, its runner for the CPU is not
             assert registry.get("inductor").status()[0]
-        with pytest.raises(BackendUnavailableError, match="--backend inductor cannot (run|compile for cpu) here: .*"
-                                                          "--backend torch runs the same model without compiling"):
+        with pytest.raises(
+            BackendUnavailableError,
+            match="--backend inductor cannot (run|compile for cpu) here: .*"
+            "--backend torch runs the same model without compiling",
+        ):
             Pipeline.from_bundle(tiny_bundle, backend="inductor", device="cpu")
     monkeypatch.undo()
     assert device_status("cpu")[0], device_status("cpu")  # this machine's compiler works

@@ -47,8 +47,15 @@ class CopyBackend(EngineBackend):
     name = "copy"
     preference = None  # never chosen by "auto"
     options = (BackendOption("copy_check", "copy-check", "flag", True, "Check the copy byte for byte."),)
-    triton = (TritonVariant("copy-python", 'backend: "python"', "model.onnx",
-                            python_model=Path(onnxrt.__file__).parent / "triton_model.py", threads_parameter=True),)
+    triton = (
+        TritonVariant(
+            "copy-python",
+            'backend: "python"',
+            "model.onnx",
+            python_model=Path(onnxrt.__file__).parent / "triton_model.py",
+            threads_parameter=True,
+        ),
+    )
 
     def status(self):
         return True, "always"
@@ -72,8 +79,14 @@ class CopyBackend(EngineBackend):
     def runner(self, inputs: RunnerInputs):
         from medexport.backend.onnxrt.runner import OnnxrtRunner
 
-        runner = OnnxrtRunner(inputs.path, inputs.mediators, precision=inputs.precision, batch_range=inputs.batch,
-                              threads=1, sha256=inputs.sha256)
+        runner = OnnxrtRunner(
+            inputs.path,
+            inputs.mediators,
+            precision=inputs.precision,
+            batch_range=inputs.batch,
+            threads=1,
+            sha256=inputs.sha256,
+        )
         runner.backend = "copy"
         return runner
 
@@ -88,9 +101,12 @@ def copy_backend():
 def build_copy_bundle(checkpoints, out):
     from medexport.bundle import BuildSettings, ModelSource, build_bundle
 
-    build_bundle([ModelSource(n, checkpoint=checkpoints[n]) for n in (16, 64)], out,
-                 BuildSettings(backend="copy", batch=BatchRange(1, 2, 4), backend_options={"copy_check": True}),
-                 show_progress=False)
+    build_bundle(
+        [ModelSource(n, checkpoint=checkpoints[n]) for n in (16, 64)],
+        out,
+        BuildSettings(backend="copy", batch=BatchRange(1, 2, 4), backend_options={"copy_check": True}),
+        show_progress=False,
+    )
     return out
 
 
@@ -107,8 +123,9 @@ def test_a_new_backend_is_one_object_registered_from_its_own_module(copy_backend
     pipe = Pipeline.from_bundle(out, backend="copy")
     result = pipe.sample([1, 2], seed=0, sampler="ode", method="euler", steps=3, cfg_scale=2.0)
     assert {e.backend for e in result.trace} == {"copy"} and torch.isfinite(result.latents).all()
-    reference = Pipeline.from_bundle(out, backend="torch").sample([1, 2], seed=0, sampler="ode", method="euler",
-                                                                  steps=3, cfg_scale=2.0)
+    reference = Pipeline.from_bundle(out, backend="torch").sample(
+        [1, 2], seed=0, sampler="ode", method="euler", steps=3, cfg_scale=2.0
+    )
     torch.testing.assert_close(result.latents, reference.latents, atol=1e-4, rtol=1e-4)
 
     (out / engine.file).write_bytes(b"not the engine")  # its files are checked like any other backend's

@@ -5,9 +5,9 @@ import torch
 
 import medexport
 from medexport.backend import OnnxrtRunner, TorchRunner
-from medexport.core.batch import BatchRange
 from medexport.backend.trt.engine import tensorrt_status
 from medexport.bundle import resolve_backend
+from medexport.core.batch import BatchRange
 from tests.conftest import TINY, model_inputs
 
 TRT_OK, TRT_WHY = tensorrt_status()
@@ -42,8 +42,11 @@ def bundle_runners(bundle, checkpoint, n):
     from medexport.bundle import Bundle, engine_runner
 
     yield TorchRunner(medexport.load_checkpoint(checkpoint))
-    for backend in ("onnxruntime", "torch", *(("tensorrt",) if TRT_OK and "tensorrt" in Bundle(bundle).backends(n)
-                                               else ())):
+    for backend in (
+        "onnxruntime",
+        "torch",
+        *(("tensorrt",) if TRT_OK and "tensorrt" in Bundle(bundle).backends(n) else ()),
+    ):
         yield engine_runner(Bundle(bundle), n, backend)
 
 
@@ -54,16 +57,20 @@ def test_every_backend_refuses_bad_inputs_alike(tiny_bundle, tiny_checkpoints):
 
     x, t, _ = model_inputs(TINY, batch=2)
     null = TINY.num_classes  # the unconditional label guidance passes: legitimate
-    outside = (r"labels \[-1\] are outside 0\.\.10 \(classes 0\.\.9, and 10, the null class that guidance "
-               r"passes\)")
-    cases = [((x, t, torch.tensor([3, -1])), outside),
-             ((x, t, torch.tensor([null + 1, 2])), r"labels \[11\] are outside 0\.\.10"),
-             ((x[:, :, :8, :8], t, torch.tensor([1, 2])), r"x must be \(B, 4, 16, 16\), got \(2, 4, 8, 8\)"),
-             ((x, t[:1], torch.tensor([1, 2])), r"t must be \(2,\), one per sample of x, got \(1,\)"),
-             ((x, t, torch.tensor([1.0, 2.0])), r"y must be integer class labels \(int64\), got torch.float32"),
-             ((x.long(), t, torch.tensor([1, 2])), r"x must be floating point \(float32\), got torch.int64"),
-             ((x.numpy(), t, torch.tensor([1, 2])), r"x must be a torch tensor, got ndarray"),
-             ((x[:0], t[:0], torch.tensor([], dtype=torch.long)), r"x holds no samples")]
+    outside = (
+        r"labels \[-1\] are outside 0\.\.10 \(classes 0\.\.9, and 10, the null class that guidance "
+        r"passes\)"
+    )
+    cases = [
+        ((x, t, torch.tensor([3, -1])), outside),
+        ((x, t, torch.tensor([null + 1, 2])), r"labels \[11\] are outside 0\.\.10"),
+        ((x[:, :, :8, :8], t, torch.tensor([1, 2])), r"x must be \(B, 4, 16, 16\), got \(2, 4, 8, 8\)"),
+        ((x, t[:1], torch.tensor([1, 2])), r"t must be \(2,\), one per sample of x, got \(1,\)"),
+        ((x, t, torch.tensor([1.0, 2.0])), r"y must be integer class labels \(int64\), got torch.float32"),
+        ((x.long(), t, torch.tensor([1, 2])), r"x must be floating point \(float32\), got torch.int64"),
+        ((x.numpy(), t, torch.tensor([1, 2])), r"x must be a torch tensor, got ndarray"),
+        ((x[:0], t[:0], torch.tensor([], dtype=torch.long)), r"x holds no samples"),
+    ]
     for runner in bundle_runners(tiny_bundle, tiny_checkpoints[16], 16):
         with runner:
             for args, message in cases:
@@ -108,8 +115,12 @@ def test_tensorrt_plan_build_and_run(tiny_checkpoints, tmp_path):
     from medexport.bundle.manifest import Bundle
 
     out = tmp_path / "trt"
-    build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], out,
-                 BuildSettings(backend="tensorrt", batch=BatchRange(1, 2, 4)), show_progress=False)
+    build_bundle(
+        [ModelSource(16, checkpoint=tiny_checkpoints[16])],
+        out,
+        BuildSettings(backend="tensorrt", batch=BatchRange(1, 2, 4)),
+        show_progress=False,
+    )
     bundle = Bundle(out)
     entry = bundle.engine(16, "tensorrt")
     assert entry.file.endswith(".plan") and entry.record["hardware"]["compute_capability"]

@@ -60,12 +60,17 @@ def _build_engine(dtype: torch.dtype, H: int, n: int, d: int, scale: float, max_
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # implied on 11.x
     network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
     shapes = {  # -1: dynamic batch B / sequence N
-        "q": (-1, H, -1, d), "k": (-1, H, -1, d), "v": (-1, H, -1, d), "m": (-1, H, n, d),
-        "bias_mk": (H, n, -1), "bias_qm": (H, -1, n),
+        "q": (-1, H, -1, d),
+        "k": (-1, H, -1, d),
+        "v": (-1, H, -1, d),
+        "m": (-1, H, n, d),
+        "bias_mk": (H, n, -1),
+        "bias_qm": (H, -1, n),
     }
     inputs = [network.add_input(name, trt_dtype, shape) for name, shape in shapes.items()]
-    layer = network.add_plugin(getattr(trtp.op, plugin.PLUGIN_NAMESPACE).MediatorAttention(*inputs, scale=scale),
-                               aot=True)
+    layer = network.add_plugin(
+        getattr(trtp.op, plugin.PLUGIN_NAMESPACE).MediatorAttention(*inputs, scale=scale), aot=True
+    )
     layer.get_output(0).name = "o"
     network.mark_output(layer.get_output(0))
 
@@ -82,8 +87,9 @@ def _build_engine(dtype: torch.dtype, H: int, n: int, d: int, scale: float, max_
 
     profile = builder.create_optimization_profile()
     for name, shape in shapes.items():
-        profile.set_shape(name, concrete(shape, 1, 1), concrete(shape, max_batch, max_seq),
-                          concrete(shape, max_batch, max_seq))
+        profile.set_shape(
+            name, concrete(shape, 1, 1), concrete(shape, max_batch, max_seq), concrete(shape, max_batch, max_seq)
+        )
     config = builder.create_builder_config()
     config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
@@ -98,7 +104,7 @@ def test_engine_matches_reference(dtype):
     """An engine with the plugin against the reference in float64, at two (B, N) of one dynamic engine."""
     torch_dtype = getattr(torch, dtype)
     H, n, d = 2, 16, 72
-    scale = d ** -0.5
+    scale = d**-0.5
     engine, names = _build_engine(torch_dtype, H, n, d, scale, max_batch=2, max_seq=128)
     context = engine.create_execution_context()
     stream = torch.cuda.current_stream()

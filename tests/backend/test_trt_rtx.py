@@ -8,8 +8,8 @@ import onnx
 import pytest
 
 import medexport
-from medexport.core.batch import BatchRange
 from medexport.backend.trt.rtx import parse_and_build, rtx_status
+from medexport.core.batch import BatchRange
 from medexport.errors import ExportError
 from medexport.export import export_onnx
 
@@ -32,8 +32,11 @@ def exports(tmp_path_factory):
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("n", [16, 32])
 def test_exports_parse_and_build(exports, precision, n):
-    check = parse_and_build(exports[precision, n], batch=BatchRange(1, 2, 8),
-                            sample_shape=(TINY.in_channels, TINY.input_size, TINY.input_size))
+    check = parse_and_build(
+        exports[precision, n],
+        batch=BatchRange(1, 2, 8),
+        sample_shape=(TINY.in_channels, TINY.input_size, TINY.input_size),
+    )
     assert check.layers > 100 and check.plan_bytes > 0  # the function bodies are inlined into real layers
     assert check.plugin_layers == 0  # no plugin API here: what a manifest would record as plugin: false
 
@@ -68,11 +71,16 @@ def test_quantised_qdq_exports_parse_and_build(exports, tmp_path, precision):
 
     rng = np.random.default_rng(0)
     rows = tmp_path / "rows.npz"
-    np.savez(rows, x=rng.standard_normal((16, TINY.in_channels, TINY.input_size, TINY.input_size), dtype=np.float32),
-             t=rng.random(16, dtype=np.float32), y=rng.integers(0, TINY.num_classes + 1, 16))
+    np.savez(
+        rows,
+        x=rng.standard_normal((16, TINY.in_channels, TINY.input_size, TINY.input_size), dtype=np.float32),
+        t=rng.random(16, dtype=np.float32),
+        y=rng.integers(0, TINY.num_classes + 1, 16),
+    )
     data = CountData(16, rows, file_sha256(rows), 16, {})
     out = tmp_path / f"m16.{precision}.onnx"
     quantize_graph([exports["fp32", 16]], out, precision, data)
-    check = parse_and_build(out, batch=BatchRange(1, 2, 8),
-                            sample_shape=(TINY.in_channels, TINY.input_size, TINY.input_size))
+    check = parse_and_build(
+        out, batch=BatchRange(1, 2, 8), sample_shape=(TINY.in_channels, TINY.input_size, TINY.input_size)
+    )
     assert check.layers > 100 and check.plan_bytes > 0

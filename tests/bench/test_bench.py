@@ -36,14 +36,19 @@ def test_twin_builds_verifies_and_inspects(twin_bundle):
 
 def test_bad_twin_builds(tiny_checkpoints, vanilla_checkpoint, tmp_path):
     cases = [
-        (("--attention", "full", "--model", "SiT-S/2", "--mediators", "16"), "which has no mediators: drop --mediators"),
+        (
+            ("--attention", "full", "--model", "SiT-S/2", "--mediators", "16"),
+            "which has no mediators: drop --mediators",
+        ),
         (("--checkpoint", f"16={vanilla_checkpoint}"), "plain (full-attention) DiT/SiT checkpoint, not a 16-mediator"),
         (("--attention", "full", "--checkpoint", tiny_checkpoints[16]), "16-mediator model, not a full-attention"),
         (("--attention", "full", "--checkpoint", f"0={vanilla_checkpoint}"), "has no mediator count; give the path"),
         (("--checkpoint", f"0={vanilla_checkpoint}"), "0 is not a mediator count"),
         (("--model", "SiT-S/2", "--mediators", "0,16"), "0 is not a mediator count"),
-        (("--checkpoint", f"16={tiny_checkpoints[16]}", "--image-size", "256"),
-         "trained at 128x128 (8x8 tokens, 16x16 latents), not 256x256"),
+        (
+            ("--checkpoint", f"16={tiny_checkpoints[16]}", "--image-size", "256"),
+            "trained at 128x128 (8x8 tokens, 16x16 latents), not 256x256",
+        ),
     ]
     for args, message in cases:
         out = tmp_path / "never"
@@ -60,8 +65,7 @@ def test_schedules_never_mix_the_full_model():
 
 
 def test_bench_against_twin(tiny_bundle, twin_bundle, tmp_path):
-    request = SampleRequest([1, 2], seed=0, sampler="ode", method="euler", steps=4, cfg_scale=2.0,
-                            schedule="16:0.5,64")
+    request = SampleRequest([1, 2], seed=0, sampler="ode", method="euler", steps=4, cfg_scale=2.0, schedule="16:0.5,64")
     report = run_bench(tiny_bundle, twin_bundle, request, threads=1, rounds=2, runs=1, warmup=0)
     rows = {r["mediators"]: r for r in report["forward"]}
     assert sorted(rows) == ["16", "32", "64", "full"]
@@ -77,8 +81,9 @@ def test_bench_against_twin(tiny_bundle, twin_bundle, tmp_path):
         assert e2e[side]["images_per_second"] > 0 and len(e2e[side]["seconds_all"]) == 1
         assert e2e[side]["peak_memory_bytes"] is not None
     # (the seconds are rounded to 0.1 ms in the report; the ratio is computed before rounding)
-    assert e2e["measured_ratio"] == pytest.approx(e2e["vanilla"]["batch_seconds"] / e2e["medexport"]["batch_seconds"],
-                                                  rel=0.05)
+    assert e2e["measured_ratio"] == pytest.approx(
+        e2e["vanilla"]["batch_seconds"] / e2e["medexport"]["batch_seconds"], rel=0.05
+    )
     # the cost of the schedule: 2 steps of 16, 1 of 64 against 3 of the full model (per image, guidance doubling)
     predicted = 3 * full / (2 * forward_flops(TINY) + forward_flops(TINY.with_mediators(64)))
     assert e2e["predicted_ratio"] == pytest.approx(predicted, rel=1e-3)
@@ -86,16 +91,60 @@ def test_bench_against_twin(tiny_bundle, twin_bundle, tmp_path):
 
 def test_bench_cli_writes_report_and_plot(tiny_bundle, twin_bundle, tmp_path):
     out = tmp_path / "bench"
-    r = run("bench", tiny_bundle, "--against", twin_bundle, "--num", "1", "--steps", "3", "--sampler", "ode",
-            "--method", "euler", "--threads", "1", "--rounds", "1", "--runs", "1", "--warmup", "0", "-o", out)
+    r = run(
+        "bench",
+        tiny_bundle,
+        "--against",
+        twin_bundle,
+        "--num",
+        "1",
+        "--steps",
+        "3",
+        "--sampler",
+        "ode",
+        "--method",
+        "euler",
+        "--threads",
+        "1",
+        "--rounds",
+        "1",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "-o",
+        out,
+    )
     assert r.exit_code == 0, r.output
     assert "full (vanilla)" in r.output and "speed-up over the vanilla engine" in r.output
     report = json.loads((out / "report.json").read_text())
     assert report["kind"] == "medexport-bench" and report["environment"]["cpu_flags"] is not None
     assert (out / "bench.png").stat().st_size > 1000
     # again into the same folder: its own earlier output is replaced
-    r = run("bench", tiny_bundle, "--against", twin_bundle, "--num", "1", "--steps", "3", "--sampler", "ode",
-            "--method", "euler", "--threads", "1", "--rounds", "1", "--runs", "1", "--warmup", "0", "-o", out)
+    r = run(
+        "bench",
+        tiny_bundle,
+        "--against",
+        twin_bundle,
+        "--num",
+        "1",
+        "--steps",
+        "3",
+        "--sampler",
+        "ode",
+        "--method",
+        "euler",
+        "--threads",
+        "1",
+        "--rounds",
+        "1",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "-o",
+        out,
+    )
     assert r.exit_code == 0, r.output
 
 
@@ -106,8 +155,10 @@ def test_bench_bad_pairs(tiny_bundle, twin_bundle, tmp_path):
         (("bench", tiny_bundle, "--against", tiny_bundle), "not a full-attention model"),
         (("bench", twin_bundle, "--against", twin_bundle), "is itself a vanilla"),
         # refused before anything is opened or timed, not an allocation failure after the end-to-end runs
-        (("bench", tiny_bundle, "--against", twin_bundle, "--forward-batch", "1000000000"),
-         "--forward-batch 1000000000 needs at least"),
+        (
+            ("bench", tiny_bundle, "--against", twin_bundle, "--forward-batch", "1000000000"),
+            "--forward-batch 1000000000 needs at least",
+        ),
     ]
     for args, message in cases:
         r = run(*args, "-o", tmp_path / "never")
@@ -129,17 +180,38 @@ def test_bench_bad_pairs(tiny_bundle, twin_bundle, tmp_path):
         run_bench(tiny_bundle, twin_bundle, SampleRequest([1], seed=0), batch=10**12)
 
 
-def test_a_twin_never_goes_into_a_mediator_bundle(tiny_bundle, twin_bundle, vanilla_checkpoint, tiny_checkpoints,
-                                                  tmp_path):
+def test_a_twin_never_goes_into_a_mediator_bundle(
+    tiny_bundle, twin_bundle, vanilla_checkpoint, tiny_checkpoints, tmp_path
+):
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
     before = (bundle / "manifest.json").read_text()
-    r = run("build", "--attention", "full", "--checkpoint", vanilla_checkpoint, "--backend", "onnxruntime",
-            "--batch", "1:2:4", "-o", bundle)
+    r = run(
+        "build",
+        "--attention",
+        "full",
+        "--checkpoint",
+        vanilla_checkpoint,
+        "--backend",
+        "onnxruntime",
+        "--batch",
+        "1:2:4",
+        "-o",
+        bundle,
+    )
     assert r.exit_code != 0 and "holds a mediator bundle, and this build is of a vanilla" in r.output, r.output
     assert (bundle / "manifest.json").read_text() == before
     twin = copy_bundle(twin_bundle, tmp_path / "t")
-    r = run("build", "--checkpoint", f"16={tiny_checkpoints[16]}", "--backend", "onnxruntime", "--batch", "1:2:4",
-            "-o", twin)
+    r = run(
+        "build",
+        "--checkpoint",
+        f"16={tiny_checkpoints[16]}",
+        "--backend",
+        "onnxruntime",
+        "--batch",
+        "1:2:4",
+        "-o",
+        twin,
+    )
     assert r.exit_code != 0 and "holds a vanilla (full-attention) bundle" in r.output, r.output
     r = run("sample", twin, "--schedule", "16", "--steps", "3", "-o", tmp_path / "s")
     assert r.exit_code != 0 and "this is a vanilla (full-attention) bundle" in r.output, r.output
@@ -159,8 +231,9 @@ def test_sample_benchmark_refuses_a_mediator_bundle_against_its_twin(tiny_bundle
     are bench's pair, and are refused (either way round) before anything is timed, naming bench."""
     for bundle, other in ((tiny_bundle, twin_bundle), (twin_bundle, tiny_bundle)):
         out = tmp_path / f"out-{bundle.name}"
-        r = run("sample", bundle, "--num", "1", "--steps", "2", "--benchmark", "--runs", "1", "--against", other,
-                "-o", out)
+        r = run(
+            "sample", bundle, "--num", "1", "--steps", "2", "--benchmark", "--runs", "1", "--against", other, "-o", out
+        )
         assert r.exit_code != 0, r.output
         assert f"{twin_bundle} is a vanilla (full-attention) bundle and {tiny_bundle} a mediator one" in r.output
         assert f"medexport bench {tiny_bundle} --against {twin_bundle}" in r.output

@@ -24,10 +24,19 @@ def run(*args):
 
 @pytest.fixture(scope="module")
 def report(tiny_bundle, twin_bundle):
-    request = SampleRequest([1, 2], seed=0, sampler="ode", method="euler", steps=4, cfg_scale=2.0,
-                            schedule="16:0.5,64")
-    return run_bench(tiny_bundle, twin_bundle, request, backend="torch", device="cpu", threads=1, rounds=2, runs=1,
-                     warmup=0, profile=True)
+    request = SampleRequest([1, 2], seed=0, sampler="ode", method="euler", steps=4, cfg_scale=2.0, schedule="16:0.5,64")
+    return run_bench(
+        tiny_bundle,
+        twin_bundle,
+        request,
+        backend="torch",
+        device="cpu",
+        threads=1,
+        rounds=2,
+        runs=1,
+        warmup=0,
+        profile=True,
+    )
 
 
 def test_ceilings_are_measured_in_the_run(report):
@@ -73,8 +82,7 @@ def test_end_to_end_utilisation_and_startup(report):
     peak = report["ceilings"]["matmul_tflops"]
     for side in ("medexport", "vanilla"):
         r = e[side]
-        assert r["tflops"] == pytest.approx(2 * r["gflops_per_image"] * 1e9 * r["images_per_second"] / 1e12,
-                                            rel=5e-3)
+        assert r["tflops"] == pytest.approx(2 * r["gflops_per_image"] * 1e9 * r["images_per_second"] / 1e12, rel=5e-3)
         assert r["mfu"] == pytest.approx(r["tflops"] / peak, rel=5e-3, abs=1e-4)
         start = report["startup"][side]
         assert start["open_seconds"] > 0 and start["warm_seconds"] >= 0
@@ -107,12 +115,43 @@ def test_tables_say_it_in_words(report):
 
 def test_bench_cli_prints_the_device_tables(tiny_bundle, twin_bundle, tmp_path):
     out = tmp_path / "bench"
-    r = run("bench", tiny_bundle, "--against", twin_bundle, "--backend", "torch", "--device", "cpu", "--profile",
-            "--num", "1", "--steps", "3", "--sampler", "ode", "--method", "euler", "--threads", "1", "--rounds",
-            "1", "--runs", "1", "--warmup", "0", "-o", out)
+    r = run(
+        "bench",
+        tiny_bundle,
+        "--against",
+        twin_bundle,
+        "--backend",
+        "torch",
+        "--device",
+        "cpu",
+        "--profile",
+        "--num",
+        "1",
+        "--steps",
+        "3",
+        "--sampler",
+        "ode",
+        "--method",
+        "euler",
+        "--threads",
+        "1",
+        "--rounds",
+        "1",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "-o",
+        out,
+    )
     assert r.exit_code == 0, r.output
-    for words in ("ceilings measured in this run on cpu", "attention part of one block", "MFU",
-                  "profile of one forward", "engines warmed"):
+    for words in (
+        "ceilings measured in this run on cpu",
+        "attention part of one block",
+        "MFU",
+        "profile of one forward",
+        "engines warmed",
+    ):
         assert words in r.output, words
     saved = json.loads((out / "report.json").read_text())
     assert saved["profile"]["rows"] and saved["ceilings"]["copy_gbps"] > 0
@@ -120,8 +159,18 @@ def test_bench_cli_prints_the_device_tables(tiny_bundle, twin_bundle, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_cuda_without_a_gpu_is_refused_before_anything_runs(tiny_bundle, twin_bundle, tmp_path):
-    r = run("bench", tiny_bundle, "--against", twin_bundle, "--device", "cuda", "--backend", "torch",
-            "-o", tmp_path / "never")
+    r = run(
+        "bench",
+        tiny_bundle,
+        "--against",
+        twin_bundle,
+        "--device",
+        "cuda",
+        "--backend",
+        "torch",
+        "-o",
+        tmp_path / "never",
+    )
     assert r.exit_code != 0 and "no CUDA GPU is visible here: use cpu" in r.output, r.output
     assert "Traceback" not in r.output and not (tmp_path / "never").exists()
 
@@ -136,8 +185,18 @@ def test_engines_that_would_run_elsewhere_are_refused(tiny_bundle, twin_bundle, 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
     monkeypatch.setattr(compare, "open_and_warm", lambda *a, **k: pytest.fail("timed before refusing"))
     for backend in ("onnxruntime", "auto"):
-        r = run("bench", tiny_bundle, "--against", twin_bundle, "--device", "cuda", "--backend", backend,
-                "-o", tmp_path / "never")
+        r = run(
+            "bench",
+            tiny_bundle,
+            "--against",
+            twin_bundle,
+            "--device",
+            "cuda",
+            "--backend",
+            backend,
+            "-o",
+            tmp_path / "never",
+        )
         assert r.exit_code != 0, r.output
         assert "--device cuda was asked for, but the onnxruntime engines run on cpu here" in r.output, r.output
         assert "--backend inductor or --backend torch" in r.output and "Traceback" not in r.output
@@ -145,15 +204,31 @@ def test_engines_that_would_run_elsewhere_are_refused(tiny_bundle, twin_bundle, 
 
 
 def test_profile_of_engines_outside_pytorch_is_refused(tiny_bundle, twin_bundle, tmp_path):
-    r = run("bench", tiny_bundle, "--against", twin_bundle, "--backend", "onnxruntime", "--profile",
-            "-o", tmp_path / "never")
+    r = run(
+        "bench",
+        tiny_bundle,
+        "--against",
+        twin_bundle,
+        "--backend",
+        "onnxruntime",
+        "--profile",
+        "-o",
+        tmp_path / "never",
+    )
     assert r.exit_code != 0 and "the onnxruntime engines run outside PyTorch" in r.output, r.output
     assert not (tmp_path / "never").exists()
 
 
 def test_settings_are_checked():
-    for bad in ({"rounds": 0}, {"runs": 0}, {"warmup": -1}, {"batch": 0}, {"rounds": 1.5}, {"profile_rows": 0},
-                {"batch": True}):
+    for bad in (
+        {"rounds": 0},
+        {"runs": 0},
+        {"warmup": -1},
+        {"batch": 0},
+        {"rounds": 1.5},
+        {"profile_rows": 0},
+        {"batch": True},
+    ):
         with pytest.raises(ConfigError, match="must be"):
             BenchSettings(**bad)
 

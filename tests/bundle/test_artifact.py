@@ -9,8 +9,16 @@ from medexport.core.artifact import Artifact, ArtifactError
 from medexport.errors import BundleError
 from tests.conftest import copy_bundle
 
-GOOD = {"file": "m.onnx", "sha256": "a" * 64, "files": ["m.onnx", "m.onnx.data"], "hashes": ["a" * 64, "b" * 64],
-        "precision": "fp16", "batch": "1:2:4", "key": "k", "providers": ["CPUExecutionProvider"]}
+GOOD = {
+    "file": "m.onnx",
+    "sha256": "a" * 64,
+    "files": ["m.onnx", "m.onnx.data"],
+    "hashes": ["a" * 64, "b" * 64],
+    "precision": "fp16",
+    "batch": "1:2:4",
+    "key": "k",
+    "providers": ["CPUExecutionProvider"],
+}
 
 
 def test_round_trip_keeps_the_backend_record():
@@ -20,17 +28,20 @@ def test_round_trip_keeps_the_backend_record():
     assert art.to_dict() == GOOD
 
 
-@pytest.mark.parametrize("change, what", [
-    ({"precision": "fp4"}, "precision 'fp4'"),
-    ({"precision": None}, "precision None"),
-    ({"batch": "junk"}, "batch range 'junk'"),
-    ({"batch": 4}, "batch 4"),
-    ({"files": ["other.onnx"], "hashes": ["a" * 64]}, "must start with"),
-    ({"files": ["m.onnx"]}, "same length"),
-    ({"file": "../outside.onnx", "files": ["../outside.onnx"]}, "plain 'file'"),
-    ({"files": ["m.onnx", "../x.data"]}, "plain file names"),
-    ({"key": 3}, "'key'"),
-])
+@pytest.mark.parametrize(
+    "change, what",
+    [
+        ({"precision": "fp4"}, "precision 'fp4'"),
+        ({"precision": None}, "precision None"),
+        ({"batch": "junk"}, "batch range 'junk'"),
+        ({"batch": 4}, "batch 4"),
+        ({"files": ["other.onnx"], "hashes": ["a" * 64]}, "must start with"),
+        ({"files": ["m.onnx"]}, "same length"),
+        ({"file": "../outside.onnx", "files": ["../outside.onnx"]}, "plain 'file'"),
+        ({"files": ["m.onnx", "../x.data"]}, "plain file names"),
+        ({"key": 3}, "'key'"),
+    ],
+)
 def test_malformed_entries_say_what_is_wrong(change, what):
     with pytest.raises(ArtifactError, match=what.replace("(", r"\(").replace("[", r"\[")):
         Artifact.from_dict({**GOOD, **change})

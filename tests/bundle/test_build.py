@@ -10,11 +10,11 @@ import time
 import pytest
 
 import medexport
-from medexport.core.batch import BatchRange
-from medexport.bundle import MANIFEST, Bundle, BuildSettings, ModelSource, build_bundle, open_bundle
+from medexport.bundle import MANIFEST, BuildSettings, Bundle, ModelSource, build_bundle, open_bundle
 from medexport.bundle import build as build_module
-from medexport.errors import BackendUnavailableError, BundleError, CheckpointError, ConfigError
+from medexport.core.batch import BatchRange
 from medexport.core.files import file_sha256
+from medexport.errors import BackendUnavailableError, BundleError, CheckpointError, ConfigError
 from tests.conftest import COUNTS, TINY, copy_bundle, tiny_model
 
 SETTINGS = BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4))
@@ -36,8 +36,12 @@ def test_manifest_contents(tiny_bundle, tiny_checkpoints):
         e = m["counts"][str(n)]
         assert e["config"]["mediators"] == n
         assert e["config"]["mediator_grid"] == list(medexport.model.mediator_grid(n))
-        assert e["source"] == {"kind": "checkpoint", "path": str(tiny_checkpoints[n].resolve()), "weights": "ema",
-                               "sha256": file_sha256(tiny_checkpoints[n])}
+        assert e["source"] == {
+            "kind": "checkpoint",
+            "path": str(tiny_checkpoints[n].resolve()),
+            "weights": "ema",
+            "sha256": file_sha256(tiny_checkpoints[n]),
+        }
         onnx_entry = e["onnx"]
         assert onnx_entry["file"] == f"mediators-{n}.fp32.onnx" and onnx_entry["opset"] == 20
         assert onnx_entry["sha256"] == file_sha256(tiny_bundle / onnx_entry["file"])
@@ -75,8 +79,9 @@ def test_changed_checkpoint_rebuilds_only_its_count(tiny_bundle, tiny_checkpoint
 
 def test_force_redoes_everything(tiny_bundle, tiny_checkpoints, tmp_path):
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
-    report = build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], bundle, SETTINGS, force=True,
-                          show_progress=False)
+    report = build_bundle(
+        [ModelSource(16, checkpoint=tiny_checkpoints[16])], bundle, SETTINGS, force=True, show_progress=False
+    )
     assert report.counts[0].exported and report.counts[0].engines_built == ["onnxruntime"]
     assert Bundle(bundle).counts == [16]  # --force starts a fresh manifest for what was asked
 
@@ -88,17 +93,28 @@ def test_refusals(tiny_checkpoints, tmp_path):
         build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[32])], tmp_path / "a", SETTINGS)
     with pytest.raises(CheckpointError, match="does not exist"):
         build_bundle([ModelSource(16, checkpoint=tmp_path / "missing.pt")], tmp_path / "a", SETTINGS)
-    other = medexport.save_checkpoint(medexport.create_model(TINY.with_mediators(32).__class__(
-        **{**TINY.__dict__, "mediators": 32, "num_classes": 5}), seed=0), tmp_path / "other.pt")
+    other = medexport.save_checkpoint(
+        medexport.create_model(
+            TINY.with_mediators(32).__class__(**{**TINY.__dict__, "mediators": 32, "num_classes": 5}), seed=0
+        ),
+        tmp_path / "other.pt",
+    )
     with pytest.raises(ConfigError, match="num_classes 10 vs 5"):
-        build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16]), ModelSource(32, checkpoint=other)],
-                     tmp_path / "a", SETTINGS)
+        build_bundle(
+            [ModelSource(16, checkpoint=tiny_checkpoints[16]), ModelSource(32, checkpoint=other)],
+            tmp_path / "a",
+            SETTINGS,
+        )
     with pytest.raises(BackendUnavailableError, match="TensorRT"):
-        build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], tmp_path / "a",
-                     BuildSettings(backend="tensorrt"))
+        build_bundle(
+            [ModelSource(16, checkpoint=tiny_checkpoints[16])], tmp_path / "a", BuildSettings(backend="tensorrt")
+        )
     with pytest.raises(BackendUnavailableError, match="bfloat16"):
-        build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], tmp_path / "a",
-                     BuildSettings(backend="onnxruntime", precision="bf16"))
+        build_bundle(
+            [ModelSource(16, checkpoint=tiny_checkpoints[16])],
+            tmp_path / "a",
+            BuildSettings(backend="onnxruntime", precision="bf16"),
+        )
     folder = tmp_path / "notes"
     folder.mkdir()
     (folder / "thesis.tex").write_text("precious")
@@ -111,8 +127,9 @@ def test_refusals(tiny_checkpoints, tmp_path):
 def test_bundle_of_another_model_is_not_overwritten(tiny_bundle, tmp_path):
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
     manifest_before = (bundle / MANIFEST).read_text()
-    ck = medexport.save_checkpoint(medexport.create_model(TINY.__class__(**{**TINY.__dict__, "depth": 3}), seed=0),
-                                   tmp_path / "deep.pt")
+    ck = medexport.save_checkpoint(
+        medexport.create_model(TINY.__class__(**{**TINY.__dict__, "depth": 3}), seed=0), tmp_path / "deep.pt"
+    )
     with pytest.raises(BundleError, match="another model"):
         build_bundle([ModelSource(16, checkpoint=ck)], bundle, SETTINGS, show_progress=False)
     assert (bundle / MANIFEST).read_text() == manifest_before
@@ -239,14 +256,23 @@ def test_an_up_to_date_bundle_builds_on_read_only_storage(tiny_bundle, tiny_chec
     report = build_bundle(sources(tiny_checkpoints), bundle, SETTINGS, show_progress=False)
     assert [(r.exported, r.engines_built, r.engines_kept) for r in report.counts] == [(False, [], ["onnxruntime"])] * 3
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in bundle.iterdir()} == before  # nothing written
-    args = ["build", *(f"--checkpoint={n}={p}" for n, p in tiny_checkpoints.items()), "--backend", "onnxruntime",
-            "--batch", "1:2:4", "-o", str(bundle)]
+    args = [
+        "build",
+        *(f"--checkpoint={n}={p}" for n, p in tiny_checkpoints.items()),
+        "--backend",
+        "onnxruntime",
+        "--batch",
+        "1:2:4",
+        "-o",
+        str(bundle),
+    ]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0 and "up to date" in r.output and "Traceback" not in r.output, r.output
     # with work to do (a new checkpoint), the read-only folder is named
     other = medexport.save_checkpoint(tiny_model(32, seed=99), tmp_path / "new32.pt")
-    r = CliRunner().invoke(cli, [a if not a.startswith("--checkpoint=32=") else f"--checkpoint=32={other}"
-                                 for a in args])
+    r = CliRunner().invoke(
+        cli, [a if not a.startswith("--checkpoint=32=") else f"--checkpoint=32={other}" for a in args]
+    )
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     assert f"{bundle / build_module.LOCK} is on a read-only file system: choose another --output" in r.output
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in bundle.iterdir()} == before
@@ -263,8 +289,12 @@ def test_output_that_is_a_file_is_refused(tiny_checkpoints, tmp_path):
 def test_changed_batch_range_rebuilds_engines_not_exports(tiny_bundle, tiny_checkpoints, tmp_path, monkeypatch):
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
     monkeypatch.setattr(build_module, "export_onnx", lambda *a, **k: pytest.fail("exported again"))
-    report = build_bundle(sources(tiny_checkpoints), bundle,
-                          BuildSettings(backend="onnxruntime", batch=BatchRange(1, 4, 8)), show_progress=False)
+    report = build_bundle(
+        sources(tiny_checkpoints),
+        bundle,
+        BuildSettings(backend="onnxruntime", batch=BatchRange(1, 4, 8)),
+        show_progress=False,
+    )
     assert all(r.engines_built == ["onnxruntime"] and not r.exported for r in report.counts)
     assert {str(Bundle(bundle).engine(n, "onnxruntime").batch) for n in COUNTS} == {"1:4:8"}
 
@@ -279,8 +309,12 @@ def test_links_in_a_bundle_are_refused(tiny_bundle, tiny_checkpoints, tmp_path):
     out.mkdir()
     (out / "manifest.json.partial").symlink_to(victim)
     with pytest.raises(BundleError, match="symbolic links"):
-        build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], out,
-                     BuildSettings(backend="onnxruntime"), show_progress=False)
+        build_bundle(
+            [ModelSource(16, checkpoint=tiny_checkpoints[16])],
+            out,
+            BuildSettings(backend="onnxruntime"),
+            show_progress=False,
+        )
     assert victim.read_text() == "precious" and sorted(p.name for p in out.iterdir()) == ["manifest.json.partial"]
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
     engine = bundle / Bundle(bundle).engine(16, "onnxruntime").file
@@ -311,8 +345,13 @@ def test_a_rebuild_never_overwrites_the_engine_the_manifest_vouches_for(tiny_bun
 
     build_module.export_onnx = watching_export
     try:
-        build_bundle(sources, bundle, BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)), force=True,
-                     show_progress=False)
+        build_bundle(
+            sources,
+            bundle,
+            BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)),
+            force=True,
+            show_progress=False,
+        )
     finally:
         build_module.export_onnx = real_export
     assert seen[0] == ("mediators-16.fp32.next.onnx", True)
@@ -322,8 +361,13 @@ def test_a_rebuild_never_overwrites_the_engine_the_manifest_vouches_for(tiny_bun
     for n in COUNTS:
         after.check_engine(n, "onnxruntime")
     # the next --force goes back to the plain names
-    build_bundle(sources[:1], bundle, BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)), force=True,
-                 show_progress=False)
+    build_bundle(
+        sources[:1],
+        bundle,
+        BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)),
+        force=True,
+        show_progress=False,
+    )
     assert Bundle(bundle).engine(16, "onnxruntime").file == "mediators-16.fp32.onnx"
 
 
@@ -342,25 +386,36 @@ def test_an_interrupted_force_rebuild_keeps_the_other_counts(tiny_bundle, tiny_c
     monkeypatch.setattr(build_module, "export_onnx", interrupted)
     sources = [ModelSource(n, checkpoint=p) for n, p in tiny_checkpoints.items()]
     with pytest.raises(KeyboardInterrupt):
-        build_bundle(sources, bundle, BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)), force=True,
-                     show_progress=False)
+        build_bundle(
+            sources,
+            bundle,
+            BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)),
+            force=True,
+            show_progress=False,
+        )
     b = Bundle(bundle)
     assert b.counts == list(COUNTS)  # 16 redone, 32 and 64 still the intact engines of before
     for n in COUNTS:
         b.check_engine(n, "onnxruntime")
 
 
-@pytest.mark.parametrize("files", [{"manifest.json": '{"name": "my web app"}'},
-                                   {"manifest.json": "not json"},
-                                   {"mediators-notes.txt": "mine"}])
+@pytest.mark.parametrize(
+    "files",
+    [{"manifest.json": '{"name": "my web app"}'}, {"manifest.json": "not json"}, {"mediators-notes.txt": "mine"}],
+)
 def test_force_never_takes_a_users_folder_for_a_bundle(tiny_checkpoints, tmp_path, files):
     out = tmp_path / "mine"
     out.mkdir()
     for name, text in files.items():
         (out / name).write_text(text)
     with pytest.raises(BundleError, match="did not write|not an engine bundle"):
-        build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], out, BuildSettings(backend="onnxruntime"),
-                     force=True, show_progress=False)
+        build_bundle(
+            [ModelSource(16, checkpoint=tiny_checkpoints[16])],
+            out,
+            BuildSettings(backend="onnxruntime"),
+            force=True,
+            show_progress=False,
+        )
     assert {p.name: p.read_text() for p in out.iterdir()} == files
 
 
@@ -368,9 +423,12 @@ def test_a_partial_rebuild_in_another_precision_is_refused(tiny_bundle, tiny_che
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
     before = (bundle / MANIFEST).read_text()
     with pytest.raises(BundleError, match="would leave 32, 64 in the old precision"):
-        build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], bundle,
-                     BuildSettings(backend="onnxruntime", precision="fp16", batch=BatchRange(1, 2, 4)),
-                     show_progress=False)
+        build_bundle(
+            [ModelSource(16, checkpoint=tiny_checkpoints[16])],
+            bundle,
+            BuildSettings(backend="onnxruntime", precision="fp16", batch=BatchRange(1, 2, 4)),
+            show_progress=False,
+        )
     assert (bundle / MANIFEST).read_text() == before
 
 

@@ -40,12 +40,16 @@ def test_verify_reports_hash_mismatch_as_failure(tiny_bundle, tmp_path):
 
 
 def test_fp16_bundle_builds_and_verifies_within_its_tolerance(tiny_checkpoints, tmp_path):
-    from medexport.core.batch import BatchRange
     from medexport.bundle import BuildSettings, ModelSource, build_bundle
+    from medexport.core.batch import BatchRange
 
     out = tmp_path / "fp16"
-    build_bundle([ModelSource(32, checkpoint=tiny_checkpoints[32])], out,
-                 BuildSettings(backend="onnxruntime", precision="fp16", batch=BatchRange(1, 2, 4)), show_progress=False)
+    build_bundle(
+        [ModelSource(32, checkpoint=tiny_checkpoints[32])],
+        out,
+        BuildSettings(backend="onnxruntime", precision="fp16", batch=BatchRange(1, 2, 4)),
+        show_progress=False,
+    )
     bundle = Bundle(out)
     assert bundle.entry(32).onnx.file == "mediators-32.fp16.onnx"
     (r,) = verify_bundle(bundle)
@@ -55,15 +59,19 @@ def test_fp16_bundle_builds_and_verifies_within_its_tolerance(tiny_checkpoints, 
 
 def test_external_weight_data_is_hash_checked(tmp_path, tiny_checkpoints, monkeypatch):
     """A large model's ONNX file keeps its weights in a separate .data file: changing it must be caught."""
-    from medexport.core.batch import BatchRange
     from medexport.bundle import BuildSettings, ModelSource, build_bundle, engine_runner
+    from medexport.core.batch import BatchRange
     from medexport.errors import BundleError
     from medexport.export import onnx_export
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)  # the tiny model written as if > 2 GB
     out = tmp_path / "big"
-    build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], out,
-                 BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)), show_progress=False)
+    build_bundle(
+        [ModelSource(16, checkpoint=tiny_checkpoints[16])],
+        out,
+        BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)),
+        show_progress=False,
+    )
     b = Bundle(out)
     data = out / b.engine(16, "onnxruntime").files[1]
     assert data.name.endswith(".data")
@@ -127,5 +135,6 @@ def test_a_file_swapped_or_deleted_after_opening_never_runs(tiny_bundle, tmp_pat
     shutil.rmtree(tmp_path / "c")
     with pytest.raises(BundleError, match="moved or deleted"):
         pipe.sample([1], seed=0, sampler="ode", method="euler", steps=3)
-    assert torch.is_tensor(Pipeline.from_bundle(tiny_bundle).sample([1], seed=0, sampler="ode", method="euler",
-                                                                     steps=3).latents)
+    assert torch.is_tensor(
+        Pipeline.from_bundle(tiny_bundle).sample([1], seed=0, sampler="ode", method="euler", steps=3).latents
+    )

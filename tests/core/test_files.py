@@ -42,8 +42,11 @@ def test_a_holder_that_did_not_record_itself(tmp_path):
 def test_a_lock_path_that_is_not_a_regular_file_is_refused_before_it_is_opened(tmp_path):
     folder = tmp_path / "folder.lock"
     folder.mkdir()
-    with pytest.raises(MedexportError, match=r"folder.lock is a folder, not a lock file \(not made by medexport\): "
-                                             r"remove it, or choose another --output"):
+    with pytest.raises(
+        MedexportError,
+        match=r"folder.lock is a folder, not a lock file \(not made by medexport\): "
+        r"remove it, or choose another --output",
+    ):
         take_lock(folder, error=MedexportError, busy=busy)
     link = tmp_path / "link.lock"
     link.symlink_to(tmp_path / "elsewhere")

@@ -29,8 +29,10 @@ EDITS = {
     "an engine without sha256": (lambda m: first(m)["engines"]["onnxruntime"].pop("sha256"), "'sha256'"),
     "sampling as text": (lambda m: m.update(sampling="ode"), "'sampling' must be an object"),
     "a source of {}": (lambda m: first(m).update(source={}), "source 'kind' must be one of"),
-    "a random source without seed": (lambda m: first(m).update(source={"kind": "random", "model": "SiT-S/2"}),
-                                     "a random source needs"),
+    "a random source without seed": (
+        lambda m: first(m).update(source={"kind": "random", "model": "SiT-S/2"}),
+        "a random source needs",
+    ),
     "requested of other types": (lambda m: m.update(requested=["x", 99]), "'requested' must list mediator counts"),
     "an older format_version": (lambda m: m.update(format_version=0), "format_version 0 is not 1"),
     "a count key that is no count": (lambda m: m["counts"].update(abc=first(m)), "counts key 'abc'"),
@@ -56,8 +58,10 @@ def test_every_reader_refuses_a_hand_edited_manifest_the_same_way(edited):
             open_it(path)
     for command in ("inspect", "verify", "sample"):
         r = CliRunner().invoke(cli, [command, str(path)])
-        assert r.exit_code == 1 and "Traceback" not in r.output and "not a valid medexport manifest" in r.output, \
-            (command, r.output)
+        assert r.exit_code == 1 and "Traceback" not in r.output and "not a valid medexport manifest" in r.output, (
+            command,
+            r.output,
+        )
 
 
 def test_a_manifest_without_its_timestamps_still_opens(tiny_bundle, tmp_path):

@@ -5,20 +5,21 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from medexport.errors import ScheduleError
 from medexport.core.arrays import NUMPY
 from medexport.core.samplers import sample as core_sample
 from medexport.core.schedule import AdaptiveSchedule, FixedSchedule, Switch
 from medexport.core.schedule_text import parse_schedule
 from medexport.core.settings import SamplingSettings
 from medexport.core.steps import StepInfo
+from medexport.errors import ScheduleError
 
 
 def sample(velocity, x0, settings, *, seed=None, on_step=None):
     """The core sampler on numpy arrays (the SDE's noise from a seeded numpy generator)."""
     rng = np.random.default_rng(seed)
-    return core_sample(NUMPY, velocity, x0, settings, on_step=on_step,
-                       noise=lambda shape: rng.standard_normal(shape, dtype=np.float32))
+    return core_sample(
+        NUMPY, velocity, x0, settings, on_step=on_step, noise=lambda shape: rng.standard_normal(shape, dtype=np.float32)
+    )
 
 
 def served(schedule, num_steps):
@@ -53,11 +54,16 @@ def test_fixed_schedule_drives_a_sampler():
         used.append(schedule.model_for(step))
         return -x
 
-    sample(velocity, np.random.default_rng(0).standard_normal((2, 3), dtype=np.float32), SamplingSettings(steps=10), seed=0)
+    sample(
+        velocity, np.random.default_rng(0).standard_normal((2, 3), dtype=np.float32), SamplingSettings(steps=10), seed=0
+    )
     assert used == [16] * 3 + [32] * 4 + [64] * 3  # 9 stochastic steps + the last step, served by 64
     used.clear()
-    sample(velocity, np.random.default_rng(1).standard_normal((2, 3), dtype=np.float32),
-           SamplingSettings("ode", method="heun", steps=11))
+    sample(
+        velocity,
+        np.random.default_rng(1).standard_normal((2, 3), dtype=np.float32),
+        SamplingSettings("ode", method="heun", steps=11),
+    )
     assert used == [16] * 6 + [32] * 8 + [64] * 6  # 10 steps of two evaluations
 
 

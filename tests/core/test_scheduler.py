@@ -11,8 +11,7 @@ pytest.importorskip("torch", reason="these checks sample bundles built with torc
 from medexport import Pipeline, SampleRequest  # noqa: E402
 from medexport.core.batch import BatchRange  # noqa: E402
 from medexport.core.manifest import read_complete  # noqa: E402
-from medexport.core.scheduler import (Cancelled, RequestTimeout, SchedulerLimits, StepScheduler,  # noqa: E402
-                                      Unavailable)
+from medexport.core.scheduler import Cancelled, RequestTimeout, SchedulerLimits, StepScheduler, Unavailable  # noqa: E402
 from medexport.errors import SamplingError, ScheduleError  # noqa: E402
 from medexport.lite import LitePipeline  # noqa: E402
 
@@ -23,10 +22,18 @@ MIXED = [
     SampleRequest([2], seed=2, sampler="ode", method="heun", steps=4, cfg_scale=1.0, schedule="32"),
     SampleRequest([3, 4, 5], seed=3, sampler="sde", method="euler", steps=5, cfg_scale=3.0, schedule="64"),
     SampleRequest([6], seed=4, sampler="sde", method="heun", steps=3, schedule="16:0.5,64"),
-    SampleRequest([7, 8], seed=5, sampler="ode", method="euler", steps=9, cfg_scale=1.5,
-                  schedule="adaptive:16,32,64:ratios=0.9,0.5:warmup=2:per-sample"),
-    SampleRequest([9], image_seeds=[12345], sampler="ode", method="euler", steps=7,
-                  schedule="adaptive:16,64:ratios=0.8:warmup=1"),
+    SampleRequest(
+        [7, 8],
+        seed=5,
+        sampler="ode",
+        method="euler",
+        steps=9,
+        cfg_scale=1.5,
+        schedule="adaptive:16,32,64:ratios=0.9,0.5:warmup=2:per-sample",
+    ),
+    SampleRequest(
+        [9], image_seeds=[12345], sampler="ode", method="euler", steps=7, schedule="adaptive:16,64:ratios=0.8:warmup=1"
+    ),
 ]
 
 
@@ -36,11 +43,17 @@ def lite(tiny_bundle):
 
 
 def scheduler(lite, tiny_bundle, forwards=None, ranges=True, **limits):
-    ranges = {n: e.engines["onnxruntime"].batch for n, e in read_complete(tiny_bundle).counts.items()} if ranges \
-        else None
-    return StepScheduler(forwards or lite.forwards, lite.shape, defaults=lite.defaults,
-                         limits=SchedulerLimits(**limits), batch_ranges=ranges,
-                         backends=dict.fromkeys(lite.forwards, "onnxruntime"))
+    ranges = (
+        {n: e.engines["onnxruntime"].batch for n, e in read_complete(tiny_bundle).counts.items()} if ranges else None
+    )
+    return StepScheduler(
+        forwards or lite.forwards,
+        lite.shape,
+        defaults=lite.defaults,
+        limits=SchedulerLimits(**limits),
+        batch_ranges=ranges,
+        backends=dict.fromkeys(lite.forwards, "onnxruntime"),
+    )
 
 
 def run_all(sched, requests, **kw):
@@ -62,8 +75,9 @@ def test_mixed_requests_batched_give_each_requests_own_images(lite, tiny_bundle)
         alone = lite.run(request)
         np.testing.assert_array_equal(got.latents, alone.latents)  # the torch-free runtime: bit for bit
         # the trace says the same steps, times, counts and rows as the request run alone
-        assert [(e.step, e.t, e.mediators, e.batch) for e in got.trace] == \
-            [(e.step, e.t, e.mediators, e.batch) for e in alone.trace]
+        assert [(e.step, e.t, e.mediators, e.batch) for e in got.trace] == [
+            (e.step, e.t, e.mediators, e.batch) for e in alone.trace
+        ]
         assert got.settings == alone.settings
         if request.sampler == "ode":  # Pipeline (torch arrays): bit for bit for the ODE
             np.testing.assert_array_equal(got.latents, pipe.run(request).latents.numpy())
@@ -80,6 +94,7 @@ def test_a_forward_never_exceeds_its_cap_and_the_images_stay_the_same(lite, tiny
         def forward(x, t, y):
             sizes.append(len(x))
             return lite.forwards[n](x, t, y)
+
         return forward
 
     sched = scheduler(lite, tiny_bundle, {n: counting(n) for n in lite.forwards}, max_batch=3)
@@ -135,6 +150,7 @@ def test_a_cancelled_request_stops_within_one_step_and_the_others_finish(lite, t
         def forward(x, t, y):
             seen.append(set(y.tolist()))
             return lite.forwards[n](x, t, y)
+
         return forward
 
     sched = scheduler(lite, tiny_bundle, {n: recording(n) for n in lite.forwards})
@@ -161,6 +177,7 @@ def test_one_bad_request_never_fails_the_others_batched_with_it(lite, tiny_bundl
                 raise RuntimeError("the engine refused label 7")
             v = lite.forwards[n](x, t, y)
             return np.where((y == 8)[:, None, None, None], np.float32("nan"), v)  # label 8: NaN outputs
+
         return forward
 
     sched = scheduler(lite, tiny_bundle, {n: fragile(n) for n in lite.forwards})
@@ -227,6 +244,7 @@ def test_close_fails_waiting_and_running_requests_at_once(lite, tiny_bundle):
 
 
 def test_batch_range_caps(lite):
-    sched = StepScheduler(lite.forwards, lite.shape, batch_ranges={16: BatchRange(1, 2, 8)},
-                          limits=SchedulerLimits(max_batch=32))
+    sched = StepScheduler(
+        lite.forwards, lite.shape, batch_ranges={16: BatchRange(1, 2, 8)}, limits=SchedulerLimits(max_batch=32)
+    )
     assert sched.max_batch == {16: 8, 32: 32, 64: 32}

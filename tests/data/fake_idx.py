@@ -5,8 +5,10 @@ from pathlib import Path
 
 import numpy as np
 
-NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+NAMES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -24,7 +26,7 @@ def write_fake(folder: Path, counts=(60_000, 10_000), gz: bool = True, seed: int
         images = np.zeros((n, 28, 28), np.uint8)
         for i, y in enumerate(labels):  # a bright square whose place encodes the class
             r, c = divmod(int(y), 5)
-            images[i, 4 + 10 * r: 12 + 10 * r, 2 + 5 * c: 7 + 5 * c] = 255
+            images[i, 4 + 10 * r : 12 + 10 * r, 2 + 5 * c : 7 + 5 * c] = 255
         for name, arr in ((img_name, images), (lbl_name, labels)):
             data = idx_bytes(arr)
             if gz:

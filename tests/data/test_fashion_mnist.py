@@ -19,7 +19,9 @@ def fake(tmp_path_factory):
     return write_fake(tmp_path_factory.mktemp("fmnist"))
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not REAL.is_dir(), reason="dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)"
+)
 def test_real_files():
     x, y = load_fashion_mnist("test")
     assert x.shape == (10_000, 28, 28) and x.dtype == np.uint8 and y.shape == (10_000,)
@@ -59,7 +61,7 @@ def test_truncated_and_wrong_files(tmp_path, fake):
     with pytest.raises(DataError, match="truncated or corrupt"):
         load_fashion_mnist("test", folder)
     raw = gzip.decompress((fake / "t10k-images-idx3-ubyte.gz").read_bytes())
-    path.write_bytes(gzip.compress(raw[:-28 * 28]))  # one image short of what the header says
+    path.write_bytes(gzip.compress(raw[: -28 * 28]))  # one image short of what the header says
     with pytest.raises(DataError, match="header announces"):
         load_fashion_mnist("test", folder)
     path.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + raw[4:]))  # a label file's magic
@@ -81,8 +83,11 @@ def test_a_header_that_promises_more_than_the_file_holds(tmp_path, fake):
     folder = shutil.copytree(fake, tmp_path / "huge")
     header = (0x00000803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (2**31, 2**31, 4))
     (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header))  # 2^64 pixels: the product wraps
-    with pytest.raises(DataError, match=r"holds 0 bytes of data where its header announces 2147483648 x 2147483648 "
-                                        r"x 4 = 18446744073709551616: the file is truncated or corrupt"):
+    with pytest.raises(
+        DataError,
+        match=r"holds 0 bytes of data where its header announces 2147483648 x 2147483648 "
+        r"x 4 = 18446744073709551616: the file is truncated or corrupt",
+    ):
         load_fashion_mnist("train", folder)
     (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + bytes(28 * 28)))
     with pytest.raises(DataError, match="header announces"):
@@ -95,7 +100,9 @@ def test_genuine_files_only_where_asked(fake):
         load_fashion_mnist("test", fake, genuine=True)
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not REAL.is_dir(), reason="dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)"
+)
 def test_the_installed_files_are_the_published_ones():
     x, y = load_fashion_mnist("test", genuine=True)
     assert len(x) == len(y) == 10_000

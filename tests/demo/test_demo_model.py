@@ -3,17 +3,16 @@
 import json
 
 import pytest
-
 import torch
 from click.testing import CliRunner
 
 import medexport
 from medexport.bundle import Bundle, verify_bundle
 from medexport.cli import cli
+from medexport.core.settings import SamplingSettings
 from medexport.demo import demo_card, demo_checkpoints, demo_counts
 from medexport.judge import score
 from medexport.model import read_checkpoint
-from medexport.core.settings import SamplingSettings
 
 
 def run(*args):
@@ -58,8 +57,7 @@ def test_engine_images_are_recognised_by_the_judge(demo_bundle):
     # a broken model scores ~10% (chance); the trained one, at its recommended settings, far more
     assert s.accuracy >= 0.7, s
     ref = medexport.Pipeline.from_bundle(demo_bundle, backend="torch").sample(labels[:10], seed=0)
-    torch.testing.assert_close(pipe.sample(labels[:10], seed=0).latents,
-                               ref.latents, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(pipe.sample(labels[:10], seed=0).latents, ref.latents, rtol=1e-4, atol=1e-4)
 
 
 def test_build_of_one_demo_count_records_no_schedule_it_cannot_run(tmp_path):
@@ -87,16 +85,22 @@ def test_sample_writes_images_grid_and_report(demo_bundle, tmp_path):
     assert report["images"] == [
         {"index": 0, "label": 0, "class_name": "T-shirt/top", "seed": 3, "file": "images/000.png"},
         {"index": 1, "label": 1, "class_name": "Trouser", "seed": 3, "file": "images/001.png"},
-        {"index": 2, "label": 9, "class_name": "Ankle boot", "seed": 3, "file": "images/002.png"}]
+        {"index": 2, "label": 9, "class_name": "Ankle boot", "seed": 3, "file": "images/002.png"},
+    ]
     card = demo_card()["sampling"]
     assert report["settings"]["schedule"] == card["schedule"] and report["settings"]["steps"] == card["steps"]
     assert not (out / "latents.npy").exists()
     # the user's choices win over the bundle's
-    r = run("sample", demo_bundle, "--labels", "5", "--steps", "4", "--schedule", "16", "--cfg-scale", "1",
-            "--out", out)
+    r = run(
+        "sample", demo_bundle, "--labels", "5", "--steps", "4", "--schedule", "16", "--cfg-scale", "1", "--out", out
+    )
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
-    assert (report["settings"]["steps"], report["settings"]["schedule"], report["settings"]["cfg_scale"]) == (4, "16", 1.0)
+    assert (report["settings"]["steps"], report["settings"]["schedule"], report["settings"]["cfg_scale"]) == (
+        4,
+        "16",
+        1.0,
+    )
     assert [f.name for f in (out / "images").iterdir()] == ["000.png"]  # the previous run's images are gone
     r = run("sample", demo_bundle, "--labels", "5", "--vae", tmp_path, "--out", out)
     assert r.exit_code == 1 and "generates pixels" in r.output
@@ -104,8 +108,20 @@ def test_sample_writes_images_grid_and_report(demo_bundle, tmp_path):
 
 def test_eval_table_and_report(demo_bundle, tmp_path):
     report = tmp_path / "eval.json"
-    r = run("eval", demo_bundle, "--per-class", "3", "--steps", "6", "--schedule", "16", "--schedule", "4:0.5,16",
-            "--report", report)
+    r = run(
+        "eval",
+        demo_bundle,
+        "--per-class",
+        "3",
+        "--steps",
+        "6",
+        "--schedule",
+        "16",
+        "--schedule",
+        "4:0.5,16",
+        "--report",
+        report,
+    )
     assert r.exit_code == 0, r.output
     for text in ("accuracy", "FD", "GFLOPs / image", "ms / image", "fashion-mnist-cnn"):
         assert text in r.output, text
@@ -129,7 +145,11 @@ def test_sample_labels_by_class_name_and_per_class(demo_bundle, tmp_path):
     r = run("sample", demo_bundle, "--labels", "sneaker,Ankle boot,3", "--steps", "3", "--out", out)
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
-    assert [(e["label"], e["class_name"]) for e in report["images"]] == [(7, "Sneaker"), (9, "Ankle boot"), (3, "Dress")]
+    assert [(e["label"], e["class_name"]) for e in report["images"]] == [
+        (7, "Sneaker"),
+        (9, "Ankle boot"),
+        (3, "Dress"),
+    ]
     r = run("sample", demo_bundle, "--labels", "hat", "--out", out)
     assert r.exit_code == 2 and "Ankle boot" in r.output  # the known names are listed
     r = run("sample", demo_bundle, "--per-class", "2", "--steps", "3", "--out", out)
@@ -143,7 +163,9 @@ def test_sample_labels_by_class_name_and_per_class(demo_bundle, tmp_path):
 
 def test_rerun_into_an_earlier_output_leaves_no_stale_files(demo_bundle, tiny_bundle, tmp_path):
     out = tmp_path / "out"
-    r = run("sample", tiny_bundle, "--labels", "1", "--sampler", "ode", "--method", "euler", "--steps", "3", "--out", out)
+    r = run(
+        "sample", tiny_bundle, "--labels", "1", "--sampler", "ode", "--method", "euler", "--steps", "3", "--out", out
+    )
     assert r.exit_code == 0 and (out / "latents.npy").exists()
     r = run("sample", demo_bundle, "--labels", "1", "--steps", "3", "--out", out)
     assert r.exit_code == 0, r.output
@@ -156,8 +178,7 @@ def test_tune_judges_the_demo_within_a_budget(demo_bundle):
     from medexport.tune import Budget, tune
 
     pipe = Pipeline.from_bundle(demo_bundle, backend="onnxruntime")
-    result = tune(pipe, pipe.defaults, Budget("fraction", 0.985), metric="judge", images=20, batch=20,
-                  adaptive=False)
+    result = tune(pipe, pipe.defaults, Budget("fraction", 0.985), metric="judge", images=20, batch=20, adaptive=False)
     assert result.best.gflops <= 0.985 * result.reference_gflops + 1e-9
     assert all(c.accuracy is not None and c.fd is not None and c.trajectory is not None for c in result.candidates)
     assert result.best.accuracy >= 0.8  # trained: the judge recognises its images
@@ -175,8 +196,26 @@ def test_generate_writes_uint8_images_and_pngs(demo_bundle, tmp_path):
     from medexport.cli import cli
 
     out = tmp_path / "gen"
-    r = CliRunner().invoke(cli, ["generate", str(demo_bundle), "--num", "5", "--batch", "2", "--steps", "6",
-                                 "--labels", "per-class", "--png", "-o", str(out), "--threads", "1"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "generate",
+            str(demo_bundle),
+            "--num",
+            "5",
+            "--batch",
+            "2",
+            "--steps",
+            "6",
+            "--labels",
+            "per-class",
+            "--png",
+            "-o",
+            str(out),
+            "--threads",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     with np.load(out / "samples_5x28x28x1.npz") as z:
         assert z["arr_0"].dtype == np.uint8 and list(z["labels"]) == [0, 1, 2, 3, 4]
@@ -196,8 +235,16 @@ def test_an_80_percent_budget_has_an_answer_when_the_steps_are_searched(demo_bun
     pipe = Pipeline.from_bundle(demo_bundle, backend="onnxruntime", threads=1)
     with pytest.raises(TuneError, match="below the cheapest schedule"):
         tune(pipe, pipe.defaults, Budget("fraction", 0.8), metric="judge", images=10, batch=10, adaptive=False)
-    result = tune(pipe, pipe.defaults, Budget("fraction", 0.8), metric="judge", images=20, batch=20,
-                  adaptive=False, search=[("euler", 12), ("euler", 16)])
+    result = tune(
+        pipe,
+        pipe.defaults,
+        Budget("fraction", 0.8),
+        metric="judge",
+        images=20,
+        batch=20,
+        adaptive=False,
+        search=[("euler", 12), ("euler", 16)],
+    )
     assert result.best.steps in (12, 16) and result.best.gflops <= 0.8 * result.reference_gflops * (1 + 1e-9)
     assert "recommended settings" in result.budget.describe()
     assert result.best.accuracy >= 0.8

@@ -18,8 +18,9 @@ from medexport.judge.evaluate import MAX_PER_CLASS, check_per_class, floor_for
 from tests.data.fake_idx import idx_bytes, write_fake
 
 REAL = Path(DEFAULT_DIR)
-needs_data = pytest.mark.skipif(not REAL.is_dir(), reason="dataset-fashion-mnist is not installed "
-                                                         "(apt-get install -y dataset-fashion-mnist)")
+needs_data = pytest.mark.skipif(
+    not REAL.is_dir(), reason="dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)"
+)
 QUICK = ["--per-class", "1", "--steps", "3", "--schedule", "16"]
 
 

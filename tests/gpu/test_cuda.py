@@ -24,8 +24,13 @@ SHAPES = [(2, 16, 256, 16, 72), (3, 2, 300, 7, 40), (1, 1, 37, 1, 64)]
 
 #: The mediator block (B, H, grid side G, mediator grid, d): the demo, SiT-XL/2 at 256 and 1024 px, a ragged
 #: non-square case and n = 1.
-BLOCK_SHAPES = [(2, 4, 7, (2, 4), 32), (4, 16, 16, (4, 4), 72), (1, 16, 64, (8, 8), 72), (3, 2, 10, (2, 3), 40),
-                (1, 1, 6, (1, 1), 64)]
+BLOCK_SHAPES = [
+    (2, 4, 7, (2, 4), 32),
+    (4, 16, 16, (4, 4), 72),
+    (1, 16, 64, (8, 8), 72),
+    (3, 2, 10, (2, 3), 40),
+    (1, 1, 6, (1, 1), 64),
+]
 
 
 def _operands(B, H, N, n, d, dtype, seed=0):
@@ -34,7 +39,7 @@ def _operands(B, H, N, n, d, dtype, seed=0):
     m = torch.randn(B, H, n, d, generator=g, device="cuda").to(dtype)
     bias_mk = torch.randn(H, n, N, generator=g, device="cuda")
     bias_qm = torch.randn(H, N, n, generator=g, device="cuda")
-    return q, k, v, m, bias_mk, bias_qm, d ** -0.5
+    return q, k, v, m, bias_mk, bias_qm, d**-0.5
 
 
 def _relative_error(out, truth):
@@ -96,10 +101,14 @@ def _block_operands(B, H, G, mgrid, d, dtype, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     N, D, n = G * G, H * d, mgrid[0] * mgrid[1]
     qkv = torch.randn(B, N, 3 * D, generator=g, device="cuda").to(dtype)
-    rest = (pooling_matrix(G, *mgrid).cuda(), torch.randn(H, n, N, generator=g, device="cuda") * 0.5,
-            torch.randn(H, N, n, generator=g, device="cuda") * 0.5,
-            torch.randn(D, 1, 3, 3, generator=g, device="cuda") * 0.2, torch.randn(D, generator=g, device="cuda"))
-    return (qkv, *(t.to(dtype) for t in rest), H, d ** -0.5)
+    rest = (
+        pooling_matrix(G, *mgrid).cuda(),
+        torch.randn(H, n, N, generator=g, device="cuda") * 0.5,
+        torch.randn(H, N, n, generator=g, device="cuda") * 0.5,
+        torch.randn(D, 1, 3, 3, generator=g, device="cuda") * 0.2,
+        torch.randn(D, generator=g, device="cuda"),
+    )
+    return (qkv, *(t.to(dtype) for t in rest), H, d**-0.5)
 
 
 @pytest.mark.parametrize("form", ["fused", "split"])
@@ -182,9 +191,16 @@ def test_demo_model_on_gpu_in_bf16_makes_clothes_the_judge_recognises():
     sampling = demo_card()["sampling"]
     pipe = Pipeline.from_checkpoints(demo_checkpoints(), device="cuda", precision="bf16", cuda_graph=True)
     labels = [c for c in range(10) for _ in range(20)]
-    result = pipe.sample(labels, seed=0, sampler=sampling["sampler"], method=sampling["method"],
-                         steps=sampling["steps"], cfg_scale=sampling["cfg_scale"],
-                         cfg_channels=sampling["cfg_channels"], schedule=sampling["schedule"])
+    result = pipe.sample(
+        labels,
+        seed=0,
+        sampler=sampling["sampler"],
+        method=sampling["method"],
+        steps=sampling["steps"],
+        cfg_scale=sampling["cfg_scale"],
+        cfg_channels=sampling["cfg_channels"],
+        schedule=sampling["schedule"],
+    )
     assert [e.mediators for e in result.trace][0] == min(pipe.counts)
     judged = score(result.latents.float().cpu(), labels)
     # fp32 on the CPU scores 95% on 500 such images (models/fashion-mnist-demo.md); bf16 must not lose much.

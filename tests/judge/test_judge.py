@@ -12,8 +12,9 @@ from medexport.data import DEFAULT_DIR
 from medexport.judge import JUDGE_FILE, WEIGHTS_DIR, JudgeError, frechet_distance, load_judge, real_floor, score
 
 HAVE_DATA = Path(DEFAULT_DIR).is_dir()
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason="dataset-fashion-mnist is not installed "
-                                                      "(apt-get install -y dataset-fashion-mnist)")
+needs_data = pytest.mark.skipif(
+    not HAVE_DATA, reason="dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)"
+)
 
 
 def test_shipped_judge_loads_and_is_hash_checked(tmp_path):
@@ -83,8 +84,11 @@ def test_a_malformed_line_of_the_shipped_sums_names_the_file_and_line(tmp_path, 
         lines = (folder / SUMS).read_text().splitlines()
         (folder / SUMS).write_text("\n".join([lines[0], line, *lines[1:]]) + "\n")
         name = lines[0].split()[1]
-        with pytest.raises(AssetError, match=rf"{SUMS}, line 2: .* is not '<sha256>  <file name>'.*reinstall "
-                                             rf"medexport"):
+        with pytest.raises(
+            AssetError,
+            match=rf"{SUMS}, line 2: .* is not '<sha256>  <file name>'.*reinstall "
+            rf"medexport",
+        ):
             verified_file(folder, name, "file")
     with pytest.raises(AssetError, match=f"{SUMS}, line 2"):
         load_judge(tmp_path / "judge")

@@ -17,14 +17,18 @@ REPO = Path(__file__).resolve().parents[2]
 LABELS = [1, 2, 3]  # with guidance 6 rows: more than the tiny engines' batch max of 4, so chunks are exercised
 
 
-@pytest.mark.parametrize("kw", [dict(sampler="ode", method="euler", steps=7),
-                                dict(sampler="ode", method="heun", steps=5),
-                                dict(sampler="sde", method="euler", steps=6),
-                                dict(sampler="sde", method="heun", steps=4),
-                                dict(sampler="sde", method="euler", steps=5, last_step="none"),
-                                dict(sampler="ode", method="euler", steps=9,
-                                     schedule="adaptive:16,32,64:ratios=0.9,0.5:warmup=2")],
-                         ids=lambda kw: "-".join(str(v).split(":")[0] for v in kw.values()))
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(sampler="ode", method="euler", steps=7),
+        dict(sampler="ode", method="heun", steps=5),
+        dict(sampler="sde", method="euler", steps=6),
+        dict(sampler="sde", method="heun", steps=4),
+        dict(sampler="sde", method="euler", steps=5, last_step="none"),
+        dict(sampler="ode", method="euler", steps=9, schedule="adaptive:16,32,64:ratios=0.9,0.5:warmup=2"),
+    ],
+    ids=lambda kw: "-".join(str(v).split(":")[0] for v in kw.values()),
+)
 def test_same_request_same_images_as_the_pipeline(tiny_bundle, kw):
     """One sampling core: the same request (seed, guidance, schedule) gives the ODE's images bit for bit and the
     SDE's to float rounding (torch's and numpy's vector sqrt differ in the last bit)."""

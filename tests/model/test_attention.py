@@ -18,7 +18,7 @@ def loop_mediator_attention(attn: MediatorAttention, x: torch.Tensor) -> torch.T
     rows, cols = mediator_grid(n)
     W = {k: v.detach().double() for k, v in attn.state_dict().items()}
     qkv = x @ W["qkv.weight"].T + W["qkv.bias"]
-    q, k, v = qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]
+    q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
     # 2. mediator tokens: mean of each adaptive-pooling window of q on the G x G grid
     T = torch.zeros(B, n, D, dtype=torch.float64)
     for i in range(rows):
@@ -31,7 +31,7 @@ def loop_mediator_attention(attn: MediatorAttention, x: torch.Tensor) -> torch.T
     an = F.interpolate(W["an_bias"], size=(G, G), mode="bilinear", align_corners=False)
     na = F.interpolate(W["na_bias"], size=(G, G), mode="bilinear", align_corners=False)
     out = torch.zeros(B, N, D, dtype=torch.float64)
-    scale = d ** -0.5
+    scale = d**-0.5
     for b in range(B):
         for h in range(H):
             sl = slice(h * d, (h + 1) * d)

@@ -45,8 +45,9 @@ def test_trainer_checkpoint_ema_and_model_differ(tmp_path):
 
 
 def test_learn_sigma_off_and_custom_sizes(tmp_path):
-    model = medexport.create_model(replace(TINY, learn_sigma=False, in_channels=3, mlp_ratio=2.0, mediators=9),
-                                   init="random", seed=0)
+    model = medexport.create_model(
+        replace(TINY, learn_sigma=False, in_channels=3, mlp_ratio=2.0, mediators=9), init="random", seed=0
+    )
     path = medexport.save_checkpoint(model, tmp_path / "m.pt")
     loaded = medexport.load_checkpoint(path)
     assert loaded.config == model.config
@@ -71,7 +72,9 @@ def test_missing_and_unexpected_keys(tmp_path):
     del state["blocks.1.mlp.fc2.bias"]
     state["blocks.0.extra"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match=r"missing keys: blocks\.1\.mlp\.fc2\.bias.*unexpected keys: blocks\.0\.extra"):
+    with pytest.raises(
+        CheckpointError, match=r"missing keys: blocks\.1\.mlp\.fc2\.bias.*unexpected keys: blocks\.0\.extra"
+    ):
         medexport.load_checkpoint(tmp_path / "bad.pt")
 
 
@@ -131,7 +134,9 @@ def test_payload_fixture_really_runs_code_when_unpickled(tmp_path):
     assert marker.exists()
 
 
-@pytest.mark.parametrize("n,msg", [(0, "positive integer"), (65, "exceed the 64 tokens"), (13, "1x13 grid, which does not fit")])
+@pytest.mark.parametrize(
+    "n,msg", [(0, "positive integer"), (65, "exceed the 64 tokens"), (13, "1x13 grid, which does not fit")]
+)
 def test_bad_mediator_counts(n, msg):
     with pytest.raises(ConfigError, match=msg):
         replace(TINY, mediators=n)
@@ -153,11 +158,14 @@ def test_read_checkpoint_reports_format_and_params(tmp_path):
     assert info.num_parameters == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda s: s["blocks.0.attn.qkv.weight"].__setitem__((0, 0), float("nan")), "NaN/inf"),
-    (lambda s: s["final_layer.linear.bias"].__setitem__(0, float("inf")), "NaN/inf"),
-    (lambda s: s.__setitem__("blocks.0.mlp.fc1.bias", s["blocks.0.mlp.fc1.bias"].long()), "torch.int64 values"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda s: s["blocks.0.attn.qkv.weight"].__setitem__((0, 0), float("nan")), "NaN/inf"),
+        (lambda s: s["final_layer.linear.bias"].__setitem__(0, float("inf")), "NaN/inf"),
+        (lambda s: s.__setitem__("blocks.0.mlp.fc1.bias", s["blocks.0.mlp.fc1.bias"].long()), "torch.int64 values"),
+    ],
+)
 def test_weights_that_would_load_silently_wrong_are_refused(tmp_path, damage, message):
     state = {k: v.clone() for k, v in tiny_model(16).state_dict().items()}
     damage(state)
@@ -173,8 +181,11 @@ def test_checkpoint_with_a_wrong_crc_is_refused(tmp_path, form):
     record = flip_byte_in_record(path)
     assert torch.load(path, weights_only=False)  # torch itself loads the damaged bytes as weights
     for load in (medexport.load_checkpoint, read_checkpoint):
-        with pytest.raises(CheckpointError, match=rf"damaged\.pt.*is damaged: the record '{record}' fails its "
-                                                  rf"checksum.*Re-download or re-save"):
+        with pytest.raises(
+            CheckpointError,
+            match=rf"damaged\.pt.*is damaged: the record '{record}' fails its "
+            rf"checksum.*Re-download or re-save",
+        ):
             load(path)
 
 
@@ -197,6 +208,9 @@ def test_integer_weights_in_a_trainer_checkpoint_are_refused(tmp_path, dtype):
     state["blocks.0.attn.an_bias"] = state["blocks.0.attn.an_bias"].to(dtype)
     path = tmp_path / "int.pt"
     torch.save({"model": state, "ema": state, "train_steps": 0}, path)
-    with pytest.raises(CheckpointError, match=rf"'blocks\.0\.attn\.an_bias' holds {dtype} values where the model has "
-                                              rf"torch\.float32 weights"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"'blocks\.0\.attn\.an_bias' holds {dtype} values where the model has "
+        rf"torch\.float32 weights",
+    ):
         medexport.load_checkpoint(path)

@@ -61,7 +61,9 @@ def test_trainer_args_name_the_heads(tmp_path):
     state = tiny_model(FULL, attention="full").state_dict()
     with pytest.raises(CheckpointError, match="number of heads cannot be read"):
         infer_config(state)
-    with pytest.raises(CheckpointError, match=r"says it holds SiT-B/2 \(12 blocks of width 768\).*2 blocks of width 64"):
+    with pytest.raises(
+        CheckpointError, match=r"says it holds SiT-B/2 \(12 blocks of width 768\).*2 blocks of width 64"
+    ):
         infer_config(state, "SiT-B/2")
     # the reference trainer's checkpoint names its model in args.model
     model = medexport.create_model("SiT-S/2", mediators=FULL, image_size=32, seed=0, init="random")
@@ -79,8 +81,9 @@ def test_safetensors_record_their_heads(tmp_path):
 
 
 def test_attention_expectations(tmp_path):
-    vanilla = medexport.save_checkpoint(tiny_model(FULL, attention="full"), tmp_path / "v.safetensors",
-                                        form="safetensors")
+    vanilla = medexport.save_checkpoint(
+        tiny_model(FULL, attention="full"), tmp_path / "v.safetensors", form="safetensors"
+    )
     mediator = medexport.save_checkpoint(tiny_model(16), tmp_path / "m.pt")
     with pytest.raises(NotAMediatorModelError, match="plain .*full-attention.*--attention full --checkpoint"):
         load_checkpoint(vanilla, attention="mediator")

@@ -70,12 +70,23 @@ def test_batch_independence():
     torch.testing.assert_close(full[1:2], one, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("image_size,attention,n,want", [
-    (256, "full", 16, 118.6), (512, "full", 16, 524.5), (1024, "full", 16, 2909.2),
-    (256, "mediator", 16, 115.0), (256, "mediator", 32, 115.5), (256, "mediator", 64, 116.6),
-    (512, "mediator", 16, 459.3), (512, "mediator", 32, 461.4), (512, "mediator", 64, 465.7),
-    (1024, "mediator", 16, 1836.5), (1024, "mediator", 32, 1845.0), (1024, "mediator", 64, 1861.9),
-])
+@pytest.mark.parametrize(
+    "image_size,attention,n,want",
+    [
+        (256, "full", 16, 118.6),
+        (512, "full", 16, 524.5),
+        (1024, "full", 16, 2909.2),
+        (256, "mediator", 16, 115.0),
+        (256, "mediator", 32, 115.5),
+        (256, "mediator", 64, 116.6),
+        (512, "mediator", 16, 459.3),
+        (512, "mediator", 32, 461.4),
+        (512, "mediator", 64, 465.7),
+        (1024, "mediator", 16, 1836.5),
+        (1024, "mediator", 32, 1845.0),
+        (1024, "mediator", 64, 1861.9),
+    ],
+)
 def test_flops_match_spec_table(image_size, attention, n, want):
     for family in ("DiT", "SiT"):
         cfg = config_from_name(f"{family}-XL/2", mediators=n, image_size=image_size)

@@ -17,26 +17,67 @@ CASES = [  # (input_size, patch, hidden, heads, depth, agent_num, learn_sigma)
 
 
 @pytest.mark.parametrize("input_size,patch,hidden,heads,depth,agents,learn_sigma", CASES)
-def test_trainer_checkpoint_reproduces_reference(tmp_path, input_size, patch, hidden, heads, depth, agents,
-                                                 learn_sigma):
+def test_trainer_checkpoint_reproduces_reference(
+    tmp_path, input_size, patch, hidden, heads, depth, agents, learn_sigma
+):
     torch.manual_seed(0)
-    reference = ref.SiT(input_size=input_size, patch_size=patch, hidden_size=hidden, depth=depth, num_heads=heads,
-                        num_classes=10, learn_sigma=learn_sigma, agent_num=agents)
+    reference = ref.SiT(
+        input_size=input_size,
+        patch_size=patch,
+        hidden_size=hidden,
+        depth=depth,
+        num_heads=heads,
+        num_classes=10,
+        learn_sigma=learn_sigma,
+        agent_num=agents,
+    )
     ref.randomize(reference, seed=1)
-    ema = ref.SiT(input_size=input_size, patch_size=patch, hidden_size=hidden, depth=depth, num_heads=heads,
-                  num_classes=10, learn_sigma=learn_sigma, agent_num=agents)
+    ema = ref.SiT(
+        input_size=input_size,
+        patch_size=patch,
+        hidden_size=hidden,
+        depth=depth,
+        num_heads=heads,
+        num_classes=10,
+        learn_sigma=learn_sigma,
+        agent_num=agents,
+    )
     ref.randomize(ema, seed=2)
-    args = argparse.Namespace(model="SiT-XL/2", image_size=input_size * 8, num_classes=10, epochs=1400,
-                              global_batch_size=256, results_dir="results", ckpt=None)
+    args = argparse.Namespace(
+        model="SiT-XL/2",
+        image_size=input_size * 8,
+        num_classes=10,
+        epochs=1400,
+        global_batch_size=256,
+        results_dir="results",
+        ckpt=None,
+    )
     path = tmp_path / "0100000.pt"
-    torch.save({"model": reference.state_dict(), "ema": ema.state_dict(), "opt": {"state": {}},
-                "train_steps": 100000, "args": args, "epoch": 3}, path)
+    torch.save(
+        {
+            "model": reference.state_dict(),
+            "ema": ema.state_dict(),
+            "opt": {"state": {}},
+            "train_steps": 100000,
+            "args": args,
+            "epoch": 3,
+        },
+        path,
+    )
 
     model = medexport.load_checkpoint(path)
     assert model.checkpoint_info.format == "trainer" and model.checkpoint_info.weights == "ema"
     c = model.config
-    assert (c.depth, c.hidden_size, c.num_heads, c.patch_size, c.input_size, c.mediators, c.num_classes,
-            c.learn_sigma) == (depth, hidden, heads, patch, input_size, agents, 10, learn_sigma)
+    assert (
+        c.depth,
+        c.hidden_size,
+        c.num_heads,
+        c.patch_size,
+        c.input_size,
+        c.mediators,
+        c.num_classes,
+        c.learn_sigma,
+    ) == (depth, hidden, heads, patch, input_size, agents, 10, learn_sigma)
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 4, input_size, input_size, generator=g)
@@ -55,13 +96,16 @@ def test_trainer_checkpoint_reproduces_reference(tmp_path, input_size, patch, hi
         xc = torch.cat([x[:2], x[:2]])
         yc = torch.tensor([1, 2, 10, 10])
         tc = torch.full((4,), 0.5)
-        torch.testing.assert_close(model.forward_with_cfg(xc, tc, yc, 4.0), ema.forward_with_cfg(xc, tc, yc, 4.0),
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            model.forward_with_cfg(xc, tc, yc, 4.0), ema.forward_with_cfg(xc, tc, yc, 4.0), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_pos_embed_matches_reference_table():
     from medexport.model.mediator_dit import sincos_pos_embed
 
     for dim, grid in ((64, 8), (1152, 16), (96, 4)):
-        torch.testing.assert_close(torch.from_numpy(sincos_pos_embed(dim, grid)),
-                                   torch.from_numpy(ref.get_2d_sincos_pos_embed(dim, grid)).float())
+        torch.testing.assert_close(
+            torch.from_numpy(sincos_pos_embed(dim, grid)),
+            torch.from_numpy(ref.get_2d_sincos_pos_embed(dim, grid)).float(),
+        )

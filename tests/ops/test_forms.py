@@ -14,7 +14,7 @@ def operands(B=2, H=4, N=64, n=16, d=32, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(B, H, N, d, generator=g, dtype=dtype) for _ in range(3))
     m = torch.randn(B, H, n, d, generator=g, dtype=dtype)
-    return q, k, v, m, torch.randn(H, n, N, generator=g), torch.randn(H, N, n, generator=g), d ** -0.5
+    return q, k, v, m, torch.randn(H, n, N, generator=g), torch.randn(H, N, n, generator=g), d**-0.5
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
@@ -36,9 +36,22 @@ def test_the_shipped_table_is_the_h200_measurement():
 
 
 def test_choose_takes_the_nearest_measured_shape_and_keeps_the_kernel_elsewhere():
-    table = FormTable.from_dict({"gpu": "GPU X", "dtype": "bfloat16", "rows": [
-        {"tokens": 256, "mediators": 16, "batch_heads": 32, "head_dim": 72, "ms": {"triton": 2.0, "sdpa": 1.0}},
-        {"tokens": 4096, "mediators": 64, "batch_heads": 512, "head_dim": 72, "ms": {"triton": 1.0, "split": 3.0}}]})
+    table = FormTable.from_dict(
+        {
+            "gpu": "GPU X",
+            "dtype": "bfloat16",
+            "rows": [
+                {"tokens": 256, "mediators": 16, "batch_heads": 32, "head_dim": 72, "ms": {"triton": 2.0, "sdpa": 1.0}},
+                {
+                    "tokens": 4096,
+                    "mediators": 64,
+                    "batch_heads": 512,
+                    "head_dim": 72,
+                    "ms": {"triton": 1.0, "split": 3.0},
+                },
+            ],
+        }
+    )
     assert table.choose(300, 16, 32, 72) == "sdpa" and table.choose(3000, 32, 256, 72) == "triton"
     q, _, _, m, *_ = operands(B=2, H=16, N=256, n=16, d=72, dtype=torch.bfloat16)
     assert choose(q, m, table) == "sdpa"  # a CPU tensor: no GPU name to compare
@@ -46,11 +59,17 @@ def test_choose_takes_the_nearest_measured_shape_and_keeps_the_kernel_elsewhere(
     assert FormTable.from_dict(table.to_dict()) == table
 
 
-@pytest.mark.parametrize("bad,message", [
-    ({"rows": "x"}, "an object with"),
-    ({"rows": [{"tokens": 1}]}, "row 0 of the form table is malformed"),
-    ({"rows": [{"tokens": 1, "mediators": 1, "batch_heads": 1, "head_dim": 1, "ms": {"triton": -1}}]}, "no positive"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"rows": "x"}, "an object with"),
+        ({"rows": [{"tokens": 1}]}, "row 0 of the form table is malformed"),
+        (
+            {"rows": [{"tokens": 1, "mediators": 1, "batch_heads": 1, "head_dim": 1, "ms": {"triton": -1}}]},
+            "no positive",
+        ),
+    ],
+)
 def test_bad_tables(bad, message):
     with pytest.raises(ValueError, match=message):
         FormTable.from_dict(bad)

@@ -38,8 +38,7 @@ CASES = {
     "fused-fp32-strided-qkv": (2, 2, 6, (2, 2), 24, "float32", {"block_n": 16, "strided": True}),
     "fused-fp16-3x5-d72": (2, 2, 9, (3, 5), 72, "float16", {"block_n": 32, "num_warps": 8}),
     "fused-bf16-4x4-d72": (2, 2, 8, (4, 4), 72, "bfloat16", {"block_n": 32}),
-    "split-fp32-ragged100-2x3-d72": (2, 2, 10, (2, 3), 72, "float32", {"form": "split", "block_n": 16,
-                                                                       "chunks": 3}),
+    "split-fp32-ragged100-2x3-d72": (2, 2, 10, (2, 3), 72, "float32", {"form": "split", "block_n": 16, "chunks": 3}),
     "split-fp32-n1-ragged49": (1, 2, 7, (1, 1), 24, "float32", {"form": "split", "block_n": 16, "chunks": 0}),
     "split-fp16-3x5-d72": (1, 2, 9, (3, 5), 72, "float16", {"form": "split", "block_n": 32, "chunks": 2}),
     "split-bf16-4x4-d72": (2, 1, 8, (4, 4), 72, "bfloat16", {"form": "split", "block_n": 16, "chunks": 4}),
@@ -60,10 +59,16 @@ BAD_INPUTS = {
 }
 
 #: (kernel name, dtype, mediators, block_n, num_warps) compiled for sm_90 in the "compile" worker
-PTX_CASES = [(k, dt, n, bn, w) for k in ("mediator_block_kernel", "block_pool_chunk_kernel",
-                                         "block_gather_chunk_kernel", "block_read_kernel")
-             for dt, n, bn, w in (("bfloat16", 16, 64, 4), ("bfloat16", 64, 128, 8), ("float16", 32, 32, 4),
-                                  ("bfloat16", 128, 64, 8))]
+PTX_CASES = [
+    (k, dt, n, bn, w)
+    for k in ("mediator_block_kernel", "block_pool_chunk_kernel", "block_gather_chunk_kernel", "block_read_kernel")
+    for dt, n, bn, w in (
+        ("bfloat16", 16, 64, 4),
+        ("bfloat16", 64, 128, 8),
+        ("float16", 32, 32, 4),
+        ("bfloat16", 128, 64, 8),
+    )
+]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -75,7 +80,7 @@ def _inputs(B, H, G, mgrid, d, dtype, seed=0, strided=False):
     g = torch.Generator().manual_seed(seed)
     N, D, n = G * G, H * d, mgrid[0] * mgrid[1]
     if strided:  # qkv as a view into a wider buffer: row stride 3D + 8
-        qkv = torch.randn(B, N, 3 * D + 8, generator=g)[..., 4:4 + 3 * D]
+        qkv = torch.randn(B, N, 3 * D + 8, generator=g)[..., 4 : 4 + 3 * D]
     else:
         qkv = torch.randn(B, N, 3 * D, generator=g)
     pool = pooling_matrix(G, *mgrid)
@@ -102,7 +107,7 @@ def _worker_interpret():
     for name, (B, H, G, mgrid, d, dtype, launch) in CASES.items():
         launch = dict(launch)
         ins = _inputs(B, H, G, mgrid, d, getattr(torch, dtype), strided=launch.pop("strided", False))
-        scale = d ** -0.5
+        scale = d**-0.5
         start = time.perf_counter()
         triton_block.torch.empty = poisoned_empty
         try:
@@ -113,9 +118,12 @@ def _worker_interpret():
         truth = mediator_block_reference(*(t.double() for t in ins), H, scale)
         same = mediator_block_reference(*ins, H, scale)
         results["cases"][name] = {
-            "error": _rel_err(out, truth), "reference_error": _rel_err(same, truth),
-            "shape_ok": tuple(out.shape) == (B, G * G, H * d), "dtype_ok": out.dtype == ins[0].dtype,
-            "finite": bool(torch.isfinite(out).all()), "seconds": seconds,
+            "error": _rel_err(out, truth),
+            "reference_error": _rel_err(same, truth),
+            "shape_ok": tuple(out.shape) == (B, G * G, H * d),
+            "dtype_ok": out.dtype == ins[0].dtype,
+            "finite": bool(torch.isfinite(out).all()),
+            "seconds": seconds,
         }
     for name in BAD_INPUTS:
         B, H, G, mgrid, d = 1, 2, 4, (2, 2), 8
@@ -135,7 +143,7 @@ def _worker_interpret():
         elif name == "pool-shape":
             pool = pool[:, :-1]
         try:
-            kernels.triton_mediator_block(qkv, pool, bias_mk, bias_qm, w, b, heads, d ** -0.5)
+            kernels.triton_mediator_block(qkv, pool, bias_mk, bias_qm, w, b, heads, d**-0.5)
             results["bad_inputs"][name] = {"raised": None, "message": ""}
         except Exception as exc:
             results["bad_inputs"][name] = {"raised": type(exc).__name__, "message": str(exc)}
@@ -155,8 +163,16 @@ def _worker_compile():
         elem = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype]
         # d = 72 as 64 + 16, as the launch splits it; n = 128 with d = 64 (no second block)
         has_e = n != 128
-        constexprs = {"SCALE": 72 ** -0.5, "BLOCK_MED": max(16, n), "BLOCK_D": 64, "BLOCK_E": 16, "HAS_E": has_e,
-                      "BLOCK_W": 80 if has_e else 64, "BLOCK_N": bn, "UPCAST_DOTS": False}
+        constexprs = {
+            "SCALE": 72**-0.5,
+            "BLOCK_MED": max(16, n),
+            "BLOCK_D": 64,
+            "BLOCK_E": 16,
+            "HAS_E": has_e,
+            "BLOCK_W": 80 if has_e else 64,
+            "BLOCK_N": bn,
+            "UPCAST_DOTS": False,
+        }
         signature = {}
         for arg in fn.arg_names:
             if arg in constexprs:
@@ -170,14 +186,23 @@ def _worker_compile():
         constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
         start = time.perf_counter()
         try:
-            compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                                      target=target, options={"num_warps": warps})
+            compiled = triton.compile(
+                triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                target=target,
+                options={"num_warps": warps},
+            )
             results["ptx"][f"{kname}-{dtype}-n{n}-bn{bn}-w{warps}"] = {
-                "sm90": ".target sm_90" in compiled.asm["ptx"], "shared": compiled.metadata.shared,
-                "seconds": time.perf_counter() - start, "error": ""}
+                "sm90": ".target sm_90" in compiled.asm["ptx"],
+                "shared": compiled.metadata.shared,
+                "seconds": time.perf_counter() - start,
+                "error": "",
+            }
         except Exception as exc:
-            results["ptx"][f"{kname}-{dtype}-n{n}-bn{bn}-w{warps}"] = {"sm90": False, "shared": -1,
-                                                                      "error": f"{type(exc).__name__}: {exc}"}
+            results["ptx"][f"{kname}-{dtype}-n{n}-bn{bn}-w{warps}"] = {
+                "sm90": False,
+                "shared": -1,
+                "error": f"{type(exc).__name__}: {exc}",
+            }
     return results
 
 
@@ -196,8 +221,14 @@ def _start(mode: str) -> subprocess.Popen:
         env.pop("TRITON_INTERPRET", None)
         if mode == "interpret":
             env["TRITON_INTERPRET"] = "1"
-        _started[mode] = subprocess.Popen([sys.executable, __file__, mode], cwd=REPO, env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _started[mode] = subprocess.Popen(
+            [sys.executable, __file__, mode],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     return _started[mode]
 
 
@@ -265,8 +296,9 @@ def test_op_reference_is_the_models_decomposed_block():
     with torch.no_grad():
         want = attn(x)
         qkv = attn.qkv(x)
-        got = attn.proj(mediator_block(qkv, attn.pool, attn.bias_mk, attn.bias_qm, attn.dwc.weight, attn.dwc.bias,
-                                       4, attn.scale))
+        got = attn.proj(
+            mediator_block(qkv, attn.pool, attn.bias_mk, attn.bias_qm, attn.dwc.weight, attn.dwc.bias, 4, attn.scale)
+        )
     assert torch.equal(got, want)
     assert ModelConfig  # the config module imports alongside the model
 
@@ -277,9 +309,16 @@ def test_op_registration_passes_opcheck():
 
     g = torch.Generator().manual_seed(1)
     H, G, d, n = 2, 4, 8, 4
-    args = (torch.randn(2, G * G, 3 * H * d, generator=g, requires_grad=True), pooling_matrix(G, 2, 2),
-            torch.randn(H, n, G * G, generator=g), torch.randn(H, G * G, n, generator=g),
-            torch.randn(H * d, 1, 3, 3, generator=g), torch.randn(H * d, generator=g), H, d ** -0.5)
+    args = (
+        torch.randn(2, G * G, 3 * H * d, generator=g, requires_grad=True),
+        pooling_matrix(G, 2, 2),
+        torch.randn(H, n, G * G, generator=g),
+        torch.randn(H, G * G, n, generator=g),
+        torch.randn(H * d, 1, 3, 3, generator=g),
+        torch.randn(H * d, generator=g),
+        H,
+        d**-0.5,
+    )
     torch.library.opcheck(mediator_block, args)
 
 
@@ -295,11 +334,16 @@ def test_torch_compile_takes_the_op_without_graph_breaks():
 
     def block(x, pool, bias_mk, bias_qm, dwc_w, dwc_b):
         qkv = torch.nn.functional.gelu(x @ w.T)
-        return mediator_block(qkv, pool, bias_mk, bias_qm, dwc_w, dwc_b, H, d ** -0.5).sigmoid() * 2
+        return mediator_block(qkv, pool, bias_mk, bias_qm, dwc_w, dwc_b, H, d**-0.5).sigmoid() * 2
 
-    args = (torch.randn(2, G * G, H * d, generator=g), pooling_matrix(G, 2, 2),
-            torch.randn(H, n, G * G, generator=g), torch.randn(H, G * G, n, generator=g),
-            torch.randn(H * d, 1, 3, 3, generator=g), torch.randn(H * d, generator=g))
+    args = (
+        torch.randn(2, G * G, H * d, generator=g),
+        pooling_matrix(G, 2, 2),
+        torch.randn(H, n, G * G, generator=g),
+        torch.randn(H, G * G, n, generator=g),
+        torch.randn(H * d, 1, 3, 3, generator=g),
+        torch.randn(H * d, generator=g),
+    )
     torch._dynamo.reset()
     compiled = torch.compile(block, fullgraph=True)
     torch.testing.assert_close(compiled(*args), block(*args), rtol=1e-5, atol=1e-5)
@@ -309,8 +353,16 @@ def test_op_refuses_non_square_grid_with_a_clear_error():
     from medexport.ops.mediator_block import mediator_block_reference
 
     with pytest.raises(ValueError, match="square token grid"):
-        mediator_block_reference(torch.randn(1, 12, 24), torch.rand(4, 12), torch.zeros(2, 4, 12),
-                                 torch.zeros(2, 12, 4), torch.zeros(8, 1, 3, 3), torch.zeros(8), 2, 0.5)
+        mediator_block_reference(
+            torch.randn(1, 12, 24),
+            torch.rand(4, 12),
+            torch.zeros(2, 4, 12),
+            torch.zeros(2, 12, 4),
+            torch.zeros(8, 1, 3, 3),
+            torch.zeros(8),
+            2,
+            0.5,
+        )
 
 
 def test_block_forms_choose_the_fastest_correct_candidate(monkeypatch, tmp_path):
@@ -386,9 +438,16 @@ def test_cuda_impl_falls_back_or_says_why(monkeypatch):
 
     g = torch.Generator().manual_seed(3)
     H, G, d, n = 2, 4, 8, 129
-    args = (torch.randn(1, G * G, 3 * H * d, generator=g), torch.rand(n, G * G, generator=g),
-            torch.randn(H, n, G * G, generator=g), torch.randn(H, G * G, n, generator=g),
-            torch.randn(H * d, 1, 3, 3, generator=g), torch.randn(H * d, generator=g), H, d ** -0.5)
+    args = (
+        torch.randn(1, G * G, 3 * H * d, generator=g),
+        torch.rand(n, G * G, generator=g),
+        torch.randn(H, n, G * G, generator=g),
+        torch.randn(H, G * G, n, generator=g),
+        torch.randn(H * d, 1, 3, 3, generator=g),
+        torch.randn(H * d, generator=g),
+        H,
+        d**-0.5,
+    )
     monkeypatch.delenv(block_forms.ENV, raising=False)
     assert torch.equal(kernels._cuda_block_impl(*args), mediator_block_reference(*args))
     monkeypatch.setenv(block_forms.ENV, "fused")

@@ -96,23 +96,25 @@ def _rel_err(out, truth):
 
 
 def _worker_interpret():
-    from medexport.ops import kernels
-    from medexport.ops import mediator_attention_reference
+    from medexport.ops import kernels, mediator_attention_reference
 
     results = {"cases": {}, "bad_inputs": {}}
     for name, (B, H, N, n, d, dtype, launch) in CASES.items():
         launch = dict(launch)
         ins = _inputs(B, H, N, n, d, getattr(torch, dtype), strided=launch.pop("strided", False))
-        scale = d ** -0.5
+        scale = d**-0.5
         start = time.perf_counter()
         out = kernels.triton_mediator_attention(*ins, scale, **launch)
         seconds = time.perf_counter() - start
         truth = mediator_attention_reference(*(t.double() for t in ins), scale)
         same_dtype_ref = mediator_attention_reference(*ins, scale)  # the op itself at this dtype, for scale
         results["cases"][name] = {
-            "error": _rel_err(out, truth), "reference_error": _rel_err(same_dtype_ref, truth),
-            "shape_ok": tuple(out.shape) == (B, H, N, d), "dtype_ok": out.dtype == ins[0].dtype,
-            "finite": bool(torch.isfinite(out).all()), "seconds": seconds,
+            "error": _rel_err(out, truth),
+            "reference_error": _rel_err(same_dtype_ref, truth),
+            "shape_ok": tuple(out.shape) == (B, H, N, d),
+            "dtype_ok": out.dtype == ins[0].dtype,
+            "finite": bool(torch.isfinite(out).all()),
+            "seconds": seconds,
         }
     for name, (B, H, N, n, d, dtype, what) in BAD_INPUTS.items():
         q, k, v, m, bias_mk, bias_qm = _inputs(B, H, N, n, d, getattr(torch, dtype))
@@ -123,7 +125,7 @@ def _worker_interpret():
         elif what == "mixed-dtypes":
             k = k.half()
         try:
-            kernels.triton_mediator_attention(q, k, v, m, bias_mk, bias_qm, d ** -0.5)
+            kernels.triton_mediator_attention(q, k, v, m, bias_mk, bias_qm, d**-0.5)
             results["bad_inputs"][name] = {"raised": None, "message": ""}
         except Exception as exc:  # report the type; the test decides whether it is the right one
             results["bad_inputs"][name] = {"raised": type(exc).__name__, "message": str(exc)}
@@ -135,30 +137,36 @@ def _worker_compile():
 
     from triton.backends.compiler import GPUTarget
 
-    from medexport.ops import kernels
+    from medexport.ops import kernels, mediator_attention_reference
     from medexport.ops.kernels import triton_mediator
-    from medexport.ops import mediator_attention_reference
 
     results = {"ptx": {}}
     for dtype, n, d in PTX_CASES:
         start = time.perf_counter()
-        compiled = triton_mediator.compile_kernel(getattr(torch, dtype), n, d, d ** -0.5,
-                                                  target=GPUTarget("cuda", 90, 32))
+        compiled = triton_mediator.compile_kernel(
+            getattr(torch, dtype), n, d, d**-0.5, target=GPUTarget("cuda", 90, 32)
+        )
         md, ptx = compiled.metadata, compiled.asm["ptx"]
         entry = re.search(r"\.entry\s+(\w+)\s*\((.*?)\)", ptx, re.DOTALL)
         params = re.findall(r"\.param\s+\.(\w+)", entry.group(2)) if entry else []
         results["ptx"][f"{dtype}-n{n}-d{d}"] = {
-            "name": md.name, "entry": entry.group(1) if entry else None, "param_types": params,
-            "num_warps": md.num_warps, "shared": md.shared, "global_scratch": md.global_scratch_size,
-            "profile_scratch": md.profile_scratch_size, "num_ctas": md.num_ctas,
+            "name": md.name,
+            "entry": entry.group(1) if entry else None,
+            "param_types": params,
+            "num_warps": md.num_warps,
+            "shared": md.shared,
+            "global_scratch": md.global_scratch_size,
+            "profile_scratch": md.profile_scratch_size,
+            "num_ctas": md.num_ctas,
             "seconds": time.perf_counter() - start,
         }
     results["num_scalar_args"] = len(triton_mediator.SCALAR_ARGS)
     results["split_ptx"] = {}
     for dtype, n, d in PTX_CASES:  # the split-N form's two kernels compile for Hopper too
         for fn in (triton_mediator.mediator_gather_chunk_kernel, triton_mediator.mediator_read_kernel):
-            results["split_ptx"][f"{fn.__name__}-{dtype}-n{n}-d{d}"] = _compile_split(fn, dtype, n, d,
-                                                                                     GPUTarget("cuda", 90, 32))
+            results["split_ptx"][f"{fn.__name__}-{dtype}-n{n}-d{d}"] = _compile_split(
+                fn, dtype, n, d, GPUTarget("cuda", 90, 32)
+            )
 
     ins = _inputs(1, 1, 16, 4, 16, torch.float32)
     try:
@@ -169,8 +177,12 @@ def _worker_compile():
 
     first, second = kernels.register_cuda_kernel(), kernels.register_cuda_kernel()
     out = torch.ops.medexport.mediator_attention(*ins, 0.25)  # CPU: still the reference
-    results["register"] = {"first": first, "second": second, "recorded": kernels.registered_cuda_kernel(),
-                           "cpu_op_error": _rel_err(out, mediator_attention_reference(*ins, 0.25))}
+    results["register"] = {
+        "first": first,
+        "second": second,
+        "recorded": kernels.registered_cuda_kernel(),
+        "cpu_op_error": _rel_err(out, mediator_attention_reference(*ins, 0.25)),
+    }
     return results
 
 
@@ -182,8 +194,13 @@ def _compile_split(fn, dtype: str, n: int, d: int, target) -> str:
 
     elem = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dtype]
     cfg = triton_mediator.block_sizes(n, d, None, 64)
-    constexprs = {"SCALE": d ** -0.5, "BLOCK_MED": cfg["BLOCK_MED"], "BLOCK_D": cfg["BLOCK_D"],
-                  "BLOCK_N": cfg["BLOCK_N"], "UPCAST_DOTS": False}
+    constexprs = {
+        "SCALE": d**-0.5,
+        "BLOCK_MED": cfg["BLOCK_MED"],
+        "BLOCK_D": cfg["BLOCK_D"],
+        "BLOCK_N": cfg["BLOCK_N"],
+        "UPCAST_DOTS": False,
+    }
     signature = {}
     for name in fn.arg_names:
         if name in constexprs:
@@ -201,8 +218,8 @@ def _compile_split(fn, dtype: str, n: int, d: int, target) -> str:
 
 def _worker_no_triton():
     sys.modules["triton"] = None  # any `import triton` now raises ImportError
-    from medexport.ops import kernels
     from medexport.errors import BackendUnavailableError
+    from medexport.ops import kernels
 
     results = {"available": kernels.triton_available()}
     ins = _inputs(1, 1, 16, 4, 16, torch.float32)
@@ -232,8 +249,14 @@ class Workers:
             if mode == "interpret":
                 env["TRITON_INTERPRET"] = "1"
             env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when it is unset
-            self.procs[mode] = subprocess.Popen([sys.executable, __file__, mode], cwd=REPO, env=env,
-                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.procs[mode] = subprocess.Popen(
+                [sys.executable, __file__, mode],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
 
     def result(self, mode):
         if mode not in self.results:
@@ -265,7 +288,7 @@ def test_opcheck_cpu_registration():
     B, H, N, n, d = 2, 2, 12, 4, 8
     args = [torch.randn(B, H, N, d, generator=g) for _ in range(3)]
     args += [torch.randn(B, H, n, d, generator=g), torch.randn(H, n, N, generator=g), torch.randn(H, N, n, generator=g)]
-    args = [t.requires_grad_() for t in args] + [d ** -0.5]
+    args = [t.requires_grad_() for t in args] + [d**-0.5]
     torch.library.opcheck(torch.ops.medexport.mediator_attention.default, args)
 
 
@@ -275,8 +298,9 @@ def test_kernel_matches_reference(workers, case):
     dtype = CASES[case][5]
     r = workers.result("interpret")["cases"][case]
     assert r["shape_ok"] and r["dtype_ok"] and r["finite"], r
-    assert r["error"] < TOLERANCE[dtype], f"{case}: relative error {r['error']:.3g} (the op at {dtype}: " \
-                                          f"{r['reference_error']:.3g})"
+    assert r["error"] < TOLERANCE[dtype], (
+        f"{case}: relative error {r['error']:.3g} (the op at {dtype}: {r['reference_error']:.3g})"
+    )
 
 
 @needs_triton
@@ -298,7 +322,9 @@ def test_interpreter_cases_are_quick(workers):
 def test_the_split_n_kernels_compile_for_hopper(workers):
     split = workers.result("compile")["split_ptx"]
     assert len(split) == 2 * len(PTX_CASES)
-    assert all(name.startswith(("mediator_gather_chunk_kernel", "mediator_read_kernel")) for name in split.values()), split
+    assert all(name.startswith(("mediator_gather_chunk_kernel", "mediator_read_kernel")) for name in split.values()), (
+        split
+    )
 
 
 @needs_triton
@@ -311,8 +337,8 @@ def test_kernel_compiles_to_ptx_for_the_plugin(workers, dtype, n, d):
     num_scalars = r["num_scalar_args"]
     assert ptx["entry"] == ptx["name"] == "mediator_attention_kernel"
     types = ptx["param_types"]
-    assert types[:6] == ["u64"] * 6 and types[6:6 + num_scalars] == ["u32"] * num_scalars, types
-    assert types[6 + num_scalars] == "u64" and all(t == "u64" for t in types[7 + num_scalars:]), types
+    assert types[:6] == ["u64"] * 6 and types[6 : 6 + num_scalars] == ["u32"] * num_scalars, types
+    assert types[6 + num_scalars] == "u64" and all(t == "u64" for t in types[7 + num_scalars :]), types
     assert ptx["global_scratch"] == 0 and ptx["profile_scratch"] == 0 and ptx["num_ctas"] == 1, ptx
     assert ptx["num_warps"] in (4, 8)
 

@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from medexport.core.batch import BatchRange
-from medexport.bundle import Bundle, BuildSettings, ModelSource, build_bundle, verify_bundle
-from medexport.errors import BackendUnavailableError, CalibrationError, ConfigError, ScheduleError
+from medexport.bundle import BuildSettings, Bundle, ModelSource, build_bundle, verify_bundle
 from medexport.calibrate import record
+from medexport.core.batch import BatchRange
+from medexport.errors import BackendUnavailableError, CalibrationError, ConfigError, ScheduleError
 from medexport.quant.calibration import MANIFEST, CalibrationSet
 from tests.conftest import COUNTS
 
@@ -42,8 +42,9 @@ def test_each_count_keeps_only_the_steps_it_serves(calibration):
 
 
 def test_trajectory_mode_gives_every_count_every_step(tiny_bundle, tmp_path):
-    cal = record(tiny_bundle, tmp_path / "traj", schedule="16:0.3,32:0.6,64", num=4, mode="trajectory",
-                 sampling=SAMPLING)
+    cal = record(
+        tiny_bundle, tmp_path / "traj", schedule="16:0.3,32:0.6,64", num=4, mode="trajectory", sampling=SAMPLING
+    )
     for n in COUNTS:
         assert cal.manifest["counts"][str(n)]["steps"] == list(range(8))
 
@@ -53,8 +54,12 @@ def test_quantised_bundles_build_run_and_verify(tiny_checkpoints, calibration, t
     from medexport import Pipeline
 
     out = tmp_path / precision
-    settings = BuildSettings(backend="onnxruntime", precision=precision, batch=BATCH,
-                             calibration=calibration.path if precision == "int8-static" else None)
+    settings = BuildSettings(
+        backend="onnxruntime",
+        precision=precision,
+        batch=BATCH,
+        calibration=calibration.path if precision == "int8-static" else None,
+    )
     build_bundle(sources(tiny_checkpoints), out, settings, show_progress=False)
     b = Bundle(out)
     for n in COUNTS:
@@ -105,13 +110,11 @@ def test_static_int8_without_calibration_names_the_command(tiny_checkpoints):
 
 
 def test_calibration_from_other_weights_or_edited_is_refused(tiny_checkpoints, calibration, tmp_path):
+    import medexport
     from tests.conftest import tiny_model
 
-    import medexport
-
     other = medexport.save_checkpoint(tiny_model(16, seed=99), tmp_path / "other16.pt", form="trainer")
-    settings = BuildSettings(backend="onnxruntime", precision="int8-static", batch=BATCH,
-                             calibration=calibration.path)
+    settings = BuildSettings(backend="onnxruntime", precision="int8-static", batch=BATCH, calibration=calibration.path)
     with pytest.raises(CalibrationError, match="recorded from other weights.*medexport calibrate"):
         build_bundle([ModelSource(16, checkpoint=other)], tmp_path / "x", settings, show_progress=False)
     assert not (tmp_path / "x").exists()  # refused before anything was written
@@ -121,9 +124,12 @@ def test_calibration_from_other_weights_or_edited_is_refused(tiny_checkpoints, c
     data = np.load(edited / "m32.npz")
     np.savez(edited / "m32.npz", x=data["x"] * 2, t=data["t"], y=data["y"], step=data["step"])
     with pytest.raises(CalibrationError, match="does not match the hash.*medexport calibrate"):
-        build_bundle(sources(tiny_checkpoints, [32]), tmp_path / "y",
-                     BuildSettings(backend="onnxruntime", precision="int8-static", batch=BATCH, calibration=edited),
-                     show_progress=False)
+        build_bundle(
+            sources(tiny_checkpoints, [32]),
+            tmp_path / "y",
+            BuildSettings(backend="onnxruntime", precision="int8-static", batch=BATCH, calibration=edited),
+            show_progress=False,
+        )
     with pytest.raises(CalibrationError, match="no data for 128 mediators|not a calibration set"):
         CalibrationSet(tmp_path / "nothing-here")
 
@@ -154,8 +160,12 @@ def test_an_interrupted_calibration_leaves_nothing_that_looks_complete(tiny_bund
 
 def test_calibrating_a_quantised_bundle_is_refused(tiny_checkpoints, tmp_path):
     out = tmp_path / "int8"
-    build_bundle(sources(tiny_checkpoints, [16]), out,
-                 BuildSettings(backend="onnxruntime", precision="int8", batch=BATCH), show_progress=False)
+    build_bundle(
+        sources(tiny_checkpoints, [16]),
+        out,
+        BuildSettings(backend="onnxruntime", precision="int8", batch=BATCH),
+        show_progress=False,
+    )
     with pytest.raises(CalibrationError, match="fp32 engines"):
         record(out, tmp_path / "c", num=2, sampling=SAMPLING)
 
@@ -165,9 +175,12 @@ def test_fp8_is_refused_for_onnx_runtime_and_exported_as_qdq_for_tensorrt(tiny_c
     with pytest.raises(BackendUnavailableError, match="TensorRT on GPUs with fp8.*--onnx-only"):
         build_bundle(sources(tiny_checkpoints, [16]), tmp_path / "x", settings, show_progress=False)
     out = tmp_path / "fp8"
-    build_bundle(sources(tiny_checkpoints, [16, 32]), out,
-                 BuildSettings(precision="fp8", batch=BATCH, calibration=calibration.path, onnx_only=True),
-                 show_progress=False)
+    build_bundle(
+        sources(tiny_checkpoints, [16, 32]),
+        out,
+        BuildSettings(precision="fp8", batch=BATCH, calibration=calibration.path, onnx_only=True),
+        show_progress=False,
+    )
     b = Bundle(out)
     for n in (16, 32):
         assert b.entry(n).engines == {}
@@ -178,8 +191,11 @@ def test_fp8_is_refused_for_onnx_runtime_and_exported_as_qdq_for_tensorrt(tiny_c
         fp8 = onnx.TensorProto.FLOAT8E4M3FN
         produced_by = {o: nd for nd in proto.graph.node for o in nd.output}
         gemms = [nd for nd in proto.graph.node if nd.op_type in ("Gemm", "MatMul")]
-        quantised = [nd for nd in gemms if produced_by.get(nd.input[1]) is not None
-                     and produced_by[nd.input[1]].op_type == "DequantizeLinear"]
+        quantised = [
+            nd
+            for nd in gemms
+            if produced_by.get(nd.input[1]) is not None and produced_by[nd.input[1]].op_type == "DequantizeLinear"
+        ]
         assert len(quantised) == 8
         zps = {i.name: i.data_type for i in proto.graph.initializer if i.name.endswith("zero_point")}
         assert zps and set(zps.values()) == {fp8}
@@ -187,8 +203,9 @@ def test_fp8_is_refused_for_onnx_runtime_and_exported_as_qdq_for_tensorrt(tiny_c
         assert not any(nd.op_type in ("QuantizeLinear", "DequantizeLinear") for f in proto.functions for nd in f.node)
         for nd in proto.graph.node:
             if nd.op_type in ("LayerNormalization", "Softmax", "MediatorAttention"):
-                assert all(produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear"
-                           for i in nd.input), nd.name
+                assert all(
+                    produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear" for i in nd.input
+                ), nd.name
     with pytest.raises(BackendUnavailableError, match="no onnxruntime engine|has no onnxruntime"):
         from medexport import Pipeline
 
@@ -201,8 +218,25 @@ def test_the_cli_calibrates_and_builds(tiny_bundle, tiny_checkpoints, tmp_path):
     from medexport.cli import cli
 
     cal = tmp_path / "cal"
-    r = CliRunner().invoke(cli, ["calibrate", str(tiny_bundle), "--schedule", "16:0.3,32:0.6,64", "--num", "2",
-                                 "--sampler", "ode", "--method", "euler", "--steps", "9", "-o", str(cal)])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "calibrate",
+            str(tiny_bundle),
+            "--schedule",
+            "16:0.3,32:0.6,64",
+            "--num",
+            "2",
+            "--sampler",
+            "ode",
+            "--method",
+            "euler",
+            "--steps",
+            "9",
+            "-o",
+            str(cal),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "medexport build --precision int8-static --calibration" in r.output
     r = CliRunner().invoke(cli, ["calibrate", str(tiny_bundle), "--num", "2", "-o", str(cal)])
@@ -212,8 +246,17 @@ def test_the_cli_calibrates_and_builds(tiny_bundle, tiny_checkpoints, tmp_path):
     assert r.exit_code == 1 and "did not write there (NOTES.md)" in r.output
     assert (cal / "NOTES.md").read_text() == "mine"
     (cal / "NOTES.md").unlink()
-    args = ["build", "--precision", "int8-static", "--batch", "1:2:8", "--calibration", str(cal), "-o",
-            str(tmp_path / "b")] + [a for n, p in tiny_checkpoints.items() for a in ("--checkpoint", f"{n}={p}")]
+    args = [
+        "build",
+        "--precision",
+        "int8-static",
+        "--batch",
+        "1:2:8",
+        "--calibration",
+        str(cal),
+        "-o",
+        str(tmp_path / "b"),
+    ] + [a for n, p in tiny_checkpoints.items() for a in ("--checkpoint", f"{n}={p}")]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["inspect", str(tmp_path / "b")])
@@ -242,18 +285,24 @@ def _tampered(calibration, folder, count=16, rows=None, drop=(), **arrays):
 
 
 def _build_static(tiny_checkpoints, cal, out, counts=(16,)):
-    return build_bundle(sources(tiny_checkpoints, counts), out,
-                        BuildSettings(backend="onnxruntime", precision="int8-static", batch=BATCH, calibration=cal),
-                        show_progress=False)
+    return build_bundle(
+        sources(tiny_checkpoints, counts),
+        out,
+        BuildSettings(backend="onnxruntime", precision="int8-static", batch=BATCH, calibration=cal),
+        show_progress=False,
+    )
 
 
 def test_rows_of_another_shape_are_refused_before_anything_is_built(tiny_checkpoints, calibration, tmp_path):
     with np.load(calibration.path / "m16.npz") as z:
         x = z["x"]
     cal = _tampered(calibration, tmp_path / "cal", x=np.ascontiguousarray(x[:, :, :8, :8]))  # hash updated to match
-    with pytest.raises(CalibrationError, match=r"m16.npz holds rows of shape 4x8x8 where the 16-mediator model "
-                                               r"takes 4x16x16: the data was recorded for another model; record it "
-                                               r"from a bundle of this one: medexport calibrate"):
+    with pytest.raises(
+        CalibrationError,
+        match=r"m16.npz holds rows of shape 4x8x8 where the 16-mediator model "
+        r"takes 4x16x16: the data was recorded for another model; record it "
+        r"from a bundle of this one: medexport calibrate",
+    ):
         _build_static(tiny_checkpoints, cal, tmp_path / "b", counts=COUNTS)
     assert not (tmp_path / "b").exists()  # refused before anything was written
 
@@ -261,8 +310,19 @@ def test_rows_of_another_shape_are_refused_before_anything_is_built(tiny_checkpo
 
     from medexport.cli import cli
 
-    args = ["build", "--precision", "int8-static", "--batch", "1:2:16", "--calibration", str(cal), "-o",
-            str(tmp_path / "c"), "--checkpoint", f"16={tiny_checkpoints[16]}"]
+    args = [
+        "build",
+        "--precision",
+        "int8-static",
+        "--batch",
+        "1:2:16",
+        "--calibration",
+        str(cal),
+        "-o",
+        str(tmp_path / "c"),
+        "--checkpoint",
+        f"16={tiny_checkpoints[16]}",
+    ]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 1 and "holds rows of shape 4x8x8" in r.output and "Traceback" not in r.output
 
@@ -274,12 +334,21 @@ def test_the_quantiser_checks_rows_against_the_graph(tiny_bundle, calibration, t
     from medexport.quant.quantize import quantize_graph
 
     (graph,) = tiny_bundle.glob("mediators-16.fp32.onnx")
-    cal = _tampered(calibration, tmp_path / "cal", x=np.zeros((3, 4, 8, 8), np.float32),
-                    t=np.zeros(3, np.float32), y=np.zeros(3, np.int64), step=np.zeros(3, np.int32))
+    cal = _tampered(
+        calibration,
+        tmp_path / "cal",
+        x=np.zeros((3, 4, 8, 8), np.float32),
+        t=np.zeros(3, np.float32),
+        y=np.zeros(3, np.int64),
+        step=np.zeros(3, np.int32),
+    )
     data = CountData(16, cal / "m16.npz", file_sha256(cal / "m16.npz"), 3, {}, "medexport calibrate BUNDLE")
-    with pytest.raises(CalibrationError, match=r"m16.npz: its 'x' rows \(float32 3x4x8x8\) do not fit the input 'x' "
-                                               r"of mediators-16.fp32.onnx \(float32 Bx4x16x16\).*medexport "
-                                               r"calibrate BUNDLE"):
+    with pytest.raises(
+        CalibrationError,
+        match=r"m16.npz: its 'x' rows \(float32 3x4x8x8\) do not fit the input 'x' "
+        r"of mediators-16.fp32.onnx \(float32 Bx4x16x16\).*medexport "
+        r"calibrate BUNDLE",
+    ):
         quantize_graph([graph], tmp_path / "q.onnx", "int8-static", data)
     assert not (tmp_path / "q.onnx").exists() and not list(tmp_path.glob("q.onnx*"))
 
@@ -315,7 +384,22 @@ def test_calibrate_prints_its_output_path_as_text_not_markup(tiny_bundle, tmp_pa
     from medexport.cli import cli
 
     monkeypatch.chdir(tmp_path)
-    r = CliRunner().invoke(cli, ["calibrate", str(tiny_bundle), "--num", "1", "--steps", "3", "--sampler", "ode",
-                                 "--method", "euler", "-o", "odd[/]cal"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "calibrate",
+            str(tiny_bundle),
+            "--num",
+            "1",
+            "--steps",
+            "3",
+            "--sampler",
+            "ode",
+            "--method",
+            "euler",
+            "-o",
+            "odd[/]cal",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "calibration odd[/]cal" in r.output and "Traceback" not in r.output

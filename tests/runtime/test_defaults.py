@@ -6,34 +6,55 @@ import json
 import pytest
 
 from medexport.bundle import Bundle
-from medexport.errors import BundleError, SamplingError, ScheduleError
 from medexport.core.settings import SamplingSettings
+from medexport.errors import BundleError, SamplingError, ScheduleError
 
 from ..conftest import copy_bundle
 
-DEMO = SamplingSettings(sampler="ode", method="euler", steps=20, cfg_scale=3.0, cfg_channels="all",
-                        schedule="4:0.3,8:0.6,16")
+DEMO = SamplingSettings(
+    sampler="ode", method="euler", steps=20, cfg_scale=3.0, cfg_channels="all", schedule="4:0.3,8:0.6,16"
+)
 
 
 def test_defaults_are_the_reference_s():
     d = SamplingSettings()
     assert all(v is None for v in d.to_dict().values())  # nothing chosen
     r = d.resolved()
-    assert (r.sampler, r.method, r.steps, r.cfg_scale, r.cfg_channels, r.schedule, r.last_step, r.last_step_size) \
-        == ("sde", "euler", 250, 1.0, "3", None, "mean", 0.04)
+    assert (r.sampler, r.method, r.steps, r.cfg_scale, r.cfg_channels, r.schedule, r.last_step, r.last_step_size) == (
+        "sde",
+        "euler",
+        250,
+        1.0,
+        "3",
+        None,
+        "mean",
+        0.04,
+    )
     assert SamplingSettings(sampler="ode").resolved().method == "dopri5"
-    assert d.recommendation() == {"sampler": "sde", "method": None, "steps": None, "cfg_scale": 1.0,
-                                  "cfg_channels": "3", "schedule": None}
+    assert d.recommendation() == {
+        "sampler": "sde",
+        "method": None,
+        "steps": None,
+        "cfg_scale": 1.0,
+        "cfg_channels": "3",
+        "schedule": None,
+    }
 
 
 def test_override_keeps_what_the_user_leaves_out():
     assert DEMO.override() == DEMO
     assert DEMO.override(steps=8, schedule="16") == SamplingSettings(
-        sampler="ode", method="euler", steps=8, cfg_scale=3.0, cfg_channels="all", schedule="16")
+        sampler="ode", method="euler", steps=8, cfg_scale=3.0, cfg_channels="all", schedule="16"
+    )
     # another sampler: the recorded method and steps belonged to the recorded one
     sde = DEMO.override(sampler="sde")
-    assert (sde.method, sde.steps, sde.resolved_steps, sde.cfg_scale, sde.schedule) == (None, None, 250, 3.0,
-                                                                                      "4:0.3,8:0.6,16")
+    assert (sde.method, sde.steps, sde.resolved_steps, sde.cfg_scale, sde.schedule) == (
+        None,
+        None,
+        250,
+        3.0,
+        "4:0.3,8:0.6,16",
+    )
     assert DEMO.override(sampler="ode").method == "euler"
 
 
@@ -43,17 +64,20 @@ def test_schedules_are_stored_canonically_and_round_trip():
     assert SamplingSettings.from_dict(json.loads(json.dumps(d.to_dict()))) == d
 
 
-@pytest.mark.parametrize("fields, message", [
-    (dict(sampler="euler"), "unknown sampler"),
-    (dict(sampler="sde", method="dopri5"), "dopri5 is an ode method"),
-    (dict(steps=1), "steps must be"),
-    (dict(cfg_scale=0.5), "below 1"),
-    (dict(cfg_scale=float("nan")), "below 1"),
-    (dict(cfg_channels="2"), "'3'"),
-    (dict(schedule=16.5), "schedule is text"),
-    (dict(steps=10**12), "steps must be"),
-    (dict(cfg_channels=0), "'3'"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(sampler="euler"), "unknown sampler"),
+        (dict(sampler="sde", method="dopri5"), "dopri5 is an ode method"),
+        (dict(steps=1), "steps must be"),
+        (dict(cfg_scale=0.5), "below 1"),
+        (dict(cfg_scale=float("nan")), "below 1"),
+        (dict(cfg_channels="2"), "'3'"),
+        (dict(schedule=16.5), "schedule is text"),
+        (dict(steps=10**12), "steps must be"),
+        (dict(cfg_channels=0), "'3'"),
+    ],
+)
 def test_bad_settings_are_refused(fields, message):
     with pytest.raises((SamplingError, ScheduleError), match=message):
         SamplingSettings(**fields)
@@ -80,13 +104,16 @@ def test_bundle_without_a_record_uses_the_reference_defaults(tiny_bundle, tmp_pa
     assert SamplingSettings(schedule=16).schedule == "16"  # one count for every step
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("sampling", {"sampler": "ode", "steps": "many"}, "'sampling'"),
-    ("sampling", {"cfg_scale": 2, "colour": "red"}, "'sampling'"),
-    ("sampling", {"schedule": "16:0.3,"}, "'sampling'"),
-    ("data", {"space": "latent"}, "'data'"),
-    ("data", "fashion-mnist", "'data'"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("sampling", {"sampler": "ode", "steps": "many"}, "'sampling'"),
+        ("sampling", {"cfg_scale": 2, "colour": "red"}, "'sampling'"),
+        ("sampling", {"schedule": "16:0.3,"}, "'sampling'"),
+        ("data", {"space": "latent"}, "'data'"),
+        ("data", "fashion-mnist", "'data'"),
+    ],
+)
 def test_malformed_records_are_refused(tiny_bundle, tmp_path, field, value, message):
     path = copy_bundle(tiny_bundle, tmp_path / "b")
     manifest = json.loads((path / "manifest.json").read_text())

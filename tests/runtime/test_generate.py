@@ -18,8 +18,22 @@ from medexport.core.request import SampleRequest, image_seed
 from tests.conftest import tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
-ARGS = ["--num", "10", "--batch", "3", "--sampler", "sde", "--steps", "6", "--cfg-scale", "2",
-        "--schedule", "16:0.5,64", "--threads", "1"]
+ARGS = [
+    "--num",
+    "10",
+    "--batch",
+    "3",
+    "--sampler",
+    "sde",
+    "--steps",
+    "6",
+    "--cfg-scale",
+    "2",
+    "--schedule",
+    "16:0.5,64",
+    "--threads",
+    "1",
+]
 
 
 def run(*args):
@@ -37,8 +51,9 @@ def test_each_image_depends_on_its_own_seed_only():
     seeds, labels = [image_seed(3, i) for i in range(4)], [1, 2, 3, 4]
     kw = dict(sampler="sde", steps=6, cfg_scale=2.0, schedule="16:0.5,64")
     whole = pipe.run(SampleRequest(labels, image_seeds=seeds, **kw)).latents
-    parts = torch.cat([pipe.run(SampleRequest(labels[i:i + 1], image_seeds=seeds[i:i + 1], **kw)).latents
-                       for i in range(4)])
+    parts = torch.cat(
+        [pipe.run(SampleRequest(labels[i : i + 1], image_seeds=seeds[i : i + 1], **kw)).latents for i in range(4)]
+    )
     assert (parts - whole).abs().max() < 1e-5  # batch composition changes float rounding only
     with pytest.raises(Exception, match="seed or image_seeds"):
         SampleRequest(labels, seed=1, image_seeds=seeds)
@@ -96,11 +111,23 @@ def _ranks(tiny_bundle, out, per_rank_args, timeout=240):
     port = _free_port()
     procs = []
     for rank, extra in enumerate(per_rank_args):
-        env = {**os.environ, "WORLD_SIZE": str(len(per_rank_args)), "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, str(REPO / "cli.py"), "generate", str(tiny_bundle), "-o",
-                                       str(out), *ARGS, *extra], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        env = {
+            **os.environ,
+            "WORLD_SIZE": str(len(per_rank_args)),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(REPO / "cli.py"), "generate", str(tiny_bundle), "-o", str(out), *ARGS, *extra],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     return [(p.wait(timeout=timeout), p.stdout.read()) for p in procs]
 
 
@@ -176,8 +203,11 @@ def test_the_gather_merges_only_vouched_shards(tiny_bundle, tmp_path):
     shard = out / "shards" / "block-000003.npz"
     with np.load(shard) as z:
         _rewrite_shard(shard, samples=z["samples"] * 0)  # changed after its rank vouched for it, before the gather
-    with pytest.raises(SamplingError, match=r"1 blocks are missing or do not match the run's record \(3\): run the "
-                                            r"same command again"):
+    with pytest.raises(
+        SamplingError,
+        match=r"1 blocks are missing or do not match the run's record \(3\): run the "
+        r"same command again",
+    ):
         _gather(out, spec, [], None, 1)
     record = json.loads((out / "generate.json").read_text())
     del record["shards"]["block-000000.npz"]  # a shard the record does not vouch for
@@ -187,8 +217,15 @@ def test_the_gather_merges_only_vouched_shards(tiny_bundle, tmp_path):
         _gather(out, spec, [], None, 1)
 
 
-@pytest.mark.parametrize("text", ["[]", "{not json", '{"kind": "medexport-generate", "key": 1}',
-                                  '{"kind": "medexport-generate", "key": "k", "shards": []}'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[]",
+        "{not json",
+        '{"kind": "medexport-generate", "key": 1}',
+        '{"kind": "medexport-generate", "key": "k", "shards": []}',
+    ],
+)
 def test_a_record_that_is_not_one_is_a_clear_error(tiny_bundle, tmp_path, text):
     out = tmp_path / "run"
     (out / "shards").mkdir(parents=True)
@@ -232,8 +269,10 @@ def test_a_lock_path_that_is_not_a_file_is_refused_before_it_is_opened(tiny_bund
     (out / "generate.lock").mkdir(parents=True)
     r = run("generate", tiny_bundle, "-o", out, *ARGS)
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
-    assert f"{out / 'generate.lock'} is a folder, not a lock file (not made by medexport): remove it, or choose " \
-           f"another --output" in r.output, r.output
+    assert (
+        f"{out / 'generate.lock'} is a folder, not a lock file (not made by medexport): remove it, or choose "
+        f"another --output" in r.output
+    ), r.output
     assert sorted(p.name for p in out.iterdir()) == ["generate.lock"]  # nothing written
     (out / "generate.lock").rmdir()
     (out / "shards" / "record.lock").mkdir(parents=True)
@@ -286,8 +325,15 @@ def test_two_runs_into_one_folder_at_once(tiny_bundle, tmp_path):
     """Started together: one finishes the run, the other says that the folder is taken (or, started after the
     first one finished, resumes it with nothing to do); nothing crashes and no block is sampled twice."""
     out = tmp_path / "run"
-    procs = [subprocess.Popen([sys.executable, str(REPO / "cli.py"), "generate", str(tiny_bundle), "-o", str(out),
-                               *ARGS], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "cli.py"), "generate", str(tiny_bundle), "-o", str(out), *ARGS],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=240), p.stdout.read()) for p in procs]
     assert all(rc in (0, 1) for rc, _ in results), results
     assert all("Traceback" not in text for _, text in results), results

@@ -7,7 +7,7 @@ import torch
 
 from medexport import Pipeline
 from medexport.backend import Runner
-from medexport.errors import ScheduleError, SamplingError
+from medexport.errors import SamplingError, ScheduleError
 from medexport.runtime import AdaptiveSchedule
 from tests.conftest import COUNTS, TINY, tiny_model
 
@@ -16,22 +16,35 @@ CASES = [
     dict(sampler="sde", method="euler", steps=6, cfg_scale=4.0, schedule="16:0.5,64"),
     dict(sampler="sde", method="heun", steps=4, cfg_scale=1.5, schedule="32"),
     dict(sampler="ode", method="heun", steps=5, cfg_scale=4.0, cfg_channels="all", schedule="16:0.5,32"),
-    dict(sampler="ode", method="euler", steps=10, cfg_scale=4.0,
-         schedule="adaptive:16,32,64:ratios=0.95,0.9:warmup=2"),
-    dict(sampler="sde", method="euler", steps=8, cfg_scale=1.0,
-         schedule="adaptive:16,64:ratios=0.95:warmup=2:distance=mse"),
-    dict(sampler="ode", method="euler", steps=10, cfg_scale=4.0,
-         schedule="adaptive:16,32,64:ratios=0.97,0.9:warmup=2:per-sample"),
+    dict(sampler="ode", method="euler", steps=10, cfg_scale=4.0, schedule="adaptive:16,32,64:ratios=0.95,0.9:warmup=2"),
+    dict(
+        sampler="sde",
+        method="euler",
+        steps=8,
+        cfg_scale=1.0,
+        schedule="adaptive:16,64:ratios=0.95:warmup=2:distance=mse",
+    ),
+    dict(
+        sampler="ode",
+        method="euler",
+        steps=10,
+        cfg_scale=4.0,
+        schedule="adaptive:16,32,64:ratios=0.97,0.9:warmup=2:per-sample",
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def pipelines(tiny_bundle):
-    return {"onnxruntime": Pipeline.from_bundle(tiny_bundle, backend="onnxruntime"),
-            "torch": Pipeline.from_bundle(tiny_bundle, backend="torch")}
+    return {
+        "onnxruntime": Pipeline.from_bundle(tiny_bundle, backend="onnxruntime"),
+        "torch": Pipeline.from_bundle(tiny_bundle, backend="torch"),
+    }
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['sampler']}-{c['method']}-cfg{c['cfg_scale']}-{c['schedule'][:8]}")
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: f"{c['sampler']}-{c['method']}-cfg{c['cfg_scale']}-{c['schedule'][:8]}"
+)
 def test_onnxruntime_and_pytorch_pipelines_agree(pipelines, case):
     results = {k: p.sample([1, 7, 3], seed=5, **case) for k, p in pipelines.items()}
     a, b = results["onnxruntime"].latents, results["torch"].latents
@@ -47,8 +60,12 @@ def test_onnxruntime_and_pytorch_pipelines_agree(pipelines, case):
 def test_from_checkpoints_equals_bundle_reference(pipelines, tiny_checkpoints):
     pipe = Pipeline.from_checkpoints(dict(tiny_checkpoints))
     kw = dict(sampler="ode", method="euler", steps=5, cfg_scale=2.0, schedule="16:0.5,64")
-    torch.testing.assert_close(pipe.sample([2, 4], seed=1, **kw).latents,
-                               pipelines["torch"].sample([2, 4], seed=1, **kw).latents, rtol=0, atol=0)
+    torch.testing.assert_close(
+        pipe.sample([2, 4], seed=1, **kw).latents,
+        pipelines["torch"].sample([2, 4], seed=1, **kw).latents,
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_fixed_schedule_serves_exactly_the_steps_it_names(pipelines):
@@ -100,19 +117,25 @@ def test_batch_outside_engine_range_is_split(pipelines):
     assert (a - b).abs().max() / b.abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("kwargs,error,message", [
-    (dict(labels=[10]), SamplingError, "outside 0..9"),
-    (dict(labels=[-1]), SamplingError, "outside 0..9"),
-    (dict(labels=[]), SamplingError, "no labels"),
-    (dict(labels=[1], schedule="16:0.5,128"), ScheduleError, "128"),
-    (dict(labels=[1], schedule="16:0.7,32:0.3,64"), ScheduleError, "fractions must increase"),
-    (dict(labels=[1], schedule="16;0.5"), ScheduleError, "character"),
-    (dict(labels=[1], steps=1), SamplingError, "steps"),
-    (dict(labels=[1], cfg_scale=0.5), SamplingError, "below 1"),
-    (dict(labels=[1], noise=torch.zeros(2, 4, 16, 16)), SamplingError, "noise must be"),
-    (dict(labels=[1], sampler="ode", method="dopri5", schedule="adaptive:16,32:ratios=0.5"), SamplingError,
-     "fixed-step"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        (dict(labels=[10]), SamplingError, "outside 0..9"),
+        (dict(labels=[-1]), SamplingError, "outside 0..9"),
+        (dict(labels=[]), SamplingError, "no labels"),
+        (dict(labels=[1], schedule="16:0.5,128"), ScheduleError, "128"),
+        (dict(labels=[1], schedule="16:0.7,32:0.3,64"), ScheduleError, "fractions must increase"),
+        (dict(labels=[1], schedule="16;0.5"), ScheduleError, "character"),
+        (dict(labels=[1], steps=1), SamplingError, "steps"),
+        (dict(labels=[1], cfg_scale=0.5), SamplingError, "below 1"),
+        (dict(labels=[1], noise=torch.zeros(2, 4, 16, 16)), SamplingError, "noise must be"),
+        (
+            dict(labels=[1], sampler="ode", method="dopri5", schedule="adaptive:16,32:ratios=0.5"),
+            SamplingError,
+            "fixed-step",
+        ),
+    ],
+)
 def test_bad_input_is_refused_before_any_work(tiny_bundle, kwargs, error, message):
     calls = []
 
@@ -141,16 +164,19 @@ def test_nan_from_an_engine_names_step_and_engine():
         pipe.sample([1], sampler="ode", method="euler", steps=6, schedule="16:0.5,64")
 
 
-@pytest.mark.parametrize("labels, seed, message", [
-    ([1.5, 2], 0, "must be integers"),
-    (["shirt"], 0, "must be integers"),
-    ("1,2", 0, "list of integer class labels"),
-    (torch.tensor([1.0]), 0, "float32 tensor"),
-    ([True], 0, "must be integers"),
-    ([1], 1.5, "seed must be an integer"),
-    ([1], 2**64, "seed must be an integer"),
-    ([], 0, "no labels"),
-])
+@pytest.mark.parametrize(
+    "labels, seed, message",
+    [
+        ([1.5, 2], 0, "must be integers"),
+        (["shirt"], 0, "must be integers"),
+        ("1,2", 0, "list of integer class labels"),
+        (torch.tensor([1.0]), 0, "float32 tensor"),
+        ([True], 0, "must be integers"),
+        ([1], 1.5, "seed must be an integer"),
+        ([1], 2**64, "seed must be an integer"),
+        ([], 0, "no labels"),
+    ],
+)
 def test_wrong_types_into_the_api(labels, seed, message):
     pipe = Pipeline.from_models({16: tiny_model(16)}, device="cpu")
     with pytest.raises(SamplingError, match=message):
@@ -165,8 +191,10 @@ def test_integer_like_labels_and_an_int_schedule_are_fine():
     assert r.latents.shape[0] == 2 and r.settings["schedule"] == "16"
 
 
-@pytest.mark.parametrize("device, error", [("meta", "not supported"), ("tpu", "unknown device"), ("garbage", "unknown device"),
-                                           ("cuda:7", "CUDA GPU")])
+@pytest.mark.parametrize(
+    "device, error",
+    [("meta", "not supported"), ("tpu", "unknown device"), ("garbage", "unknown device"), ("cuda:7", "CUDA GPU")],
+)
 def test_devices_that_do_not_exist_are_refused(tiny_bundle, device, error):
     from medexport.errors import MedexportError
 
@@ -180,23 +208,26 @@ def test_a_request_is_a_json_round_trip_and_runs_like_the_keyword_form():
     from medexport.core.request import SampleRequest
 
     pipe = Pipeline.from_models({16: tiny_model(16), 32: tiny_model(32)}, device="cpu")
-    request = SampleRequest([1, 2], seed=5, sampler="ode", method="euler", steps=4, cfg_scale=2.0,
-                            schedule="16:0.5,32")
+    request = SampleRequest([1, 2], seed=5, sampler="ode", method="euler", steps=4, cfg_scale=2.0, schedule="16:0.5,32")
     again = SampleRequest.from_dict(json.loads(json.dumps(request.to_dict())))
     assert again == request
     by_request = pipe.run(again)
-    by_keywords = pipe.sample([1, 2], seed=5, sampler="ode", method="euler", steps=4, cfg_scale=2.0,
-                              schedule="16:0.5,32")
+    by_keywords = pipe.sample(
+        [1, 2], seed=5, sampler="ode", method="euler", steps=4, cfg_scale=2.0, schedule="16:0.5,32"
+    )
     assert torch.equal(by_request.latents, by_keywords.latents)
     assert [e.mediators for e in by_request.trace] == [e.mediators for e in by_keywords.trace]
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"labels": [1], "guidance": 4}, "unknown request field"),
-    ({"seed": 1}, "needs 'labels'"),
-    ([1, 2], "a JSON object"),
-    ({"labels": [1], "check_finite": "yes"}, "check_finite must be true or false"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"labels": [1], "guidance": 4}, "unknown request field"),
+        ({"seed": 1}, "needs 'labels'"),
+        ([1, 2], "a JSON object"),
+        ({"labels": [1], "check_finite": "yes"}, "check_finite must be true or false"),
+    ],
+)
 def test_bad_requests_say_what_is_wrong(data, message):
     from medexport.core.request import SampleRequest
 
@@ -211,8 +242,9 @@ def test_warmup_opens_every_engine_before_the_first_step(tiny_bundle):
 
     pipe = Pipeline.from_bundle(tiny_bundle, backend="onnxruntime", threads=1)
     assert all(r.session is None for r in pipe.runners.values())  # opened on first use, as before
-    request = SampleRequest([1, 2, 3], seed=0, sampler="ode", method="euler", steps=5, cfg_scale=2.0,
-                            schedule="16:0.3,32:0.6,64")
+    request = SampleRequest(
+        [1, 2, 3], seed=0, sampler="ode", method="euler", steps=5, cfg_scale=2.0, schedule="16:0.3,32:0.6,64"
+    )
     seconds = pipe.warmup(request)
     assert sorted(seconds) == pipe.counts and all(s > 0 for s in seconds.values())
     sessions = {n: r.session for n, r in pipe.runners.items()}
@@ -236,6 +268,7 @@ def test_warmup_runs_each_engine_twice_per_batch():
         def f(x, t, y):
             calls.append((n, x.shape[0]))
             return np.zeros_like(x)
+
         return f
 
     warmup({4: forward(4), 16: forward(16)}, xp=NUMPY, shape=ModelShape(1, 8, 10), batches=[6, 2, 6])
@@ -251,9 +284,16 @@ def test_warmup_refuses_batches_that_are_not_batch_sizes(tiny_bundle):
 
     pipe = Pipeline.from_bundle(tiny_bundle, backend="onnxruntime", threads=1)
     lite = LitePipeline.from_bundle(tiny_bundle, threads=1)
-    for bad, message in (([-2], r"got \[-2\]"), ([4, 0], r"got \[0\]"), ([1.5], r"got \[1.5\]"),
-                         ([True], r"got \[True\]"), ([], "got an empty list"), ([1 << 22], r"got \[4194304\]"),
-                         (4, "must be a list of batch sizes"), ("8", "must be a list of batch sizes")):
+    for bad, message in (
+        ([-2], r"got \[-2\]"),
+        ([4, 0], r"got \[0\]"),
+        ([1.5], r"got \[1.5\]"),
+        ([True], r"got \[True\]"),
+        ([], "got an empty list"),
+        ([1 << 22], r"got \[4194304\]"),
+        (4, "must be a list of batch sizes"),
+        ("8", "must be a list of batch sizes"),
+    ):
         for p in (pipe, lite):
             with pytest.raises(SamplingError, match=rf"^batches .*{message}"):
                 p.warmup(batches=bad)

@@ -194,8 +194,13 @@ def test_sde_step_info_and_on_step():
     calls, steps_seen = [], []
     settings = SamplingSettings(steps=6)
     x0 = noise()
-    final = sample(as_velocity(field, calls), x0, settings, generator=torch.Generator().manual_seed(0),
-                   on_step=lambda info, x: steps_seen.append((info, x.clone())))
+    final = sample(
+        as_velocity(field, calls),
+        x0,
+        settings,
+        generator=torch.Generator().manual_seed(0),
+        on_step=lambda info, x: steps_seen.append((info, x.clone())),
+    )
     grid = torch.linspace(0, 0.96, 6, dtype=torch.float32)
     infos = [info for info, _ in steps_seen]
     assert [i.index for i in infos] == list(range(6))  # 5 stochastic steps + the "mean" step
@@ -212,8 +217,12 @@ def test_sde_step_info_and_on_step():
 
 def test_heun_second_evaluation_is_at_the_step_end():
     calls = []
-    sample(as_velocity(field, calls), noise(), SamplingSettings(steps=5, method="heun", last_step="none"),
-           generator=torch.Generator().manual_seed(0))
+    sample(
+        as_velocity(field, calls),
+        noise(),
+        SamplingSettings(steps=5, method="heun", last_step="none"),
+        generator=torch.Generator().manual_seed(0),
+    )
     grid = torch.linspace(0, 0.999, 5, dtype=torch.float32).double()
     times = [float(t[0]) for _, t in calls]
     assert times[0::2] == pytest.approx([float(t) for t in grid[:-1]])
@@ -291,12 +300,17 @@ def test_a_sampler_is_one_registered_file():
     from medexport.tune import step_grid
 
     assert METHODS["ode"] == ("euler", "heun", "midpoint", "dopri5") and samplers.fixed_methods("sde") == (
-        "euler", "heun")
+        "euler",
+        "heun",
+    )
     s = SamplingSettings("ode", method="midpoint", steps=8)
     assert (s.evaluations_per_step, s.num_model_steps, s.num_evaluations) == (2, 7, 14)
     assert ("midpoint", 8) in step_grid(s, steps=[8], methods=["midpoint"])
-    with pytest.raises(SamplingError, match="unknown sde method 'midpoint': choose one of euler, heun "
-                                            r"\(midpoint is an ode method: use --sampler ode\)"):
+    with pytest.raises(
+        SamplingError,
+        match="unknown sde method 'midpoint': choose one of euler, heun "
+        r"\(midpoint is an ode method: use --sampler ode\)",
+    ):
         SamplingSettings("sde", method="midpoint")
     x = np.ones((2, 3), np.float32)  # the numpy core runs it: dx/dt = -x, one midpoint step of 1/2
     got = samplers.sample(NUMPY, lambda x, t, step: -x, x, SamplingSettings("ode", method="midpoint", steps=3))
@@ -326,8 +340,14 @@ def test_dopri5_step_info_and_trace():
     assert [(s.index, s.num_steps) for s in seen] == [(i, 4) for i in range(4)]
     # The output points do not steer dopri5: the end state is the one of a solve over [0, 1], here written
     # as the reference's ``_fn`` (float32 state, so the same arithmetic bit for bit).
-    direct = torchdiffeq.odeint(lambda t, x: field(x, torch.ones(x.shape[0]) * t), x0, torch.tensor([0.0, 1.0]),
-                                method="dopri5", atol=1e-6, rtol=1e-3)[-1]
+    direct = torchdiffeq.odeint(
+        lambda t, x: field(x, torch.ones(x.shape[0]) * t),
+        x0,
+        torch.tensor([0.0, 1.0]),
+        method="dopri5",
+        atol=1e-6,
+        rtol=1e-3,
+    )[-1]
     torch.testing.assert_close(got, direct, atol=0, rtol=0)
 
 
@@ -341,8 +361,12 @@ def test_dopri5_without_torchdiffeq_says_what_to_install(monkeypatch):
 
 def test_ode_step_info():
     calls, seen = [], []
-    sample(as_velocity(field, calls), noise(), SamplingSettings("ode", method="heun", steps=5),
-           on_step=lambda info, x: seen.append(info))
+    sample(
+        as_velocity(field, calls),
+        noise(),
+        SamplingSettings("ode", method="heun", steps=5),
+        on_step=lambda info, x: seen.append(info),
+    )
     assert [(s.index, s.num_steps, s.progress) for s in seen] == [(i, 4, i / 4) for i in range(4)]
     assert [info for info, _ in calls] == [s for s in seen for _ in range(2)]
 
@@ -351,8 +375,10 @@ def test_ode_step_info():
 # Failures and settings
 
 
-@pytest.mark.parametrize("settings", [SamplingSettings(steps=10), SamplingSettings("ode", method="euler", steps=10),
-                                      SamplingSettings("ode", steps=10)])
+@pytest.mark.parametrize(
+    "settings",
+    [SamplingSettings(steps=10), SamplingSettings("ode", method="euler", steps=10), SamplingSettings("ode", steps=10)],
+)
 def test_non_finite_state_names_the_step(settings):
     def velocity(x, t, step):
         v = field(x, t)
@@ -415,8 +441,9 @@ def test_settings_defaults_and_resolution():
     assert SamplingSettings(steps=8, last_step="none").num_model_steps == 7
     assert SamplingSettings(steps=8, last_step="none").grid_end == pytest.approx(0.999)
     # The reference's spellings are accepted and stored in lower case.
-    assert SamplingSettings("SDE", method="Heun", last_step="Mean") == SamplingSettings("sde", method="heun",
-                                                                                       last_step="mean")
+    assert SamplingSettings("SDE", method="Heun", last_step="Mean") == SamplingSettings(
+        "sde", method="heun", last_step="mean"
+    )
     # None is "not chosen": the reference's default once resolved; a method alone is checked once its sampler is.
     assert SamplingSettings(last_step=None).resolved().last_step == "mean"
     with pytest.raises(SamplingError, match="sde method"):
@@ -430,8 +457,7 @@ def test_settings_defaults_and_resolution():
 def test_the_grid_is_torchs_linspace_bit_for_bit(steps, end):
     from medexport.core.settings import linspace_f32
 
-    np.testing.assert_array_equal(linspace_f32(end, steps),
-                                  torch.linspace(0, end, steps, dtype=torch.float32).numpy())
+    np.testing.assert_array_equal(linspace_f32(end, steps), torch.linspace(0, end, steps, dtype=torch.float32).numpy())
 
 
 def test_step_info_is_frozen():

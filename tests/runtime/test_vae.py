@@ -56,8 +56,9 @@ def test_missing_diffusers_is_a_clear_error(tmp_path, monkeypatch):
         load_vae(tmp_path)
 
 
-def _vae_folder(path, config='{"_class_name": "AutoencoderKL", "latent_channels": 4}',
-                weights="diffusion_pytorch_model.safetensors"):
+def _vae_folder(
+    path, config='{"_class_name": "AutoencoderKL", "latent_channels": 4}', weights="diffusion_pytorch_model.safetensors"
+):
     path.mkdir(exist_ok=True)
     if config is not None:
         (path / "config.json").write_bytes(config if isinstance(config, bytes) else config.encode())
@@ -66,16 +67,21 @@ def _vae_folder(path, config='{"_class_name": "AutoencoderKL", "latent_channels"
     return path
 
 
-@pytest.mark.parametrize("folder, message", [
-    (dict(config=None), "is not a diffusers AutoencoderKL folder (no config.json)"),
-    (dict(config='{"_class_name": "AutoencoderKL",'), "config.json is not valid JSON"),
-    (dict(config=b"\xff\xfe{}"), "config.json is not valid JSON"),
-    (dict(config='{"_class_name": "UNet2DConditionModel"}'), "is a config of 'UNet2DConditionModel', not of a "
-                                                              "diffusers AutoencoderKL"),
-    (dict(config='["AutoencoderKL"]'), "is not a diffusers model config, not of a diffusers AutoencoderKL"),
-    (dict(weights=None), "has no weights"),
-    (dict(weights="model.ckpt"), "has no weights"),
-])
+@pytest.mark.parametrize(
+    "folder, message",
+    [
+        (dict(config=None), "is not a diffusers AutoencoderKL folder (no config.json)"),
+        (dict(config='{"_class_name": "AutoencoderKL",'), "config.json is not valid JSON"),
+        (dict(config=b"\xff\xfe{}"), "config.json is not valid JSON"),
+        (
+            dict(config='{"_class_name": "UNet2DConditionModel"}'),
+            "is a config of 'UNet2DConditionModel', not of a diffusers AutoencoderKL",
+        ),
+        (dict(config='["AutoencoderKL"]'), "is not a diffusers model config, not of a diffusers AutoencoderKL"),
+        (dict(weights=None), "has no weights"),
+        (dict(weights="model.ckpt"), "has no weights"),
+    ],
+)
 def test_junk_vae_folders_are_refused_without_diffusers(tmp_path, folder, message):
     from medexport.runtime.vae import check_vae_folder
 

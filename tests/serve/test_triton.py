@@ -38,11 +38,17 @@ def triton_venv(request):
     if not (site / "pytriton" / "tritonserver" / "bin" / "tritonserver").is_file():
         try:
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(root)], check=True, capture_output=True)
-            subprocess.run([str(python), "-m", "pip", "install", "-q", "nvidia-pytriton", "numpy<2", "onnxruntime"],
-                           check=True, capture_output=True, timeout=900)
+            subprocess.run(
+                [str(python), "-m", "pip", "install", "-q", "nvidia-pytriton", "numpy<2", "onnxruntime"],
+                check=True,
+                capture_output=True,
+                timeout=900,
+            )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-            pytest.skip(f"PyTriton could not be installed into its own environment ({e}): the Triton tests need "
-                        f"the package index")
+            pytest.skip(
+                f"PyTriton could not be installed into its own environment ({e}): the Triton tests need "
+                f"the package index"
+            )
     return python, site
 
 
@@ -54,24 +60,47 @@ def _port() -> int:
 
 @pytest.fixture(scope="module")
 def repo(tiny_bundle, tmp_path_factory):
-    return export_triton(tiny_bundle, tmp_path_factory.mktemp("triton") / "repo", sampler_instances=4,
-                         queue_delay_us=2000)
+    return export_triton(
+        tiny_bundle, tmp_path_factory.mktemp("triton") / "repo", sampler_instances=4, queue_delay_us=2000
+    )
 
 
 def _server(venv, repo: Path, work: Path):
     python, site = venv
     server = work / "tritonserver"  # PyTriton's layout: the stub of this Python goes into the python backend
     shutil.copytree(site / "pytriton" / "tritonserver", server, ignore=shutil.ignore_patterns("python_backend_stubs"))
-    shutil.copy(site / "pytriton" / "tritonserver" / "python_backend_stubs" / PY / "triton_python_backend_stub",
-                server / "backends" / "python" / "triton_python_backend_stub")
-    env = {**os.environ, "LD_LIBRARY_PATH": f"{site / 'nvidia_pytriton.libs'}:{sysconfig.get_config_var('LIBDIR')}",
-           "PATH": f"{python.parent}:{os.environ['PATH']}"}
+    shutil.copy(
+        site / "pytriton" / "tritonserver" / "python_backend_stubs" / PY / "triton_python_backend_stub",
+        server / "backends" / "python" / "triton_python_backend_stub",
+    )
+    env = {
+        **os.environ,
+        "LD_LIBRARY_PATH": f"{site / 'nvidia_pytriton.libs'}:{sysconfig.get_config_var('LIBDIR')}",
+        "PATH": f"{python.parent}:{os.environ['PATH']}",
+    }
     ports = [_port() for _ in range(3)]
-    proc = subprocess.Popen([str(server / "bin" / "tritonserver"), "--model-repository", str(repo),
-                             "--backend-directory", str(server / "backends"), "--http-address", "127.0.0.1",
-                             "--grpc-address", "127.0.0.1", "--http-port", str(ports[0]), "--grpc-port",
-                             str(ports[1]), "--metrics-port", str(ports[2])],
-                            env=env, stdout=open(work / "server.log", "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            str(server / "bin" / "tritonserver"),
+            "--model-repository",
+            str(repo),
+            "--backend-directory",
+            str(server / "backends"),
+            "--http-address",
+            "127.0.0.1",
+            "--grpc-address",
+            "127.0.0.1",
+            "--http-port",
+            str(ports[0]),
+            "--grpc-port",
+            str(ports[1]),
+            "--metrics-port",
+            str(ports[2]),
+        ],
+        env=env,
+        stdout=open(work / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -90,8 +119,12 @@ def _serve_and_ask(venv, repo: Path, work: Path) -> dict:
     """Serve ``repo`` and run triton_client.py against it (its inputs and expected arrays are in ``work``)."""
     proc, port = _server(venv, repo, work)
     try:
-        out = subprocess.run([str(venv[0]), str(HERE / "triton_client.py"), str(port), str(work)],
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [str(venv[0]), str(HERE / "triton_client.py"), str(port), str(work)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -119,7 +152,9 @@ def test_the_repository_is_served_for_real(triton_venv, repo, tiny_bundle, tmp_p
     assert r["seeded_equal"] and r["image_seed_equal"]  # and from the same seeds: bit for bit, as LitePipeline
     assert "outside 0..9" in r["bad_label"] and "128" in r["bad_schedule"]
     assert r["concurrent_shapes"] == [[2, 4, 16, 16]] * 4  # still serving after the bad requests
-    print("triton:", json.dumps(r | {"pipeline_in_process_seconds": in_process}))  # the numbers the closing note quotes (pytest -s)
+    print(
+        "triton:", json.dumps(r | {"pipeline_in_process_seconds": in_process})
+    )  # the numbers the closing note quotes (pytest -s)
 
 
 def test_config_files_parse_with_tritons_model_config(triton_venv, repo, tmp_path):
@@ -128,11 +163,13 @@ def test_config_files_parse_with_tritons_model_config(triton_venv, repo, tmp_pat
         path = tmp_path / f"{variant}.pbtxt"
         path.write_text(count_config(16, variant, (4, 16, 16), 8, 2, 500, 1))
         files.append(path)
-    script = ("import sys; from google.protobuf import text_format; "
-              "from tritonclient.grpc import model_config_pb2 as m\n"
-              "for f in sys.argv[1:]:\n"
-              "    c = text_format.Parse(open(f).read(), m.ModelConfig())\n"
-              "    print(c.name, c.platform or c.backend, c.max_batch_size, len(c.input), c.HasField('dynamic_batching'))")
+    script = (
+        "import sys; from google.protobuf import text_format; "
+        "from tritonclient.grpc import model_config_pb2 as m\n"
+        "for f in sys.argv[1:]:\n"
+        "    c = text_format.Parse(open(f).read(), m.ModelConfig())\n"
+        "    print(c.name, c.platform or c.backend, c.max_batch_size, len(c.input), c.HasField('dynamic_batching'))"
+    )
     out = subprocess.run([str(triton_venv[0]), "-c", script, *map(str, files)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split("\n")

@@ -47,7 +47,9 @@ out["rel_diff"] = float(np.linalg.norm(got - want) / np.linalg.norm(want))
 # The same request as Pipeline.run and LitePipeline.run got: the seed alone, then one image by its own seed.
 seeded = client.infer("medexport_sampler", inputs([0, 1, 2], seed=5)).as_numpy("samples")
 out["seeded_equal"] = bool(np.array_equal(seeded, np.load(work / "seeded.npy")))
-one = client.infer("medexport_sampler", inputs([2], image_seeds=[int(np.load(work / "seeds.npy")[2])])).as_numpy("samples")
+one = client.infer("medexport_sampler", inputs([2], image_seeds=[int(np.load(work / "seeds.npy")[2])])).as_numpy(
+    "samples"
+)
 out["image_seed_equal"] = bool(np.array_equal(one, seeded[2:]))
 for name, args in (("bad_label", ([0, 99],)), ("bad_schedule", ([0], None, "16:0.5,128"))):
     try:

@@ -15,8 +15,22 @@ from medexport.model import read_checkpoint
 from ..data.fake_idx import write_fake
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--depth", "1", "--hidden-size", "32", "--num-heads", "2", "--batch-size", "8", "--limit", "64",
-        "--ckpt-every", "2", "--log-every", "1"]
+TINY = [
+    "--depth",
+    "1",
+    "--hidden-size",
+    "32",
+    "--num-heads",
+    "2",
+    "--batch-size",
+    "8",
+    "--limit",
+    "64",
+    "--ckpt-every",
+    "2",
+    "--log-every",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +70,11 @@ def test_checkpoints_have_the_reference_format_and_load(tool, data, tmp_path):
     assert info.config.mediators == 8 and info.config.mediator_grid == (2, 4) and info.train_steps == 4
     assert info.data["dataset"] == "fashion-mnist" and info.data["space"] == "pixel"
     model = medexport.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert not any(torch.equal(a, b) for a, b in zip(model.state_dict().values(), raw["model"].values())
-                   if a.numel() > 1 and a.requires_grad)  # EMA weights by default, not the raw ones
+    assert not any(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), raw["model"].values())
+        if a.numel() > 1 and a.requires_grad
+    )  # EMA weights by default, not the raw ones
     x = torch.randn(2, 1, 28, 28)
     assert model(x, torch.rand(2), torch.tensor([1, 10])).shape == (2, 1, 28, 28)
 
@@ -95,14 +112,28 @@ def test_ship_writes_checked_safetensors(tool, data, tmp_path):
     for n in (4, 8):
         train(tool, tmp_path / f"m{n}", data, "--mediators", n, "--steps", "2")
     dest = tmp_path / "weights"
-    sampling = json.dumps({"sampler": "ode", "method": "euler", "steps": 10, "cfg_scale": 2.0, "cfg_channels": "all",
-                           "schedule": "4:0.5,8"})
-    assert tool.main(["--ship", str(tmp_path / "m4"), str(tmp_path / "m8"), "--ship-to", str(dest),
-                      "--recommend", sampling]) == 0
+    sampling = json.dumps(
+        {
+            "sampler": "ode",
+            "method": "euler",
+            "steps": 10,
+            "cfg_scale": 2.0,
+            "cfg_channels": "all",
+            "schedule": "4:0.5,8",
+        }
+    )
+    assert (
+        tool.main(
+            ["--ship", str(tmp_path / "m4"), str(tmp_path / "m8"), "--ship-to", str(dest), "--recommend", sampling]
+        )
+        == 0
+    )
     paths = demo_checkpoints(folder=dest)
     assert sorted(paths) == [4, 8] and demo_card(dest)["sampling"]["schedule"] == "4:0.5,8"
     _, info = read_checkpoint(paths[8])
-    assert info.format == "safetensors" and info.sampling["cfg_scale"] == 2.0 and info.data["dataset"] == "fashion-mnist"
+    assert (
+        info.format == "safetensors" and info.sampling["cfg_scale"] == 2.0 and info.data["dataset"] == "fashion-mnist"
+    )
     assert info.train_steps == 2
     blob = bytearray(paths[4].read_bytes())
     blob[-1] ^= 1  # one flipped bit in a weight
@@ -118,8 +149,21 @@ def test_ship_another_demo_in_fp16(tool, data, tmp_path):
     train(tool, tmp_path / "m4", data, "--mediators", "4", "--steps", "2")
     dest16, dest32 = tmp_path / "w16", tmp_path / "w32"
     for dest, dtype in ((dest16, "fp16"), (dest32, "fp32")):
-        assert tool.main(["--ship", str(tmp_path / "m4"), "--ship-to", str(dest), "--demo", "fashion-mnist-p2",
-                          "--ship-dtype", dtype]) == 0
+        assert (
+            tool.main(
+                [
+                    "--ship",
+                    str(tmp_path / "m4"),
+                    "--ship-to",
+                    str(dest),
+                    "--demo",
+                    "fashion-mnist-p2",
+                    "--ship-dtype",
+                    dtype,
+                ]
+            )
+            == 0
+        )
     assert demo_card(dest16)["name"] == "fashion-mnist-p2-demo" and demo_card(dest16)["dtype"] == "fp16"
     p16, p32 = demo_checkpoints(folder=dest16)[4], demo_checkpoints(folder=dest32)[4]
     assert p16.stat().st_size < 0.6 * p32.stat().st_size

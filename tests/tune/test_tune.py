@@ -7,12 +7,19 @@ from click.testing import CliRunner
 
 from medexport import Pipeline
 from medexport.cli import cli
-from medexport.judge import JudgeError
+from medexport.core.schedule_text import parse_schedule
 from medexport.core.settings import SamplingSettings
 from medexport.core.steps import StepInfo
-from medexport.core.schedule_text import parse_schedule
-from medexport.tune import (Budget, TuneError, allocation_schedule, check_budget_args, edge_allocations,
-                            evaluation_steps, tune)
+from medexport.judge import JudgeError
+from medexport.tune import (
+    Budget,
+    TuneError,
+    allocation_schedule,
+    check_budget_args,
+    edge_allocations,
+    evaluation_steps,
+    tune,
+)
 from tests.conftest import copy_bundle
 
 SAMPLING = SamplingSettings(sampler="ode", method="euler", steps=9, cfg_scale=2.0, cfg_channels="all")
@@ -21,8 +28,13 @@ SAMPLING = SamplingSettings(sampler="ode", method="euler", steps=9, cfg_scale=2.
 @pytest.mark.parametrize("total", [5, 9, 19, 50, 249])
 def test_allocations_round_trip_through_the_schedule_text(total):
     counts = [16, 32, 64]
-    for alloc in ([1, 1, total - 2], [total // 3, total // 3, total - 2 * (total // 3)], [0, 2, total - 2],
-                  [total - 1, 0, 1], [total, 0, 0]):
+    for alloc in (
+        [1, 1, total - 2],
+        [total // 3, total // 3, total - 2 * (total // 3)],
+        [0, 2, total - 2],
+        [total - 1, 0, 1],
+        [total, 0, 0],
+    ):
         sched = parse_schedule(allocation_schedule(counts, alloc, total))
         served = [sched.model_for(StepInfo(i, total, 0.0, i / total)) for i in range(total)]
         assert [served.count(n) for n in counts] == alloc
@@ -78,12 +90,16 @@ def test_bad_budgets_and_bundles(tiny_bundle, tiny_checkpoints, tmp_path):
     for gflops, ms in ((0.0, None), (None, -3.0)):
         with pytest.raises(TuneError, match="must be positive"):
             check_budget_args(gflops, ms, None)
-    from medexport.core.batch import BatchRange
     from medexport.bundle import BuildSettings, ModelSource, build_bundle
+    from medexport.core.batch import BatchRange
 
     one = tmp_path / "one"
-    build_bundle([ModelSource(16, checkpoint=tiny_checkpoints[16])], one,
-                 BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)), show_progress=False)
+    build_bundle(
+        [ModelSource(16, checkpoint=tiny_checkpoints[16])],
+        one,
+        BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)),
+        show_progress=False,
+    )
     with pytest.raises(TuneError, match="one mediator count"):
         tune(Pipeline.from_bundle(one), SAMPLING, Budget("fraction", 0.9), images=2, batch=2)
 
@@ -91,16 +107,53 @@ def test_bad_budgets_and_bundles(tiny_bundle, tiny_checkpoints, tmp_path):
 def test_the_cli_reports_plots_and_records(tiny_bundle, tmp_path):
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
     report = tmp_path / "tune.json"
-    r = CliRunner().invoke(cli, ["tune", str(bundle), "--budget-fraction", "0.93", "--images", "4", "--batch", "4",
-                                 "--sampler", "ode", "--method", "euler", "--steps", "9", "--cfg-scale", "2",
-                                 "--no-adaptive", "--report", str(report), "--record"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "tune",
+            str(bundle),
+            "--budget-fraction",
+            "0.93",
+            "--images",
+            "4",
+            "--batch",
+            "4",
+            "--sampler",
+            "ode",
+            "--method",
+            "euler",
+            "--steps",
+            "9",
+            "--cfg-scale",
+            "2",
+            "--no-adaptive",
+            "--report",
+            str(report),
+            "--record",
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(report.read_text())
     assert data["metric"] == "trajectory" and data["schedule"] in r.output and "frontier" in data
     assert report.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Pipeline.from_bundle(bundle).defaults.schedule == data["schedule"]  # recorded as the default
-    r = CliRunner().invoke(cli, ["tune", str(bundle), "--budget-fraction", "0.3", "--images", "2", "--steps", "5",
-                                 "--sampler", "ode", "--method", "euler"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "tune",
+            str(bundle),
+            "--budget-fraction",
+            "0.3",
+            "--images",
+            "2",
+            "--steps",
+            "5",
+            "--sampler",
+            "ode",
+            "--method",
+            "euler",
+        ],
+    )
     assert r.exit_code == 1 and "below the cheapest schedule" in r.output and "Traceback" not in r.output
 
 
@@ -118,8 +171,8 @@ def test_record_refuses_a_bundle_rebuilt_while_it_was_judged(tiny_bundle, tiny_c
     """tune judged the old engines: its choice is not recorded as the default of the rebuilt bundle."""
     import medexport
     import medexport.tune
-    from medexport.core.batch import BatchRange
     from medexport.bundle import BuildSettings, ModelSource, build_bundle
+    from medexport.core.batch import BatchRange
     from tests.conftest import tiny_model
 
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
@@ -128,16 +181,37 @@ def test_record_refuses_a_bundle_rebuilt_while_it_was_judged(tiny_bundle, tiny_c
 
     def tune_during_a_rebuild(*args, **kwargs):
         result = real_tune(*args, **kwargs)
-        sources = [ModelSource(16, checkpoint=other16), *(ModelSource(n, checkpoint=tiny_checkpoints[n])
-                                                         for n in (32, 64))]
-        build_bundle(sources, bundle, BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)),
-                     show_progress=False)  # another process rebuilds the bundle meanwhile
+        sources = [
+            ModelSource(16, checkpoint=other16),
+            *(ModelSource(n, checkpoint=tiny_checkpoints[n]) for n in (32, 64)),
+        ]
+        build_bundle(
+            sources, bundle, BuildSettings(backend="onnxruntime", batch=BatchRange(1, 2, 4)), show_progress=False
+        )  # another process rebuilds the bundle meanwhile
         return result
 
     monkeypatch.setattr(medexport.tune, "tune", tune_during_a_rebuild)
     before = json.loads((bundle / "manifest.json").read_text())["sampling"]
-    args = ["tune", str(bundle), "--budget-fraction", "0.93", "--images", "2", "--batch", "2", "--sampler", "ode",
-            "--method", "euler", "--steps", "5", "--no-adaptive", "--report", str(tmp_path / "tune.json"), "--record"]
+    args = [
+        "tune",
+        str(bundle),
+        "--budget-fraction",
+        "0.93",
+        "--images",
+        "2",
+        "--batch",
+        "2",
+        "--sampler",
+        "ode",
+        "--method",
+        "euler",
+        "--steps",
+        "5",
+        "--no-adaptive",
+        "--report",
+        str(tmp_path / "tune.json"),
+        "--record",
+    ]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 1, r.output
     assert "changed while it was being judged" in r.output and "nothing was recorded" in r.output
@@ -147,16 +221,37 @@ def test_record_refuses_a_bundle_rebuilt_while_it_was_judged(tiny_bundle, tiny_c
     monkeypatch.setattr(medexport.tune, "tune", real_tune)  # untouched while judged: recorded
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
-    assert Pipeline.from_bundle(bundle).defaults.schedule == json.loads((tmp_path / "tune.json").read_text())["schedule"]
+    assert (
+        Pipeline.from_bundle(bundle).defaults.schedule == json.loads((tmp_path / "tune.json").read_text())["schedule"]
+    )
 
 
 def test_the_bundle_path_prints_as_text_not_markup(tiny_bundle, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "odd[").mkdir()
     copy_bundle(tiny_bundle, tmp_path / "odd[" / "]b")
-    r = CliRunner().invoke(cli, ["tune", "odd[/]b", "--budget-fraction", "0.93", "--images", "2", "--batch", "2",
-                                 "--sampler", "ode", "--method", "euler", "--steps", "5", "--no-adaptive",
-                                 "--report", "tune.json"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "tune",
+            "odd[/]b",
+            "--budget-fraction",
+            "0.93",
+            "--images",
+            "2",
+            "--batch",
+            "2",
+            "--sampler",
+            "ode",
+            "--method",
+            "euler",
+            "--steps",
+            "5",
+            "--no-adaptive",
+            "--report",
+            "tune.json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "odd[/]b:" in r.output and "Traceback" not in r.output
 
@@ -168,8 +263,16 @@ def test_the_steps_are_searched_with_the_schedule(tiny_bundle):
     pipe = Pipeline.from_bundle(tiny_bundle, backend="onnxruntime")
     recommended = SAMPLING.override(schedule="16:0.5,64")
     search = [("euler", 5), ("euler", 9), ("heun", 5)]
-    result = tune(pipe, recommended, Budget("fraction", 0.8), metric="trajectory", images=2, batch=2,
-                  adaptive=False, search=search)
+    result = tune(
+        pipe,
+        recommended,
+        Budget("fraction", 0.8),
+        metric="trajectory",
+        images=2,
+        batch=2,
+        adaptive=False,
+        search=search,
+    )
     rec_cost = CostModel(pipe, recommended.resolved(), 2.0).gflops_per_image(parse_schedule("16:0.5,64"))
     assert result.reference_gflops == pytest.approx(rec_cost)
     assert result.best.gflops <= 0.8 * rec_cost * (1 + 1e-9)
@@ -187,8 +290,11 @@ def test_the_steps_are_searched_with_the_schedule(tiny_bundle):
     for c in result.candidates:  # each candidate's cost is its own steps' cost
         evals = len(evaluation_steps(SamplingSettings(sampler="ode", method=c.method, steps=c.steps)))
         assert sum(c.steps_per_count.values()) <= evals
-    with pytest.raises(TuneError, match=r"below the cheapest \(schedule x steps\) combination: the static 16 "
-                                        r"mediators at euler 5 steps cost .*--search-steps"):
+    with pytest.raises(
+        TuneError,
+        match=r"below the cheapest \(schedule x steps\) combination: the static 16 "
+        r"mediators at euler 5 steps cost .*--search-steps",
+    ):
         tune(pipe, recommended, Budget("fraction", 0.1), metric="trajectory", images=2, batch=2, search=search)
 
 
@@ -209,17 +315,18 @@ def test_the_step_grid():
 
 def test_an_empty_search_is_refused_before_any_work(tmp_path, monkeypatch):
     """``--search-methods ,`` once dropped the step search without a word (exit 0, --search-steps ignored)."""
-    import medexport.cli.tune_cmd as tune_cmd
+    from medexport.cli.engines import EngineChoice
 
-    monkeypatch.setattr(tune_cmd.Pipeline, "from_bundle", lambda *a, **k: pytest.fail("the bundle was opened"))
+    monkeypatch.setattr(EngineChoice, "open", lambda *a, **k: pytest.fail("the bundle was opened"))
     report = tmp_path / "tune.json"
     base = ["tune", str(tmp_path / "bundle"), "--budget-fraction", "0.9", "--report", str(report)]
-    for extra, message in ((["--search-steps", "4,6", "--search-methods", ","], "',' names nothing: give at least "
-                                                                                 "one, e.g. euler,heun"),
-                           (["--search-methods", ""], "'' names nothing"),
-                           (["--search-methods", "euler,,euler"], "euler given more than once"),
-                           (["--search-steps", ","], "give at least one value"),
-                           (["--steps", "5", "--search-methods", ""], "--steps 5 fixes the steps")):
+    for extra, message in (
+        (["--search-steps", "4,6", "--search-methods", ","], "',' names nothing: give at least one, e.g. euler,heun"),
+        (["--search-methods", ""], "'' names nothing"),
+        (["--search-methods", "euler,,euler"], "euler given more than once"),
+        (["--search-steps", ","], "give at least one value"),
+        (["--steps", "5", "--search-methods", ""], "--steps 5 fixes the steps"),
+    ):
         r = CliRunner().invoke(cli, [*base, *extra])
         assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, (extra, r.output)
         assert "--search-methods" in r.output or "--search-steps" in r.output, (extra, r.output)
@@ -231,18 +338,36 @@ def test_an_empty_search_is_refused_before_any_work(tmp_path, monkeypatch):
 def test_the_cli_searches_steps_unless_given(tiny_bundle, tmp_path):
     bundle = copy_bundle(tiny_bundle, tmp_path / "b")
     report = tmp_path / "tune.json"
-    base = ["tune", str(bundle), "--images", "2", "--batch", "2", "--sampler", "ode", "--cfg-scale", "2",
-            "--no-adaptive", "--report", str(report)]
-    r = CliRunner().invoke(cli, [*base, "--budget-fraction", "0.9", "--search-steps", "4,6", "--search-methods",
-                                 "euler", "--record"])
+    base = [
+        "tune",
+        str(bundle),
+        "--images",
+        "2",
+        "--batch",
+        "2",
+        "--sampler",
+        "ode",
+        "--cfg-scale",
+        "2",
+        "--no-adaptive",
+        "--report",
+        str(report),
+    ]
+    r = CliRunner().invoke(
+        cli, [*base, "--budget-fraction", "0.9", "--search-steps", "4,6", "--search-methods", "euler", "--record"]
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(report.read_text())
-    assert data["steps"] in (4, 6) and data["method"] == "euler" and data["steps_searched"] == [["euler", 6], ["euler", 4]]
+    assert (
+        data["steps"] in (4, 6) and data["method"] == "euler" and data["steps_searched"] == [["euler", 6], ["euler", 4]]
+    )
     defaults = Pipeline.from_bundle(bundle).defaults
     assert (defaults.schedule, defaults.steps, defaults.method) == (data["schedule"], data["steps"], "euler")
-    for extra, message in ((["--steps", "5", "--search-steps", "4,6"], "--steps 5 fixes the steps"),
-                           (["--steps", "5", "--search-methods", "heun"], "--steps 5 fixes the steps"),
-                           (["--method", "euler", "--search-methods", "heun"], "both choose the method"),
-                           (["--search-steps", "1,6"], "step counts in 2..")):
+    for extra, message in (
+        (["--steps", "5", "--search-steps", "4,6"], "--steps 5 fixes the steps"),
+        (["--steps", "5", "--search-methods", "heun"], "--steps 5 fixes the steps"),
+        (["--method", "euler", "--search-methods", "heun"], "both choose the method"),
+        (["--search-steps", "1,6"], "step counts in 2.."),
+    ):
         r = CliRunner().invoke(cli, [*base, "--budget-fraction", "0.9", *extra])
         assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, (extra, r.output)

@@ -42,8 +42,10 @@ class InductorBackend(PyTorchBackend):
         forms = {device: device_status(device) for device in ("cpu", "cuda")}
         usable = [d for d, (works, _) in forms.items() if works]
         if not usable:
-            return False, ("; ".join(reason for _, reason in forms.values())
-                           + ". --backend torch runs the same model without compiling")
+            return False, (
+                "; ".join(reason for _, reason in forms.values())
+                + ". --backend torch runs the same model without compiling"
+            )
         return True, f"torch.compile (inductor) on {' and '.join(usable)}, {why}"
 
     def runner(self, inputs: RunnerInputs):
@@ -56,8 +58,10 @@ class InductorBackend(PyTorchBackend):
         device = inputs.device or ("cuda" if torch.cuda.is_available() else "cpu")
         ok, why = device_status(torch.device(device).type)
         if not ok:  # found now, not as a compiler traceback at the first forward
-            raise BackendUnavailableError(f"--backend inductor cannot compile for {device} here: {why}. "
-                                          f"--backend torch runs the same model without compiling")
+            raise BackendUnavailableError(
+                f"--backend inductor cannot compile for {device} here: {why}. "
+                f"--backend torch runs the same model without compiling"
+            )
         # the bundle's float precision; quantised graphs (ONNX Runtime int8, Q/DQ) have no PyTorch form: fp32
         precision = precision_of(inputs.precision).source
         return CompiledRunner(inputs.model(), device=device, precision=precision)
@@ -94,21 +98,26 @@ def _cpu_compiler_status(search: tuple) -> tuple[bool, str]:
     try:
         cxx = cpp_compiler_search(search)
     except exc.InvalidCxxCompiler:
-        return False, (f"no working C++ compiler (tried {names}; the CPU form compiles C++): install one "
-                       f"(apt-get install -y g++) or set CXX")
+        return False, (
+            f"no working C++ compiler (tried {names}; the CPU form compiles C++): install one "
+            f"(apt-get install -y g++) or set CXX"
+        )
     with tempfile.TemporaryDirectory(prefix="medexport-cxx-") as tmp:
         source = Path(tmp) / "probe.cpp"
         source.write_text("int main() { return 0; }\n")
         try:
-            done = subprocess.run([cxx, str(source), "-o", str(Path(tmp) / "probe")], capture_output=True,
-                                  text=True, timeout=60)
+            done = subprocess.run(
+                [cxx, str(source), "-o", str(Path(tmp) / "probe")], capture_output=True, text=True, timeout=60
+            )
         except (OSError, subprocess.SubprocessError) as e:
             return False, f"the C++ compiler {cxx} does not run ({e}): install a working one or set CXX"
     if done.returncode != 0:
         said = (done.stderr or done.stdout).strip().splitlines()
         first = said[0] if said else f"exit status {done.returncode}"
-        return False, (f"the C++ compiler {cxx} cannot compile a program ({first}): install a working one "
-                       f"(apt-get install -y g++) or set CXX")
+        return False, (
+            f"the C++ compiler {cxx} cannot compile a program ({first}): install a working one "
+            f"(apt-get install -y g++) or set CXX"
+        )
     return True, f"C++ compiler {cxx}"
 
 

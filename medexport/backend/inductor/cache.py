@@ -52,8 +52,11 @@ def cache_stats() -> dict:
     from torch._dynamo.utils import counters
 
     graphs = counters["inductor"]
-    return {"dir": os.environ.get(ENV), "hits": int(graphs["fxgraph_cache_hit"]),
-            "misses": int(graphs["fxgraph_cache_miss"])}
+    return {
+        "dir": os.environ.get(ENV),
+        "hits": int(graphs["fxgraph_cache_hit"]),
+        "misses": int(graphs["fxgraph_cache_miss"]),
+    }
 
 
 __all__ = ["ENV", "cache_stats", "default_cache_dir", "use_persistent_cache"]

@@ -31,9 +31,11 @@ class CompiledRunner(TorchRunner):
             try:
                 import triton  # noqa: F401
             except ImportError:
-                raise BackendUnavailableError("torch.compile generates Triton kernels on CUDA, and triton is not "
-                                              "installed: pip install triton, or run --backend torch (CUDA graphs "
-                                              "without compiling)") from None
+                raise BackendUnavailableError(
+                    "torch.compile generates Triton kernels on CUDA, and triton is not "
+                    "installed: pip install triton, or run --backend torch (CUDA graphs "
+                    "without compiling)"
+                ) from None
         super().__init__(model, device=device, precision=precision)
         self.cache_dir = use_persistent_cache()
         self.mode = mode or ("reduce-overhead" if torch.device(device).type == "cuda" else "default")

@@ -16,13 +16,17 @@ __all__ = ["BACKEND", "OnnxrtRunner", "available_providers", "default_providers"
 def precision_problem(precision: str, providers: list[str]) -> str | None:
     """Why ``providers`` cannot run a ``precision`` graph, or None (the one place this rule lives)."""
     if precision == "bf16" and "CUDAExecutionProvider" not in providers:
-        return ("bf16 engines need TensorRT or onnxruntime-gpu: ONNX Runtime's CPU provider has no bfloat16 "
-                "kernels. Use --precision fp32 or fp16 here")
+        return (
+            "bf16 engines need TensorRT or onnxruntime-gpu: ONNX Runtime's CPU provider has no bfloat16 "
+            "kernels. Use --precision fp32 or fp16 here"
+        )
     if precision == "fp8":
-        return ("fp8 Q/DQ engines are for TensorRT on GPUs with fp8 tensor cores (Ada, Hopper: compute capability "
-                ">= 8.9); ONNX Runtime has no fast fp8 kernels. Build with --backend tensorrt on such a machine, or "
-                "write the fp8 ONNX here with --onnx-only and compile it there; on this machine use --precision "
-                "int8 or int8-static")
+        return (
+            "fp8 Q/DQ engines are for TensorRT on GPUs with fp8 tensor cores (Ada, Hopper: compute capability "
+            ">= 8.9); ONNX Runtime has no fast fp8 kernels. Build with --backend tensorrt on such a machine, or "
+            "write the fp8 ONNX here with --onnx-only and compile it there; on this machine use --precision "
+            "int8 or int8-static"
+        )
     return None
 
 
@@ -30,8 +34,13 @@ class OnnxRuntimeBackend(EngineBackend):
     name = "onnxruntime"
     preference = 20
     triton = (
-        TritonVariant("python", 'backend: "python"', "model.onnx", python_model=Path(__file__).parent / "triton_model.py",
-                      threads_parameter=True),
+        TritonVariant(
+            "python",
+            'backend: "python"',
+            "model.onnx",
+            python_model=Path(__file__).parent / "triton_model.py",
+            threads_parameter=True,
+        ),
         TritonVariant("onnx", 'platform: "onnxruntime_onnx"', "model.onnx"),
     )
 
@@ -55,8 +64,10 @@ class OnnxRuntimeBackend(EngineBackend):
     def build(self, inputs: BuildInputs) -> tuple[list[Path], dict]:
         providers = default_providers()
         session_from_onnx(inputs.onnx_files[0], providers=providers)  # opening it proves it runs here
-        return list(inputs.onnx_files), {"providers": providers,
-                                         "hardware": {"device": "cuda" if providers[0].startswith("CUDA") else "cpu"}}
+        return list(inputs.onnx_files), {
+            "providers": providers,
+            "hardware": {"device": "cuda" if providers[0].startswith("CUDA") else "cpu"},
+        }
 
     def runnable(self, record: dict, precision: str) -> tuple[bool, str]:
         avail = available_providers()
@@ -69,9 +80,16 @@ class OnnxRuntimeBackend(EngineBackend):
     def runner(self, inputs: RunnerInputs):
         from .runner import OnnxrtRunner
 
-        return OnnxrtRunner(inputs.path, inputs.mediators, precision=inputs.precision, batch_range=inputs.batch,
-                            providers=default_providers(inputs.device), threads=inputs.threads, sha256=inputs.sha256,
-                            shape=inputs.shape)
+        return OnnxrtRunner(
+            inputs.path,
+            inputs.mediators,
+            precision=inputs.precision,
+            batch_range=inputs.batch,
+            providers=default_providers(inputs.device),
+            threads=inputs.threads,
+            sha256=inputs.sha256,
+            shape=inputs.shape,
+        )
 
 
 def __getattr__(name: str):

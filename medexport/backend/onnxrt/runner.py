@@ -23,9 +23,18 @@ class OnnxrtRunner(Runner):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike, mediators: int, *, precision: str = "fp32",
-                 batch_range: BatchRange | None = None, providers: list[str] | None = None,
-                 threads: int | None = None, sha256: str | None = None, shape: ModelShape | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        mediators: int,
+        *,
+        precision: str = "fp32",
+        batch_range: BatchRange | None = None,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        sha256: str | None = None,
+        shape: ModelShape | None = None,
+    ):
         """``sha256``: the hash the file must have when the session is made; the session is then made from the
         very bytes that were hashed, so a file swapped after the bundle was opened never runs. ``shape``: the
         model's state and classes, which inputs are checked against (:class:`~medexport.backend.base.Runner`)."""
@@ -37,8 +46,7 @@ class OnnxrtRunner(Runner):
 
     def activate(self) -> None:
         if self.session is None:
-            self.session = engine_session(self.path, sha256=self.sha256, providers=self.providers,
-                                          threads=self.threads)
+            self.session = engine_session(self.path, sha256=self.sha256, providers=self.providers, threads=self.threads)
         super().activate()
 
     def deactivate(self) -> None:

@@ -57,27 +57,44 @@ def session_options(threads: int | None = None):
     return opts
 
 
-def session_from_onnx(path: str | os.PathLike, *, providers: list[str] | None = None, threads: int | None = None,
-                      model_bytes: bytes | None = None):
+def session_from_onnx(
+    path: str | os.PathLike,
+    *,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    model_bytes: bytes | None = None,
+):
     """An InferenceSession for ``path`` (or for ``model_bytes``, the file's content already read);
     BackendUnavailableError where the provider lacks a kernel."""
     import onnxruntime as ort
 
     providers = providers or default_providers()
     try:
-        return ort.InferenceSession(model_bytes if model_bytes is not None else str(path),
-                                    sess_options=session_options(threads), providers=providers)
+        return ort.InferenceSession(
+            model_bytes if model_bytes is not None else str(path),
+            sess_options=session_options(threads),
+            providers=providers,
+        )
     except (ort.capi.onnxruntime_pybind11_state.NotImplemented, ort.capi.onnxruntime_pybind11_state.Fail) as e:
         msg = str(e).splitlines()[0]
         hint = ""
         if "bfloat16" in msg.lower() or "(22)" in msg or "BFloat16" in msg:
-            hint = (" ONNX Runtime's CPU provider has no bfloat16 kernels for this graph: build with "
-                    "--precision fp32 or fp16 for ONNX Runtime on CPU, or use TensorRT / onnxruntime-gpu for bf16.")
-        raise BackendUnavailableError(f"ONNX Runtime cannot run {Path(path).name} with {providers}: {msg}.{hint}") from None
+            hint = (
+                " ONNX Runtime's CPU provider has no bfloat16 kernels for this graph: build with "
+                "--precision fp32 or fp16 for ONNX Runtime on CPU, or use TensorRT / onnxruntime-gpu for bf16."
+            )
+        raise BackendUnavailableError(
+            f"ONNX Runtime cannot run {Path(path).name} with {providers}: {msg}.{hint}"
+        ) from None
 
 
-def engine_session(path: str | os.PathLike, *, sha256: str | None = None, providers: list[str] | None = None,
-                   threads: int | None = None):
+def engine_session(
+    path: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+):
     """The session of an engine file: with ``sha256``, made from the very bytes that were hashed, so a file
     swapped after its bundle was opened never runs; its inputs must be medexport's x, t, y."""
     path = Path(path)
@@ -86,11 +103,15 @@ def engine_session(path: str | os.PathLike, *, sha256: str | None = None, provid
         try:
             model_bytes = path.read_bytes()
         except OSError as e:
-            raise BundleError(f"the engine file {path} cannot be read ({e.strerror}): was the bundle moved or "
-                              f"deleted? Rebuild it with `medexport build`") from None
+            raise BundleError(
+                f"the engine file {path} cannot be read ({e.strerror}): was the bundle moved or "
+                f"deleted? Rebuild it with `medexport build`"
+            ) from None
         if bytes_sha256(model_bytes) != sha256:
-            raise BundleError(f"{path} changed after its bundle was opened (it no longer matches the manifest's "
-                              f"hash): rebuild it with `medexport build ... --force`")
+            raise BundleError(
+                f"{path} changed after its bundle was opened (it no longer matches the manifest's "
+                f"hash): rebuild it with `medexport build ... --force`"
+            )
     elif not path.is_file():
         raise BundleError(f"the engine file {path} does not exist: was the bundle moved or deleted?")
     session = session_from_onnx(path, providers=providers, threads=threads, model_bytes=model_bytes)

@@ -18,24 +18,34 @@ class TritonPythonModel:
         here = Path(__file__).parent
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        opts.intra_op_num_threads = int(json.loads(args["model_config"]).get("parameters", {})
-                                        .get("threads", {}).get("string_value", "1"))
-        self.session = ort.InferenceSession(str(here / "model.onnx"), sess_options=opts,
-                                            providers=["CPUExecutionProvider"])
+        opts.intra_op_num_threads = int(
+            json.loads(args["model_config"]).get("parameters", {}).get("threads", {}).get("string_value", "1")
+        )
+        self.session = ort.InferenceSession(
+            str(here / "model.onnx"), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
         # Warm up: run once now, so that the first request's first step does not pay for ONNX Runtime's first run.
         _, *state = self.session.get_inputs()[0].shape  # (batch, C, S, S)
-        self.session.run(None, {"x": np.zeros((1, *state), np.float32), "t": np.full((1,), 0.5, np.float32),
-                                "y": np.zeros((1,), np.int64)})
+        self.session.run(
+            None,
+            {
+                "x": np.zeros((1, *state), np.float32),
+                "t": np.full((1,), 0.5, np.float32),
+                "y": np.zeros((1,), np.int64),
+            },
+        )
 
     def execute(self, requests):
         parts = [{k: pb_utils.get_input_tensor_by_name(r, k).as_numpy() for k in ("x", "t", "y")} for r in requests]
         sizes = [len(p["x"]) for p in parts]
-        feed = {"x": np.concatenate([p["x"] for p in parts]).astype(np.float32),
-                "t": np.concatenate([p["t"].reshape(-1) for p in parts]).astype(np.float32),
-                "y": np.concatenate([p["y"].reshape(-1) for p in parts]).astype(np.int64)}
+        feed = {
+            "x": np.concatenate([p["x"] for p in parts]).astype(np.float32),
+            "t": np.concatenate([p["t"].reshape(-1) for p in parts]).astype(np.float32),
+            "y": np.concatenate([p["y"].reshape(-1) for p in parts]).astype(np.int64),
+        }
         v = self.session.run(None, feed)[0]
         out, start = [], 0
         for size in sizes:
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("v", v[start:start + size])]))
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("v", v[start : start + size])]))
             start += size
         return out

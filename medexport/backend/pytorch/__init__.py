@@ -25,8 +25,9 @@ class PyTorchBackend(EngineBackend):
         return (self.name, onnx_sha256)
 
     def build(self, inputs: BuildInputs) -> tuple[list[Path], dict]:
-        raise BackendUnavailableError(f"the {self.name} backend builds no engine: it runs the bundle's models "
-                                      f"(sample --backend {self.name})")
+        raise BackendUnavailableError(
+            f"the {self.name} backend builds no engine: it runs the bundle's models (sample --backend {self.name})"
+        )
 
     def runnable(self, record: dict, precision: str) -> tuple[bool, str]:
         ok, why = self.status()

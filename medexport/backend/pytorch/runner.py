@@ -25,8 +25,9 @@ class TorchRunner(Runner):
     backend = "torch"
 
     def __init__(self, model: MediatorDiT, *, device: str = "cpu", precision: str = "fp32", cuda_graph: bool = False):
-        super().__init__(model.config.mediators, precision=precision, device=str(device),
-                         shape=ModelShape.of(model.config))
+        super().__init__(
+            model.config.mediators, precision=precision, device=str(device), shape=ModelShape.of(model.config)
+        )
         self.model = model.cast(TORCH_DTYPES[precision], device).eval()
         self.model.refresh_constants()
         self.graph = EngineGraph(self.model, TORCH_DTYPES[precision])
@@ -65,4 +66,3 @@ class TorchRunner(Runner):
 
     def memory_bytes(self) -> int | None:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
-

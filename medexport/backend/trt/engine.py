@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ...core.files import replacing
-from ...errors import BackendUnavailableError, BundleError
 from ...core.batch import BatchRange
+from ...core.files import replacing
 from ...core.sampling import ModelShape
+from ...errors import BackendUnavailableError, BundleError
 from ..base import Runner
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,9 @@ def tensorrt_status() -> tuple[bool, str]:
 def require_tensorrt():
     ok, why = tensorrt_status()
     if not ok:
-        raise BackendUnavailableError(f"the tensorrt backend is not available here: {why}. "
-                                      f"Use --backend onnxruntime (or auto).")
+        raise BackendUnavailableError(
+            f"the tensorrt backend is not available here: {why}. Use --backend onnxruntime (or auto)."
+        )
     import tensorrt as trt
 
     return trt
@@ -49,8 +50,7 @@ def hardware() -> dict:
     import tensorrt as trt
 
     major, minor = torch.cuda.get_device_capability()
-    return {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(),
-            "compute_capability": f"{major}.{minor}"}
+    return {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
 
 
 def plan_mismatch(recorded: dict) -> str | None:
@@ -58,8 +58,10 @@ def plan_mismatch(recorded: dict) -> str | None:
     here = hardware()
     for key in ("tensorrt", "compute_capability"):
         if recorded.get(key) != here[key]:
-            return (f"this TensorRT plan was built with {key} {recorded.get(key)!r}, this machine has "
-                    f"{here[key]!r}: rebuild it here with `medexport build ... --force` (plans are tied to both)")
+            return (
+                f"this TensorRT plan was built with {key} {recorded.get(key)!r}, this machine has "
+                f"{here[key]!r}: rebuild it here with `medexport build ... --force` (plans are tied to both)"
+            )
     return None
 
 
@@ -102,10 +104,12 @@ def build_plan(onnx_path: Path, plan_path: Path, build: TrtBuild) -> dict:
             log.warning("mediator-attention plugin not used (%s): the function body is built instead", why)
     C, S, _ = build.latent_shape
     b = build.batch
-    profile = (Profile()
-               .add("x", min=(b.min, C, S, S), opt=(b.opt, C, S, S), max=(b.max, C, S, S))
-               .add("t", min=(b.min,), opt=(b.opt,), max=(b.max,))
-               .add("y", min=(b.min,), opt=(b.opt,), max=(b.max,)))
+    profile = (
+        Profile()
+        .add("x", min=(b.min, C, S, S), opt=(b.opt, C, S, S), max=(b.max, C, S, S))
+        .add("t", min=(b.min,), opt=(b.opt,), max=(b.max,))
+        .add("y", min=(b.min,), opt=(b.opt,), max=(b.max,))
+    )
     kwargs = {"profiles": [profile], "builder_optimization_level": build.optimization_level}
     if build.timing_cache is not None:
         kwargs["load_timing_cache"] = str(build.timing_cache)
@@ -114,11 +118,14 @@ def build_plan(onnx_path: Path, plan_path: Path, build: TrtBuild) -> dict:
     network = network_from_onnx_path(str(onnx_path), strongly_typed=True)  # (builder, network, parser)
     plugin_layers = count_plugin_layers(trt, network[1])
     if plugin_used and not plugin_layers:
-        log.warning("the mediator-attention plugin is registered but the parser built the function body instead "
-                    "(no plugin layer in the network): the manifest records plugin: false")
+        log.warning(
+            "the mediator-attention plugin is registered but the parser built the function body instead "
+            "(no plugin layer in the network): the manifest records plugin: false"
+        )
     plugin_used = plugin_layers > 0
-    engine = engine_from_network(network, CreateConfig(**kwargs),
-                                 save_timing_cache=str(build.timing_cache) if build.timing_cache else None)
+    engine = engine_from_network(
+        network, CreateConfig(**kwargs), save_timing_cache=str(build.timing_cache) if build.timing_cache else None
+    )
     with replacing(plan_path) as tmp:
         tmp.write_bytes(engine.serialize())
     return {**hardware(), "plugin": plugin_used, "plugin_layers": plugin_layers}
@@ -148,9 +155,17 @@ class TrtRunner(Runner):
 
     backend = "tensorrt"
 
-    def __init__(self, plan_path: str | os.PathLike, mediators: int, *, precision: str, batch_range: BatchRange,
-                 shared_memory: SharedActivationMemory | None = None, recorded_hardware: dict | None = None,
-                 shape: ModelShape | None = None):
+    def __init__(
+        self,
+        plan_path: str | os.PathLike,
+        mediators: int,
+        *,
+        precision: str,
+        batch_range: BatchRange,
+        shared_memory: SharedActivationMemory | None = None,
+        recorded_hardware: dict | None = None,
+        shape: ModelShape | None = None,
+    ):
         super().__init__(mediators, precision=precision, device="cuda", batch_range=batch_range, shape=shape)
         self.plan_path = Path(plan_path)
         self.shared = shared_memory or SharedActivationMemory()

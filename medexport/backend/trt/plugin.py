@@ -82,12 +82,16 @@ def plugin_available() -> tuple[bool, str]:
     try:
         import tensorrt as trt
     except ImportError as exc:
-        return False, (f"TensorRT is not installed ({exc}); the {PLUGIN_ID} plugin needs TensorRT >= "
-                       f"{'.'.join(map(str, MIN_TENSORRT))} (pip install 'medexport[tensorrt]')")
+        return False, (
+            f"TensorRT is not installed ({exc}); the {PLUGIN_ID} plugin needs TensorRT >= "
+            f"{'.'.join(map(str, MIN_TENSORRT))} (pip install 'medexport[tensorrt]')"
+        )
     version = getattr(trt, "__version__", "0")
     if _version_tuple(version)[:2] < MIN_TENSORRT:
-        return False, (f"TensorRT {version} is too old: AOT Python plugins (tensorrt.plugin.aot_impl) need "
-                       f"TensorRT >= {'.'.join(map(str, MIN_TENSORRT))}")
+        return False, (
+            f"TensorRT {version} is too old: AOT Python plugins (tensorrt.plugin.aot_impl) need "
+            f"TensorRT >= {'.'.join(map(str, MIN_TENSORRT))}"
+        )
     try:
         import tensorrt.plugin as trtp
     except ImportError as exc:
@@ -99,8 +103,9 @@ def plugin_available() -> tuple[bool, str]:
     try:
         import triton  # noqa: F401
     except ImportError as exc:
-        return False, (f"triton is not installed ({exc}); it compiles the plugin's kernel "
-                       "(pip install 'medexport[triton]')")
+        return False, (
+            f"triton is not installed ({exc}); it compiles the plugin's kernel (pip install 'medexport[triton]')"
+        )
     return True, ""
 
 
@@ -111,18 +116,28 @@ def _compile(dtype: torch.dtype, num_mediators: int, head_dim: int, scale: float
 
     compiled = triton_mediator.compile_kernel(dtype, num_mediators, head_dim, scale, block_n=BLOCK_N)
     md = compiled.metadata
-    problems = [f"{field}={getattr(md, field)}" for field in ("global_scratch_size", "profile_scratch_size",
-                                                              "tmem_size")
-                if getattr(md, field, 0)]
+    problems = [
+        f"{field}={getattr(md, field)}"
+        for field in ("global_scratch_size", "profile_scratch_size", "tmem_size")
+        if getattr(md, field, 0)
+    ]
     problems += [f"{field}=True" for field in ("launch_cooperative_grid", "launch_pdl") if getattr(md, field, False)]
     if getattr(md, "num_ctas", 1) != 1:
         problems.append(f"num_ctas={md.num_ctas}")
     if problems:
         raise BackendUnavailableError(
             f"the Triton mediator kernel compiled with launch features TensorRT AOT plugins cannot provide "
-            f"({', '.join(problems)}); triton {getattr(md, 'triton_version', '?')} may need a different release")
-    log.debug("compiled %s for %s, n=%d, d=%d: %d warps, %d bytes shared", md.name, dtype, num_mediators, head_dim,
-              md.num_warps, md.shared)
+            f"({', '.join(problems)}); triton {getattr(md, 'triton_version', '?')} may need a different release"
+        )
+    log.debug(
+        "compiled %s for %s, n=%d, d=%d: %d warps, %d bytes shared",
+        md.name,
+        dtype,
+        num_mediators,
+        head_dim,
+        md.num_warps,
+        md.shared,
+    )
     return compiled
 
 
@@ -131,7 +146,8 @@ def _constant(expr, what: str) -> int:
     if expr.is_constant:
         return int(expr.constant_value())
     raise BackendUnavailableError(
-        f"{PLUGIN_ID}: {what} must be fixed in the network (it is dynamic); export the model with a static {what}")
+        f"{PLUGIN_ID}: {what} must be fixed in the network (it is dynamic); export the model with a static {what}"
+    )
 
 
 def register_plugin() -> None:
@@ -159,15 +175,27 @@ def register_plugin() -> None:
     torch_dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16}
 
     @trtp.register(PLUGIN_ID)
-    def mediator_attention_desc(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, m: trtp.TensorDesc,
-                                bias_mk: trtp.TensorDesc, bias_qm: trtp.TensorDesc,
-                                scale: float) -> trtp.TensorDesc:
+    def mediator_attention_desc(
+        q: trtp.TensorDesc,
+        k: trtp.TensorDesc,
+        v: trtp.TensorDesc,
+        m: trtp.TensorDesc,
+        bias_mk: trtp.TensorDesc,
+        bias_qm: trtp.TensorDesc,
+        scale: float,
+    ) -> trtp.TensorDesc:
         return q.like()  # o: q's shape and dtype
 
     @trtp.autotune(PLUGIN_ID)
-    def mediator_attention_autotune(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc,
-                                    m: trtp.TensorDesc, bias_mk: trtp.TensorDesc, bias_qm: trtp.TensorDesc,
-                                    outputs: Tuple[trtp.TensorDesc]) -> List[trtp.AutoTuneCombination]:
+    def mediator_attention_autotune(
+        q: trtp.TensorDesc,
+        k: trtp.TensorDesc,
+        v: trtp.TensorDesc,
+        m: trtp.TensorDesc,
+        bias_mk: trtp.TensorDesc,
+        bias_qm: trtp.TensorDesc,
+        outputs: Tuple[trtp.TensorDesc],
+    ) -> List[trtp.AutoTuneCombination]:
         combination = trtp.AutoTuneCombination()
         combination.pos(list(range(7)), "FP32|FP16|BF16")  # 6 inputs and the output share one dtype, LINEAR
         combination.tactics(list(SPLIT_TACTICS))
@@ -175,8 +203,14 @@ def register_plugin() -> None:
 
     @trtp.aot_impl(PLUGIN_ID)
     def mediator_attention_aot_impl(
-        q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, m: trtp.TensorDesc,
-        bias_mk: trtp.TensorDesc, bias_qm: trtp.TensorDesc, scale: float, outputs: Tuple[trtp.TensorDesc],
+        q: trtp.TensorDesc,
+        k: trtp.TensorDesc,
+        v: trtp.TensorDesc,
+        m: trtp.TensorDesc,
+        bias_mk: trtp.TensorDesc,
+        bias_qm: trtp.TensorDesc,
+        scale: float,
+        outputs: Tuple[trtp.TensorDesc],
         tactic: int,
     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]:
         from ...ops.kernels import triton_mediator

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...errors import BackendUnavailableError, ExportError
 from ...core.batch import BatchRange
+from ...errors import BackendUnavailableError, ExportError
 
 
 def rtx_status() -> tuple[bool, str]:
@@ -65,9 +65,16 @@ def parse_and_build(onnx_path: str | Path, *, batch: BatchRange, sample_shape: t
     config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise ExportError(f"TensorRT for RTX {trt.__version__} parsed {onnx_path} but could not build an engine "
-                          f"for batch {batch}")
+        raise ExportError(
+            f"TensorRT for RTX {trt.__version__} parsed {onnx_path} but could not build an engine for batch {batch}"
+        )
     from .engine import count_plugin_layers
 
-    return RtxCheck(Path(onnx_path), trt.__version__, network.num_layers, count_plugin_layers(trt, network),
-                    plan.nbytes, time.perf_counter() - start)
+    return RtxCheck(
+        Path(onnx_path),
+        trt.__version__,
+        network.num_layers,
+        count_plugin_layers(trt, network),
+        plan.nbytes,
+        time.perf_counter() - start,
+    )

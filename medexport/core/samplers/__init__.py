@@ -91,8 +91,15 @@ def diffusion(x, t, norm: float):
 class Run:
     """One sampling run: calls the velocity, checks what it returns, draws noise, reports steps."""
 
-    def __init__(self, xp: Arrays, velocity: Velocity, settings: SamplingSettings, *, noise: Noise | None = None,
-                 on_step: OnStep | None = None):
+    def __init__(
+        self,
+        xp: Arrays,
+        velocity: Velocity,
+        settings: SamplingSettings,
+        *,
+        noise: Noise | None = None,
+        on_step: OnStep | None = None,
+    ):
         self.xp, self.velocity, self.on_step = xp, velocity, on_step
         self.settings = settings.resolved()
         self.num_steps = self.settings.num_model_steps
@@ -157,9 +164,11 @@ class Sampler(abc.ABC):
     def available(self, xp: Arrays | None = None) -> None:
         """SamplingError when it cannot run (on ``xp``'s arrays)."""
         if xp is not None and self.arrays is not None and xp.name not in self.arrays:
-            raise SamplingError(f"the {self.sampler} sampler's {self.method} method runs on {', '.join(self.arrays)} "
-                                f"arrays (medexport.Pipeline), not {xp.name} (the torch-free runtime): choose "
-                                f"--method {' or '.join(fixed_methods(self.sampler))} here")
+            raise SamplingError(
+                f"the {self.sampler} sampler's {self.method} method runs on {', '.join(self.arrays)} "
+                f"arrays (medexport.Pipeline), not {xp.name} (the torch-free runtime): choose "
+                f"--method {' or '.join(fixed_methods(self.sampler))} here"
+            )
 
     def grid(self, settings: SamplingSettings) -> np.ndarray:
         return settings.time_grid()
@@ -257,8 +266,15 @@ def get(settings: SamplingSettings, xp: Arrays | None = None) -> Sampler:
     return found
 
 
-def sample(xp: Arrays, velocity: Velocity, x0, settings: SamplingSettings | None = None, *,
-           noise: Noise | None = None, on_step: OnStep | None = None):
+def sample(
+    xp: Arrays,
+    velocity: Velocity,
+    x0,
+    settings: SamplingSettings | None = None,
+    *,
+    noise: Noise | None = None,
+    on_step: OnStep | None = None,
+):
     """Integrate from the noise ``x0`` at t = 0 to data at t = 1; returns the final state, shaped like x0.
 
     Args:

@@ -3,7 +3,7 @@ which every SDE integrator shares."""
 
 from __future__ import annotations
 
-from . import FixedStepSampler, Family, Run, register_family, score
+from . import Family, FixedStepSampler, Run, register_family, score
 
 register_family(Family("sde", 250, "the reference's SDE (its default, for its FID numbers)"))
 register_family(Family("ode", 50, "the probability-flow ODE"))

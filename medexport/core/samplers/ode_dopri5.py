@@ -7,9 +7,11 @@ from __future__ import annotations
 from ...errors import SamplingError
 from . import Run, Sampler, register
 
-NEEDS = ("the ode sampler's dopri5 method needs torch and torchdiffeq (pip install \"medexport[ode]\") and the "
-         "PyTorch runtime (medexport.Pipeline); the torch-free runtime runs the fixed-step samplers: choose "
-         "--method euler or heun")
+NEEDS = (
+    'the ode sampler\'s dopri5 method needs torch and torchdiffeq (pip install "medexport[ode]") and the '
+    "PyTorch runtime (medexport.Pipeline); the torch-free runtime runs the fixed-step samplers: choose "
+    "--method euler or heun"
+)
 
 
 class OdeDopri5(Sampler):

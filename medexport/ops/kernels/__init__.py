@@ -23,8 +23,13 @@ from ...errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["register_cuda_kernel", "registered_cuda_kernel", "triton_available", "triton_mediator_attention",
-           "triton_mediator_block"]
+__all__ = [
+    "register_cuda_kernel",
+    "registered_cuda_kernel",
+    "triton_available",
+    "triton_mediator_attention",
+    "triton_mediator_block",
+]
 
 #: Which implementation register_cuda_kernel installed: None (not yet), "triton" or "reference".
 _cuda_kernel: str | None = None
@@ -49,8 +54,9 @@ def _kernel_module():
     return triton_mediator
 
 
-def triton_mediator_attention(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor,
-                              scale: float, **launch) -> Tensor:
+def triton_mediator_attention(
+    q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor, scale: float, **launch
+) -> Tensor:
     """Mediator attention by the fused Triton kernel, called directly (not through the op).
 
     Same arguments and result as ``torch.ops.medexport.mediator_attention``: q, k, v (B, H, N, d), m (B, H, n, d),
@@ -62,8 +68,17 @@ def triton_mediator_attention(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_m
     return _kernel_module().triton_mediator_attention(q, k, v, m, bias_mk, bias_qm, scale, **launch)
 
 
-def triton_mediator_block(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: Tensor, dwc_weight: Tensor,
-                          dwc_bias: Tensor, num_heads: int, scale: float, **launch) -> Tensor:
+def triton_mediator_block(
+    qkv: Tensor,
+    pool: Tensor,
+    bias_mk: Tensor,
+    bias_qm: Tensor,
+    dwc_weight: Tensor,
+    dwc_bias: Tensor,
+    num_heads: int,
+    scale: float,
+    **launch,
+) -> Tensor:
     """The mediator block by its Triton kernels, called directly (not through the op); same operands and result
     as ``torch.ops.medexport.mediator_block``. ``launch``: ``form`` ("fused" or "split"), ``block_n``,
     ``num_warps``, ``num_stages``, ``chunks``. CUDA tensors, or CPU tensors under the Triton interpreter.
@@ -71,12 +86,21 @@ def triton_mediator_block(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: T
     _kernel_module()
     from . import triton_block
 
-    return triton_block.triton_mediator_block(qkv, pool, bias_mk, bias_qm, dwc_weight, dwc_bias, num_heads, scale,
-                                              **launch)
+    return triton_block.triton_mediator_block(
+        qkv, pool, bias_mk, bias_qm, dwc_weight, dwc_bias, num_heads, scale, **launch
+    )
 
 
-def _cuda_block_impl(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: Tensor, dwc_weight: Tensor,
-                     dwc_bias: Tensor, num_heads: int, scale: float) -> Tensor:
+def _cuda_block_impl(
+    qkv: Tensor,
+    pool: Tensor,
+    bias_mk: Tensor,
+    bias_qm: Tensor,
+    dwc_weight: Tensor,
+    dwc_bias: Tensor,
+    num_heads: int,
+    scale: float,
+) -> Tensor:
     """The block op's CUDA implementation: the candidate measured fastest for this shape (``block_forms``), the
     reference for operands the kernels do not take."""
     import torch
@@ -92,7 +116,8 @@ def _cuda_block_impl(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: Tensor
         if pinned in triton_block.FORMS:
             raise BackendUnavailableError(
                 f"{block_forms.ENV}={pinned} asks for the Triton mediator block, which cannot run these operands "
-                f"({e}); unset {block_forms.ENV} (or set it to auto) and the PyTorch reference runs them") from None
+                f"({e}); unset {block_forms.ENV} (or set it to auto) and the PyTorch reference runs them"
+            ) from None
         log.debug("mediator block on CUDA runs the reference: %s", e)
         return mediator_block_reference(*args)
 
@@ -101,8 +126,12 @@ def _cuda_block_impl(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: Tensor
             return mediator_block_reference(*args)
         return triton_block.triton_mediator_block(*args, form=cand.form, **cand.launch)
 
-    cand = block_forms.choose(block_forms.shape_key(qkv, pool, num_heads), run,
-                              lambda: mediator_block_reference(*args), torch.cuda.is_current_stream_capturing())
+    cand = block_forms.choose(
+        block_forms.shape_key(qkv, pool, num_heads),
+        run,
+        lambda: mediator_block_reference(*args),
+        torch.cuda.is_current_stream_capturing(),
+    )
     if pinned == "auto":  # (every candidate that ran was checked when it was measured)
         return run(cand)
     try:
@@ -113,11 +142,13 @@ def _cuda_block_impl(qkv: Tensor, pool: Tensor, bias_mk: Tensor, bias_qm: Tensor
         raise BackendUnavailableError(
             f"{block_forms.ENV}={pinned}: the Triton mediator block failed on {tuple(qkv.shape)} {qkv.dtype} "
             f"({type(e).__name__}: {str(e)[:300]}); unset {block_forms.ENV} (auto measures the forms and falls back "
-            f"to the PyTorch reference) or set it to reference") from e
+            f"to the PyTorch reference) or set it to reference"
+        ) from e
 
 
-def _cuda_triton_impl(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor,
-                      scale: float) -> Tensor:
+def _cuda_triton_impl(
+    q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor, scale: float
+) -> Tensor:
     """The op's CUDA implementation: per shape, the fastest form measured on this GPU (``forms.choose``: the
     fused kernel, its split-N form, two SDPA calls or the reference), the fused kernel where nothing was measured.
 
@@ -129,21 +160,27 @@ def _cuda_triton_impl(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tenso
 
     mod = _kernel_module()
     n = m.shape[2] if m.dim() == 4 else 0
-    if (1 <= n <= mod.MAX_MEDIATORS and q.dtype in mod.SUPPORTED_DTYPES
-            and all(t.dtype == q.dtype for t in (k, v, m))
-            and bias_mk.is_floating_point() and bias_qm.is_floating_point()):
+    if (
+        1 <= n <= mod.MAX_MEDIATORS
+        and q.dtype in mod.SUPPORTED_DTYPES
+        and all(t.dtype == q.dtype for t in (k, v, m))
+        and bias_mk.is_floating_point()
+        and bias_qm.is_floating_point()
+    ):
         form = choose(q, m)
         if form == "sdpa":
             return sdpa_mediator_attention(q, k, v, m, bias_mk, bias_qm, scale)
         if form == "reference":  # (the kernel reads biases of any float dtype; matmuls need q's)
             return mediator_attention_reference(q, k, v, m, bias_mk.to(q.dtype), bias_qm.to(q.dtype), scale)
-        return mod.triton_mediator_attention(q, k, v, m, bias_mk, bias_qm, scale,
-                                             **({"chunks": 0} if form == "split" else {}))
+        return mod.triton_mediator_attention(
+            q, k, v, m, bias_mk, bias_qm, scale, **({"chunks": 0} if form == "split" else {})
+        )
     return mediator_attention_reference(q, k, v, m, bias_mk, bias_qm, scale)
 
 
-def _cuda_reference_impl(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor,
-                         scale: float) -> Tensor:
+def _cuda_reference_impl(
+    q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor, scale: float
+) -> Tensor:
     from ..mediator_attention import mediator_attention_reference
 
     return mediator_attention_reference(q, k, v, m, bias_mk, bias_qm, scale)

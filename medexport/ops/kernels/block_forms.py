@@ -102,7 +102,7 @@ def _code_version() -> str:
     """torch, triton and a hash of the kernels' source: a kept choice is reused only for the same code."""
     import triton
 
-    src = (Path(__file__).with_name("triton_block.py").read_bytes() + Path(__file__).read_bytes())
+    src = Path(__file__).with_name("triton_block.py").read_bytes() + Path(__file__).read_bytes()
     return f"torch {torch.__version__} triton {triton.__version__} {hashlib.sha256(src).hexdigest()[:12]}"
 
 
@@ -156,8 +156,14 @@ def _time_ms(fn: Callable[[], Tensor], reps: int = 10) -> float:
     return start.elapsed_time(end) / reps
 
 
-def choose(key: tuple, run: Callable[[Candidate], Tensor], reference: Callable[[], Tensor], capturing: bool,
-           timer: Callable[[Callable[[], Tensor]], float] = _time_ms, fresh: bool = False) -> Candidate:
+def choose(
+    key: tuple,
+    run: Callable[[Candidate], Tensor],
+    reference: Callable[[], Tensor],
+    capturing: bool,
+    timer: Callable[[Callable[[], Tensor]], float] = _time_ms,
+    fresh: bool = False,
+) -> Candidate:
     """The candidate for ``key``: the pinned form, the one measured before (in this process or kept by an earlier
     one; ``fresh`` measures again), or the fastest correct one now (``timer`` returns milliseconds per call of
     the function it is given)."""
@@ -195,13 +201,18 @@ def choose(key: tuple, run: Callable[[Candidate], Tensor], reference: Callable[[
     _chosen[key] = (best, times)
     if key[0] != "cpu":
         _keep(key, best)
-    log.info("mediator block on %s: %s (%s)", key, best.name,
-             ", ".join(f"{k} {v:.3f} ms" if v is not None else f"{k} rejected" for k, v in times.items()))
+    log.info(
+        "mediator block on %s: %s (%s)",
+        key,
+        best.name,
+        ", ".join(f"{k} {v:.3f} ms" if v is not None else f"{k} rejected" for k, v in times.items()),
+    )
     return best
 
 
-def precompile(tokens: int, mediators: int, heads: int, head_dim: int, dtype: torch.dtype,
-               device: str | torch.device = "cuda") -> list[str]:
+def precompile(
+    tokens: int, mediators: int, heads: int, head_dim: int, dtype: torch.dtype, device: str | torch.device = "cuda"
+) -> list[str]:
     """Compile every kernel launch the op may measure for this shape (Triton keeps them in its disk cache, so a
     later process only loads them), by running each once on random operands of batch 1; returns the candidates
     that failed, with why. The kernels are specialised on the shape's sizes, not on the batch."""
@@ -221,5 +232,16 @@ def precompile(tokens: int, mediators: int, heads: int, head_dim: int, dtype: to
     return failed
 
 
-__all__ = ["CANDIDATES", "CHOICES", "Candidate", "DEFAULT", "ENV", "choose", "forced_form", "measurements",
-           "precompile", "requested_form", "shape_key"]
+__all__ = [
+    "CANDIDATES",
+    "CHOICES",
+    "Candidate",
+    "DEFAULT",
+    "ENV",
+    "choose",
+    "forced_form",
+    "measurements",
+    "precompile",
+    "requested_form",
+    "shape_key",
+]

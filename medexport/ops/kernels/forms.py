@@ -35,8 +35,9 @@ TABLE_FILE = Path(__file__).with_name("forms.json")
 DEFAULT_FORM = "triton"
 
 
-def sdpa_mediator_attention(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor,
-                            scale: float) -> Tensor:
+def sdpa_mediator_attention(
+    q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor, scale: float
+) -> Tensor:
     """Mediator attention as two fused-attention calls; the biases ride along as additive float masks."""
     B = q.shape[0]
     v_m = F.scaled_dot_product_attention(m, k, v, attn_mask=bias_mk.to(q.dtype).expand(B, -1, -1, -1), scale=scale)
@@ -83,15 +84,33 @@ class FormTable:
         return cls(str(d.get("gpu", "")), str(d.get("dtype", "")), tuple(rows), str(d.get("source", "")))
 
     def to_dict(self) -> dict:
-        return {"gpu": self.gpu, "dtype": self.dtype, "source": self.source,
-                "rows": [{"tokens": r.tokens, "mediators": r.mediators, "batch_heads": r.batch_heads,
-                          "head_dim": r.head_dim, "ms": r.ms} for r in self.rows]}
+        return {
+            "gpu": self.gpu,
+            "dtype": self.dtype,
+            "source": self.source,
+            "rows": [
+                {
+                    "tokens": r.tokens,
+                    "mediators": r.mediators,
+                    "batch_heads": r.batch_heads,
+                    "head_dim": r.head_dim,
+                    "ms": r.ms,
+                }
+                for r in self.rows
+            ],
+        }
 
     def nearest(self, tokens: int, mediators: int, batch_heads: int, head_dim: int) -> Row | None:
         def distance(r: Row) -> float:
-            return sum(abs(math.log(max(1, a)) - math.log(max(1, b))) for a, b in
-                       ((r.tokens, tokens), (r.mediators, mediators), (r.batch_heads, batch_heads),
-                        (r.head_dim, head_dim)))
+            return sum(
+                abs(math.log(max(1, a)) - math.log(max(1, b)))
+                for a, b in (
+                    (r.tokens, tokens),
+                    (r.mediators, mediators),
+                    (r.batch_heads, batch_heads),
+                    (r.head_dim, head_dim),
+                )
+            )
 
         return min(self.rows, key=distance) if self.rows else None
 
@@ -108,8 +127,7 @@ def shipped_table() -> FormTable | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        log.warning("ignoring %s (%s): mediator attention on CUDA uses the fused kernel for every shape",
-                    TABLE_FILE, e)
+        log.warning("ignoring %s (%s): mediator attention on CUDA uses the fused kernel for every shape", TABLE_FILE, e)
         return None
 
 
@@ -125,5 +143,13 @@ def choose(q: Tensor, m: Tensor, table: FormTable | None = None) -> str:
     return table.choose(N, m.shape[2], B * H, d)
 
 
-__all__ = ["DEFAULT_FORM", "FORMS", "FormTable", "Row", "TABLE_FILE", "choose", "sdpa_mediator_attention",
-           "shipped_table"]
+__all__ = [
+    "DEFAULT_FORM",
+    "FORMS",
+    "FormTable",
+    "Row",
+    "TABLE_FILE",
+    "choose",
+    "sdpa_mediator_attention",
+    "shipped_table",
+]

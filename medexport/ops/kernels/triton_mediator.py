@@ -44,14 +44,29 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 #: Names of the kernel's runtime scalars, in order; the TensorRT plugin passes these as int32 extra arguments.
 SCALAR_ARGS = (
-    "num_heads", "seq_len", "num_mediators", "head_dim",
-    "stride_qb", "stride_qh", "stride_qn",
-    "stride_kb", "stride_kh", "stride_kn",
-    "stride_vb", "stride_vh", "stride_vn",
-    "stride_mb", "stride_mh", "stride_mn",
-    "stride_ob", "stride_oh", "stride_on",
-    "stride_bmk_h", "stride_bmk_m",
-    "stride_bqm_h", "stride_bqm_n",
+    "num_heads",
+    "seq_len",
+    "num_mediators",
+    "head_dim",
+    "stride_qb",
+    "stride_qh",
+    "stride_qn",
+    "stride_kb",
+    "stride_kh",
+    "stride_kn",
+    "stride_vb",
+    "stride_vh",
+    "stride_vn",
+    "stride_mb",
+    "stride_mh",
+    "stride_mn",
+    "stride_ob",
+    "stride_oh",
+    "stride_on",
+    "stride_bmk_h",
+    "stride_bmk_m",
+    "stride_bqm_h",
+    "stride_bqm_n",
 )
 
 #: Softmax in base 2: exp(x) = exp2(x * log2(e)), and exp2 is the fast instruction.
@@ -72,16 +87,36 @@ def _dot(a, b, UPCAST: tl.constexpr):
 @triton.jit
 def mediator_attention_kernel(
     # inputs (pointers)
-    Q, K, V, M, BIAS_MK, BIAS_QM,
+    Q,
+    K,
+    V,
+    M,
+    BIAS_MK,
+    BIAS_QM,
     # int32 scalars, in the order of SCALAR_ARGS
-    num_heads, seq_len, num_mediators, head_dim,
-    stride_qb, stride_qh, stride_qn,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    stride_mb, stride_mh, stride_mn,
-    stride_ob, stride_oh, stride_on,
-    stride_bmk_h, stride_bmk_m,
-    stride_bqm_h, stride_bqm_n,
+    num_heads,
+    seq_len,
+    num_mediators,
+    head_dim,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_mb,
+    stride_mh,
+    stride_mn,
+    stride_ob,
+    stride_oh,
+    stride_on,
+    stride_bmk_h,
+    stride_bmk_m,
+    stride_bqm_h,
+    stride_bqm_n,
     # output (pointer)
     O,
     # compile-time constants
@@ -116,8 +151,9 @@ def mediator_attention_kernel(
     d_ok = offs_d < head_dim  # (BLOCK_D,)
 
     # Padded mediator rows and head-dim columns load as 0: they add nothing to any dot product.
-    med = tl.load(m_base + offs_med[:, None] * stride_mn + offs_d[None, :],
-                  mask=med_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_MED, BLOCK_D)
+    med = tl.load(
+        m_base + offs_med[:, None] * stride_mn + offs_d[None, :], mask=med_ok[:, None] & d_ok[None, :], other=0.0
+    )  # (BLOCK_MED, BLOCK_D)
     qk_scale: tl.constexpr = SCALE * LOG2E  # scale and log2(e) folded: scores in base 2
 
     # ---- stage 1: mediators gather (online softmax over N, one key tile at a time) ----
@@ -128,10 +164,14 @@ def mediator_attention_kernel(
         offs_key = start + offs_tile  # (BLOCK_N,)
         key_ok = offs_key < seq_len  # (BLOCK_N,) false on the ragged end of the last tile
         kv_mask = key_ok[:, None] & d_ok[None, :]  # (BLOCK_N, BLOCK_D)
-        k = tl.load(k_base + offs_key[:, None] * stride_kn + offs_d[None, :], mask=kv_mask,
-                    other=0.0)  # (BLOCK_N, BLOCK_D)
-        bias = tl.load(bmk_base + offs_med[:, None] * stride_bmk_m + offs_key[None, :],
-                       mask=med_ok[:, None] & key_ok[None, :], other=0.0)  # (BLOCK_MED, BLOCK_N)
+        k = tl.load(
+            k_base + offs_key[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0
+        )  # (BLOCK_N, BLOCK_D)
+        bias = tl.load(
+            bmk_base + offs_med[:, None] * stride_bmk_m + offs_key[None, :],
+            mask=med_ok[:, None] & key_ok[None, :],
+            other=0.0,
+        )  # (BLOCK_MED, BLOCK_N)
         s = _dot(med, tl.trans(k), UPCAST_DOTS) * qk_scale + bias.to(tl.float32) * LOG2E
         s = tl.where(key_ok[None, :], s, float("-inf"))  # (BLOCK_MED, BLOCK_N); keys past N get no weight
         # Every tile holds at least one real key, so new_max is finite (padded mediator rows score 0).
@@ -139,8 +179,9 @@ def mediator_attention_kernel(
         alpha = tl.exp2(row_max - new_max)  # (BLOCK_MED,) rescales what was summed so far; 0 on the first tile
         p = tl.exp2(s - new_max[:, None])  # (BLOCK_MED, BLOCK_N)
         row_sum = row_sum * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + offs_key[:, None] * stride_vn + offs_d[None, :], mask=kv_mask,
-                    other=0.0)  # (BLOCK_N, BLOCK_D)
+        v = tl.load(
+            v_base + offs_key[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0
+        )  # (BLOCK_N, BLOCK_D)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST_DOTS)  # (BLOCK_MED, BLOCK_D)
         row_max = new_max
     # V_m rounded to the input dtype, as the reference's matmul output is: the read dot then runs at that dtype.
@@ -153,10 +194,14 @@ def mediator_attention_kernel(
         offs_q = tile * BLOCK_N + offs_tile  # (BLOCK_N,)
         q_ok = offs_q < seq_len  # (BLOCK_N,)
         qo_mask = q_ok[:, None] & d_ok[None, :]  # (BLOCK_N, BLOCK_D)
-        q = tl.load(q_base + offs_q[:, None] * stride_qn + offs_d[None, :], mask=qo_mask,
-                    other=0.0)  # (BLOCK_N, BLOCK_D)
-        bias = tl.load(bqm_base + offs_q[:, None] * stride_bqm_n + offs_med[None, :],
-                       mask=q_ok[:, None] & med_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_MED)
+        q = tl.load(
+            q_base + offs_q[:, None] * stride_qn + offs_d[None, :], mask=qo_mask, other=0.0
+        )  # (BLOCK_N, BLOCK_D)
+        bias = tl.load(
+            bqm_base + offs_q[:, None] * stride_bqm_n + offs_med[None, :],
+            mask=q_ok[:, None] & med_ok[None, :],
+            other=0.0,
+        )  # (BLOCK_N, BLOCK_MED)
         s = _dot(q, med_t, UPCAST_DOTS) * qk_scale + bias.to(tl.float32) * LOG2E
         s = tl.where(med_ok[None, :], s, float("-inf"))  # (BLOCK_N, BLOCK_MED); padded mediators get no weight
         p = tl.exp2(s - tl.max(s, axis=1)[:, None])  # (BLOCK_N, BLOCK_MED)
@@ -170,14 +215,33 @@ def mediator_attention_kernel(
 # ---------------------------------------------------------------------------------------------------------
 @triton.jit
 def mediator_gather_chunk_kernel(
-    K, V, M, BIAS_MK,
-    num_heads, seq_len, num_mediators, head_dim, chunk_len,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    stride_mb, stride_mh, stride_mn,
-    stride_bmk_h, stride_bmk_m,
-    PART_MAX, PART_SUM, PART_ACC,  # float32 (B*H, chunks, BLOCK_MED) x2 and (B*H, chunks, BLOCK_MED, BLOCK_D)
-    SCALE: tl.constexpr, BLOCK_MED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    K,
+    V,
+    M,
+    BIAS_MK,
+    num_heads,
+    seq_len,
+    num_mediators,
+    head_dim,
+    chunk_len,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_mb,
+    stride_mh,
+    stride_mn,
+    stride_bmk_h,
+    stride_bmk_m,
+    PART_MAX,
+    PART_SUM,
+    PART_ACC,  # float32 (B*H, chunks, BLOCK_MED) x2 and (B*H, chunks, BLOCK_MED, BLOCK_D)
+    SCALE: tl.constexpr,
+    BLOCK_MED: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     UPCAST_DOTS: tl.constexpr,
 ):
     """Stage 1 of mediator attention over one chunk of keys: the chunk's running max, sum and unnormalised V_m,
@@ -196,8 +260,9 @@ def mediator_gather_chunk_kernel(
     offs_tile = tl.arange(0, BLOCK_N)
     med_ok = offs_med < num_mediators
     d_ok = offs_d < head_dim
-    med = tl.load(m_base + offs_med[:, None] * stride_mn + offs_d[None, :],
-                  mask=med_ok[:, None] & d_ok[None, :], other=0.0)
+    med = tl.load(
+        m_base + offs_med[:, None] * stride_mn + offs_d[None, :], mask=med_ok[:, None] & d_ok[None, :], other=0.0
+    )
     qk_scale: tl.constexpr = SCALE * LOG2E
     row_max = tl.full([BLOCK_MED], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_MED], tl.float32)
@@ -208,8 +273,11 @@ def mediator_gather_chunk_kernel(
         key_ok = offs_key < seq_len
         kv_mask = key_ok[:, None] & d_ok[None, :]
         k = tl.load(k_base + offs_key[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-        bias = tl.load(bmk_base + offs_med[:, None] * stride_bmk_m + offs_key[None, :],
-                       mask=med_ok[:, None] & key_ok[None, :], other=0.0)
+        bias = tl.load(
+            bmk_base + offs_med[:, None] * stride_bmk_m + offs_key[None, :],
+            mask=med_ok[:, None] & key_ok[None, :],
+            other=0.0,
+        )
         s = _dot(med, tl.trans(k), UPCAST_DOTS) * qk_scale + bias.to(tl.float32) * LOG2E
         s = tl.where(key_ok[None, :], s, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(s, axis=1))
@@ -227,14 +295,30 @@ def mediator_gather_chunk_kernel(
 
 @triton.jit
 def mediator_read_kernel(
-    Q, M, BIAS_QM, VM,
-    num_heads, seq_len, num_mediators, head_dim,
-    stride_qb, stride_qh, stride_qn,
-    stride_mb, stride_mh, stride_mn,
-    stride_ob, stride_oh, stride_on,
-    stride_bqm_h, stride_bqm_n,
+    Q,
+    M,
+    BIAS_QM,
+    VM,
+    num_heads,
+    seq_len,
+    num_mediators,
+    head_dim,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_mb,
+    stride_mh,
+    stride_mn,
+    stride_ob,
+    stride_oh,
+    stride_on,
+    stride_bqm_h,
+    stride_bqm_n,
     O,
-    SCALE: tl.constexpr, BLOCK_MED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    SCALE: tl.constexpr,
+    BLOCK_MED: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     UPCAST_DOTS: tl.constexpr,
 ):
     """Stage 2 for one query tile, reading V_m (B*H, BLOCK_MED, BLOCK_D, at the input dtype) that stage 1 made."""
@@ -246,24 +330,34 @@ def mediator_read_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     med_ok = offs_med < num_mediators
     d_ok = offs_d < head_dim
-    med = tl.load(M + b * stride_mb + h * stride_mh + offs_med[:, None] * stride_mn + offs_d[None, :],
-                  mask=med_ok[:, None] & d_ok[None, :], other=0.0)
+    med = tl.load(
+        M + b * stride_mb + h * stride_mh + offs_med[:, None] * stride_mn + offs_d[None, :],
+        mask=med_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
     v_med = tl.load(VM + pid_bh.to(tl.int64) * BLOCK_MED * BLOCK_D + offs_med[:, None] * BLOCK_D + offs_d[None, :])
     qk_scale: tl.constexpr = SCALE * LOG2E
     offs_q = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     q_ok = offs_q < seq_len
     qo_mask = q_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_q[:, None] * stride_qn + offs_d[None, :], mask=qo_mask,
-                other=0.0)
-    bias = tl.load(BIAS_QM + h * stride_bqm_h + offs_q[:, None] * stride_bqm_n + offs_med[None, :],
-                   mask=q_ok[:, None] & med_ok[None, :], other=0.0)
+    q = tl.load(
+        Q + b * stride_qb + h * stride_qh + offs_q[:, None] * stride_qn + offs_d[None, :], mask=qo_mask, other=0.0
+    )
+    bias = tl.load(
+        BIAS_QM + h * stride_bqm_h + offs_q[:, None] * stride_bqm_n + offs_med[None, :],
+        mask=q_ok[:, None] & med_ok[None, :],
+        other=0.0,
+    )
     s = _dot(q, tl.trans(med), UPCAST_DOTS) * qk_scale + bias.to(tl.float32) * LOG2E
     s = tl.where(med_ok[None, :], s, float("-inf"))
     p = tl.exp2(s - tl.max(s, axis=1)[:, None])
     denom = tl.sum(p, axis=1)
     o = _dot(p.to(v_med.dtype), v_med, UPCAST_DOTS) / denom[:, None]
-    tl.store(O + b * stride_ob + h * stride_oh + offs_q[:, None] * stride_on + offs_d[None, :],
-             o.to(O.dtype.element_ty), mask=qo_mask)
+    tl.store(
+        O + b * stride_ob + h * stride_oh + offs_q[:, None] * stride_on + offs_d[None, :],
+        o.to(O.dtype.element_ty),
+        mask=qo_mask,
+    )
 
 
 def combine_chunks(part_max: Tensor, part_sum: Tensor, part_acc: Tensor, dtype: torch.dtype) -> Tensor:
@@ -296,16 +390,52 @@ def _split_n(q, k, v, m, bias_mk, bias_qm, scale, cfg, chunks) -> Tensor:
     part_acc = torch.empty((BH, chunks, BM, BD), dtype=torch.float32, device=q.device)
     upcast = upcast_dots(q.dtype, q.device)
     mediator_gather_chunk_kernel[(BH, chunks)](
-        k, v, m, bias_mk, H, N, n, d, tiles_per_chunk * BN,
-        *k.stride()[:3], *v.stride()[:3], *m.stride()[:3], *bias_mk.stride()[:2],
-        part_max, part_sum, part_acc,
-        SCALE=float(scale), BLOCK_MED=BM, BLOCK_D=BD, BLOCK_N=BN, UPCAST_DOTS=upcast, num_warps=cfg["num_warps"])
+        k,
+        v,
+        m,
+        bias_mk,
+        H,
+        N,
+        n,
+        d,
+        tiles_per_chunk * BN,
+        *k.stride()[:3],
+        *v.stride()[:3],
+        *m.stride()[:3],
+        *bias_mk.stride()[:2],
+        part_max,
+        part_sum,
+        part_acc,
+        SCALE=float(scale),
+        BLOCK_MED=BM,
+        BLOCK_D=BD,
+        BLOCK_N=BN,
+        UPCAST_DOTS=upcast,
+        num_warps=cfg["num_warps"],
+    )
     v_med = combine_chunks(part_max, part_sum, part_acc, q.dtype)
     o = torch.empty((B, H, N, d), dtype=q.dtype, device=q.device)
     mediator_read_kernel[(BH, num_tiles)](
-        q, m, bias_qm, v_med, H, N, n, d,
-        *q.stride()[:3], *m.stride()[:3], *o.stride()[:3], *bias_qm.stride()[:2], o,
-        SCALE=float(scale), BLOCK_MED=BM, BLOCK_D=BD, BLOCK_N=BN, UPCAST_DOTS=upcast, num_warps=cfg["num_warps"])
+        q,
+        m,
+        bias_qm,
+        v_med,
+        H,
+        N,
+        n,
+        d,
+        *q.stride()[:3],
+        *m.stride()[:3],
+        *o.stride()[:3],
+        *bias_qm.stride()[:2],
+        o,
+        SCALE=float(scale),
+        BLOCK_MED=BM,
+        BLOCK_D=BD,
+        BLOCK_N=BN,
+        UPCAST_DOTS=upcast,
+        num_warps=cfg["num_warps"],
+    )
     return o
 
 
@@ -316,15 +446,18 @@ def _pow2_at_least_16(x: int) -> int:
     return max(16, 1 << max(0, x - 1).bit_length())
 
 
-def block_sizes(num_mediators: int, head_dim: int, seq_len: int | None = None,
-                block_n: int | None = None) -> dict[str, int]:
+def block_sizes(
+    num_mediators: int, head_dim: int, seq_len: int | None = None, block_n: int | None = None
+) -> dict[str, int]:
     """BLOCK_MED, BLOCK_D, BLOCK_N and num_warps for one problem size.
 
     ``block_n`` overrides the tile length (a power of two >= 16); by default 64, or less when N is shorter.
     """
     if not 1 <= num_mediators <= MAX_MEDIATORS:
-        raise ValueError(f"the Triton mediator kernel takes 1 to {MAX_MEDIATORS} mediators, got {num_mediators}; "
-                         "torch.ops.medexport.mediator_attention takes any count (it falls back to the reference)")
+        raise ValueError(
+            f"the Triton mediator kernel takes 1 to {MAX_MEDIATORS} mediators, got {num_mediators}; "
+            "torch.ops.medexport.mediator_attention takes any count (it falls back to the reference)"
+        )
     if head_dim < 1:
         raise ValueError(f"head dim must be positive, got {head_dim}")
     if block_n is None:
@@ -366,9 +499,19 @@ def _last_dim_contiguous(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def triton_mediator_attention(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_mk: Tensor, bias_qm: Tensor,
-                              scale: float, *, block_n: int | None = None, splits: int | None = None,
-                              chunks: int | None = None) -> Tensor:
+def triton_mediator_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    m: Tensor,
+    bias_mk: Tensor,
+    bias_qm: Tensor,
+    scale: float,
+    *,
+    block_n: int | None = None,
+    splits: int | None = None,
+    chunks: int | None = None,
+) -> Tensor:
     """Mediator attention by the fused Triton kernel; same arguments and result as the op.
 
     q, k, v (B, H, N, d) and m (B, H, n, d) share one dtype (float32, float16 or bfloat16); the biases, (H, n, N)
@@ -387,16 +530,20 @@ def triton_mediator_attention(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_m
     B, H, N, d = q.shape
     n = m.shape[2]
     if q.dtype not in SUPPORTED_DTYPES or any(t.dtype != q.dtype for t in (k, v, m)):
-        raise ValueError(f"q, k, v, m must share one dtype among {[str(t) for t in SUPPORTED_DTYPES]}, got "
-                         f"{q.dtype}, {k.dtype}, {v.dtype}, {m.dtype}")
+        raise ValueError(
+            f"q, k, v, m must share one dtype among {[str(t) for t in SUPPORTED_DTYPES]}, got "
+            f"{q.dtype}, {k.dtype}, {v.dtype}, {m.dtype}"
+        )
     if not (bias_mk.is_floating_point() and bias_qm.is_floating_point()):
         raise ValueError(f"the biases must be floating point, got {bias_mk.dtype} and {bias_qm.dtype}")
     tensors = (q, k, v, m, bias_mk, bias_qm)
     if any(t.device != q.device for t in tensors):
         raise ValueError(f"all operands must be on one device, got {[str(t.device) for t in tensors]}")
     if q.device.type == "cpu" and not _interpreting():
-        raise ValueError("CPU tensors run the Triton kernel only under the Triton interpreter: set "
-                         "TRITON_INTERPRET=1 before triton is imported, or use CUDA tensors")
+        raise ValueError(
+            "CPU tensors run the Triton kernel only under the Triton interpreter: set "
+            "TRITON_INTERPRET=1 before triton is imported, or use CUDA tensors"
+        )
     cfg = block_sizes(n, d, N, block_n)
     if N == 0 or B * H == 0:
         return torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -411,19 +558,37 @@ def triton_mediator_attention(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_m
         if chunks < 0:
             raise ValueError(f"chunks must be >= 0 (0: the default), got {chunks}")
         with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
-            return _split_n(q, k, v, m, bias_mk, bias_qm, scale, cfg,
-                            chunks or default_chunks(B * H, num_tiles, q.device))
+            return _split_n(
+                q, k, v, m, bias_mk, bias_qm, scale, cfg, chunks or default_chunks(B * H, num_tiles, q.device)
+            )
     o = torch.empty((B, H, N, d), dtype=q.dtype, device=q.device)  # (B, H, N, d), contiguous
     # Triton launches on the current device and its stream: make that q's device.
     with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
         mediator_attention_kernel[(B * H, splits)](
-            q, k, v, m, bias_mk, bias_qm,
-            H, N, n, d,
-            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *m.stride()[:3], *o.stride()[:3],
-            *bias_mk.stride()[:2], *bias_qm.stride()[:2],
+            q,
+            k,
+            v,
+            m,
+            bias_mk,
+            bias_qm,
+            H,
+            N,
+            n,
+            d,
+            *q.stride()[:3],
+            *k.stride()[:3],
+            *v.stride()[:3],
+            *m.stride()[:3],
+            *o.stride()[:3],
+            *bias_mk.stride()[:2],
+            *bias_qm.stride()[:2],
             o,
-            SCALE=float(scale), BLOCK_MED=cfg["BLOCK_MED"], BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"],
-            UPCAST_DOTS=upcast_dots(q.dtype, q.device), num_warps=cfg["num_warps"],
+            SCALE=float(scale),
+            BLOCK_MED=cfg["BLOCK_MED"],
+            BLOCK_D=cfg["BLOCK_D"],
+            BLOCK_N=cfg["BLOCK_N"],
+            UPCAST_DOTS=upcast_dots(q.dtype, q.device),
+            num_warps=cfg["num_warps"],
         )
     return o
 
@@ -434,8 +599,9 @@ def triton_mediator_attention(q: Tensor, k: Tensor, v: Tensor, m: Tensor, bias_m
 _TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-def compile_kernel(dtype: torch.dtype, num_mediators: int, head_dim: int, scale: float, *, block_n: int = 64,
-                   target=None):
+def compile_kernel(
+    dtype: torch.dtype, num_mediators: int, head_dim: int, scale: float, *, block_n: int = 64, target=None
+):
     """Compile the kernel ahead of time for contiguous tensors of ``dtype``; returns Triton's compiled kernel.
 
     Every runtime scalar is an int32 (the only scalar type TensorRT AOT plugins pass) and nothing is specialised
@@ -450,8 +616,13 @@ def compile_kernel(dtype: torch.dtype, num_mediators: int, head_dim: int, scale:
     signature = {name: f"*{elem}" for name in ("Q", "K", "V", "M", "BIAS_MK", "BIAS_QM")}
     signature.update({name: "i32" for name in SCALAR_ARGS})
     signature["O"] = f"*{elem}"
-    constexprs = {"SCALE": float(scale), "BLOCK_MED": cfg["BLOCK_MED"], "BLOCK_D": cfg["BLOCK_D"],
-                  "BLOCK_N": cfg["BLOCK_N"], "UPCAST_DOTS": False}
+    constexprs = {
+        "SCALE": float(scale),
+        "BLOCK_MED": cfg["BLOCK_MED"],
+        "BLOCK_D": cfg["BLOCK_D"],
+        "BLOCK_N": cfg["BLOCK_N"],
+        "UPCAST_DOTS": False,
+    }
     signature.update({name: "constexpr" for name in constexprs})
     src = triton.compiler.ASTSource(fn=mediator_attention_kernel, signature=signature, constexprs=constexprs)
     if target is None:

@@ -31,24 +31,29 @@ ARRAYS = ("labels", "image_seeds", "noise")
 def _bls(model: str):
     def run(x, t, y):
         request = pb_utils.InferenceRequest(
-            model_name=model, requested_output_names=["v"],
-            inputs=[pb_utils.Tensor("x", np.ascontiguousarray(x, np.float32)),
-                    pb_utils.Tensor("t", np.ascontiguousarray(t, np.float32).reshape(-1, 1)),
-                    pb_utils.Tensor("y", np.ascontiguousarray(y, np.int64).reshape(-1, 1))])
+            model_name=model,
+            requested_output_names=["v"],
+            inputs=[
+                pb_utils.Tensor("x", np.ascontiguousarray(x, np.float32)),
+                pb_utils.Tensor("t", np.ascontiguousarray(t, np.float32).reshape(-1, 1)),
+                pb_utils.Tensor("y", np.ascontiguousarray(y, np.int64).reshape(-1, 1)),
+            ],
+        )
         response = request.exec()
         if response.has_error():
             raise RuntimeError(f"{model}: {response.error().message()}")
         return pb_utils.get_output_tensor_by_name(response, "v").as_numpy()
+
     return run
 
 
 class TritonPythonModel:
     def initialize(self, args):
         info = json.loads((Path(__file__).parent / "sampler.json").read_text())
-        forwards = {int(n): chunked(_bls(m["model"]), BatchRange.parse(m["batch"]))
-                    for n, m in info["models"].items()}
-        self.pipe = LitePipeline(forwards, info["config"], info["sampling"], info.get("data"),
-                                 backend=info.get("backend", "onnxruntime"))
+        forwards = {int(n): chunked(_bls(m["model"]), BatchRange.parse(m["batch"])) for n, m in info["models"].items()}
+        self.pipe = LitePipeline(
+            forwards, info["config"], info["sampling"], info.get("data"), backend=info.get("backend", "onnxruntime")
+        )
 
     def execute(self, requests):
         return [self._one(r) for r in requests]
