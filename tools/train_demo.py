@@ -44,14 +44,29 @@ from medexport.runtime.images import from_uint8  # noqa: E402
 log = logging.getLogger("train_demo")
 
 # Settings that define the model and the training run: a resumed run must match them.
-FIXED = ("mediators", "depth", "hidden_size", "num_heads", "patch_size", "image_size", "lr", "batch_size",
-         "ema_decay", "label_dropout", "seed", "weight_decay", "autocast")
+FIXED = (
+    "mediators",
+    "depth",
+    "hidden_size",
+    "num_heads",
+    "patch_size",
+    "image_size",
+    "lr",
+    "batch_size",
+    "ema_decay",
+    "label_dropout",
+    "seed",
+    "weight_decay",
+    "autocast",
+)
 # What a checkpoint written before a setting existed was trained with.
 FIXED_DEFAULTS = {"autocast": "fp32"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--run", type=Path, help="run folder (checkpoints go to RUN/checkpoints); resumed if it exists")
     p.add_argument("--mediators", type=int, default=16, help="mediator count of this model (default 16)")
     p.add_argument("--steps", type=int, default=6000, help="train until this many steps in total (default 6000)")
@@ -62,29 +77,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (reference: 1e-4 at batch 256)")
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--ema-decay", type=float, default=0.999,
-                   help="EMA decay (reference: 0.9999 over 400k steps; 0.999 suits a few thousand steps)")
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.999,
+        help="EMA decay (reference: 0.9999 over 400k steps; 0.999 suits a few thousand steps)",
+    )
     p.add_argument("--label-dropout", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=100)
-    p.add_argument("--autocast", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: the forward and backward under torch.autocast (weights, optimiser and EMA stay "
-                        "float32); 1.6x the images/s on a CPU with AVX-512 bf16 (default fp32)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: on a shared 2-core CPU, 1 thread ran 3-10x faster than 2)")
+    p.add_argument(
+        "--autocast",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: the forward and backward under torch.autocast (weights, optimiser and EMA stay "
+        "float32); 1.6x the images/s on a CPU with AVX-512 bf16 (default fp32)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared 2-core CPU, 1 thread ran 3-10x faster than 2)",
+    )
     p.add_argument("--data", type=Path, default=None, help="folder with the four Fashion-MNIST idx files")
     p.add_argument("--limit", type=int, default=None, help="train on the first LIMIT images only (tests)")
-    p.add_argument("--ship", nargs="+", type=Path, metavar="RUN",
-                   help="instead of training: write the EMA weights of these runs into the package")
-    p.add_argument("--recommend", default=None, metavar="JSON",
-                   help='with --ship: recommended sampling settings, e.g. \'{"sampler": "ode", "method": "euler", '
-                        '"steps": 20, "cfg_scale": 2.0, "cfg_channels": "all", "schedule": "4:0.3,8:0.6,16"}\'')
-    p.add_argument("--demo", default="fashion-mnist",
-                   help="with --ship: which demo the weights are (medexport.demo.DEMOS): its folder in the package "
-                        "and its bundle name, <demo>-demo (default fashion-mnist)")
-    p.add_argument("--ship-dtype", choices=("fp32", "fp16"), default="fp32",
-                   help="with --ship: store the weights in float16 (half the package; they load as float32)")
+    p.add_argument(
+        "--ship",
+        nargs="+",
+        type=Path,
+        metavar="RUN",
+        help="instead of training: write the EMA weights of these runs into the package",
+    )
+    p.add_argument(
+        "--recommend",
+        default=None,
+        metavar="JSON",
+        help='with --ship: recommended sampling settings, e.g. \'{"sampler": "ode", "method": "euler", '
+        '"steps": 20, "cfg_scale": 2.0, "cfg_channels": "all", "schedule": "4:0.3,8:0.6,16"}\'',
+    )
+    p.add_argument(
+        "--demo",
+        default="fashion-mnist",
+        help="with --ship: which demo the weights are (medexport.demo.DEMOS): its folder in the package "
+        "and its bundle name, <demo>-demo (default fashion-mnist)",
+    )
+    p.add_argument(
+        "--ship-dtype",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="with --ship: store the weights in float16 (half the package; they load as float32)",
+    )
     p.add_argument("--ship-to", type=Path, default=None, help="with --ship: another folder than the demo's own")
     args = p.parse_args(argv)
     if args.ship is None and args.run is None:
@@ -94,16 +137,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
-    return ModelConfig(depth=args.depth, hidden_size=args.hidden_size, num_heads=args.num_heads,
-                       patch_size=args.patch_size, input_size=args.image_size, mediators=args.mediators,
-                       in_channels=1, num_classes=10, learn_sigma=False)
+    return ModelConfig(
+        depth=args.depth,
+        hidden_size=args.hidden_size,
+        num_heads=args.num_heads,
+        patch_size=args.patch_size,
+        input_size=args.image_size,
+        mediators=args.mediators,
+        in_channels=1,
+        num_classes=10,
+        learn_sigma=False,
+    )
 
 
 def trainer_args(args: argparse.Namespace) -> argparse.Namespace:
     """The ``args`` stored in checkpoints: the reference's fields plus this recipe's, plain values only."""
     fields = {k: getattr(args, k) for k in FIXED}
-    fields.update(model=f"SiT-demo/{args.patch_size}", num_classes=10, path_type="Linear", prediction="velocity",
-                  vae=None, data="fashion-mnist", global_batch_size=args.batch_size)
+    fields.update(
+        model=f"SiT-demo/{args.patch_size}",
+        num_classes=10,
+        path_type="Linear",
+        prediction="velocity",
+        vae=None,
+        data="fashion-mnist",
+        global_batch_size=args.batch_size,
+    )
     return argparse.Namespace(**fields)
 
 
@@ -115,8 +173,13 @@ def latest_checkpoint(run: Path) -> Path | None:
 def save(run: Path, step: int, model, ema, opt, args) -> Path:
     folder = run / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
-    state = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "train_steps": step,
-             "args": trainer_args(args)}
+    state = {
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "opt": opt.state_dict(),
+        "train_steps": step,
+        "args": trainer_args(args),
+    }
     path = folder / f"{step:07d}.pt"
     for target in (path, folder / "last.pt"):
         tmp = target.with_name(target.name + ".partial")
@@ -136,8 +199,10 @@ def resume(run: Path, args, model, ema, opt) -> int:
     diff = {k: (saved[k], getattr(args, k)) for k in FIXED if saved[k] != getattr(args, k)}
     if diff:
         raise MedexportError(
-            f"{path} was trained with other settings: " + ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-            + ". Resume with the same settings or start a new --run folder.")
+            f"{path} was trained with other settings: "
+            + ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            + ". Resume with the same settings or start a new --run folder."
+        )
     model.load_state_dict(ckpt["model"])
     ema.load_state_dict(ckpt["ema"])
     opt.load_state_dict(ckpt["opt"])
@@ -180,17 +245,29 @@ def train(args: argparse.Namespace) -> Path:
     model.train()
     ema.eval()
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("model %s, %d trainable parameters, %d images, training steps %d -> %d",
-             model.config, n_params, len(data), step, args.steps)
+    log.info(
+        "model %s, %d trainable parameters, %d images, training steps %d -> %d",
+        model.config,
+        n_params,
+        len(data),
+        step,
+        args.steps,
+    )
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     interactive = sys.stderr.isatty()
     window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
     path = None
-    with Progress(TextColumn(f"m={args.mediators}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
-                  TimeRemainingColumn(), disable=not interactive) as progress:
+    with Progress(
+        TextColumn(f"m={args.mediators}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[ips]:.0f} img/s"),
+        TimeRemainingColumn(),
+        disable=not interactive,
+    ) as progress:
         task = progress.add_task("train", total=args.steps, completed=step, loss=math.nan, ips=0.0)
         while step < args.steps:
             xt, t, y, target = training_batch(data, labels, step, args)
@@ -219,8 +296,9 @@ def train(args: argparse.Namespace) -> Path:
     return path
 
 
-def ship(runs: list[Path], dest: Path | None, recommend: str | None, demo: str = "fashion-mnist",
-         dtype: str = "fp32") -> None:
+def ship(
+    runs: list[Path], dest: Path | None, recommend: str | None, demo: str = "fashion-mnist", dtype: str = "fp32"
+) -> None:
     """Write each run's EMA weights as safetensors into the package and record their sha256."""
     from medexport.demo import DEMOS, write_weights
 
@@ -232,8 +310,9 @@ def ship(runs: list[Path], dest: Path | None, recommend: str | None, demo: str =
         sampling = json.loads(recommend) if recommend else None
     except json.JSONDecodeError as e:
         raise MedexportError(f"--recommend is not valid JSON ({e})") from None
-    for path in write_weights([latest_checkpoint(r) or r for r in runs], dest, sampling=sampling, name=f"{demo}-demo",
-                              dtype=dtype):
+    for path in write_weights(
+        [latest_checkpoint(r) or r for r in runs], dest, sampling=sampling, name=f"{demo}-demo", dtype=dtype
+    ):
         log.info("wrote %s", path)
 
 

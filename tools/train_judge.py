@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         order = torch.randperm(len(x_train), generator=g)
         total = 0.0
         for i in range(len(x_train) // args.batch_size):
-            idx = order[i * args.batch_size:(i + 1) * args.batch_size]
+            idx = order[i * args.batch_size : (i + 1) * args.batch_size]
             x = x_train[idx]
             # light augmentation: shifts of up to 2 pixels, so generated images slightly off-centre still score
             dx, dy = torch.randint(-2, 3, (2,), generator=g).tolist()
@@ -71,10 +71,24 @@ def main(argv: list[str] | None = None) -> int:
         model.eval()
         _, probs = model.embed(x_test)
         acc = (probs.argmax(1) == y_test).float().mean().item()
-        log.info("epoch %d: loss %.4f, test accuracy %.4f (%.0f s)", epoch + 1,
-                 total / (len(x_train) // args.batch_size), acc, time.perf_counter() - start)
-    path = write_judge(model, x_test, args.out, meta={"epochs": args.epochs, "test_accuracy": round(acc, 4),
-                                                      "seed": args.seed, "train_seconds": round(time.perf_counter() - start)})
+        log.info(
+            "epoch %d: loss %.4f, test accuracy %.4f (%.0f s)",
+            epoch + 1,
+            total / (len(x_train) // args.batch_size),
+            acc,
+            time.perf_counter() - start,
+        )
+    path = write_judge(
+        model,
+        x_test,
+        args.out,
+        meta={
+            "epochs": args.epochs,
+            "test_accuracy": round(acc, 4),
+            "seed": args.seed,
+            "train_seconds": round(time.perf_counter() - start),
+        },
+    )
     log.info("wrote %s", path)
     return 0
 
