@@ -14,7 +14,7 @@ import torch
 from ..backend import registry
 from ..backend.pytorch.runner import TorchRunner
 from ..bundle import engine_runner, open_bundle, sampling_backend
-from ..core.manifest import Manifest
+from ..core.manifest import Manifest, read_complete
 from ..core.precision import precision as precision_of
 from ..core.request import SampleRequest
 from ..errors import BackendUnavailableError, BundleError, ConfigError
@@ -68,8 +68,7 @@ def check_bench_backend(
     most one engine (that of the smallest count)."""
     check_device(device)
     opened = open_bundle(bundle)
-    default_device = "cuda" if torch.cuda.is_available() else "cpu"
-    check_forward_batch(batch, opened.config(opened.counts[0]), torch.device(device or default_device))
+    check_forward_batch(batch, opened.config(opened.counts[0]), torch.device(_torch_device(device)))
     name = sampling_backend(opened, backend)
     if not registry.get(name).builds_engine:
         return name  # the PyTorch models run on any device torch runs on
@@ -83,6 +82,11 @@ def check_bench_backend(
         _check_runs_on(runner, name, device)
         del runner
     return name
+
+
+def _torch_device(device: str | None) -> str:
+    """The device the PyTorch models run on: ``device``, else CUDA where there is one."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _check_runs_on(runner, backend: str, device: str) -> None:
@@ -106,13 +110,12 @@ def open_bundle_pipeline(
     name = sampling_backend(bundle, backend)
     engine_backend = registry.get(name)
     shared = engine_backend.shared_state()
-    default_device = "cuda" if torch.cuda.is_available() else "cpu"
     runners = {}
     for n in bundle.counts:
         if engine_backend.is_reference:
             runner = TorchRunner(
                 bundle.torch_model(n),
-                device=device or default_device,
+                device=_torch_device(device),
                 precision=precision_of(bundle.onnx(n).precision).source,
                 cuda_graph=True,
             )
@@ -138,11 +141,10 @@ def run_bench(
     """Measure ``bundle`` against its vanilla twin ``vanilla`` (:func:`medexport.bench.compare_pipelines`); the
     report. ``measure``: the fields of :class:`BenchSettings` (batch, rounds, runs, warmup, profile, ...)."""
     settings = BenchSettings(**measure)
-    manifest, twin = Manifest.read(bundle), Manifest.read(vanilla)
+    manifest, twin = read_complete(bundle), Manifest.read(vanilla)  # an incomplete bundle: what to do
     check_twin(bundle, manifest, vanilla, twin)
-    default_device = "cuda" if torch.cuda.is_available() else "cpu"
     check_forward_batch(
-        settings.batch, open_bundle(bundle).config(manifest.count_list[0]), torch.device(device or default_device)
+        settings.batch, manifest.entry(manifest.count_list[0]).config, torch.device(_torch_device(device))
     )
     report = compare_pipelines(
         lambda: open_bundle_pipeline(bundle, backend=backend, device=device, threads=threads),

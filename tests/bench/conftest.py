@@ -8,6 +8,26 @@ from medexport.cli import cli
 from medexport.core.config import FULL
 from tests.conftest import tiny_model
 
+#: The quickest bench run the CLI takes: one image, three ODE Euler steps, one round and run, no warm-up runs.
+QUICK_BENCH = (
+    "--num",
+    "1",
+    "--steps",
+    "3",
+    "--sampler",
+    "ode",
+    "--method",
+    "euler",
+    "--threads",
+    "1",
+    "--rounds",
+    "1",
+    "--runs",
+    "1",
+    "--warmup",
+    "0",
+)
+
 
 @pytest.fixture(scope="session")
 def vanilla_checkpoint(tmp_path_factory):

@@ -13,6 +13,7 @@ from medexport.core.request import SampleRequest
 from medexport.core.schedule import FixedSchedule
 from medexport.errors import BundleError, ConfigError, ScheduleError
 from medexport.model import forward_flops
+from tests.bench.conftest import QUICK_BENCH
 from tests.conftest import TINY, copy_bundle, tiny_model
 
 
@@ -96,22 +97,7 @@ def test_bench_cli_writes_report_and_plot(tiny_bundle, twin_bundle, tmp_path):
         tiny_bundle,
         "--against",
         twin_bundle,
-        "--num",
-        "1",
-        "--steps",
-        "3",
-        "--sampler",
-        "ode",
-        "--method",
-        "euler",
-        "--threads",
-        "1",
-        "--rounds",
-        "1",
-        "--runs",
-        "1",
-        "--warmup",
-        "0",
+        *QUICK_BENCH,
         "-o",
         out,
     )
@@ -126,22 +112,7 @@ def test_bench_cli_writes_report_and_plot(tiny_bundle, twin_bundle, tmp_path):
         tiny_bundle,
         "--against",
         twin_bundle,
-        "--num",
-        "1",
-        "--steps",
-        "3",
-        "--sampler",
-        "ode",
-        "--method",
-        "euler",
-        "--threads",
-        "1",
-        "--rounds",
-        "1",
-        "--runs",
-        "1",
-        "--warmup",
-        "0",
+        *QUICK_BENCH,
         "-o",
         out,
     )

@@ -15,6 +15,7 @@ from medexport.core.config import FULL
 from medexport.core.request import SampleRequest
 from medexport.errors import ConfigError
 from medexport.model import forward_flops
+from tests.bench.conftest import QUICK_BENCH
 from tests.conftest import TINY
 
 
@@ -125,22 +126,7 @@ def test_bench_cli_prints_the_device_tables(tiny_bundle, twin_bundle, tmp_path):
         "--device",
         "cpu",
         "--profile",
-        "--num",
-        "1",
-        "--steps",
-        "3",
-        "--sampler",
-        "ode",
-        "--method",
-        "euler",
-        "--threads",
-        "1",
-        "--rounds",
-        "1",
-        "--runs",
-        "1",
-        "--warmup",
-        "0",
+        *QUICK_BENCH,
         "-o",
         out,
     )
