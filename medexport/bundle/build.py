@@ -184,25 +184,18 @@ LOCK = ".build.lock"
 @contextmanager
 def _exclusive(out: Path):
     """Hold the bundle's build lock: two builds writing one bundle would interleave their manifests."""
-    from ..core.files import holding_lock
+    from ..core.files import locked_folder
 
-    fresh_dir = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    with holding_lock(
-        out / LOCK,
+    with locked_folder(  # refused before anything was written: no empty bundle folder is left behind
+        out,
+        LOCK,
         error=BundleError,
         busy=lambda holder: (
             f"another medexport build is writing {out} ({holder} holds {out / LOCK}): wait for it to finish"
         ),
         fix="remove it, then run the command again",
     ):
-        try:
-            yield
-        except BaseException:
-            if fresh_dir and not any(p.name != LOCK for p in out.iterdir()):
-                (out / LOCK).unlink(missing_ok=True)
-                out.rmdir()  # refused before anything was written: leave no empty bundle folder behind
-            raise
+        yield
 
 
 def _check_output(out: Path) -> None:

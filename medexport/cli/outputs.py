@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..core.files import holding_lock
+from ..core.files import locked_folder
 from ..errors import MedexportError
 
 LOCK = ".medexport.lock"
@@ -37,31 +37,16 @@ def output_folder(path: Path, kind: str, names: set[str]) -> Iterator[Path]:
                 f"{path} is not the output of an earlier `medexport {kind}` (no report.json of "
                 f"one): choose an empty or new --output folder (nothing was written)"
             )
-    created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        with holding_lock(
-            path / LOCK,
-            error=MedexportError,
-            busy=lambda holder: (
-                f"another `medexport {kind}` is writing {path} ({holder} holds {path / LOCK}): wait for it or "
-                f"choose another --output"
-            ),
-        ):
-            yield path
-    except BaseException:
-        if created:  # a run refused or failed before writing anything leaves no folder behind
-            _remove_if_only_lock(path)
-        raise
-
-
-def _remove_if_only_lock(path: Path) -> None:
-    try:
-        if {p.name for p in path.iterdir()} <= {LOCK}:
-            (path / LOCK).unlink(missing_ok=True)
-            path.rmdir()
-    except OSError:
-        pass  # someone else's files arrived meanwhile: theirs to keep
+    with locked_folder(  # a run refused or failed before writing anything leaves no folder behind
+        path,
+        LOCK,
+        error=MedexportError,
+        busy=lambda holder: (
+            f"another `medexport {kind}` is writing {path} ({holder} holds {path / LOCK}): wait for it or "
+            f"choose another --output"
+        ),
+    ):
+        yield path
 
 
 def _is_report_of(report: Path, kind: str) -> bool:

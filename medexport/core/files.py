@@ -230,6 +230,28 @@ def holding_lock(path: str | os.PathLike, **kwargs) -> Iterator[int]:
         release_lock(fd)
 
 
+@contextmanager
+def locked_folder(folder: str | os.PathLike, lock: str, **kwargs) -> Iterator[Path]:
+    """Make ``folder`` (and its parents) and hold its lock file ``lock`` (:func:`take_lock`'s arguments) for a
+    ``with`` block that writes into it. A block that fails leaves no folder behind where this made the folder
+    and nothing but the lock was written into it."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    with holding_lock(folder / lock, **kwargs):
+        try:
+            yield folder
+        except BaseException:
+            if created:
+                try:
+                    if {p.name for p in folder.iterdir()} <= {lock}:
+                        (folder / lock).unlink(missing_ok=True)
+                        folder.rmdir()
+                except OSError:
+                    pass  # someone else's files arrived meanwhile: theirs to keep
+            raise
+
+
 def lock_holder(path: str | os.PathLike) -> str:
     """Who holds the lock ``path``, as its holder recorded it: "process 1234 (medexport generate ...)", with the
     host where it is another; "a process that did not record itself" where the file names no live process (a
