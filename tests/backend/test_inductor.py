@@ -22,7 +22,7 @@ def test_compiled_runner_matches_eager():
     assert "inductor" in registry.sample_choices()
 
 
-def test_without_a_working_cxx_compiler_the_cpu_form_is_unavailable(tiny_bundle, tmp_path, monkeypatch):
+def test_without_a_working_cxx_compiler_the_cpu_form_is_unavailable(tiny_bundle, tmp_path):
     """Inductor's CPU code is C++ compiled at the first forward: without a compiler that works the backend says
     so, with the reason and the fallback, when it is chosen (never an InvalidCxxCompiler traceback mid-run)."""
     import pytest
@@ -43,19 +43,18 @@ def test_without_a_working_cxx_compiler_the_cpu_form_is_unavailable(tiny_bundle,
         ((str(broken),), f"the C++ compiler {broken} cannot compile a program (broken: cannot compile)"),
     ]
     for cxx, message in cases:
-        monkeypatch.setattr(config.cpp, "cxx", cxx)
-        ok, why = device_status("cpu")
-        assert not ok and message in why, why
-        if not torch.cuda.is_available():
-            ok, why = registry.get("inductor").status()
-            assert not ok and message in why and "no CUDA GPU is visible" in why, why
-        else:  # the CUDA form still works: the backend is usable, its runner for the CPU is not
-            assert registry.get("inductor").status()[0]
-        with pytest.raises(
-            BackendUnavailableError,
-            match="--backend inductor cannot (run|compile for cpu) here: .*"
-            "--backend torch runs the same model without compiling",
-        ):
-            Pipeline.from_bundle(tiny_bundle, backend="inductor", device="cpu")
-    monkeypatch.undo()
+        with config.patch({"cpp.cxx": cxx}):  # torch's own way to set its config for a while
+            ok, why = device_status("cpu")
+            assert not ok and message in why, why
+            if not torch.cuda.is_available():
+                ok, why = registry.get("inductor").status()
+                assert not ok and message in why and "no CUDA GPU is visible" in why, why
+            else:  # the CUDA form still works: the backend is usable, its runner for the CPU is not
+                assert registry.get("inductor").status()[0]
+            with pytest.raises(
+                BackendUnavailableError,
+                match="--backend inductor cannot (run|compile for cpu) here: .*"
+                "--backend torch runs the same model without compiling",
+            ):
+                Pipeline.from_bundle(tiny_bundle, backend="inductor", device="cpu")
     assert device_status("cpu")[0], device_status("cpu")  # this machine's compiler works
